@@ -1,0 +1,64 @@
+"""Public entry points: compile a model into a ParameterGraph."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from torch_geometric.data import Data
+
+from .errors import CompileError
+from .frontends import torch_export
+from .graph import ParameterGraph
+from .ir import IRGraph
+from .lowering import lower
+from .registry import Registry, default_registry
+
+
+def to_ir(source: Any, example_inputs: tuple | None = None, *, registry: Registry | None = None,
+          input_neuron_axes: dict[str, int | None] | None = None) -> IRGraph:
+    """Run the frontend that fits ``source`` and return the IR (no lowering)."""
+    registry = registry or default_registry()
+    if isinstance(source, nn.Module):
+        if example_inputs is None:
+            raise CompileError("compiling an nn.Module needs example_inputs, a tuple of tensors "
+                               "shaped like a real batch, e.g. (torch.randn(1, 3, 32, 32),)")
+        ep = torch_export.export_module(source, example_inputs)
+        return torch_export.from_exported(ep, registry, input_neuron_axes)
+    if isinstance(source, torch.export.ExportedProgram):
+        return torch_export.from_exported(source, registry, input_neuron_axes)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if path.endswith(".pt2"):
+            return torch_export.from_exported(torch_export.load_pt2(path), registry, input_neuron_axes)
+        if path.endswith(".onnx"):
+            raise CompileError(f"{path}: the ONNX frontend is not implemented yet (issue 3); "
+                               "export the model with torch.export.save to a .pt2 file instead")
+        raise CompileError(f"{path}: unknown model file type; expected .pt2")
+    raise CompileError(f"cannot compile a {type(source).__name__}; pass an nn.Module with "
+                       "example_inputs, a torch.export.ExportedProgram or a .pt2 path")
+
+
+def compile(source: Any, example_inputs: tuple | None = None, **options: Any) -> ParameterGraph:
+    """Compile ``source`` into a :class:`ParameterGraph`.
+
+    ``source``: an ``nn.Module`` (then ``example_inputs``, a tuple, is required; the model is
+    traced in eval mode), a ``torch.export.ExportedProgram``, or a path to a ``.pt2`` file
+    saved with ``torch.export.save``.
+
+    Options: ``registry`` (a :class:`~gmn_compiler.registry.Registry`, default: built-ins plus
+    installed plugins); ``input_neuron_axes`` (``{input_name: axis or None}``, overriding the
+    inferred neuron axis of a model input).
+    """
+    registry = options.pop("registry", None) or default_registry()
+    input_axes = options.pop("input_neuron_axes", None)
+    if options:
+        raise TypeError(f"unknown compile options: {sorted(options)}")
+    ir = to_ir(source, example_inputs, registry=registry, input_neuron_axes=input_axes)
+    built, ctx = lower(ir, registry)
+    data = Data(x=built.x, edge_index=built.edge_index, edge_attr=built.edge_attr,
+                edge_param=built.edge_param, edge_offset=built.edge_offset,
+                num_nodes=built.num_nodes)
+    return ParameterGraph(data, built.params, ctx.summary, ir.source)

@@ -1,0 +1,201 @@
+"""GraphBuilder: accumulates nodes and edge blocks, then writes them once into preallocated
+tensors.
+
+Rules describe each block of edges by a *grid* shape and tensors broadcastable to it (source
+ids, target ids, values, kernel positions...). Nothing is materialised per edge until
+:meth:`GraphBuilder.finalize`, which allocates the final tensors and fills every block by
+broadcasting into its slice — one tensor op per field per block, never a Python loop over
+weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import schema
+from .ir import ParamInfo, ParamRef
+
+_ROLE = schema.node_column("role")
+_DEPTH = schema.node_column("depth")
+_POSITION = schema.node_column("position")
+_ACTIVATION = schema.node_column("activation")
+
+
+@dataclass(eq=False)
+class EdgeBlock:
+    grid: tuple[int, ...]
+    src: torch.Tensor
+    dst: torch.Tensor
+    etype: int
+    value: torch.Tensor | float
+    param: int = -1
+    offsets: torch.Tensor | None = None  # None with param >= 0: identity offsets
+    kernel: tuple[torch.Tensor, ...] = ()
+    spatial: torch.Tensor | None = None
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.grid)
+
+
+class _Column:
+    """A growable 1-D long tensor."""
+
+    def __init__(self) -> None:
+        self.data = torch.empty(1024, dtype=torch.long)
+        self.size = 0
+
+    def extend(self, count: int, fill: int) -> None:
+        if self.size + count > self.data.numel():
+            grown = torch.empty(max(2 * self.data.numel(), self.size + count), dtype=torch.long)
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        self.data[self.size : self.size + count] = fill
+        self.size += count
+
+    def view(self) -> torch.Tensor:
+        return self.data[: self.size]
+
+
+@dataclass(eq=False)
+class BuiltGraph:
+    x: torch.Tensor
+    edge_index: torch.Tensor
+    edge_attr: torch.Tensor
+    edge_param: torch.Tensor
+    edge_offset: torch.Tensor
+    num_nodes: int
+    params: list[ParamInfo]
+
+
+class GraphBuilder:
+    """Collects the nodes and edges of one parameter graph."""
+
+    def __init__(self, sources: dict[str, torch.Tensor] | None = None) -> None:
+        self._sources = sources or {}
+        self._columns = {c: _Column() for c in schema.NODE_COLUMNS}
+        self.blocks: list[EdgeBlock] = []
+        self.params: list[ParamInfo] = []
+        self._param_index: dict[str, int] = {}
+        self._param_dtypes: set[torch.dtype] = set()
+
+    # ---------------------------------------------------------------- nodes
+    @property
+    def num_nodes(self) -> int:
+        return self._columns["role"].size
+
+    def add_nodes(self, count: int, role: str, depth: int, activation: str = "none") -> torch.Tensor:
+        """Create ``count`` nodes; returns their ids (long tensor ``[count]``)."""
+        start = self.num_nodes
+        self._columns["role"].extend(count, schema.code(schema.NODE_ROLES, role))
+        self._columns["depth"].extend(count, depth)
+        self._columns["position"].extend(count, -1)
+        self._columns["activation"].extend(count, schema.code(schema.ACTIVATIONS, activation))
+        return torch.arange(start, start + count)
+
+    def node_column(self, name: str) -> torch.Tensor:
+        """A live view of one node column (writes go to the graph)."""
+        return self._columns[name].view()
+
+    def depth_of(self, ids: torch.Tensor) -> int:
+        ids = ids[ids >= 0]
+        return int(self.node_column("depth")[ids].max()) if ids.numel() else 0
+
+    def set_activation(self, ids: torch.Tensor, activation: str) -> None:
+        self.node_column("activation")[ids] = schema.code(schema.ACTIVATIONS, activation)
+
+    def has_activation(self, ids: torch.Tensor) -> bool:
+        return bool((self.node_column("activation")[ids] != 0).any())
+
+    def pin(self, ids: torch.Tensor, positions: torch.Tensor) -> None:
+        """Give nodes fixed positions (model inputs and outputs)."""
+        self.node_column("position")[ids] = positions
+
+    # ---------------------------------------------------------------- params
+    def register_param(self, name: str, kind: str) -> int:
+        """Index of source tensor ``name`` in the parameter table (added on first use)."""
+        if name not in self._param_index:
+            tensor = self._sources[name]
+            self._param_index[name] = len(self.params)
+            self.params.append(ParamInfo(name, tuple(tensor.shape), tensor.dtype, kind))
+            self._param_dtypes.add(tensor.dtype)
+        return self._param_index[name]
+
+    # ---------------------------------------------------------------- edges
+    def add_edges(
+        self,
+        grid: tuple[int, ...],
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        etype: str,
+        *,
+        param: ParamRef | None = None,
+        value: float = 1.0,
+        kernel: tuple[torch.Tensor, ...] = (),
+        spatial: torch.Tensor | None = None,
+    ) -> None:
+        """Add ``prod(grid)`` edges. Every tensor argument broadcasts to ``grid``.
+
+        With ``param``, edge ``g`` carries ``param.tensor[g]`` (the grid must be the
+        parameter view's shape) and points back to its source offset; otherwise every edge
+        is structural and carries ``value``.
+        """
+        grid = tuple(int(g) for g in grid)
+        if math.prod(grid) == 0:
+            return
+        etype_code = schema.code(schema.EDGE_TYPES, etype)
+        if param is not None:
+            if tuple(param.tensor.shape) != grid:
+                raise ValueError(f"grid {grid} != shape {tuple(param.tensor.shape)} of {param.name}")
+            index = self.register_param(param.name, param.kind)
+            block = EdgeBlock(grid, src, dst, etype_code, param.tensor.detach(), index,
+                              param.offsets, tuple(kernel), spatial)
+        else:
+            block = EdgeBlock(grid, src, dst, etype_code, float(value), -1, None, tuple(kernel), spatial)
+        if len(block.kernel) > 3:
+            raise ValueError("at most 3 kernel dimensions")
+        self.blocks.append(block)
+
+    # ---------------------------------------------------------------- output
+    def finalize(self) -> BuiltGraph:
+        total = sum(b.count for b in self.blocks)
+        dtype = torch.float64 if torch.float64 in self._param_dtypes else torch.float32
+        edge_index = torch.empty((2, total), dtype=torch.long)
+        edge_attr = torch.empty((total, len(schema.EDGE_COLUMNS)), dtype=dtype)
+        edge_attr[:, 2:].fill_(-1)
+        edge_param = torch.empty(total, dtype=torch.long)
+        edge_offset = torch.empty(total, dtype=torch.long)
+        start = 0
+        for block in self.blocks:
+            _fill(block, start, edge_index, edge_attr, edge_param, edge_offset)
+            start += block.count
+        x = torch.stack([self._columns[c].view() for c in schema.NODE_COLUMNS], dim=1).to(dtype)
+        return BuiltGraph(x, edge_index, edge_attr, edge_param, edge_offset, self.num_nodes,
+                          list(self.params))
+
+
+def _fill(block: EdgeBlock, start: int, edge_index, edge_attr, edge_param, edge_offset) -> None:
+    end = start + block.count
+    grid = block.grid
+    edge_index[0, start:end].view(grid).copy_(block.src.expand(grid))
+    edge_index[1, start:end].view(grid).copy_(block.dst.expand(grid))
+    value_col = edge_attr[start:end, 0].view(grid)
+    if isinstance(block.value, torch.Tensor):
+        value_col.copy_(block.value)
+    else:
+        value_col.fill_(block.value)
+    edge_attr[start:end, 1].fill_(block.etype)
+    for k, kernel in enumerate(block.kernel):
+        edge_attr[start:end, 2 + k].view(grid).copy_(kernel.expand(grid))
+    if block.spatial is not None:
+        edge_attr[start:end, 5].view(grid).copy_(block.spatial.expand(grid))
+    edge_param[start:end].fill_(block.param)
+    if block.param < 0:
+        edge_offset[start:end].fill_(-1)
+    elif block.offsets is None:
+        torch.arange(block.count, out=edge_offset[start:end])
+    else:
+        edge_offset[start:end].view(grid).copy_(block.offsets)

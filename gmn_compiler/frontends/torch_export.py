@@ -1,0 +1,268 @@
+"""Torch frontend: ``nn.Module`` / ``ExportedProgram`` / ``.pt2`` -> IR.
+
+One tracing path serves all torch input: ``torch.export`` (an fx graph of ATen ops that
+records, per node, the stack of modules it came from). ``torch.fx.symbolic_trace`` cannot
+trace ``nn.TransformerEncoder`` and much real code; ``torch.export`` can, and a ``.pt2`` file
+is exactly its saved result, so both inputs share this code.
+
+Leaf modules (a plugin claiming a module class) are found from ``nn_module_stack``: the nodes
+of one call of such a module become one op, whose params are the module's parameters by
+local name.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CompileError
+from ..ir import IRGraph, Op, ParamRef, Value
+from ..registry import Registry, target_name
+
+# ATen ops that only rearrange entries: applied to a parameter, they are applied to its
+# values and its offsets alike (the parameter stays a parameter, seen through a view).
+_LAYOUT_TARGETS = {
+    "aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
+    "aten.permute.default", "aten.transpose.int", "aten.t.default", "aten.slice.Tensor",
+    "aten.select.int", "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims",
+    "aten.squeeze.default", "aten.expand.default", "aten.contiguous.default",
+    "aten.clone.default", "aten.alias.default", "aten.detach.default",
+    "aten.flatten.using_ints", "aten.unflatten.int", "aten.split.Tensor",
+    "aten.split_with_sizes.default", "aten.chunk.default", "aten.unbind.int",
+    "aten.lift_fresh_copy.default", "aten.movedim.int", "aten.index_select.default",
+    "aten.numpy_T.default", "aten.mT.default", "aten.matrix_H.default", "aten.swapaxes.default",
+}
+
+
+def export_module(model: nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` in eval mode (its training flags are restored after)."""
+    if not isinstance(example_inputs, tuple):
+        raise CompileError("example_inputs must be a tuple of tensors, e.g. (torch.randn(1, 3, 32, 32),)")
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        return torch.export.export(model, example_inputs)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompileError(f"torch.export could not trace {type(model).__name__}: {first}") from exc
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def load_pt2(path: str | os.PathLike) -> torch.export.ExportedProgram:
+    if not os.path.exists(path):
+        raise CompileError(f"{path}: no such file")
+    try:
+        return torch.export.load(path)
+    except Exception as exc:
+        raise CompileError(f"{path}: not a readable torch.export (.pt2) archive ({type(exc).__name__}); "
+                           "save one with torch.export.save(torch.export.export(model, inputs), path)") from exc
+
+
+def from_exported(ep: torch.export.ExportedProgram, registry: Registry,
+                  input_neuron_axes: dict[str, int | None] | None = None) -> IRGraph:
+    return _Converter(ep, registry).convert(input_neuron_axes or {})
+
+
+def _location(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    where = ""
+    if stack:
+        path, type_name = list(stack.values())[-1]
+        cls = type_name.rsplit(".", 1)[-1] if isinstance(type_name, str) else getattr(type_name, "__name__", "?")
+        where = f"{path or '<root>'} ({cls})"
+    trace = node.meta.get("stack_trace") or ""
+    lines = [l.strip() for l in trace.strip().splitlines() if l.strip().startswith("File ")]
+    if lines:
+        parts = lines[-1].split('"')
+        if len(parts) >= 3:
+            line = parts[2].split(",")[1].strip().replace("line ", "") if "," in parts[2] else "?"
+            where = f"{where} at {os.path.basename(parts[1])}:{line}".strip()
+    return where or node.name
+
+
+def _module_type_name(entry: Any) -> str:
+    _, type_name = entry
+    if isinstance(type_name, str):
+        return type_name
+    return f"{type_name.__module__}.{type_name.__qualname__}"
+
+
+class _Converter:
+    def __init__(self, ep: torch.export.ExportedProgram, registry: Registry):
+        self.ep = ep
+        self.registry = registry
+        self.env: dict[str, Any] = {}
+        self.ops: list[Op] = []
+        self.next_id = 0
+        tensors: dict[str, torch.Tensor] = {}
+        kinds: dict[str, str] = {}
+        for name, t in ep.state_dict.items():
+            tensors[name] = t.detach()
+            kinds[name] = "parameter" if isinstance(t, nn.Parameter) else "buffer"
+        for name, t in ep.constants.items():
+            if isinstance(t, torch.Tensor):
+                tensors[name] = t.detach()
+                kinds[name] = "constant"
+        sig = ep.graph_signature
+        for name in sig.buffers:
+            if name in kinds and name not in sig.non_persistent_buffers:
+                kinds[name] = "buffer"
+        self.tensors, self.kinds = tensors, kinds
+
+    def new_value(self, meta_val: Any, name: str) -> Value:
+        self.next_id += 1
+        shape = tuple(int(s) for s in meta_val.shape)
+        return Value(self.next_id, shape, meta_val.dtype, name)
+
+    def values_for(self, node: torch.fx.Node) -> Any:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            return self.new_value(val, node.name)
+        if isinstance(val, (list, tuple)):
+            return [self.new_value(v, f"{node.name}[{i}]") if isinstance(v, torch.Tensor) else v
+                    for i, v in enumerate(val)]
+        return val
+
+    def convert(self, input_axes: dict[str, int | None]) -> IRGraph:
+        sig = self.ep.graph_signature
+        sources = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
+                   **sig.inputs_to_lifted_tensor_constants}
+        inputs: list[Value] = []
+        axes: dict[int, int | None] = {}
+        for node in self.ep.graph.nodes:
+            if node.op == "placeholder":
+                if node.name in sources:
+                    name = sources[node.name]
+                    self.env[node.name] = ParamRef(name, self.tensors[name], None, self.kinds[name])
+                else:
+                    value = self.values_for(node)
+                    if not isinstance(value, Value):
+                        raise CompileError(f"model input {node.name} is not a tensor; only tensor inputs are supported")
+                    inputs.append(value)
+                    if node.name in input_axes:
+                        axes[value.id] = input_axes[node.name]
+                    self.env[node.name] = value
+        groups = self._leaf_groups()
+        seen_groups: set[str] = set()
+        outputs: list[Value] = []
+        for node in self.ep.graph.nodes:
+            if node.op == "call_function":
+                key = groups.get(node.name)
+                if key is None:
+                    self._convert_call(node)
+                elif key not in seen_groups:
+                    seen_groups.add(key)
+                    self._convert_leaf(key, [n for n in self.ep.graph.nodes if groups.get(n.name) == key])
+            elif node.op == "output":
+                for item in torch.utils._pytree.tree_leaves(node.args[0]):
+                    if isinstance(item, torch.fx.Node):
+                        value = self.env[item.name]
+                        if isinstance(value, Value):
+                            outputs.append(value)
+            elif node.op not in ("placeholder",):
+                raise CompileError(f"unexpected fx node {node.op} {node.target} in the exported graph")
+        used = {name for op in self.ops for name in _param_names(op.inputs)}
+        return IRGraph(inputs, outputs, self.ops, self.tensors, self.kinds, axes, "torch")
+
+    # ---------------------------------------------------------------- calls
+    def _arg(self, a: Any) -> Any:
+        if isinstance(a, torch.fx.Node):
+            return self.env[a.name]
+        if isinstance(a, (list, tuple)):
+            return type(a)(self._arg(x) for x in a)
+        return a
+
+    def _convert_call(self, node: torch.fx.Node) -> None:
+        args = [self._arg(a) for a in node.args]
+        kwargs = {k: self._arg(v) for k, v in node.kwargs.items()}
+        if node.target is operator.getitem:
+            self.env[node.name] = args[0][args[1]]
+            return
+        name = target_name(node.target)
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        has_value = any(isinstance(x, Value) for x in leaves)
+        has_param = any(isinstance(x, ParamRef) for x in leaves)
+        if not has_value and has_param and name in _LAYOUT_TARGETS:
+            self.env[node.name] = self._apply_to_params(node.target, args, kwargs)
+            return
+        outputs = self.values_for(node)
+        out_list = outputs if isinstance(outputs, list) else [outputs]
+        out_values = [v for v in out_list if isinstance(v, Value)]
+        self.env[node.name] = outputs
+        location = _location(node)
+        if not has_value and not has_param:
+            self.ops.append(Op("constant", [], out_values, {}, location, name))
+            return
+        if not has_value:
+            self.ops.append(Op(f"param_transform[{name}]", list(args), out_values, {}, location, name))
+            return
+        mapping = self.registry.aten.get(name)
+        if mapping is None:
+            self.ops.append(Op(name, list(args), out_values, dict(kwargs), location, name))
+            return
+        if mapping.normalize is None:
+            inputs, attrs = list(args), dict(kwargs)
+        else:
+            inputs, attrs = mapping.normalize(*args, **kwargs)
+        self.ops.append(Op(mapping.kind, inputs, out_values, attrs, location, name))
+
+    def _apply_to_params(self, target, args, kwargs):
+        ref = args[0]
+        rest = args[1:]
+        values = target(ref.tensor, *rest, **kwargs)
+        offsets = target(ref.flat_offsets(), *rest, **kwargs)
+        if isinstance(values, (list, tuple)):
+            return [ParamRef(ref.name, v, o, ref.kind) for v, o in zip(values, offsets)]
+        return ParamRef(ref.name, values, offsets, ref.kind)
+
+    # ---------------------------------------------------------------- leaves
+    def _leaf_groups(self) -> dict[str, str]:
+        """fx node name -> key of the outermost claimed leaf-module call containing it."""
+        if not self.registry.leaf_modules:
+            return {}
+        groups: dict[str, str] = {}
+        for node in self.ep.graph.nodes:
+            if node.op != "call_function":
+                continue
+            for key, entry in (node.meta.get("nn_module_stack") or {}).items():
+                if _module_type_name(entry) in self.registry.leaf_modules:
+                    groups[node.name] = key
+                    break
+        return groups
+
+    def _convert_leaf(self, key: str, nodes: list[torch.fx.Node]) -> None:
+        entry = nodes[0].meta["nn_module_stack"][key]
+        path, type_name = entry[0], _module_type_name(entry)
+        mapping = self.registry.leaf_modules[type_name]
+        inside = {n.name for n in nodes}
+        prefix = f"{path}." if path else ""
+        params: dict[str, ParamRef] = {}
+        inputs: list[Value] = []
+        for n in nodes:
+            for a in torch.utils._pytree.tree_leaves((n.args, n.kwargs)):
+                if isinstance(a, torch.fx.Node) and a.name not in inside:
+                    obj = self.env[a.name]
+                    if isinstance(obj, ParamRef) and obj.offsets is None:
+                        params[obj.name[len(prefix):] if obj.name.startswith(prefix) else obj.name] = obj
+                    elif isinstance(obj, Value) and obj not in inputs:
+                        inputs.append(obj)
+                    elif not isinstance(obj, (Value, ParamRef)):
+                        continue
+        outputs: list[Value] = []
+        for n in nodes:
+            if any(user.name not in inside for user in n.users):
+                value = self.values_for(n)
+                self.env[n.name] = value
+                outputs.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, Value))
+        attrs = {"module_path": path, "module_type": type_name, "params": params}
+        self.ops.append(Op(mapping.kind, inputs, outputs, attrs, f"{path} ({type_name.rsplit('.', 1)[-1]})", type_name))
+
+
+def _param_names(items: Any) -> list[str]:
+    return [x.name for x in torch.utils._pytree.tree_leaves(items) if isinstance(x, ParamRef)]

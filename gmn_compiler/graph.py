@@ -1,0 +1,147 @@
+"""ParameterGraph: the compiled graph, its parameter table, decompilation and (de)serialisation."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+from torch_geometric.data import Data
+
+from . import schema
+from .errors import CompileError, DecompileError
+from .ir import ParamInfo
+
+FORMAT = "gmn-compiler-graph"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@dataclass(eq=False)
+class ParameterGraph:
+    """A compiled parameter graph.
+
+    ``data`` follows schema v1 (see :mod:`gmn_compiler.schema`); ``params`` is the parameter
+    table (name, shape, dtype, kind) that ``data.edge_param`` indexes.
+    """
+
+    data: Data
+    params: list[ParamInfo]
+    summary: dict[str, dict[str, int]] = field(default_factory=dict)
+    source: str = "torch"
+
+    # ------------------------------------------------------------ decompile
+    def to_state_dict(self, edge_values: torch.Tensor, *, include_constants: bool = False) -> dict[str, torch.Tensor]:
+        """Parameters and buffers rebuilt from one value per edge (shape ``[E]``).
+
+        Returns every parameter and buffer the graph represents, under the model's own names,
+        shapes and dtypes. Structural edges are ignored. Where a parameter is represented by
+        several edges (a shared parameter, a parameter broadcast onto several nodes), all its
+        copies must hold the same value, else :class:`DecompileError` is raised. Tensors the
+        graph does not represent (unused parameters, integer buffers such as BatchNorm's
+        ``num_batches_tracked``) are not returned; lifted constants only with
+        ``include_constants``.
+        """
+        data = self.data
+        values = torch.as_tensor(edge_values)
+        if values.dim() != 1 or values.numel() != data.edge_index.shape[1]:
+            raise DecompileError(f"expected one value per edge, shape [{data.edge_index.shape[1]}], "
+                                 f"got {list(values.shape)}")
+        mask = data.edge_param >= 0
+        param, offset, vals = data.edge_param[mask], data.edge_offset[mask], values[mask]
+        numels = torch.tensor([_numel(p.shape) for p in self.params], dtype=torch.long)
+        base = torch.cumsum(numels, 0) - numels
+        flat_index = base[param] + offset
+        total = int(numels.sum())
+        counts = torch.bincount(flat_index, minlength=total)
+        flat = torch.empty(total, dtype=vals.dtype)
+        flat[flat_index] = vals
+        if bool((counts > 1).any()):
+            low = torch.full((total,), float("inf"), dtype=vals.dtype).scatter_reduce(0, flat_index, vals, "amin")
+            high = torch.full((total,), float("-inf"), dtype=vals.dtype).scatter_reduce(0, flat_index, vals, "amax")
+            disagree = (counts > 1) & (low != high) & ~(torch.isnan(low) & torch.isnan(high))
+            if bool(disagree.any()):
+                bad = self._param_at(int(torch.nonzero(disagree)[0]), base)
+                raise DecompileError(f"copies of parameter {bad!r} disagree ({int(disagree.sum())} "
+                                     "entries): a parameter used several times must get one value "
+                                     "per entry; average the copies first if that is intended")
+        out: dict[str, torch.Tensor] = {}
+        for i, info in enumerate(self.params):
+            if info.kind == "constant" and not include_constants:
+                continue
+            start, n = int(base[i]), int(numels[i])
+            if bool((counts[start:start + n] == 0).any()):
+                raise DecompileError(f"parameter {info.name!r} is only partly represented in the graph")
+            out[info.name] = flat[start:start + n].view(info.shape).to(info.dtype).clone()
+        return out
+
+    def _param_at(self, flat: int, base: torch.Tensor) -> str:
+        index = int(torch.searchsorted(base, torch.tensor(flat), right=True)) - 1
+        return self.params[index].name
+
+    # ------------------------------------------------------------ I/O
+    def to_dict(self) -> dict:
+        """Plain tensors, strings and numbers only (loads with ``weights_only=True``)."""
+        d = self.data
+        return {
+            "format": FORMAT,
+            "schema": schema.describe(),
+            "source": self.source,
+            "x": d.x, "edge_index": d.edge_index, "edge_attr": d.edge_attr,
+            "edge_param": d.edge_param, "edge_offset": d.edge_offset, "num_nodes": int(d.num_nodes),
+            "params": [{"name": p.name, "shape": list(p.shape), "dtype": _dtype_name(p.dtype),
+                        "kind": p.kind} for p in self.params],
+            "summary": self.summary,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the graph atomically (temporary file + rename: no partial file on failure)."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".gmn-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            torch.save(self.to_dict(), tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ParameterGraph":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise CompileError("not a gmn-compiler graph file (missing format marker)")
+        version = d["schema"]["version"]
+        if version != schema.SCHEMA_VERSION:
+            raise CompileError(f"graph uses schema v{version}; this gmn-compiler reads v{schema.SCHEMA_VERSION}")
+        data = Data(x=d["x"], edge_index=d["edge_index"], edge_attr=d["edge_attr"],
+                    edge_param=d["edge_param"], edge_offset=d["edge_offset"], num_nodes=d["num_nodes"])
+        params = [ParamInfo(p["name"], tuple(p["shape"]), getattr(torch, p["dtype"]), p["kind"])
+                  for p in d["params"]]
+        return cls(data, params, d.get("summary", {}), d.get("source", "torch"))
+
+    def __repr__(self) -> str:
+        return (f"ParameterGraph(nodes={int(self.data.num_nodes)}, edges={self.data.edge_index.shape[1]}, "
+                f"params={len(self.params)})")
+
+
+def load(path: str | os.PathLike) -> ParameterGraph:
+    """Load a graph written by :meth:`ParameterGraph.save` (never unpickles arbitrary objects)."""
+    if not os.path.exists(path):
+        raise CompileError(f"{path}: no such file")
+    try:
+        d = torch.load(path, weights_only=True)
+    except Exception as exc:
+        raise CompileError(f"{path}: not a readable graph file ({type(exc).__name__})") from exc
+    return ParameterGraph.from_dict(d)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n

@@ -1,0 +1,118 @@
+"""The intermediate representation shared by all frontends.
+
+An :class:`IRGraph` is a list of :class:`Op` in topological order. Operands are
+:class:`Value` (an activation), :class:`ParamRef` (a parameter, buffer or constant, possibly
+seen through a layout transform), Python scalars, ``None`` or lists of those. Rules see only
+these objects, never fx nodes or ONNX protos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(eq=False)
+class Value:
+    """An activation tensor flowing between ops."""
+
+    id: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    name: str = ""
+
+    def __repr__(self) -> str:
+        return f"Value({self.name or self.id}, {list(self.shape)})"
+
+
+@dataclass(eq=False)
+class ParamRef:
+    """A parameter, buffer or constant as an op sees it.
+
+    ``tensor`` is the view the op consumes; ``offsets`` has the same shape and holds, for each
+    entry, its flat offset in the source tensor ``name`` (``None`` means the identity view:
+    ``tensor`` *is* the source tensor). Layout transforms (transpose, slice, reshape) applied
+    to a parameter in the model are applied to both, so rules emit the right provenance.
+    """
+
+    name: str
+    tensor: torch.Tensor
+    offsets: torch.Tensor | None = None
+    kind: str = "parameter"  # "parameter" | "buffer" | "constant"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.tensor.shape)
+
+    def flat_offsets(self) -> torch.Tensor:
+        """Offsets materialised (long tensor shaped like ``tensor``)."""
+        if self.offsets is None:
+            return torch.arange(self.tensor.numel()).view(self.tensor.shape)
+        return self.offsets
+
+    def apply(self, fn) -> "ParamRef":
+        """A new reference seen through ``fn``, a pure layout function applied to the values
+        and the offsets alike."""
+        return ParamRef(self.name, fn(self.tensor), fn(self.flat_offsets()), self.kind)
+
+    def __repr__(self) -> str:
+        return f"ParamRef({self.name}, {list(self.shape)})"
+
+
+@dataclass(eq=False)
+class Op:
+    """One operation. ``inputs`` are positional operands in the kind's canonical order."""
+
+    kind: str
+    inputs: list[Any]
+    outputs: list[Value]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    location: str = "?"
+    target: str = ""
+
+    @property
+    def output(self) -> Value:
+        if len(self.outputs) != 1:
+            raise ValueError(f"op {self.kind} at {self.location} has {len(self.outputs)} outputs")
+        return self.outputs[0]
+
+    def values(self) -> list[Value]:
+        """Activation operands, flattened out of lists."""
+        found: list[Value] = []
+        for item in self.inputs:
+            items = item if isinstance(item, (list, tuple)) else [item]
+            found.extend(v for v in items if isinstance(v, Value))
+        return found
+
+
+@dataclass(eq=False)
+class ParamInfo:
+    """A row of the parameter table: a tensor of the source model the graph represents."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    kind: str  # "parameter" | "buffer" | "constant"
+
+
+@dataclass(eq=False)
+class IRGraph:
+    inputs: list[Value]
+    outputs: list[Value]
+    ops: list[Op]
+    params: dict[str, torch.Tensor]  # every tensor of the source, by qualified name
+    param_kinds: dict[str, str]
+    input_neuron_axes: dict[int, int | None] = field(default_factory=dict)  # Value.id -> axis
+    source: str = "torch"
+
+    def consumers(self) -> dict[int, int]:
+        """Number of uses of each value id (a model output counts as one use)."""
+        counts: dict[int, int] = {}
+        for op in self.ops:
+            for v in op.values():
+                counts[v.id] = counts.get(v.id, 0) + 1
+        for v in self.outputs:
+            counts[v.id] = counts.get(v.id, 0) + 1
+        return counts

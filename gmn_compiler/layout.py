@@ -1,0 +1,210 @@
+"""Neuron-axis layouts: which graph node each entry of an activation belongs to.
+
+A :class:`Layout` holds ``ids``, a long tensor with the value's number of dimensions whose
+every axis has either size 1 (a *free* axis: batch, sequence, spatial — weights are shared
+along it) or the value's full size (a *neuron* axis: its entries are graph nodes). Entry
+``v[i0, i1, ...]`` belongs to node ``ids[i0 or 0, i1 or 0, ...]`` (broadcasting).
+
+When a reshape merges a neuron axis with free axes (flatten C×H×W), several entries of one
+neuron axis belong to the same node at different free positions. ``pos`` (same shape as
+``ids``, or ``None``) then records that position, so that an op consuming the axis (a linear
+layer) can emit one edge per (node, position) with the position as an edge feature.
+
+Structural ops transform layouts exactly as they transform data: every function here applies
+the corresponding torch op to the id tensor. A value with no neuron axis at all (the result
+of a reduction over all neuron axes, a shape computation) has layout ``None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    ids: torch.Tensor
+    pos: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.pos is not None and self.pos.shape != self.ids.shape:
+            raise ValueError(f"pos shape {tuple(self.pos.shape)} != ids shape {tuple(self.ids.shape)}")
+
+    @property
+    def ndim(self) -> int:
+        return self.ids.dim()
+
+    def neuron_axes(self) -> list[int]:
+        return [a for a in range(self.ids.dim()) if self.ids.shape[a] > 1]
+
+    def nodes(self) -> torch.Tensor:
+        """The distinct node ids (sorted)."""
+        return torch.unique(self.ids)
+
+    def map(self, fn) -> "Layout":
+        """Apply a pure indexing function to ids and pos alike."""
+        return Layout(fn(self.ids), None if self.pos is None else fn(self.pos))
+
+
+def for_axis(ids: torch.Tensor, ndim: int, axis: int) -> Layout:
+    """A layout whose only neuron axis is ``axis`` carrying ``ids``."""
+    axis = axis % ndim
+    shape = [1] * ndim
+    shape[axis] = ids.numel()
+    return Layout(ids.reshape(shape))
+
+
+def align(layout: Layout, ndim: int) -> Layout:
+    """Prepend size-1 axes as broadcasting does when the value gets ``ndim`` dimensions."""
+    extra = ndim - layout.ndim
+    if extra < 0:
+        raise ValueError("cannot align a layout to fewer dimensions")
+    if extra == 0:
+        return layout
+    return layout.map(lambda t: t.reshape((1,) * extra + tuple(t.shape)))
+
+
+def compress(ids: torch.Tensor, pos: torch.Tensor | None) -> Layout:
+    """Collapse every axis along which the ids do not vary into a free (size-1) axis."""
+    for axis in range(ids.dim()):
+        if ids.shape[axis] > 1:
+            first = ids.narrow(axis, 0, 1)
+            if bool((ids == first).all()):
+                ids = first
+                pos = None if pos is None else pos.narrow(axis, 0, 1)
+    if pos is not None:
+        pos = pos - pos.min()
+        if bool((pos == 0).all()):
+            pos = None
+    return Layout(ids.contiguous(), None if pos is None else pos.contiguous())
+
+
+def materialize(layout: Layout, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-size id and position tensors for a value of ``shape``.
+
+    The position of an entry combines its stored ``pos`` with its coordinate along the free
+    axes (row-major over the free axes only), so that entries of one node stay distinct.
+    """
+    ids = layout.ids.expand(shape)
+    free = [a for a in range(len(shape)) if layout.ids.shape[a] == 1 and shape[a] > 1]
+    coord = torch.zeros((1,) * len(shape), dtype=torch.long)
+    stride = 1
+    for axis in reversed(free):
+        view = [1] * len(shape)
+        view[axis] = shape[axis]
+        coord = coord + torch.arange(shape[axis]).view(view) * stride
+        stride *= shape[axis]
+    base = layout.pos if layout.pos is not None else torch.zeros_like(layout.ids)
+    pos = base * stride + coord
+    return ids, pos.expand(shape)
+
+
+def reshape(layout: Layout, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Layout:
+    """Layout after ``x.reshape(out_shape)`` for ``x`` of ``in_shape``."""
+    if len(layout.neuron_axes()) == 0 and layout.pos is None:
+        # Only one node (or one per free entry); the result is the same node everywhere.
+        return Layout(layout.ids.reshape(-1)[:1].reshape((1,) * len(out_shape)))
+    ids, pos = materialize(layout, in_shape)
+    return compress(ids.reshape(out_shape), pos.reshape(out_shape))
+
+
+def permute(layout: Layout, dims: list[int]) -> Layout:
+    return layout.map(lambda t: t.permute(*dims))
+
+
+def transpose(layout: Layout, dim0: int, dim1: int) -> Layout:
+    return layout.map(lambda t: t.transpose(dim0, dim1))
+
+
+def select(layout: Layout, dim: int, index: int) -> Layout:
+    dim = dim % layout.ndim
+    if layout.ids.shape[dim] == 1:
+        return layout.map(lambda t: t.squeeze(dim))
+    return layout.map(lambda t: t.select(dim, index))
+
+
+def narrow(layout: Layout, dim: int, start: int, end: int, step: int = 1) -> Layout:
+    dim = dim % layout.ndim
+    if layout.ids.shape[dim] == 1:
+        return layout
+    index = torch.arange(start, end, step)
+    return compress_layout(layout.map(lambda t: t.index_select(dim, index)))
+
+
+def index_select(layout: Layout, dim: int, index: torch.Tensor) -> Layout:
+    dim = dim % layout.ndim
+    if layout.ids.shape[dim] == 1:
+        shape = list(layout.ids.shape)
+        return layout if index.numel() == 1 else layout.map(lambda t: t.expand(shape))
+    return compress_layout(layout.map(lambda t: t.index_select(dim, index)))
+
+
+def compress_layout(layout: Layout) -> Layout:
+    return compress(layout.ids, layout.pos)
+
+
+def cat(layouts: list[Layout], shapes: list[tuple[int, ...]], dim: int) -> Layout:
+    """Layout of ``torch.cat`` along ``dim`` of values with ``shapes``."""
+    dim = dim % len(shapes[0])
+    ids_parts, pos_parts = [], []
+    any_pos = any(l.pos is not None for l in layouts)
+    for layout, shape in zip(layouts, shapes):
+        target = list(torch.broadcast_shapes(*[tuple(l.ids.shape) for l in layouts]))
+        target[dim] = shape[dim]
+        ids_parts.append(layout.ids.expand(target))
+        if any_pos:
+            pos = layout.pos if layout.pos is not None else torch.zeros_like(layout.ids)
+            pos_parts.append(pos.expand(target))
+    ids = torch.cat(ids_parts, dim)
+    pos = torch.cat(pos_parts, dim) if any_pos else None
+    return compress(ids, pos)
+
+
+def expand_to(layout: Layout, shape: tuple[int, ...]) -> Layout:
+    """Layout of ``x.expand(shape)``: broadcast entries share their node."""
+    return align(layout, len(shape))
+
+
+def unsqueeze(layout: Layout, dim: int) -> Layout:
+    dim = dim % (layout.ndim + 1)
+    return layout.map(lambda t: t.unsqueeze(dim))
+
+
+def squeeze(layout: Layout, dims: list[int], shape: tuple[int, ...]) -> Layout:
+    dims = sorted({d % len(shape) for d in dims if shape[d % len(shape)] == 1}, reverse=True)
+    out = layout
+    for d in dims:
+        out = out.map(lambda t, d=d: t.squeeze(d))
+    return out
+
+
+def broadcast_pair(a: Layout | None, b: Layout | None, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id tensors of two operands broadcast against each other (-1 where an operand has no
+    nodes)."""
+    ta = align(a, ndim).ids if a is not None else torch.full((1,) * ndim, -1, dtype=torch.long)
+    tb = align(b, ndim).ids if b is not None else torch.full((1,) * ndim, -1, dtype=torch.long)
+    shape = torch.broadcast_shapes(ta.shape, tb.shape)
+    return ta.expand(shape), tb.expand(shape)
+
+
+def axis_entries(layout: Layout, shape: tuple[int, ...], axis: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Node id and position of each entry along ``axis``, for an op that contracts that axis
+    with a weight (linear, conv). All other axes must be free.
+
+    Returns ``(ids[k], pos[k] or None)`` for ``k`` in ``range(shape[axis])``. Raises
+    ``ValueError`` if another axis carries neurons.
+    """
+    axis = axis % len(shape)
+    others = [a for a in layout.neuron_axes() if a != axis]
+    if others:
+        raise ValueError(f"axes {others} carry neurons besides the contracted axis {axis}")
+    size = shape[axis]
+    if layout.ids.shape[axis] > 1:
+        return layout.ids.reshape(-1), None if layout.pos is None else layout.pos.reshape(-1)
+    # One node seen at `size` free positions along the contracted axis.
+    ids = layout.ids.reshape(-1)[:1].expand(size)
+    if size == 1 and layout.pos is None:
+        return ids, None
+    base = 0 if layout.pos is None else int(layout.pos.reshape(-1)[0]) * size
+    return ids, base + torch.arange(size)

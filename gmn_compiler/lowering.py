@@ -1,0 +1,255 @@
+"""The lowering driver: runs the registered rule of every IR op, in order, on one builder.
+
+Rules receive a :class:`LoweringContext`, which owns the layouts of all values and the node
+reuse policy (when an op may hand its input's nodes on, and when it must create fresh ones).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import layout as L
+from .builder import BuiltGraph, GraphBuilder
+from .errors import LoweringError, UnsupportedOpsError
+from .ir import IRGraph, Op, ParamRef, Value
+from .layout import Layout
+from .registry import Registry
+
+
+class LoweringContext:
+    """What a rule works with: the builder, the layouts of values, and helpers that keep the
+    graph's automorphisms function-preserving."""
+
+    def __init__(self, ir: IRGraph, registry: Registry, builder: GraphBuilder):
+        self.ir = ir
+        self.registry = registry
+        self.builder = builder
+        self.layouts: dict[int, Layout | None] = {}
+        self.op: Op | None = None
+        self._family = _AliasFamilies(ir, registry)
+        self.constants: set[int] = set()  # ids of values computed from no input and no parameter
+
+    # ------------------------------------------------------------ layouts
+    def layout(self, value: Value) -> Layout | None:
+        try:
+            return self.layouts[value.id]
+        except KeyError:
+            raise self.error(f"value {value} has no layout (was its producer lowered?)") from None
+
+    def require_layout(self, value: Value) -> Layout:
+        found = self.layout(value)
+        if found is None:
+            raise self.error(f"operand {value} carries no neurons (it is invariant to every "
+                             "permutation), so this op cannot attach weights to it")
+        return found
+
+    def set_layout(self, value: Value, layout: Layout | None) -> None:
+        if layout is not None and layout.ndim != len(value.shape):
+            raise self.error(f"layout of rank {layout.ndim} for {value} of rank {len(value.shape)}")
+        self.layouts[value.id] = layout
+
+    def error(self, message: str) -> LoweringError:
+        where = f"{self.op.kind} at {self.op.location}" if self.op else "lowering"
+        return LoweringError(f"{where}: {message}")
+
+    # ------------------------------------------------------------ node policy
+    def exclusive(self, value: Value) -> bool:
+        """True when this op is the only value-changing consumer of ``value`` and of every
+        value sharing its nodes, so the op's output may reuse those nodes."""
+        return self._family.uses(value) == 1
+
+    def fresh(self, value: Value, layout: Layout, etype: str, activation: str = "none",
+              weight: float = 1.0) -> Layout:
+        """New nodes one-to-one with the nodes of ``layout``, each fed by a structural edge of
+        type ``etype`` carrying ``weight`` from its original."""
+        old = layout.nodes()
+        new = self.builder.add_nodes(old.numel(), "neuron", self.builder.depth_of(old) + 1, activation)
+        self.builder.add_edges((old.numel(),), old, new, etype, value=weight)
+        mapping = torch.full((int(old.max()) + 1,), -1, dtype=torch.long)
+        mapping[old] = new
+        return layout.map(lambda t: mapping[t]) if layout.pos is None else Layout(mapping[layout.ids], layout.pos)
+
+    def own(self, value: Value) -> Layout | None:
+        """Nodes this op may attach edges to (norm statistics, parameter operands): the
+        input's own nodes when it is exclusive and carries no activation yet, else fresh
+        copies."""
+        layout = self.layout(value)
+        if layout is None:
+            return None
+        if self.exclusive(value) and not self.builder.has_activation(layout.nodes()):
+            return layout
+        return self.fresh(value, layout, "activation")
+
+    def derive(self, value: Value, activation: str) -> Layout | None:
+        """Layout of an elementwise function of ``value``: its nodes marked with
+        ``activation`` when exclusive and unmarked, else fresh nodes carrying it."""
+        layout = self.layout(value)
+        if layout is None:
+            return None
+        nodes = layout.nodes()
+        if self.exclusive(value) and not self.builder.has_activation(nodes):
+            self.builder.set_activation(nodes, activation)
+            return layout
+        return self.fresh(value, layout, "activation", activation)
+
+    def attach_param(self, layout: Layout, shape: tuple[int, ...], ref: ParamRef, etype: str,
+                     role: str) -> None:
+        """Edges from one new auxiliary node (``role``) to the nodes of ``layout``, carrying
+        ``ref`` broadcast against a value of ``shape`` as torch broadcasting would.
+
+        Where the parameter varies along a free axis (a positional table over tokens, a
+        LayerNorm weight over (C, H, W)), the edge records the flat position along those
+        axes in the ``spatial`` column.
+        """
+        ndim = len(shape)
+        if ref.tensor.dim() > ndim:
+            raise self.error(f"parameter {ref.name} {list(ref.shape)} has more dimensions than "
+                             f"the activation {list(shape)}")
+        ref = ref.apply(lambda t: t.reshape((1,) * (ndim - t.dim()) + tuple(t.shape)))
+        lay = L.align(layout, ndim)
+        grid = tuple(torch.broadcast_shapes(ref.shape, tuple(lay.ids.shape)))
+        free = [a for a in range(ndim) if ref.shape[a] > 1 and lay.ids.shape[a] == 1]
+        spatial = None
+        if free and lay.pos is not None:
+            raise self.error(f"parameter {ref.name} varies along free axes {free} of an "
+                             "activation whose neuron axis already merges free positions")
+        if free:
+            spatial = torch.zeros((1,) * ndim, dtype=torch.long)
+            stride = 1
+            for axis in reversed(free):
+                view = [1] * ndim
+                view[axis] = grid[axis]
+                spatial = spatial + torch.arange(grid[axis]).view(view) * stride
+                stride *= grid[axis]
+        elif lay.pos is not None:
+            spatial = lay.pos
+        aux = self.builder.add_nodes(1, role, self.builder.depth_of(lay.ids.reshape(-1)))
+        if grid != ref.shape:
+            ref = ref.apply(lambda t: t.expand(grid))
+        self.builder.add_edges(grid, aux.view((1,) * ndim), lay.ids, etype, param=ref,
+                               spatial=spatial)
+
+
+class _AliasFamilies:
+    """Union-find over values linked by aliasing ops; counts value-changing uses per family."""
+
+    def __init__(self, ir: IRGraph, registry: Registry):
+        self.parent: dict[int, int] = {}
+        for op in ir.ops:
+            if registry.is_aliasing(op.kind):
+                for a in op.values():
+                    for out in op.outputs:
+                        self._union(a.id, out.id)
+        self.counts: dict[int, int] = {}
+        for op in ir.ops:
+            if not registry.is_aliasing(op.kind):
+                for v in {v.id for v in op.values()}:
+                    root = self._find(v)
+                    self.counts[root] = self.counts.get(root, 0) + 1
+        for v in ir.outputs:
+            root = self._find(v.id)
+            self.counts[root] = self.counts.get(root, 0) + 1
+
+    def _find(self, v: int) -> int:
+        self.parent.setdefault(v, v)
+        while self.parent[v] != v:
+            self.parent[v] = self.parent[self.parent[v]]
+            v = self.parent[v]
+        return v
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra != rb:
+            self.parent[ra] = rb
+
+    def uses(self, value: Value) -> int:
+        return self.counts.get(self._find(value.id), 0)
+
+
+def unsupported_ops(ir: IRGraph, registry: Registry) -> list[tuple[str, str]]:
+    """Every op of ``ir`` without a rule, as ``(kind, location)``."""
+    return [(op.kind, op.location) for op in ir.ops if registry.rule(op.kind) is None]
+
+
+INPUT_AXIS_BY_FIRST_USE = {"conv": 1, "conv_transpose": 1, "batch_norm": 1, "group_norm": 1,
+                           "instance_norm": 1, "linear": -1, "layer_norm": -1}
+
+
+def infer_input_axis(ir: IRGraph, value: Value) -> int | None:
+    """The neuron axis of a model input: given by the user, else from its first consumer
+    (channels for conv/norm layers, the last axis for linear/layer norm), else axis 1 for
+    rank >= 2 (NC..., [B, F]); ``None`` (no neurons) for integer inputs and scalars."""
+    if value.id in ir.input_neuron_axes:
+        return ir.input_neuron_axes[value.id]
+    if value.dtype in (torch.long, torch.int32, torch.int64, torch.bool) or len(value.shape) == 0:
+        return None
+    for op in ir.ops:
+        if any(v.id == value.id for v in op.values()):
+            if op.kind in INPUT_AXIS_BY_FIRST_USE:
+                return INPUT_AXIS_BY_FIRST_USE[op.kind] % len(value.shape)
+            break
+    return 1 if len(value.shape) >= 2 else 0
+
+
+def lower(ir: IRGraph, registry: Registry) -> tuple[BuiltGraph, LoweringContext]:
+    """Lower every op of ``ir``; raises UnsupportedOpsError listing all ops without a rule."""
+    missing = unsupported_ops(ir, registry)
+    if missing:
+        raise UnsupportedOpsError(missing)
+    builder = GraphBuilder(ir.params)
+    ctx = LoweringContext(ir, registry, builder)
+    _create_inputs(ctx)
+    summary: dict[str, dict[str, int]] = {}
+    for op in ir.ops:
+        ctx.op = op
+        nodes_before, blocks_before = builder.num_nodes, len(builder.blocks)
+        try:
+            registry.rules[op.kind].rule(ctx, op)
+        except LoweringError:
+            raise
+        except Exception as exc:  # a rule's bug or an unexpected construct: name the op
+            raise LoweringError(f"{op.kind} at {op.location}: {type(exc).__name__}: {exc}") from exc
+        for out in op.outputs:
+            if out.id not in ctx.layouts:
+                raise LoweringError(f"rule for {op.kind!r} at {op.location} set no layout for {out}")
+        row = summary.setdefault(op.kind, {"ops": 0, "nodes": 0, "edges": 0})
+        row["ops"] += 1
+        row["nodes"] += builder.num_nodes - nodes_before
+        row["edges"] += sum(b.count for b in builder.blocks[blocks_before:])
+    ctx.op = None
+    ctx.summary = summary
+    _pin_outputs(ctx)
+    return builder.finalize(), ctx
+
+
+def _create_inputs(ctx: LoweringContext) -> None:
+    position = 0
+    for value in ctx.ir.inputs:
+        axis = infer_input_axis(ctx.ir, value)
+        if axis is None:
+            ctx.set_layout(value, None)
+            continue
+        size = value.shape[axis]
+        ids = ctx.builder.add_nodes(size, "input", depth=0)
+        ctx.builder.pin(ids, torch.arange(position, position + size))
+        position += size
+        ctx.set_layout(value, L.for_axis(ids, len(value.shape), axis))
+
+
+def _pin_outputs(ctx: LoweringContext) -> None:
+    position = 0
+    positions = ctx.builder.node_column("position")
+    roles = ctx.builder.node_column("role")
+    for value in ctx.ir.outputs:
+        layout = ctx.layouts.get(value.id)
+        if layout is None:
+            continue
+        ids = layout.ids.reshape(-1)
+        # first occurrence of each node, in entry order
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        first = torch.full((uniq.numel(),), ids.numel(), dtype=torch.long)
+        first.scatter_reduce_(0, inverse, torch.arange(ids.numel()), "amin")
+        order = uniq[torch.argsort(first)]
+        free = order[(positions[order] < 0) & (roles[order] != 0)]
+        positions[free] = torch.arange(position, position + free.numel())
+        position += free.numel()

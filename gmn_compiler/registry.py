@@ -1,0 +1,198 @@
+"""Plugin registry: lowering rules, frontend mappings and leaf modules, from pluggy plugins.
+
+Every plugin — the built-ins in ``gmn_plugins`` and third-party ones found through the
+entry-point group ``gmn_compiler`` — implements one hook, :func:`Hookspecs.gmn_register`,
+which receives a :class:`Registrar` (a typed view of the registry that knows which plugin is
+registering). The hook is called once per plugin, in load order: built-ins first.
+
+Set ``GMN_COMPILER_PLUGINS`` to a comma-separated list of entry-point names to load only
+those third-party plugins, or to ``none`` to load none.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from .errors import DuplicateRegistrationError
+
+PROJECT = "gmn_compiler"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Rule = Callable[[Any, Any], None]
+"""``rule(ctx: LoweringContext, op: Op) -> None``: lower one op into the graph."""
+
+Normalizer = Callable[..., tuple[list, dict]]
+"""``normalize(*args, **kwargs) -> (inputs, attrs)``: turn a frontend op's operands (already
+converted to Value / ParamRef / Python objects) into the kind's canonical inputs and attrs."""
+
+
+class Hookspecs:
+    @hookspec
+    def gmn_register(self, registry: "Registrar") -> None:
+        """Register lowering rules and frontend mappings.
+
+        :param registry: call its ``add_rule``, ``map_aten``, ``map_onnx``,
+            ``add_leaf_module`` methods. Registering something another plugin registered
+            raises :class:`DuplicateRegistrationError` unless ``override=True`` is passed.
+        """
+
+
+@dataclass
+class RuleEntry:
+    kind: str
+    rule: Rule
+    plugin: str
+    aliasing: bool = False  # the op only rearranges entries (its output aliases its input)
+
+
+@dataclass
+class Mapping:
+    kind: str
+    normalize: Normalizer | None
+    plugin: str
+
+
+@dataclass
+class Registry:
+    """All registered rules and mappings. Build one with :func:`load_registry`."""
+
+    rules: dict[str, RuleEntry] = field(default_factory=dict)
+    aten: dict[str, Mapping] = field(default_factory=dict)
+    onnx: dict[str, Mapping] = field(default_factory=dict)
+    leaf_modules: dict[str, Mapping] = field(default_factory=dict)
+    plugins: list[str] = field(default_factory=list)
+
+    def rule(self, kind: str) -> RuleEntry | None:
+        return self.rules.get(kind)
+
+    def is_aliasing(self, kind: str) -> bool:
+        entry = self.rules.get(kind)
+        return bool(entry and entry.aliasing)
+
+    def frontends(self, kind: str) -> list[str]:
+        """Which frontends produce ``kind``."""
+        found = []
+        if any(m.kind == kind for m in self.aten.values()) or any(
+            m.kind == kind for m in self.leaf_modules.values()
+        ):
+            found.append("torch")
+        if any(m.kind == kind for m in self.onnx.values()):
+            found.append("onnx")
+        return found
+
+
+def _put(table: dict, key: str, entry, what: str, override: bool) -> None:
+    if key in table and not override:
+        raise DuplicateRegistrationError(
+            f"{what} {key!r} registered by plugin {table[key].plugin!r} and again by plugin "
+            f"{entry.plugin!r}; pass override=True to replace it"
+        )
+    table[key] = entry
+
+
+class Registrar:
+    """The object a plugin's ``gmn_register`` hook receives."""
+
+    def __init__(self, registry: Registry, plugin: str):
+        self._registry = registry
+        self.plugin = plugin
+
+    def add_rule(self, kind: str, rule: Rule, *, aliasing: bool = False, override: bool = False) -> None:
+        """Lower ops of ``kind`` with ``rule(ctx, op)``. ``aliasing=True`` declares that the
+        op only rearranges entries of its inputs (reshape, permute, cat...)."""
+        _put(self._registry.rules, kind, RuleEntry(kind, rule, self.plugin, aliasing), "kind", override)
+
+    def map_aten(self, target: Any, kind: str, normalize: Normalizer | None = None, *,
+                 override: bool = False) -> None:
+        """Map an ATen/fx call target (``torch.ops.aten.linear.default``, or its string name
+        ``"aten.linear.default"``) to ``kind``. ``normalize`` defaults to "args as inputs"."""
+        _put(self._registry.aten, target_name(target), Mapping(kind, normalize, self.plugin),
+             "ATen target", override)
+
+    def map_onnx(self, op_type: str, kind: str, normalize: Normalizer | None = None, *,
+                 domain: str = "", override: bool = False) -> None:
+        """Map an ONNX node type (in ``domain``) to ``kind``."""
+        key = f"{domain}::{op_type}" if domain else op_type
+        _put(self._registry.onnx, key, Mapping(kind, normalize, self.plugin), "ONNX op", override)
+
+    def add_leaf_module(self, module_type: type | str, kind: str, rule: Rule | None = None, *,
+                        override: bool = False) -> None:
+        """Treat every call of ``module_type`` as one op of ``kind`` (its parameters become the
+        op's params, by local name), lowered by ``rule`` (registered as the kind's rule when
+        given)."""
+        name = module_type if isinstance(module_type, str) else module_type_name(module_type)
+        _put(self._registry.leaf_modules, name, Mapping(kind, None, self.plugin), "leaf module",
+             override)
+        if rule is not None:
+            self.add_rule(kind, rule, override=override)
+
+
+def target_name(target: Any) -> str:
+    """A stable string for an fx call target."""
+    if isinstance(target, str):
+        return target
+    name = getattr(target, "name", None)
+    if callable(name):  # torch OpOverload: "aten::linear" + overload
+        return str(target).replace("::", ".")
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', repr(target))}"
+
+
+def module_type_name(module_type: type) -> str:
+    return f"{module_type.__module__}.{module_type.__qualname__}"
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(Hookspecs)
+    return pm
+
+
+def load_registry(extra_plugins: list[Any] | None = None, *, entry_points: bool = True) -> Registry:
+    """Build a registry from the built-in plugins, third-party entry points (filtered by
+    ``GMN_COMPILER_PLUGINS``) and ``extra_plugins`` (modules or objects with hookimpls)."""
+    from gmn_plugins import DEFAULT_PLUGINS
+
+    pm = plugin_manager()
+    for module in DEFAULT_PLUGINS:
+        pm.register(module, name=module.__name__)
+    if entry_points:
+        _load_entry_points(pm)
+    for plugin in extra_plugins or []:
+        pm.register(plugin, name=getattr(plugin, "__name__", None) or type(plugin).__name__)
+    registry = Registry()
+    for impl in reversed(pm.hook.gmn_register.get_hookimpls()):  # registration order
+        registry.plugins.append(impl.plugin_name)
+        impl.function(registry=Registrar(registry, impl.plugin_name))
+    return registry
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    allowed = os.environ.get("GMN_COMPILER_PLUGINS")
+    if allowed is not None and allowed.strip().lower() == "none":
+        return
+    if allowed is None:
+        pm.load_setuptools_entrypoints(PROJECT)
+        return
+    for name in [n.strip() for n in allowed.split(",") if n.strip()]:
+        pm.load_setuptools_entrypoints(PROJECT, name=name)
+
+
+_DEFAULT: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The process-wide registry, loaded lazily on first use."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = load_registry()
+    return _DEFAULT
+
+
+def reset_default_registry() -> None:
+    global _DEFAULT
+    _DEFAULT = None

@@ -1,0 +1,9 @@
+"""Built-in lowering rules, one module per op family.
+
+Each module is an ordinary pluggy plugin with a ``gmn_register`` hookimpl, registered through
+exactly the path a third-party plugin uses; :data:`DEFAULT_PLUGINS` lists them in load order.
+"""
+
+from . import activations, constants, conv, elementwise, linear, norms, pooling, structural
+
+DEFAULT_PLUGINS = [linear, conv, norms, activations, elementwise, structural, pooling, constants]

@@ -1,0 +1,78 @@
+"""Elementwise activations and softmax.
+
+An activation applies the same function to every entry, so it commutes with every
+permutation of neurons: its output keeps its input's nodes, marked with the activation in the
+node's ``activation`` column — unless the input is also consumed elsewhere or already carries
+an activation, in which case fresh nodes are created (one-to-one ``activation`` edges), so
+that two different values never share nodes.
+
+Softmax (over any axis) is permutation-equivariant along that axis and handled the same way.
+"""
+
+from __future__ import annotations
+
+from gmn_compiler.registry import hookimpl
+
+# ATen op name (without "aten." and overload) -> schema activation name
+ACTIVATION_OPS: dict[str, str] = {
+    "relu": "relu", "relu6": "relu6", "leaky_relu": "leaky_relu", "elu": "elu", "selu": "selu",
+    "celu": "celu", "silu": "silu", "mish": "mish", "tanh": "tanh", "sigmoid": "sigmoid",
+    "hardtanh": "hardtanh", "hardswish": "hardswish", "hardsigmoid": "hardsigmoid",
+    "softplus": "softplus", "sin": "sin", "cos": "cos", "exp": "exp", "log": "log", "abs": "abs",
+    "neg": "neg", "sqrt": "sqrt", "rsqrt": "rsqrt", "square": "square", "reciprocal": "reciprocal",
+    "erf": "erf", "sign": "sign", "clamp": "clamp", "clamp_min": "clamp", "clamp_max": "clamp",
+    "log_sigmoid": "logsigmoid", "softsign": "softsign", "tanhshrink": "tanhshrink",
+}
+_OVERLOADS = ("default", "Tensor", "Scalar")
+
+
+def make_activation_rule(name: str):
+    def lower_activation(ctx, op) -> None:
+        activation = name
+        if name == "gelu" and op.attrs.get("approximate", "none") == "tanh":
+            activation = "gelu_tanh"
+        ctx.set_layout(op.output, ctx.derive(op.inputs[0], activation))
+    lower_activation.__doc__ = f"Elementwise {name}: keeps or copies the input's nodes."
+    return lower_activation
+
+
+def lower_softmax(ctx, op) -> None:
+    """inputs ``[x]``; attrs ``dim``, ``log``."""
+    ctx.set_layout(op.output, ctx.derive(op.inputs[0], "log_softmax" if op.attrs.get("log") else "softmax"))
+
+
+def _unary(x, *args, **kwargs):
+    return [x], {"args": list(args), **kwargs}
+
+
+def _gelu(x, approximate="none"):
+    return [x], {"approximate": approximate}
+
+
+def _softmax(x, dim, *rest, **kwargs):
+    return [x], {"dim": dim, "log": False}
+
+
+def _log_softmax(x, dim, *rest, **kwargs):
+    return [x], {"dim": dim, "log": True}
+
+
+def _log_sigmoid_forward(x):
+    return [x], {}
+
+
+@hookimpl
+def gmn_register(registry) -> None:
+    for activation in sorted(set(ACTIVATION_OPS.values()) | {"gelu"}):
+        registry.add_rule(activation, make_activation_rule(activation))
+    for op_name, activation in sorted(ACTIVATION_OPS.items()) + [("gelu", "gelu")]:
+        normalize = _gelu if op_name == "gelu" else _unary
+        for suffix in ("", "_"):
+            for overload in _OVERLOADS:
+                registry.map_aten(f"aten.{op_name}{suffix}.{overload}", activation, normalize)
+    registry.map_aten("aten.log_sigmoid_forward.default", "logsigmoid", _log_sigmoid_forward)
+    registry.add_rule("softmax", lower_softmax)
+    for target in ("aten.softmax.int", "aten._softmax.default", "aten.special_softmax.int"):
+        registry.map_aten(target, "softmax", _softmax)
+    for target in ("aten.log_softmax.int", "aten._log_softmax.default"):
+        registry.map_aten(target, "softmax", _log_softmax)

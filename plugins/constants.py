@@ -1,0 +1,24 @@
+"""Values computed from no input and no parameter (``torch.zeros(...)``, ``arange``,
+``zeros_like(x)``): they carry no neurons. A binary op that combines one with an activation
+checks it does not vary along a neuron axis (which would pin those neurons)."""
+
+from __future__ import annotations
+
+from gmn_compiler.registry import hookimpl
+
+
+def lower_constant(ctx, op) -> None:
+    for out in op.outputs:
+        ctx.set_layout(out, None)
+        ctx.constants.add(out.id)
+
+
+def _like(x, *args, **kwargs):
+    return [], {}
+
+
+@hookimpl
+def gmn_register(registry) -> None:
+    registry.add_rule("constant", lower_constant)
+    for name in ("zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like"):
+        registry.map_aten(f"aten.{name}.default", "constant", _like)

@@ -1,0 +1,162 @@
+"""Binary elementwise ops: add, sub, mul, div, maximum, minimum, pow.
+
+- Between two activations (residual add, gating mul): one new node per distinct pair of
+  operand nodes, fed by a structural edge from each operand node (types ``add``,
+  ``sub_lhs``/``sub_rhs``, ``mul``, ``div_num``/``div_den``...). A residual add therefore
+  ties the permutations of its two operands, as the function requires.
+- With a parameter operand (layer scale ``γ * x``, a learnable bias vector, ``x + pos_embed``):
+  one auxiliary ``param_operand`` node with an edge per parameter entry into the nodes it
+  meets (free positions in the ``spatial`` column).
+- With a Python scalar (``x * 0.5``, ``x + 1``): fresh nodes one-to-one with the operand's,
+  the edge carrying the scalar (``scalar_*`` types).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from gmn_compiler import layout as L
+from gmn_compiler.ir import ParamRef, Value
+from gmn_compiler.registry import hookimpl
+
+# kind -> (edge type for lhs, edge type for rhs)
+PAIR_TYPES = {"add": ("add", "add"), "sub": ("sub_lhs", "sub_rhs"), "mul": ("mul", "mul"),
+              "div": ("div_num", "div_den"), "maximum": ("max", "max"), "minimum": ("min", "min")}
+# kind -> (edge type when the parameter is lhs, edge type when it is rhs)
+PARAM_TYPES = {"add": ("param_add", "param_add"), "sub": ("param_sub_lhs", "param_sub_rhs"),
+               "mul": ("param_mul", "param_mul"), "div": ("param_div_num", "param_div_den")}
+# kind -> (edge type when the scalar is rhs, when it is lhs)
+SCALAR_TYPES = {"add": ("scalar_add", "scalar_add"), "sub": ("scalar_sub", "scalar_rsub"),
+                "mul": ("scalar_mul", "scalar_mul"), "div": ("scalar_div", "scalar_rdiv"),
+                "pow": ("scalar_pow", None)}
+
+
+def lower_binary(ctx, op) -> None:
+    """inputs ``[a, b]``; attrs ``alpha`` (``a + alpha * b`` for add/sub)."""
+    a, b = op.inputs[0], op.inputs[1]
+    alpha = op.attrs.get("alpha", 1)
+    a_const, b_const = _as_scalar(ctx, a), _as_scalar(ctx, b)
+    if isinstance(a, Value) and isinstance(b, Value) and a_const is None and b_const is None:
+        _lower_pair(ctx, op, a, b, alpha)
+    elif isinstance(a, Value) and isinstance(b, ParamRef):
+        _lower_param(ctx, op, a, b, param_is_lhs=False)
+    elif isinstance(b, Value) and isinstance(a, ParamRef):
+        _lower_param(ctx, op, b, a, param_is_lhs=True)
+    elif isinstance(a, Value) and b_const is not None:
+        _lower_scalar(ctx, op, a, b_const * (alpha if op.kind in ("add", "sub") else 1), scalar_is_lhs=False)
+    elif isinstance(b, Value) and a_const is not None:
+        _lower_scalar(ctx, op, b, a_const, scalar_is_lhs=True, alpha=alpha)
+    else:
+        raise ctx.error(f"unsupported operands for {op.kind}: {type(a).__name__}, {type(b).__name__}")
+
+
+def _as_scalar(ctx, operand) -> float | None:
+    if isinstance(operand, bool):
+        return float(operand)
+    if isinstance(operand, numbers.Number):
+        return float(operand)
+    return None
+
+
+def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
+    if op.kind not in PAIR_TYPES:
+        raise ctx.error(f"{op.kind} between two activations is not supported")
+    out = op.output
+    ndim = len(out.shape)
+    la, lb = ctx.layout(a), ctx.layout(b)
+    for constant, other in ((a, b), (b, a)):
+        if constant.id in ctx.constants:
+            _check_constant_is_free(ctx, constant, other, ndim)
+    if la is None and lb is None:
+        ctx.set_layout(out, None)
+        return
+    ta, tb = L.broadcast_pair(la, lb, ndim)
+    n = ctx.builder.num_nodes + 1
+    keys = ta * n + (tb + 1)
+    uniq, inverse = torch.unique(keys.reshape(-1), return_inverse=True)
+    src_a, src_b = uniq // n, uniq % n - 1
+    nodes_in = torch.cat([src_a[src_a >= 0], src_b[src_b >= 0]])
+    new = ctx.builder.add_nodes(uniq.numel(), "neuron", ctx.builder.depth_of(nodes_in) + 1)
+    type_a, type_b = PAIR_TYPES[op.kind]
+    for src, etype, weight in ((src_a, type_a, 1.0), (src_b, type_b, float(alpha))):
+        keep = src >= 0
+        ctx.builder.add_edges((int(keep.sum()),), src[keep], new[keep], etype, value=weight)
+    pos = _merged_pos(ctx, la, lb, ndim, keys.shape)
+    ctx.set_layout(out, L.compress(new[inverse].view(keys.shape), pos))
+
+
+def _merged_pos(ctx, la, lb, ndim, shape):
+    found = [L.align(l, ndim).pos.expand(shape) for l in (la, lb) if l is not None and l.pos is not None]
+    if len(found) == 2 and not torch.equal(found[0], found[1]):
+        raise ctx.error("operands merge free positions differently; not supported")
+    return found[0] if found else None
+
+
+def _check_constant_is_free(ctx, constant: Value, other: Value, ndim: int) -> None:
+    """A constant tensor that varies along a neuron axis would pin those neurons."""
+    layout = ctx.layout(other)
+    if layout is None:
+        return
+    shape = (1,) * (ndim - len(constant.shape)) + tuple(constant.shape)
+    for axis in L.align(layout, ndim).neuron_axes():
+        if shape[axis] > 1:
+            raise ctx.error("a constant tensor that varies along a neuron axis fixes those "
+                            "neurons; this is not supported yet — register it as a buffer")
+
+
+def _lower_param(ctx, op, x: Value, ref: ParamRef, param_is_lhs: bool) -> None:
+    if op.kind not in PARAM_TYPES:
+        raise ctx.error(f"{op.kind} with a parameter operand is not supported")
+    if op.kind in ("add", "sub") and op.attrs.get("alpha", 1) != 1:
+        raise ctx.error("add/sub with alpha != 1 and a parameter operand is not supported")
+    layout = ctx.own(x)
+    if layout is None:
+        raise ctx.error(f"parameter {ref.name} combined with a value that carries no neurons")
+    etype = PARAM_TYPES[op.kind][0 if param_is_lhs else 1]
+    ctx.attach_param(layout, op.output.shape, ref, etype, "param_operand")
+    ctx.set_layout(op.output, L.align(layout, len(op.output.shape)))
+
+
+def _lower_scalar(ctx, op, x: Value, scalar: float, scalar_is_lhs: bool, alpha=1) -> None:
+    if op.kind not in SCALAR_TYPES or SCALAR_TYPES[op.kind][1 if scalar_is_lhs else 0] is None:
+        raise ctx.error(f"{op.kind} with a scalar operand is not supported")
+    layout = ctx.layout(x)
+    if layout is None:
+        ctx.set_layout(op.output, None)
+        return
+    if scalar_is_lhs and op.kind in ("add", "sub") and alpha != 1:
+        raise ctx.error("scalar - alpha * x with alpha != 1 is not supported")
+    etype = SCALAR_TYPES[op.kind][1 if scalar_is_lhs else 0]
+    fresh = ctx.fresh(x, L.align(layout, len(op.output.shape)), etype, weight=scalar)
+    ctx.set_layout(op.output, fresh)
+
+
+def _binary(a, b, alpha=1, **kwargs):
+    return [a, b], {"alpha": alpha, **kwargs}
+
+
+def _rsub(a, b, alpha=1):
+    """``rsub(a, b, alpha) = b - alpha * a``."""
+    return [b, a], {"alpha": alpha}
+
+
+def _div(a, b, rounding_mode=None):
+    return [a, b], {"rounding_mode": rounding_mode}
+
+
+@hookimpl
+def gmn_register(registry) -> None:
+    for kind in ("add", "sub", "mul", "div", "maximum", "minimum", "pow"):
+        registry.add_rule(kind, lower_binary)
+    for kind in ("add", "sub", "mul", "div"):
+        for overload in ("Tensor", "Scalar"):
+            for suffix in ("", "_"):
+                normalize = _div if kind == "div" else _binary
+                registry.map_aten(f"aten.{kind}{suffix}.{overload}", kind, normalize)
+    registry.map_aten("aten.rsub.Scalar", "sub", _rsub)
+    registry.map_aten("aten.rsub.Tensor", "sub", _rsub)
+    registry.map_aten("aten.maximum.default", "maximum", _binary)
+    registry.map_aten("aten.minimum.default", "minimum", _binary)
+    registry.map_aten("aten.pow.Tensor_Scalar", "pow", _binary)

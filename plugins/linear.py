@@ -1,0 +1,81 @@
+"""Linear layers: ``nn.Linear``, ``F.linear``, ``x @ W`` / ``W @ x`` with a parameter, addmm.
+
+A linear layer creates one node per output feature and one edge per weight ``W[o, i]`` from
+the node of input entry ``i`` to output node ``o``; the bias becomes one bias node per layer
+with an edge to every output node. If the contracted axis merges free positions (a conv
+feature map flattened C×H×W), each entry's position goes into the edge's ``spatial`` column.
+"""
+
+from __future__ import annotations
+
+from gmn_compiler import layout as L
+from gmn_compiler.ir import ParamRef, Value
+from gmn_compiler.registry import hookimpl
+
+
+def lower_linear(ctx, op) -> None:
+    """inputs ``[x, weight [out, in], bias [out] | None]``; attrs ``axis`` (contracted axis of
+    ``x``, default -1; the output has ``out`` entries on that axis)."""
+    x, weight = op.inputs[0], op.inputs[1]
+    bias = op.inputs[2] if len(op.inputs) > 2 else None
+    if not isinstance(weight, ParamRef) or weight.tensor.dim() != 2:
+        raise ctx.error("linear needs a 2-D parameter as its weight")
+    if bias is not None and not isinstance(bias, ParamRef):
+        raise ctx.error("linear bias must be a parameter")
+    axis = op.attrs.get("axis", -1)
+    try:
+        ids, pos = L.axis_entries(ctx.require_layout(x), x.shape, axis)
+    except ValueError as exc:
+        raise ctx.error(f"cannot contract axis {axis} of {x}: {exc}") from None
+    out_features, in_features = weight.shape
+    builder = ctx.builder
+    depth = builder.depth_of(ids) + 1
+    out_ids = builder.add_nodes(out_features, "neuron", depth)
+    builder.add_edges((out_features, in_features), ids.view(1, in_features),
+                      out_ids.view(out_features, 1), "linear", param=weight,
+                      spatial=None if pos is None else pos.view(1, in_features))
+    if bias is not None:
+        bias_node = builder.add_nodes(1, "bias", depth)
+        builder.add_edges((out_features,), bias_node, out_ids, "linear_bias",
+                          param=bias.apply(lambda t: t.reshape(out_features)))
+    ctx.set_layout(op.output, L.for_axis(out_ids, len(op.output.shape), axis))
+
+
+def _linear(x, weight, bias=None):
+    return [x, weight, bias], {}
+
+
+def _matmul(a, b):
+    if isinstance(b, ParamRef) and isinstance(a, Value) and b.tensor.dim() == 2:
+        return [a, b.apply(lambda t: t.t()), None], {}
+    if isinstance(a, ParamRef) and isinstance(b, Value) and a.tensor.dim() == 2:
+        return [b, a, None], {"axis": -2 if len(b.shape) >= 2 else -1}
+    return [a, b], {"between_activations": True}
+
+
+def _addmm(bias, a, b, beta=1, alpha=1):
+    if beta != 1 or alpha != 1:
+        return [bias, a, b], {"beta": beta, "alpha": alpha, "unsupported": "addmm with alpha/beta"}
+    inputs, attrs = _matmul(a, b)
+    if len(inputs) == 3:
+        inputs[2] = bias
+    return inputs, attrs
+
+
+def lower_matmul(ctx, op) -> None:
+    inputs = op.inputs
+    if len(inputs) == 3 and isinstance(inputs[1], ParamRef):
+        lower_linear(ctx, op)
+        return
+    raise ctx.error("matmul between two activations is not supported yet (attention support "
+                    "is tracked in issue 4); write a plugin for this model's contraction")
+
+
+@hookimpl
+def gmn_register(registry) -> None:
+    registry.add_rule("linear", lower_linear)
+    registry.add_rule("matmul", lower_matmul)
+    registry.map_aten("aten.linear.default", "linear", _linear)
+    for target in ("aten.matmul.default", "aten.mm.default"):
+        registry.map_aten(target, "matmul", _matmul)
+    registry.map_aten("aten.addmm.default", "matmul", _addmm)

@@ -1,0 +1,153 @@
+"""Normalisation layers: batch norm, layer norm, group norm, instance norm.
+
+- Batch norm (eval mode: a per-channel affine map) attaches its weight, bias, running mean
+  and running variance to the channel nodes, each through one auxiliary node per layer.
+- Layer norm and instance norm mark the nodes with the normalisation (it is a nonlinearity
+  that mixes entries) and attach weight and bias; a weight over several axes (C, H, W)
+  records its free position in the ``spatial`` column.
+- Group norm adds one ``group`` node per group with a membership edge to each of its
+  channels, so only within-group and whole-group permutations remain automorphisms.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gmn_compiler import layout as L
+from gmn_compiler.ir import ParamRef
+from gmn_compiler.registry import hookimpl
+
+
+def _channel_param(ref: ParamRef, ndim: int, channel_axis: int) -> ParamRef:
+    """A per-channel vector seen as broadcastable against the activation."""
+    shape = [1] * ndim
+    shape[channel_axis] = ref.tensor.numel()
+    return ref.apply(lambda t: t.reshape(shape))
+
+
+def _attach_all(ctx, layout, shape, channel_axis, named: list[tuple[object, str, str]]) -> None:
+    for ref, etype, role in named:
+        if ref is None:
+            continue
+        if not isinstance(ref, ParamRef):
+            raise ctx.error(f"{etype} operand must be a parameter or buffer")
+        ctx.attach_param(layout, shape, _channel_param(ref, len(shape), channel_axis), etype, role)
+
+
+def _set_main_output(ctx, op, layout) -> None:
+    ctx.set_layout(op.outputs[0], layout)
+    for extra in op.outputs[1:]:  # saved statistics of native_* variants
+        ctx.set_layout(extra, None)
+
+
+def lower_batch_norm(ctx, op) -> None:
+    """inputs ``[x, weight, bias, running_mean, running_var]`` (any may be None)."""
+    x = op.inputs[0]
+    weight, bias, mean, var = (list(op.inputs[1:5]) + [None] * 4)[:4]
+    layout = ctx.own(x)
+    if layout is None:
+        raise ctx.error("batch norm input carries no neurons")
+    if mean is None or var is None:
+        raise ctx.error("batch norm without running statistics normalises with batch "
+                        "statistics; compile the model in eval mode with track_running_stats=True")
+    _attach_all(ctx, layout, x.shape, 1 if len(x.shape) > 1 else 0, [
+        (weight, "bn_weight", "norm_weight"), (bias, "bn_bias", "norm_bias"),
+        (mean, "bn_mean", "running_mean"), (var, "bn_var", "running_var")])
+    _set_main_output(ctx, op, layout)
+
+
+def lower_instance_norm(ctx, op) -> None:
+    """inputs ``[x, weight, bias, running_mean, running_var]``; attrs ``use_input_stats``."""
+    x = op.inputs[0]
+    weight, bias, mean, var = (list(op.inputs[1:5]) + [None] * 4)[:4]
+    layout = ctx.derive(x, "instance_norm")
+    if layout is None:
+        raise ctx.error("instance norm input carries no neurons")
+    if op.attrs.get("use_input_stats", True):
+        mean = var = None  # running statistics are not used by the function
+    _attach_all(ctx, layout, x.shape, 1, [
+        (weight, "in_weight", "norm_weight"), (bias, "in_bias", "norm_bias"),
+        (mean, "in_mean", "running_mean"), (var, "in_var", "running_var")])
+    _set_main_output(ctx, op, layout)
+
+
+def lower_layer_norm(ctx, op) -> None:
+    """inputs ``[x, weight | None, bias | None]``; attrs ``normalized_shape``."""
+    x, weight, bias = (list(op.inputs) + [None] * 3)[:3]
+    layout = ctx.derive(x, "layer_norm")
+    if layout is None:
+        raise ctx.error("layer norm input carries no neurons")
+    for ref, etype, role in ((weight, "ln_weight", "norm_weight"), (bias, "ln_bias", "norm_bias")):
+        if ref is not None:
+            ctx.attach_param(layout, x.shape, ref, etype, role)
+    _set_main_output(ctx, op, layout)
+
+
+def lower_group_norm(ctx, op) -> None:
+    """inputs ``[x, weight | None, bias | None]``; attrs ``num_groups``."""
+    x, weight, bias = (list(op.inputs) + [None] * 3)[:3]
+    groups = int(op.attrs["num_groups"])
+    layout = ctx.derive(x, "group_norm")
+    if layout is None:
+        raise ctx.error("group norm input carries no neurons")
+    try:
+        channels, pos = L.axis_entries(layout, x.shape, 1)
+    except ValueError as exc:
+        raise ctx.error(f"group norm input {x}: {exc}") from None
+    if pos is not None:
+        raise ctx.error("group norm over channels that merge free positions is not supported")
+    size = channels.numel() // groups
+    group_ids = ctx.builder.add_nodes(groups, "group", ctx.builder.depth_of(channels))
+    ctx.builder.add_edges((groups, size), group_ids.view(groups, 1), channels.view(groups, size),
+                          "gn_member")
+    _attach_all(ctx, layout, x.shape, 1, [(weight, "gn_weight", "norm_weight"),
+                                          (bias, "gn_bias", "norm_bias")])
+    _set_main_output(ctx, op, layout)
+
+
+# ------------------------------------------------------------------ ATen signatures
+def _batch_norm(x, weight, bias, running_mean, running_var, training=False, momentum=0.1,
+                eps=1e-5, cudnn_enabled=False):
+    return [x, weight, bias, running_mean, running_var], {"eps": eps, "training": training}
+
+
+def _native_bn_no_training(x, weight, bias, running_mean, running_var, momentum, eps):
+    return [x, weight, bias, running_mean, running_var], {"eps": eps, "training": False}
+
+
+def _instance_norm(x, weight, bias, running_mean, running_var, use_input_stats=True,
+                   momentum=0.1, eps=1e-5, cudnn_enabled=False):
+    return [x, weight, bias, running_mean, running_var], {"eps": eps,
+                                                          "use_input_stats": use_input_stats}
+
+
+def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    return [x, weight, bias], {"normalized_shape": list(normalized_shape), "eps": eps}
+
+
+def _native_layer_norm(x, normalized_shape, weight, bias, eps):
+    return [x, weight, bias], {"normalized_shape": list(normalized_shape), "eps": eps}
+
+
+def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True):
+    return [x, weight, bias], {"num_groups": num_groups, "eps": eps}
+
+
+def _native_group_norm(x, weight, bias, n, c, hxw, group, eps):
+    return [x, weight, bias], {"num_groups": group, "eps": eps}
+
+
+@hookimpl
+def gmn_register(registry) -> None:
+    registry.add_rule("batch_norm", lower_batch_norm)
+    registry.add_rule("instance_norm", lower_instance_norm)
+    registry.add_rule("layer_norm", lower_layer_norm)
+    registry.add_rule("group_norm", lower_group_norm)
+    registry.map_aten("aten.batch_norm.default", "batch_norm", _batch_norm)
+    registry.map_aten("aten._native_batch_norm_legit_no_training.default", "batch_norm",
+                      _native_bn_no_training)
+    registry.map_aten("aten.instance_norm.default", "instance_norm", _instance_norm)
+    registry.map_aten("aten.layer_norm.default", "layer_norm", _layer_norm)
+    registry.map_aten("aten.native_layer_norm.default", "layer_norm", _native_layer_norm)
+    registry.map_aten("aten.group_norm.default", "group_norm", _group_norm)
+    registry.map_aten("aten.native_group_norm.default", "group_norm", _native_group_norm)

@@ -1,0 +1,94 @@
+"""Pooling and reductions.
+
+Pooling (avg / max / adaptive / global) and reductions over free axes act on each neuron
+separately, so they keep or copy the input's nodes and mark them ``avg_pool``, ``max_pool``
+or ``sum_pool``. A reduction over *every* neuron axis (a mean over features, as in a
+LayerNorm written out op by op) is invariant to permuting them: its result has no neurons.
+"""
+
+from __future__ import annotations
+
+from gmn_compiler import layout as L
+from gmn_compiler.registry import hookimpl
+
+_MODE_ACTIVATION = {"avg": "avg_pool", "mean": "avg_pool", "max": "max_pool", "amax": "max_pool",
+                    "min": "max_pool", "amin": "max_pool", "sum": "sum_pool"}
+
+
+def lower_pool(ctx, op) -> None:
+    """Spatial pooling over the trailing ``attrs['spatial_dims']`` axes; attrs ``mode``."""
+    x = op.inputs[0]
+    layout = ctx.layout(x)
+    if layout is None:
+        ctx.set_layout(op.outputs[0], None)
+    else:
+        ndim = len(x.shape)
+        pooled = range(ndim - op.attrs["spatial_dims"], ndim)
+        if any(a in layout.neuron_axes() for a in pooled):
+            raise ctx.error("pooling over an axis that carries neurons is not supported")
+        ctx.set_layout(op.outputs[0], ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]]))
+    for extra in op.outputs[1:]:  # indices of max_pool_with_indices
+        ctx.set_layout(extra, None)
+
+
+def lower_reduce(ctx, op) -> None:
+    """attrs ``dims`` (None: all), ``keepdim``, ``mode``."""
+    x = op.inputs[0]
+    layout = ctx.layout(x)
+    ndim = len(x.shape)
+    dims = sorted({d % ndim for d in (op.attrs.get("dims") or range(ndim))}) if ndim else []
+    keepdim = bool(op.attrs.get("keepdim", False))
+    for extra in op.outputs[1:]:  # indices of max.dim
+        ctx.set_layout(extra, None)
+    if layout is None:
+        ctx.set_layout(op.outputs[0], None)
+        return
+    neuron = set(layout.neuron_axes())
+    reduced_neuron = neuron & set(dims)
+    if reduced_neuron:
+        if reduced_neuron != neuron:
+            raise ctx.error(f"reducing neuron axes {sorted(reduced_neuron)} but not "
+                            f"{sorted(neuron - reduced_neuron)} is not supported")
+        ctx.set_layout(op.outputs[0], None)
+        return
+    out = ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]])
+    if not keepdim:  # the reduced axes are free (size 1 in the id tensor): drop them
+        kept = [i for i in range(ndim) if i not in dims]
+        out = out.map(lambda t: t.reshape([t.shape[i] for i in kept]))
+    ctx.set_layout(op.outputs[0], out)
+
+
+def _pool(mode: str, spatial_dims: int):
+    def normalize(x, *args, **kwargs):
+        return [x], {"mode": mode, "spatial_dims": spatial_dims, "args": list(args)}
+    return normalize
+
+
+def _reduce(mode: str):
+    def normalize(x, dims=None, keepdim=False, *rest, **kwargs):
+        if isinstance(dims, int):
+            dims = [dims]
+        return [x], {"mode": mode, "dims": list(dims) if dims is not None else None,
+                     "keepdim": keepdim or kwargs.get("keepdim", False)}
+    return normalize
+
+
+@hookimpl
+def gmn_register(registry) -> None:
+    registry.add_rule("pool", lower_pool)
+    registry.add_rule("reduce", lower_reduce)
+    for d in (1, 2, 3):
+        registry.map_aten(f"aten.avg_pool{d}d.default", "pool", _pool("avg", d))
+        registry.map_aten(f"aten.max_pool{d}d.default", "pool", _pool("max", d))
+        registry.map_aten(f"aten.max_pool{d}d_with_indices.default", "pool", _pool("max", d))
+        registry.map_aten(f"aten.adaptive_avg_pool{d}d.default", "pool", _pool("avg", d))
+        registry.map_aten(f"aten.adaptive_max_pool{d}d.default", "pool", _pool("max", d))
+    registry.map_aten("aten._adaptive_avg_pool2d.default", "pool", _pool("avg", 2))
+    registry.map_aten("aten.mean.dim", "reduce", _reduce("mean"))
+    registry.map_aten("aten.mean.default", "reduce", _reduce("mean"))
+    registry.map_aten("aten.sum.dim_IntList", "reduce", _reduce("sum"))
+    registry.map_aten("aten.sum.default", "reduce", _reduce("sum"))
+    registry.map_aten("aten.amax.default", "reduce", _reduce("amax"))
+    registry.map_aten("aten.amin.default", "reduce", _reduce("amin"))
+    registry.map_aten("aten.max.dim", "reduce", _reduce("max"))
+    registry.map_aten("aten.min.dim", "reduce", _reduce("min"))

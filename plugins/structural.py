@@ -1,0 +1,209 @@
+"""Structural ops: they move entries without changing them, so they only transform the id
+tensor of the layout exactly as they transform the data (DESIGN §3).
+
+reshape / view / flatten / unflatten / squeeze / unsqueeze (one rule: from the input and
+output shapes), permute / transpose, select, slice, cat, stack, split / chunk / unbind,
+expand, and identities (clone, contiguous, dropout in eval mode, dtype casts).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gmn_compiler import layout as L
+from gmn_compiler.registry import hookimpl
+
+
+def _keep_none(ctx, op) -> bool:
+    """Outputs of an op on a value without neurons have none either."""
+    layouts = [ctx.layout(v) for v in op.values()]
+    if all(l is None for l in layouts):
+        for out in op.outputs:
+            ctx.set_layout(out, None)
+        return True
+    return False
+
+
+def lower_identity(ctx, op) -> None:
+    """Output aliases input ``op.inputs[0]`` entry for entry."""
+    ctx.set_layout(op.output, ctx.layout(op.inputs[0]))
+
+
+def lower_reshape(ctx, op) -> None:
+    """Any op whose effect is ``x.reshape(out.shape)``."""
+    if _keep_none(ctx, op):
+        return
+    x = op.inputs[0]
+    ctx.set_layout(op.output, L.reshape(ctx.layout(x), x.shape, op.output.shape))
+
+
+def lower_permute(ctx, op) -> None:
+    """attrs ``dims``."""
+    if _keep_none(ctx, op):
+        return
+    dims = [d % len(op.inputs[0].shape) for d in op.attrs["dims"]]
+    ctx.set_layout(op.output, L.permute(ctx.layout(op.inputs[0]), dims))
+
+
+def lower_select(ctx, op) -> None:
+    """attrs ``dim``, ``index``."""
+    if _keep_none(ctx, op):
+        return
+    x = op.inputs[0]
+    ctx.set_layout(op.output, L.select(ctx.layout(x), op.attrs["dim"], op.attrs["index"] % x.shape[op.attrs["dim"]]))
+
+
+def lower_slice(ctx, op) -> None:
+    """attrs ``dim``, ``start``, ``end``, ``step`` (Python slice semantics)."""
+    if _keep_none(ctx, op):
+        return
+    x = op.inputs[0]
+    dim = op.attrs["dim"] % len(x.shape)
+    start, end, step = slice(op.attrs.get("start"), op.attrs.get("end"), op.attrs.get("step", 1)).indices(x.shape[dim])
+    ctx.set_layout(op.output, L.narrow(ctx.layout(x), dim, start, end, step))
+
+
+def lower_cat(ctx, op) -> None:
+    """inputs ``[[x0, x1, ...]]``; attrs ``dim``."""
+    if _keep_none(ctx, op):
+        return
+    parts = op.inputs[0]
+    layouts = [ctx.layout(v) for v in parts]
+    if any(l is None for l in layouts):
+        raise ctx.error("concatenating a value without neurons (a constant or an invariant "
+                        "statistic) with one that has neurons is not supported")
+    dim = op.attrs.get("dim", 0) % len(op.output.shape)
+    ndim = len(op.output.shape)
+    if op.attrs.get("stack"):
+        layouts = [L.unsqueeze(l, dim) for l in layouts]
+        shapes = [tuple(v.shape[:dim]) + (1,) + tuple(v.shape[dim:]) for v in parts]
+    else:
+        shapes = [tuple(v.shape) for v in parts]
+    ctx.set_layout(op.output, L.cat([L.align(l, ndim) for l in layouts], shapes, dim))
+
+
+def lower_split(ctx, op) -> None:
+    """attrs ``dim``, ``squeeze`` (unbind); output sizes are read from the outputs."""
+    if _keep_none(ctx, op):
+        return
+    x = op.inputs[0]
+    layout = ctx.layout(x)
+    dim = op.attrs["dim"] % len(x.shape)
+    start = 0
+    for out in op.outputs:
+        if op.attrs.get("squeeze"):
+            ctx.set_layout(out, L.select(layout, dim, start))
+            start += 1
+        else:
+            size = out.shape[dim]
+            ctx.set_layout(out, L.narrow(layout, dim, start, start + size))
+            start += size
+
+
+def lower_expand(ctx, op) -> None:
+    if _keep_none(ctx, op):
+        return
+    ctx.set_layout(op.output, L.expand_to(ctx.layout(op.inputs[0]), op.output.shape))
+
+
+# ------------------------------------------------------------------ ATen signatures
+def _x_only(x, *args, **kwargs):
+    return [x], {}
+
+
+def _permute(x, dims):
+    return [x], {"dims": list(dims)}
+
+
+def _transpose(x, dim0, dim1):
+    n = len(x.shape)
+    dims = list(range(n))
+    dims[dim0 % n], dims[dim1 % n] = dims[dim1 % n], dims[dim0 % n]
+    return [x], {"dims": dims}
+
+
+def _t(x):
+    return [x], {"dims": list(range(len(x.shape)))[::-1]}
+
+
+def _movedim(x, source, destination):
+    n = len(x.shape)
+    dims = [d for d in range(n) if d != source % n]
+    dims.insert(destination % n, source % n)
+    return [x], {"dims": dims}
+
+
+def _select(x, dim, index):
+    return [x], {"dim": dim % len(x.shape), "index": index}
+
+
+def _slice(x, dim=0, start=None, end=None, step=1):
+    return [x], {"dim": dim, "start": start, "end": end, "step": step}
+
+
+def _narrow(x, dim, start, length):
+    return [x], {"dim": dim, "start": start, "end": start + length, "step": 1}
+
+
+def _cat(tensors, dim=0):
+    return [list(tensors)], {"dim": dim}
+
+
+def _stack(tensors, dim=0):
+    return [list(tensors)], {"dim": dim, "stack": True}
+
+
+def _split(x, split_size, dim=0):
+    return [x], {"dim": dim}
+
+
+def _chunk(x, chunks, dim=0):
+    return [x], {"dim": dim}
+
+
+def _unbind(x, dim=0):
+    return [x], {"dim": dim, "squeeze": True}
+
+
+RESHAPE_TARGETS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
+                   "aten.flatten.using_ints", "aten.unflatten.int", "aten.squeeze.dim",
+                   "aten.squeeze.dims", "aten.squeeze.default", "aten.unsqueeze.default",
+                   "aten.view_as.default", "aten.reshape_as.default", "aten.squeeze_.dim",
+                   "aten.unsqueeze_.default")
+IDENTITY_TARGETS = ("aten.clone.default", "aten.contiguous.default", "aten.alias.default",
+                    "aten.detach.default", "aten.dropout.default", "aten.dropout_.default",
+                    "aten.feature_dropout.default", "aten.alpha_dropout.default",
+                    "aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout",
+                    "aten.type_as.default", "aten.lift_fresh_copy.default",
+                    "aten.native_dropout.default", "aten.float.default", "aten.identity.default")
+
+
+@hookimpl
+def gmn_register(registry) -> None:
+    for kind, rule in (("identity", lower_identity), ("reshape", lower_reshape),
+                       ("permute", lower_permute), ("select", lower_select),
+                       ("slice", lower_slice), ("cat", lower_cat), ("split", lower_split),
+                       ("expand", lower_expand)):
+        registry.add_rule(kind, rule, aliasing=True)
+    for target in RESHAPE_TARGETS:
+        registry.map_aten(target, "reshape", _x_only)
+    for target in IDENTITY_TARGETS:
+        registry.map_aten(target, "identity", _x_only)
+    registry.map_aten("aten.permute.default", "permute", _permute)
+    registry.map_aten("aten.transpose.int", "permute", _transpose)
+    registry.map_aten("aten.swapaxes.default", "permute", _transpose)
+    registry.map_aten("aten.t.default", "permute", _t)
+    registry.map_aten("aten.numpy_T.default", "permute", _t)
+    registry.map_aten("aten.movedim.int", "permute", _movedim)
+    registry.map_aten("aten.select.int", "select", _select)
+    registry.map_aten("aten.slice.Tensor", "slice", _slice)
+    registry.map_aten("aten.narrow.default", "slice", _narrow)
+    registry.map_aten("aten.cat.default", "cat", _cat)
+    registry.map_aten("aten.concat.default", "cat", _cat)
+    registry.map_aten("aten.stack.default", "cat", _stack)
+    registry.map_aten("aten.split.Tensor", "split", _split)
+    registry.map_aten("aten.split_with_sizes.default", "split", _split)
+    registry.map_aten("aten.chunk.default", "split", _chunk)
+    registry.map_aten("aten.unbind.int", "split", _unbind)
+    registry.map_aten("aten.expand.default", "expand", _x_only)
+    registry.map_aten("aten.expand_as.default", "expand", _x_only)
