@@ -61,4 +61,4 @@ def compile(source: Any, example_inputs: tuple | None = None, **options: Any) ->
     data = Data(x=built.x, edge_index=built.edge_index, edge_attr=built.edge_attr,
                 edge_param=built.edge_param, edge_offset=built.edge_offset,
                 num_nodes=built.num_nodes)
-    return ParameterGraph(data, built.params, ctx.summary, ir.source)
+    return ParameterGraph(data, built.params, ctx.summary, ir.source, ctx.symmetries)

@@ -32,6 +32,7 @@ class ParameterGraph:
     params: list[ParamInfo]
     summary: dict[str, dict[str, int]] = field(default_factory=dict)
     source: str = "torch"
+    symmetries: list[dict] = field(default_factory=list)  # declared by rules; not saved
 
     # ------------------------------------------------------------ decompile
     def to_state_dict(self, edge_values: torch.Tensor, *, include_constants: bool = False) -> dict[str, torch.Tensor]:

@@ -28,6 +28,8 @@ class LoweringContext:
         self.op: Op | None = None
         self._family = _AliasFamilies(ir, registry)
         self.constants: set[int] = set()  # ids of values computed from no input and no parameter
+        self.symmetries: list[dict] = []
+        self.summary: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------ layouts
     def layout(self, value: Value) -> Layout | None:
@@ -91,6 +93,25 @@ class LoweringContext:
             self.builder.set_activation(nodes, activation)
             return layout
         return self.fresh(value, layout, "activation", activation)
+
+    def declare_symmetry(self, nodes: torch.Tensor, what: str, groups: int = 1,
+                         permute_groups: bool = False) -> None:
+        """Declare that permuting ``nodes`` within each of ``groups`` equal consecutive
+        blocks (and, with ``permute_groups``, permuting whole blocks) preserves the model's
+        function; the completeness oracle checks that the graph has these automorphisms."""
+        where = f" at {self.op.location}" if self.op else ""
+        self.symmetries.append({"nodes": nodes.clone(), "groups": groups,
+                                "permute_groups": permute_groups, "what": what + where})
+
+    def refine_symmetry(self, nodes: torch.Tensor, groups: int, what: str) -> None:
+        """A later op (GroupNorm) splits ``nodes`` into ``groups`` blocks: declared symmetries
+        over exactly these nodes become within-block and whole-block permutations."""
+        for sym in self.symmetries:
+            if sym["nodes"].numel() == nodes.numel() and torch.equal(sym["nodes"], nodes):
+                if sym["groups"] != 1 and sym["groups"] != groups:
+                    raise self.error(f"{what} splits channels already split into {sym['groups']} groups")
+                sym["groups"], sym["permute_groups"] = groups, True
+                sym["what"] += f", in {groups} groups of {what}"
 
     def attach_param(self, layout: Layout, shape: tuple[int, ...], ref: ParamRef, etype: str,
                      role: str) -> None:

@@ -66,6 +66,8 @@ def lower_conv(ctx, op) -> None:
             raise ctx.error("convolution bias must be a parameter")
         bias_node = builder.add_nodes(1, "bias", depth)
         builder.add_edges((c_out,), bias_node, out_ids, etype + "_bias", param=bias)
+    ctx.declare_symmetry(out_ids, "output channels of conv" + (f" (within {groups} groups)" if groups > 1 else ""),
+                         groups=groups)
     ctx.set_layout(op.output, L.for_axis(out_ids, len(op.output.shape), channel_axis))
 
 

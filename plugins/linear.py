@@ -38,6 +38,7 @@ def lower_linear(ctx, op) -> None:
         bias_node = builder.add_nodes(1, "bias", depth)
         builder.add_edges((out_features,), bias_node, out_ids, "linear_bias",
                           param=bias.apply(lambda t: t.reshape(out_features)))
+    ctx.declare_symmetry(out_ids, "hidden units of linear")
     ctx.set_layout(op.output, L.for_axis(out_ids, len(op.output.shape), axis))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import operator
 import os
+import re
 from typing import Any
 
 import torch
@@ -22,6 +23,8 @@ from torch import nn
 from ..errors import CompileError
 from ..ir import IRGraph, Op, ParamRef, Value
 from ..registry import Registry, target_name
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 
 # ATen ops that only rearrange entries: applied to a parameter, they are applied to its
 # values and its offsets alike (the parameter stays a parameter, seen through a view).
@@ -76,13 +79,11 @@ def _location(node: torch.fx.Node) -> str:
         path, type_name = list(stack.values())[-1]
         cls = type_name.rsplit(".", 1)[-1] if isinstance(type_name, str) else getattr(type_name, "__name__", "?")
         where = f"{path or '<root>'} ({cls})"
-    trace = node.meta.get("stack_trace") or ""
-    lines = [l.strip() for l in trace.strip().splitlines() if l.strip().startswith("File ")]
-    if lines:
-        parts = lines[-1].split('"')
-        if len(parts) >= 3:
-            line = parts[2].split(",")[1].strip().replace("line ", "") if "," in parts[2] else "?"
-            where = f"{where} at {os.path.basename(parts[1])}:{line}".strip()
+    frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
+    user = [(f, l) for f, l in frames if _TORCH_DIR not in os.path.abspath(f)]
+    if user:
+        file, line = user[-1]
+        where = f"{where} at {os.path.basename(file)}:{line}".strip()
     return where or node.name
 
 

@@ -1,0 +1,234 @@
+"""Correctness oracles 2 and 3 (DESIGN §4): soundness and completeness of a graph's symmetries.
+
+- **Soundness**: a random automorphism of the graph's *structure* (every feature except the
+  edge value) is found with VF2 on a copy whose node order is shuffled; each edge's value is
+  moved along it, the result decompiled, loaded into a copy of the model and run. The
+  outputs must equal the original's (checked in float64).
+- **Completeness**: for every set of nodes a rule declared permutable (hidden units of a
+  linear layer, channels of a conv, within each group), a random permutation of the set must
+  extend to an automorphism of the structure — and that automorphism must be sound too.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+from networkx.algorithms import isomorphism
+
+from .errors import SymmetryError
+from .graph import ParameterGraph
+
+
+@dataclass
+class SymmetryReport:
+    """What :func:`check_symmetry` verified."""
+
+    automorphisms_checked: int
+    identity_automorphisms: int
+    symmetries_checked: list[str]
+    max_abs_error: float
+
+
+class _Timeout(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float | None):
+    """Interrupt the block after ``seconds`` (main thread only; elsewhere no limit)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Timeout()
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def structure_graph(pg: ParameterGraph) -> nx.DiGraph:
+    """A simple digraph of the structure: node label = feature row; edge label = the sorted
+    multiset of feature rows (without the value) of all parallel edges u -> v."""
+    data = pg.data
+    feats = data.edge_attr[:, 1:]
+    _, feat_id = torch.unique(feats, dim=0, return_inverse=True)
+    src, dst = data.edge_index.tolist()
+    labels: dict[tuple[int, int], list[int]] = {}
+    for u, v, f in zip(src, dst, feat_id.tolist()):
+        labels.setdefault((u, v), []).append(f)
+    g = nx.DiGraph()
+    for n, row in enumerate(data.x.tolist()):
+        g.add_node(n, f=tuple(row))
+    for (u, v), fs in labels.items():
+        g.add_edge(u, v, f=tuple(sorted(fs)))
+    return g
+
+
+def _shuffled_copy(g: nx.DiGraph, rng: torch.Generator, pins: dict[int, int] | None) -> nx.DiGraph:
+    order = torch.randperm(g.number_of_nodes(), generator=rng).tolist()
+    nodes = list(g.nodes)
+    h = nx.DiGraph()
+    for i in order:
+        n = nodes[i]
+        h.add_node(n, **g.nodes[n])
+        if pins and n in pins:
+            h.nodes[n]["pin"] = pins[n]
+    edges = list(g.edges(data=True))
+    for i in torch.randperm(len(edges), generator=rng).tolist():
+        u, v, attrs = edges[i]
+        h.add_edge(u, v, **attrs)
+    return h
+
+
+def find_automorphism(g: nx.DiGraph, rng: torch.Generator, *, constraint: dict[int, int] | None = None,
+                      timeout: float | None = 30.0) -> dict[int, int] | None:
+    """A random automorphism of ``g`` as ``{node: image}``; with ``constraint``
+    (``{node: required image}``) one that extends it. ``None`` if none exists or none was
+    found within ``timeout`` seconds."""
+    g1 = g
+    if constraint:
+        g1 = g.copy()
+        for i, (node, image) in enumerate(constraint.items()):
+            g1.nodes[node]["pin"] = i
+        pins = {image: i for i, (node, image) in enumerate(constraint.items())}
+    else:
+        pins = None
+    g2 = _shuffled_copy(g, rng, pins)
+
+    def node_match(a, b):
+        return a["f"] == b["f"] and a.get("pin") == b.get("pin")
+
+    def edge_match(a, b):
+        return a["f"] == b["f"]
+
+    matcher = isomorphism.DiGraphMatcher(g1, g2, node_match=node_match, edge_match=edge_match)
+    try:
+        with _time_limit(timeout):
+            return next(matcher.isomorphisms_iter(), None)
+    except _Timeout:
+        return None
+
+
+def move_edge_values(pg: ParameterGraph, mapping: dict[int, int], rng: torch.Generator) -> torch.Tensor:
+    """Edge values after moving each edge along the node automorphism ``mapping``. Parallel
+    edges with identical structural features are matched at random. Raises
+    :class:`SymmetryError` if ``mapping`` does not map edges to edges."""
+    data = pg.data
+    n = int(data.num_nodes)
+    perm = torch.arange(n)
+    perm[torch.tensor(list(mapping.keys()))] = torch.tensor(list(mapping.values()))
+    _, fid = torch.unique(data.edge_attr[:, 1:], dim=0, return_inverse=True)
+    nf = int(fid.max()) + 1 if fid.numel() else 1
+    src, dst = data.edge_index
+    key = (src * n + dst) * nf + fid
+    moved = (perm[src] * n + perm[dst]) * nf + fid
+    tie = torch.rand(key.numel(), generator=rng)
+    order_old = _lexsort(key, tie)
+    order_new = _lexsort(moved, torch.rand(key.numel(), generator=rng))
+    if not torch.equal(key[order_old], moved[order_new]):
+        raise SymmetryError("the node mapping is not an automorphism: some edge has no image")
+    values = data.edge_attr[:, 0]
+    out = values.clone()
+    # edge order_new[k] (moved key) lands on the existing edge order_old[k] with that key
+    out[order_old] = values[order_new]
+    return out
+
+
+def _lexsort(primary: torch.Tensor, secondary: torch.Tensor) -> torch.Tensor:
+    first = torch.argsort(secondary, stable=True)
+    return first[torch.argsort(primary[first], stable=True)]
+
+
+def _run(model, inputs):
+    with torch.no_grad():
+        out = model(*inputs)
+    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def outputs_with_values(model: torch.nn.Module, pg: ParameterGraph, values: torch.Tensor,
+                        inputs: tuple) -> list[torch.Tensor]:
+    """Run a float64 copy of ``model`` whose parameters come from ``values``."""
+    state = pg.to_state_dict(values)
+    clone = copy.deepcopy(model).double().eval()
+    own = clone.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise SymmetryError(f"decompiled names {unknown[:3]} are not in the model's state dict")
+    clone.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    return _run(clone, _double(inputs))
+
+
+def _double(inputs: tuple) -> tuple:
+    return tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
+
+
+def check_symmetry(model: torch.nn.Module, example_inputs: tuple, trials: int = 8, seed: int = 0, *,
+                   graph: ParameterGraph | None = None, completeness: bool = True,
+                   timeout: float = 30.0, rtol: float = 1e-7, atol: float = 1e-9) -> SymmetryReport:
+    """Check that ``trials`` random structural automorphisms of the compiled graph preserve
+    the model's function, and that every declared symmetry (hidden units, channels, groups)
+    is an automorphism of the graph. Raises :class:`SymmetryError` naming the failure."""
+    from .api import compile as compile_model
+
+    pg = graph if graph is not None else compile_model(model, example_inputs)
+    rng = torch.Generator().manual_seed(seed)
+    g = structure_graph(pg)
+    reference = _run(copy.deepcopy(model).double().eval(), _double(example_inputs))
+    checked, identities, worst = 0, 0, 0.0
+
+    def verify(mapping: dict[int, int], what: str) -> None:
+        nonlocal worst
+        values = move_edge_values(pg, mapping, rng)
+        outs = outputs_with_values(model, pg, values, example_inputs)
+        for ref, out in zip(reference, outs):
+            err = float((ref - out).abs().max()) if ref.numel() else 0.0
+            worst = max(worst, err)
+            if not torch.allclose(ref, out, rtol=rtol, atol=atol):
+                moved = sorted((u, v) for u, v in mapping.items() if u != v)[:6]
+                raise SymmetryError(f"{what} is not function-preserving (max |Δ| = {err:.3g}); "
+                                    f"it moves nodes {moved} …")
+
+    for trial in range(trials):
+        mapping = find_automorphism(g, rng, timeout=timeout)
+        if mapping is None:
+            raise SymmetryError(f"no automorphism found within {timeout}s (trial {trial})")
+        if all(u == v for u, v in mapping.items()):
+            identities += 1
+        verify(mapping, f"random automorphism #{trial}")
+        checked += 1
+    described: list[str] = []
+    if completeness:
+        for sym in getattr(pg, "symmetries", []):
+            ids = sym["nodes"]
+            if (pg.data.x[ids, 2] >= 0).any():
+                continue  # pinned (model outputs): not a symmetry
+            constraint = _random_group_permutation(ids, sym["groups"], sym.get("permute_groups", False), rng)
+            mapping = find_automorphism(g, rng, constraint=constraint, timeout=timeout)
+            if mapping is None:
+                raise SymmetryError(f"missing symmetry: permuting {sym['what']} is not an automorphism of the graph")
+            verify(mapping, f"the automorphism extending a permutation of {sym['what']}")
+            described.append(sym["what"])
+    return SymmetryReport(checked, identities, described, worst)
+
+
+def _random_group_permutation(ids: torch.Tensor, groups: int, permute_groups: bool,
+                              rng: torch.Generator) -> dict[int, int]:
+    """Permute within each of ``groups`` consecutive blocks (and the blocks themselves)."""
+    blocks = ids.view(groups, -1)
+    if permute_groups:
+        blocks = blocks[torch.randperm(groups, generator=rng)]
+    images = torch.stack([b[torch.randperm(b.numel(), generator=rng)] for b in blocks])
+    return dict(zip(ids.tolist(), images.reshape(-1).tolist()))
