@@ -160,7 +160,44 @@ class GraphBuilder:
         self.blocks.append(block)
 
     # ---------------------------------------------------------------- output
+    def tie_shared_params(self) -> None:
+        """Tie the node sets of the uses of every parameter used by several edge blocks.
+
+        For each axis of such a parameter, and each use, if the source (or target) node of a
+        use's edges is a function of the index along that axis, one ``tie`` node per index
+        gets an edge (type ``tie``, axis in ``kernel0``) to that node in every use. An
+        automorphism must then permute every use the same way, so moving edge values keeps
+        all copies of an entry equal and decompilation well defined.
+        """
+        uses: dict[int, list[EdgeBlock]] = {}
+        for block in self.blocks:
+            if block.param >= 0:
+                uses.setdefault(block.param, []).append(block)
+        for index, blocks in uses.items():
+            if len(blocks) < 2:
+                continue
+            shape = self.params[index].shape
+            strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
+            for axis, (size, stride) in enumerate(zip(shape, strides)):
+                maps = []
+                for block in blocks:
+                    offsets = block.offsets if block.offsets is not None else \
+                        torch.arange(block.count).view(block.grid)
+                    position = (offsets.expand(block.grid).reshape(-1) // stride) % size
+                    for side in (block.src, block.dst):
+                        found = _index_function(position, side.expand(block.grid).reshape(-1), size)
+                        if found is not None:
+                            maps.append(found)
+                if len(maps) < 2:
+                    continue
+                ties = self.add_nodes(size, "tie", depth=0)
+                for node_of in maps:
+                    keep = node_of >= 0
+                    self.add_edges((int(keep.sum()),), ties[keep], node_of[keep], "tie",
+                                   kernel=(torch.tensor(axis),))
+
     def finalize(self) -> BuiltGraph:
+        self.tie_shared_params()
         total = sum(b.count for b in self.blocks)
         dtype = torch.float64 if torch.float64 in self._param_dtypes else torch.float32
         edge_index = torch.empty((2, total), dtype=torch.long)
@@ -175,6 +212,19 @@ class GraphBuilder:
         x = torch.stack([self._columns[c].view() for c in schema.NODE_COLUMNS], dim=1).to(dtype)
         return BuiltGraph(x, edge_index, edge_attr, edge_param, edge_offset, self.num_nodes,
                           list(self.params))
+
+
+def _index_function(index: torch.Tensor, nodes: torch.Tensor, size: int) -> torch.Tensor | None:
+    """``node_of[i]`` if ``nodes`` is a function of ``index`` that is not constant (-1 where
+    an index does not occur); else ``None``."""
+    low = torch.full((size,), torch.iinfo(torch.long).max).scatter_reduce(0, index, nodes, "amin")
+    high = torch.full((size,), -1).scatter_reduce(0, index, nodes, "amax")
+    present = high >= 0
+    if not bool((low[present] == high[present]).all()):
+        return None
+    if int(present.sum()) > 1 and torch.unique(high[present]).numel() == 1:
+        return None
+    return torch.where(present, high, torch.full_like(high, -1))
 
 
 def _fill(block: EdgeBlock, start: int, edge_index, edge_attr, edge_param, edge_offset) -> None:

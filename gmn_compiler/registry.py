@@ -165,7 +165,7 @@ def load_registry(extra_plugins: list[Any] | None = None, *, entry_points: bool 
     for plugin in extra_plugins or []:
         pm.register(plugin, name=getattr(plugin, "__name__", None) or type(plugin).__name__)
     registry = Registry()
-    for impl in reversed(pm.hook.gmn_register.get_hookimpls()):  # registration order
+    for impl in pm.hook.gmn_register.get_hookimpls():  # registration order: built-ins first
         registry.plugins.append(impl.plugin_name)
         impl.function(registry=Registrar(registry, impl.plugin_name))
     return registry

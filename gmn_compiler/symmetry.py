@@ -22,7 +22,7 @@ import networkx as nx
 import torch
 from networkx.algorithms import isomorphism
 
-from .errors import SymmetryError
+from .errors import DecompileError, SymmetryError
 from .graph import ParameterGraph
 
 
@@ -192,7 +192,10 @@ def check_symmetry(model: torch.nn.Module, example_inputs: tuple, trials: int = 
     def verify(mapping: dict[int, int], what: str) -> None:
         nonlocal worst
         values = move_edge_values(pg, mapping, rng)
-        outs = outputs_with_values(model, pg, values, example_inputs)
+        try:
+            outs = outputs_with_values(model, pg, values, example_inputs)
+        except DecompileError as exc:
+            raise SymmetryError(f"{what} moves copies of a shared parameter apart: {exc}") from exc
         for ref, out in zip(reference, outs):
             err = float((ref - out).abs().max()) if ref.numel() else 0.0
             worst = max(worst, err)

@@ -1,0 +1,138 @@
+"""ParameterGraph: schema, decompile contract, save/load with plain torch and PyG."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch_geometric.data import Batch, Data
+
+import gmn_compiler as gc
+import pytest
+from oracles import assert_oracles, assert_round_trip
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+
+
+def test_mlp_counts_follow_architecture():
+    pg = assert_round_trip(_mlp(), (torch.randn(2, 3),))
+    d = pg.data
+    assert d.edge_index.shape[1] == 3 * 5 + 5 + 5 * 2 + 2  # one edge per parameter
+    assert d.num_nodes == 3 + 5 + 2 + 2  # inputs, hidden, outputs, two bias nodes
+    roles = d.x[:, gc.schema.node_column("role")].long()
+    assert int((roles == gc.schema.code(gc.schema.NODE_ROLES, "input")).sum()) == 3
+    positions = d.x[:, gc.schema.node_column("position")]
+    assert int((positions >= 0).sum()) == 3 + 2  # inputs and outputs are pinned
+
+
+def test_edge_carries_its_weight_semantically():
+    model = _mlp()
+    pg = gc.compile(model, (torch.randn(2, 3),))
+    d = pg.data
+    names = [p.name for p in pg.params]
+    w = model[0].weight.detach()
+    for e in range(d.edge_index.shape[1]):
+        if names[int(d.edge_param[e])] == "0.weight":
+            o, i = divmod(int(d.edge_offset[e]), 3)
+            assert float(d.edge_attr[e, 0]) == float(w[o, i])
+            src = int(d.edge_index[0, e])
+            assert int(d.x[src, gc.schema.node_column("position")]) == i  # input node i
+
+
+def test_edited_values_change_exactly_one_weight():
+    model = _mlp()
+    pg = gc.compile(model, (torch.randn(2, 3),))
+    values = pg.data.edge_attr[:, 0].clone()
+    values[7] += 1.0
+    state = pg.to_state_dict(values)
+    changed = [k for k, v in state.items() if not torch.equal(v, model.state_dict()[k])]
+    assert changed == [pg.params[int(pg.data.edge_param[7])].name]
+
+
+def test_wrong_shape_is_rejected():
+    pg = gc.compile(_mlp(), (torch.randn(2, 3),))
+    with pytest.raises(gc.DecompileError):
+        pg.to_state_dict(torch.zeros(3))
+
+
+def test_save_load_plain_torch_and_pyg(tmp_path):
+    model = _mlp()
+    pg = gc.compile(model, (torch.randn(2, 3),))
+    path = tmp_path / "g.pt"
+    pg.save(path)
+    raw = torch.load(path, weights_only=True)
+    data = Data(x=raw["x"], edge_index=raw["edge_index"], edge_attr=raw["edge_attr"],
+                num_nodes=raw["num_nodes"])
+    batch = Batch.from_data_list([data, data])
+    assert batch.num_nodes == 2 * pg.data.num_nodes
+    assert raw["schema"]["version"] == gc.schema.SCHEMA_VERSION
+    loaded = gc.load(path)
+    assert torch.equal(loaded.data.edge_attr, pg.data.edge_attr)
+    state = loaded.to_state_dict(loaded.data.edge_attr[:, 0])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert [p.name for p in loaded.params] == [p.name for p in pg.params]
+
+
+def test_load_rejects_other_files(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"a": torch.zeros(2)}, path)
+    with pytest.raises(gc.CompileError, match="not a gmn-compiler graph"):
+        gc.load(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(gc.CompileError, match="not a readable graph file"):
+        gc.load(path)
+
+
+def test_provenance_survives_pyg_batching():
+    pg = gc.compile(_mlp(), (torch.randn(2, 3),))
+    batch = Batch.from_data_list([pg.data, pg.data])
+    e = pg.data.edge_index.shape[1]
+    assert torch.equal(batch.edge_param[e:], pg.data.edge_param)  # not shifted
+    assert torch.equal(batch.edge_offset[e:], pg.data.edge_offset)
+
+
+def test_float64_model_round_trips_exactly():
+    model = _mlp().double()
+    pg = assert_round_trip(model, (torch.randn(2, 3, dtype=torch.float64),))
+    assert pg.data.edge_attr.dtype == torch.float64
+
+
+class Shared(nn.Module):
+    """One submodule called twice in sequence."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.shared, self.out = nn.Linear(3, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.shared(torch.relu(self.inp(x))))
+        return self.out(torch.tanh(self.shared(h)))
+
+
+def test_shared_submodule_is_tied():
+    model = Shared()
+    pg = assert_oracles(model, (torch.randn(2, 3),), trials=6)
+    tie = gc.schema.code(gc.schema.NODE_ROLES, "tie")
+    # one tie node per index of each axis: weight rows, weight columns, bias entries
+    assert int((pg.data.x[:, 0] == tie).sum()) == 5 + 5 + 5
+
+
+def test_untied_shared_parameter_is_caught(monkeypatch):
+    """Without ties, an automorphism moves the two copies of shared.weight apart."""
+    from gmn_compiler import builder
+
+    monkeypatch.setattr(builder.GraphBuilder, "tie_shared_params", lambda self: None)
+    with pytest.raises(gc.SymmetryError, match="shared parameter"):
+        gc.check_symmetry(Shared().eval(), (torch.randn(2, 3),), trials=6, completeness=False)
+
+
+def test_disagreeing_copies_are_rejected():
+    pg = gc.compile(Shared(), (torch.randn(2, 3),))
+    values = pg.data.edge_attr[:, 0].clone()
+    names = [p.name for p in pg.params]
+    first = next(e for e in range(values.numel()) if pg.data.edge_param[e] >= 0
+                 and names[int(pg.data.edge_param[e])] == "shared.weight")
+    values[first] += 1
+    with pytest.raises(gc.DecompileError, match="shared.weight"):
+        pg.to_state_dict(values)
