@@ -10,15 +10,26 @@ from torch import nn
 from torch_geometric.data import Data
 
 from .errors import CompileError
-from .frontends import torch_export
+from .frontends import onnx_frontend, torch_export
 from .graph import ParameterGraph
 from .ir import IRGraph
 from .lowering import lower
 from .registry import Registry, default_registry
 
 
+def _is_onnx_proto(source: Any) -> bool:
+    return type(source).__name__ == "ModelProto" and hasattr(source, "graph")
+
+
+def _onnx_ir(model, registry, input_neuron_axes, input_shapes) -> IRGraph:
+    ir = onnx_frontend.from_onnx(model, registry, input_neuron_axes, input_shapes)
+    ir.onnx_model = model
+    return ir
+
+
 def to_ir(source: Any, example_inputs: tuple | None = None, *, registry: Registry | None = None,
-          input_neuron_axes: dict[str, int | None] | None = None) -> IRGraph:
+          input_neuron_axes: dict[str, int | None] | None = None,
+          input_shapes: dict[str, tuple[int, ...]] | None = None) -> IRGraph:
     """Run the frontend that fits ``source`` and return the IR (no lowering)."""
     registry = registry or default_registry()
     if isinstance(source, nn.Module):
@@ -34,9 +45,10 @@ def to_ir(source: Any, example_inputs: tuple | None = None, *, registry: Registr
         if path.endswith(".pt2"):
             return torch_export.from_exported(torch_export.load_pt2(path), registry, input_neuron_axes)
         if path.endswith(".onnx"):
-            raise CompileError(f"{path}: the ONNX frontend is not implemented yet (issue 3); "
-                               "export the model with torch.export.save to a .pt2 file instead")
-        raise CompileError(f"{path}: unknown model file type; expected .pt2")
+            return _onnx_ir(onnx_frontend.load_model(path), registry, input_neuron_axes, input_shapes)
+        raise CompileError(f"{path}: unknown model file type; expected .pt2 or .onnx")
+    if _is_onnx_proto(source):
+        return _onnx_ir(onnx_frontend.load_model(source), registry, input_neuron_axes, input_shapes)
     raise CompileError(f"cannot compile a {type(source).__name__}; pass an nn.Module with "
                        "example_inputs, a torch.export.ExportedProgram or a .pt2 path")
 
@@ -45,20 +57,25 @@ def compile(source: Any, example_inputs: tuple | None = None, **options: Any) ->
     """Compile ``source`` into a :class:`ParameterGraph`.
 
     ``source``: an ``nn.Module`` (then ``example_inputs``, a tuple, is required; the model is
-    traced in eval mode), a ``torch.export.ExportedProgram``, or a path to a ``.pt2`` file
-    saved with ``torch.export.save``.
+    traced in eval mode), a ``torch.export.ExportedProgram``, a path to a ``.pt2`` file
+    saved with ``torch.export.save``, a path to an ``.onnx`` file, or an ``onnx.ModelProto``.
 
     Options: ``registry`` (a :class:`~gmn_compiler.registry.Registry`, default: built-ins plus
     installed plugins); ``input_neuron_axes`` (``{input_name: axis or None}``, overriding the
-    inferred neuron axis of a model input).
+    inferred neuron axis of a model input); ``input_shapes`` (``{input_name: shape}`` for ONNX
+    inputs with symbolic dimensions, which default to 1).
     """
     registry = options.pop("registry", None) or default_registry()
     input_axes = options.pop("input_neuron_axes", None)
+    input_shapes = options.pop("input_shapes", None)
     if options:
         raise TypeError(f"unknown compile options: {sorted(options)}")
-    ir = to_ir(source, example_inputs, registry=registry, input_neuron_axes=input_axes)
+    ir = to_ir(source, example_inputs, registry=registry, input_neuron_axes=input_axes,
+               input_shapes=input_shapes)
     built, ctx = lower(ir, registry)
     data = Data(x=built.x, edge_index=built.edge_index, edge_attr=built.edge_attr,
                 edge_param=built.edge_param, edge_offset=built.edge_offset,
                 num_nodes=built.num_nodes)
-    return ParameterGraph(data, built.params, ctx.summary, ir.source, ctx.symmetries)
+    graph = ParameterGraph(data, built.params, ctx.summary, ir.source, ctx.symmetries)
+    graph.onnx_model = getattr(ir, "onnx_model", None)
+    return graph

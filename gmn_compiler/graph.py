@@ -33,6 +33,7 @@ class ParameterGraph:
     summary: dict[str, dict[str, int]] = field(default_factory=dict)
     source: str = "torch"
     symmetries: list[dict] = field(default_factory=list)  # declared by rules; not saved
+    onnx_model: object = None  # the source onnx.ModelProto when compiled from ONNX; not saved
 
     # ------------------------------------------------------------ decompile
     def to_state_dict(self, edge_values: torch.Tensor, *, include_constants: bool = False) -> dict[str, torch.Tensor]:
@@ -83,6 +84,30 @@ class ParameterGraph:
         index = int(torch.searchsorted(base, torch.tensor(flat), right=True)) - 1
         return self.params[index].name
 
+    def to_onnx(self, edge_values: torch.Tensor, path: str | os.PathLike) -> None:
+        """Write the source ONNX model with its initializers (and constant tensors the graph
+        represents) replaced by the decompiled ``edge_values``. Transposed, sliced and shared
+        initializers are written back in their own layout. Only for graphs compiled from ONNX
+        in this process. Written atomically; ``onnx.checker`` runs before the rename."""
+        import onnx
+        from onnx import numpy_helper
+
+        if self.onnx_model is None:
+            raise DecompileError("to_onnx needs a graph compiled from an ONNX model in this process")
+        state = self.to_state_dict(edge_values, include_constants=True)
+        model = onnx.ModelProto()
+        model.CopyFrom(self.onnx_model)
+        for init in model.graph.initializer:
+            if init.name in state:
+                init.CopyFrom(numpy_helper.from_array(state[init.name].numpy(), init.name))
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.output[0] in state:
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        attr.t.CopyFrom(numpy_helper.from_array(state[node.output[0]].numpy(), node.output[0]))
+        onnx.checker.check_model(model)
+        _atomic_write(os.fspath(path), model.SerializeToString())
+
     # ------------------------------------------------------------ I/O
     def to_dict(self) -> dict:
         """Plain tensors, strings and numbers only (loads with ``weights_only=True``)."""
@@ -128,6 +153,19 @@ class ParameterGraph:
     def __repr__(self) -> str:
         return (f"ParameterGraph(nodes={int(self.data.num_nodes)}, edges={self.data.edge_index.shape[1]}, "
                 f"params={len(self.params)})")
+
+
+def _atomic_write(path: str, payload: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".gmn-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def load(path: str | os.PathLike) -> ParameterGraph:

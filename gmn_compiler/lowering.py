@@ -189,7 +189,13 @@ class _AliasFamilies:
 
 def unsupported_ops(ir: IRGraph, registry: Registry) -> list[tuple[str, str]]:
     """Every op of ``ir`` without a rule, as ``(kind, location)``."""
-    return [(op.kind, op.location) for op in ir.ops if registry.rule(op.kind) is None]
+    found = []
+    for op in ir.ops:
+        if registry.rule(op.kind) is None:
+            found.append((op.kind, op.location))
+        elif op.attrs.get("unsupported"):
+            found.append((f"{op.kind} ({op.attrs['unsupported']})", op.location))
+    return found
 
 
 INPUT_AXIS_BY_FIRST_USE = {"conv": 1, "conv_transpose": 1, "batch_norm": 1, "group_norm": 1,

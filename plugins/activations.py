@@ -25,6 +25,14 @@ ACTIVATION_OPS: dict[str, str] = {
 }
 _OVERLOADS = ("default", "Tensor", "Scalar")
 
+ONNX_ACTIVATIONS: dict[str, str] = {
+    "Relu": "relu", "LeakyRelu": "leaky_relu", "Elu": "elu", "Selu": "selu", "Celu": "celu",
+    "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish",
+    "Softplus": "softplus", "Softsign": "softsign", "Sin": "sin", "Cos": "cos", "Exp": "exp",
+    "Log": "log", "Abs": "abs", "Neg": "neg", "Sqrt": "sqrt", "Reciprocal": "reciprocal",
+    "Erf": "erf", "Sign": "sign", "Mish": "mish", "Clip": "clamp", "Gelu": "gelu",
+}
+
 
 def make_activation_rule(name: str):
     def lower_activation(ctx, op) -> None:
@@ -57,6 +65,18 @@ def _log_softmax(x, dim, *rest, **kwargs):
     return [x], {"dim": dim, "log": True}
 
 
+def _onnx_unary(x, *rest, **attrs):
+    return [x], dict(attrs)
+
+
+def _onnx_softmax(x, axis=-1):
+    return [x], {"dim": axis, "log": False}
+
+
+def _onnx_log_softmax(x, axis=-1):
+    return [x], {"dim": axis, "log": True}
+
+
 def _log_sigmoid_forward(x):
     return [x], {}
 
@@ -76,3 +96,7 @@ def gmn_register(registry) -> None:
         registry.map_aten(target, "softmax", _softmax)
     for target in ("aten.log_softmax.int", "aten._log_softmax.default"):
         registry.map_aten(target, "softmax", _log_softmax)
+    for op_type, activation in ONNX_ACTIVATIONS.items():
+        registry.map_onnx(op_type, activation, _onnx_unary)
+    registry.map_onnx("Softmax", "softmax", _onnx_softmax)
+    registry.map_onnx("LogSoftmax", "softmax", _onnx_log_softmax)

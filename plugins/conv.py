@@ -87,6 +87,14 @@ def _conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0,
                                "groups": groups, "transposed": True, "output_padding": output_padding}
 
 
+def _onnx_conv(x, weight, bias=None, group=1, **attrs):
+    return [x, weight, bias], {"groups": group, "transposed": False, **attrs}
+
+
+def _onnx_conv_transpose(x, weight, bias=None, group=1, **attrs):
+    return [x, weight, bias], {"groups": group, "transposed": True, **attrs}
+
+
 @hookimpl
 def gmn_register(registry) -> None:
     registry.add_rule("conv", lower_conv)
@@ -95,3 +103,5 @@ def gmn_register(registry) -> None:
         registry.map_aten(f"aten.conv{d}d.padding", "conv", _conv)
         registry.map_aten(f"aten.conv_transpose{d}d.input", "conv", _conv_transpose)
     registry.map_aten("aten.convolution.default", "conv", _convolution)
+    registry.map_onnx("Conv", "conv", _onnx_conv)
+    registry.map_onnx("ConvTranspose", "conv", _onnx_conv_transpose)

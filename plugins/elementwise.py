@@ -146,6 +146,12 @@ def _div(a, b, rounding_mode=None):
     return [a, b], {"rounding_mode": rounding_mode}
 
 
+def _onnx_binary(*operands, **attrs):
+    if len(operands) != 2:
+        return list(operands), {"unsupported": f"{len(operands)} operands (only 2 are supported)"}
+    return list(operands), {"alpha": 1}
+
+
 @hookimpl
 def gmn_register(registry) -> None:
     for kind in ("add", "sub", "mul", "div", "maximum", "minimum", "pow"):
@@ -160,3 +166,6 @@ def gmn_register(registry) -> None:
     registry.map_aten("aten.maximum.default", "maximum", _binary)
     registry.map_aten("aten.minimum.default", "minimum", _binary)
     registry.map_aten("aten.pow.Tensor_Scalar", "pow", _binary)
+    for op_type, kind in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div"),
+                          ("Max", "maximum"), ("Min", "minimum"), ("Pow", "pow")):
+        registry.map_onnx(op_type, kind, _onnx_binary)

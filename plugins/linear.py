@@ -72,6 +72,19 @@ def lower_matmul(ctx, op) -> None:
                     "is tracked in issue 4); write a plugin for this model's contraction")
 
 
+def _onnx_gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
+    if transA or alpha != 1.0 or (c is not None and beta != 1.0) or not isinstance(b, ParamRef):
+        return [a, b, c], {"unsupported": "Gemm with transA, alpha != 1, beta != 1 or an activation as B"}
+    if c is not None and not isinstance(c, ParamRef):
+        return [a, b, c], {"unsupported": "Gemm with a non-initializer C"}
+    weight = b if transB else b.apply(lambda t: t.t())
+    return [a, weight, c], {}
+
+
+def _onnx_matmul_add(x, weight, bias):
+    return [x, weight.apply(lambda t: t.t()), bias], {}
+
+
 @hookimpl
 def gmn_register(registry) -> None:
     registry.add_rule("linear", lower_linear)
@@ -80,3 +93,6 @@ def gmn_register(registry) -> None:
     for target in ("aten.matmul.default", "aten.mm.default"):
         registry.map_aten(target, "matmul", _matmul)
     registry.map_aten("aten.addmm.default", "matmul", _addmm)
+    registry.map_onnx("Gemm", "linear", _onnx_gemm)
+    registry.map_onnx("MatMul", "matmul", _matmul)
+    registry.map_onnx("MatMulAdd", "linear", _onnx_matmul_add, domain="gmn")

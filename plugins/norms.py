@@ -138,6 +138,31 @@ def _native_group_norm(x, weight, bias, n, c, hxw, group, eps):
     return [x, weight, bias], {"num_groups": group, "eps": eps}
 
 
+def _onnx_batch_norm(x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, training_mode=0):
+    attrs = {"eps": epsilon, "training": bool(training_mode)}
+    if training_mode:
+        attrs["unsupported"] = "BatchNormalization in training mode"
+    return [x, scale, bias, mean, var], attrs
+
+
+def _onnx_layer_norm(x, scale, bias=None, axis=-1, epsilon=1e-5, stash_type=1):
+    return [x, scale, bias], {"normalized_shape": list(x.shape[axis:]), "eps": epsilon}
+
+
+def _onnx_group_norm(x, scale, bias, num_groups, epsilon=1e-5, stash_type=1):
+    channels = x.shape[1]
+    if isinstance(scale, ParamRef) and scale.tensor.numel() == num_groups != channels:
+        # opset 18: one scale/bias per group, broadcast to the group's channels
+        per = channels // num_groups
+        scale = scale.apply(lambda t: t.repeat_interleave(per))
+        bias = bias.apply(lambda t: t.repeat_interleave(per)) if isinstance(bias, ParamRef) else bias
+    return [x, scale, bias], {"num_groups": num_groups, "eps": epsilon}
+
+
+def _onnx_instance_norm(x, scale, bias, epsilon=1e-5):
+    return [x, scale, bias, None, None], {"eps": epsilon, "use_input_stats": True}
+
+
 @hookimpl
 def gmn_register(registry) -> None:
     registry.add_rule("batch_norm", lower_batch_norm)
@@ -152,3 +177,7 @@ def gmn_register(registry) -> None:
     registry.map_aten("aten.native_layer_norm.default", "layer_norm", _native_layer_norm)
     registry.map_aten("aten.group_norm.default", "group_norm", _group_norm)
     registry.map_aten("aten.native_group_norm.default", "group_norm", _native_group_norm)
+    registry.map_onnx("BatchNormalization", "batch_norm", _onnx_batch_norm)
+    registry.map_onnx("LayerNormalization", "layer_norm", _onnx_layer_norm)
+    registry.map_onnx("GroupNormalization", "group_norm", _onnx_group_norm)
+    registry.map_onnx("InstanceNormalization", "instance_norm", _onnx_instance_norm)

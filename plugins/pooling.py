@@ -8,6 +8,8 @@ LayerNorm written out op by op) is invariant to permuting them: its result has n
 
 from __future__ import annotations
 
+import torch
+
 from gmn_compiler import layout as L
 from gmn_compiler.registry import hookimpl
 
@@ -73,6 +75,23 @@ def _reduce(mode: str):
     return normalize
 
 
+def _onnx_pool(mode: str, global_pool: bool):
+    def normalize(x, *rest, **attrs):
+        return [x], {"mode": mode, "spatial_dims": len(x.shape) - 2, "global": global_pool}
+    return normalize
+
+
+def _onnx_reduce(mode: str):
+    def normalize(x, axes=None, keepdims=1, noop_with_empty_axes=0, **attrs):
+        axes = attrs.get("axes", axes)
+        if axes is not None:
+            axes = [int(a) for a in torch.as_tensor(axes).reshape(-1).tolist()]
+        if not axes and noop_with_empty_axes:
+            return [x], {"unsupported": "Reduce with noop_with_empty_axes"}
+        return [x], {"mode": mode, "dims": axes or None, "keepdim": bool(keepdims)}
+    return normalize
+
+
 @hookimpl
 def gmn_register(registry) -> None:
     registry.add_rule("pool", lower_pool)
@@ -92,3 +111,10 @@ def gmn_register(registry) -> None:
     registry.map_aten("aten.amin.default", "reduce", _reduce("amin"))
     registry.map_aten("aten.max.dim", "reduce", _reduce("max"))
     registry.map_aten("aten.min.dim", "reduce", _reduce("min"))
+    registry.map_onnx("GlobalAveragePool", "pool", _onnx_pool("avg", True))
+    registry.map_onnx("GlobalMaxPool", "pool", _onnx_pool("max", True))
+    registry.map_onnx("AveragePool", "pool", _onnx_pool("avg", False))
+    registry.map_onnx("MaxPool", "pool", _onnx_pool("max", False))
+    for op_type, mode in (("ReduceMean", "mean"), ("ReduceSum", "sum"), ("ReduceMax", "amax"),
+                          ("ReduceMin", "amin")):
+        registry.map_onnx(op_type, "reduce", _onnx_reduce(mode))

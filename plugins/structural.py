@@ -100,6 +100,24 @@ def lower_split(ctx, op) -> None:
             start += size
 
 
+def lower_index_select(ctx, op) -> None:
+    """attrs ``dim``, ``index`` (1-D long tensor of constant indices)."""
+    if _keep_none(ctx, op):
+        return
+    x = op.inputs[0]
+    dim = op.attrs["dim"] % len(x.shape)
+    index = torch.as_tensor(op.attrs["index"]).long() % x.shape[dim]
+    ctx.set_layout(op.output, L.index_select(ctx.layout(x), dim, index))
+
+
+def lower_gather(ctx, op) -> None:
+    """Gather with constant indices: a ``select`` (scalar index) or ``index_select``."""
+    if op.attrs["kind"] == "select":
+        lower_select(ctx, op)
+    else:
+        lower_index_select(ctx, op)
+
+
 def lower_expand(ctx, op) -> None:
     if _keep_none(ctx, op):
         return
@@ -165,6 +183,51 @@ def _unbind(x, dim=0):
     return [x], {"dim": dim, "squeeze": True}
 
 
+def _onnx_transpose(x, perm=None):
+    return [x], {"dims": list(perm) if perm is not None else list(range(len(x.shape)))[::-1]}
+
+
+def _onnx_concat(*tensors, axis=0):
+    return [list(tensors)], {"dim": axis}
+
+
+def _onnx_split(x, split=None, axis=0, num_outputs=None):
+    return [x], {"dim": axis}
+
+
+def _onnx_gather(x, indices, axis=0):
+    if not isinstance(indices, (int, torch.Tensor)):
+        return [x, indices], {"unsupported": "Gather with indices computed from activations"}
+    indices = torch.as_tensor(indices)
+    if indices.dim() == 0:
+        return [x], {"dim": axis % len(x.shape), "index": int(indices), "kind": "select"}
+    if indices.dim() == 1:
+        return [x], {"dim": axis % len(x.shape), "index": indices, "kind": "index_select"}
+    return [x], {"unsupported": "Gather with indices of rank > 1"}
+
+
+def _onnx_slice(x, starts=None, ends=None, axes=None, steps=None, **attrs):
+    starts = torch.as_tensor(starts if starts is not None else attrs["starts"]).reshape(-1).tolist()
+    ends = torch.as_tensor(ends if ends is not None else attrs["ends"]).reshape(-1).tolist()
+    axes = torch.as_tensor(axes).reshape(-1).tolist() if axes is not None else attrs.get("axes", list(range(len(starts))))
+    steps = torch.as_tensor(steps).reshape(-1).tolist() if steps is not None else [1] * len(starts)
+    changed = []
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        a %= len(x.shape)
+        if slice(s, e, st).indices(x.shape[a]) != (0, x.shape[a], 1):
+            changed.append((a, s, e, st))
+    if len(changed) > 1:
+        return [x], {"unsupported": "Slice along several axes at once"}
+    if not changed:
+        return [x], {"dim": 0, "start": None, "end": None, "step": 1}
+    a, s, e, st = changed[0]
+    return [x], {"dim": a, "start": s, "end": e, "step": st}
+
+
+def _onnx_x_only(x, *rest, **attrs):
+    return [x], {}
+
+
 RESHAPE_TARGETS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
                    "aten.flatten.using_ints", "aten.unflatten.int", "aten.squeeze.dim",
                    "aten.squeeze.dims", "aten.squeeze.default", "aten.unsqueeze.default",
@@ -207,3 +270,15 @@ def gmn_register(registry) -> None:
     registry.map_aten("aten.unbind.int", "split", _unbind)
     registry.map_aten("aten.expand.default", "expand", _x_only)
     registry.map_aten("aten.expand_as.default", "expand", _x_only)
+    registry.add_rule("index_select", lower_index_select, aliasing=True)
+    for op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+        registry.map_onnx(op_type, "reshape", _onnx_x_only)
+    for op_type in ("Identity", "Dropout", "Cast", "CastLike"):
+        registry.map_onnx(op_type, "identity", _onnx_x_only)
+    registry.map_onnx("Transpose", "permute", _onnx_transpose)
+    registry.map_onnx("Concat", "cat", _onnx_concat)
+    registry.map_onnx("Split", "split", _onnx_split)
+    registry.map_onnx("Slice", "slice", _onnx_slice)
+    registry.map_onnx("Gather", "gather", _onnx_gather)
+    registry.map_onnx("Expand", "expand", _onnx_x_only)
+    registry.add_rule("gather", lower_gather, aliasing=True)
