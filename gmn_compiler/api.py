@@ -58,7 +58,8 @@ def compile(source: Any, example_inputs: tuple | None = None, **options: Any) ->
 
     ``source``: an ``nn.Module`` (then ``example_inputs``, a tuple, is required; the model is
     traced in eval mode), a ``torch.export.ExportedProgram``, a path to a ``.pt2`` file
-    saved with ``torch.export.save``, a path to an ``.onnx`` file, or an ``onnx.ModelProto``.
+    saved with ``torch.export.save``, a path to an ``.onnx`` file, an ``onnx.ModelProto``, or
+    an :class:`~gmn_compiler.ir.IRGraph` returned by :func:`to_ir`.
 
     Options: ``registry`` (a :class:`~gmn_compiler.registry.Registry`, default: built-ins plus
     installed plugins); ``input_neuron_axes`` (``{input_name: axis or None}``, overriding the
@@ -70,8 +71,11 @@ def compile(source: Any, example_inputs: tuple | None = None, **options: Any) ->
     input_shapes = options.pop("input_shapes", None)
     if options:
         raise TypeError(f"unknown compile options: {sorted(options)}")
-    ir = to_ir(source, example_inputs, registry=registry, input_neuron_axes=input_axes,
-               input_shapes=input_shapes)
+    if isinstance(source, IRGraph):  # already traced (gmn-compile --check reuses its IR)
+        ir = source
+    else:
+        ir = to_ir(source, example_inputs, registry=registry, input_neuron_axes=input_axes,
+                   input_shapes=input_shapes)
     built, ctx = lower(ir, registry)
     data = Data(x=built.x, edge_index=built.edge_index, edge_attr=built.edge_attr,
                 edge_param=built.edge_param, edge_offset=built.edge_offset,

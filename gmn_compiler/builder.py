@@ -190,7 +190,8 @@ class GraphBuilder:
                             maps.append(found)
                 if len(maps) < 2:
                     continue
-                ties = self.add_nodes(size, "tie", depth=0)
+                first = maps[0][maps[0] >= 0]
+                ties = self.add_nodes(size, "tie", depth=self.depth_of(first))
                 for node_of in maps:
                     keep = node_of >= 0
                     self.add_edges((int(keep.sum()),), ties[keep], node_of[keep], "tie",

@@ -12,6 +12,7 @@ local name.
 
 from __future__ import annotations
 
+import logging
 import operator
 import os
 import re
@@ -60,11 +61,16 @@ def export_module(model: nn.Module, example_inputs: tuple) -> torch.export.Expor
 def load_pt2(path: str | os.PathLike) -> torch.export.ExportedProgram:
     if not os.path.exists(path):
         raise CompileError(f"{path}: no such file")
+    logger = logging.getLogger("torch.export")  # it logs a traceback before raising
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
         return torch.export.load(path)
     except Exception as exc:
         raise CompileError(f"{path}: not a readable torch.export (.pt2) archive ({type(exc).__name__}); "
                            "save one with torch.export.save(torch.export.export(model, inputs), path)") from exc
+    finally:
+        logger.setLevel(level)
 
 
 def from_exported(ep: torch.export.ExportedProgram, registry: Registry,
@@ -168,7 +174,6 @@ class _Converter:
                             outputs.append(value)
             elif node.op not in ("placeholder",):
                 raise CompileError(f"unexpected fx node {node.op} {node.target} in the exported graph")
-        used = {name for op in self.ops for name in _param_names(op.inputs)}
         return IRGraph(inputs, outputs, self.ops, self.tensors, self.kinds, axes, "torch")
 
     # ---------------------------------------------------------------- calls
@@ -263,7 +268,3 @@ class _Converter:
                 outputs.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, Value))
         attrs = {"module_path": path, "module_type": type_name, "params": params}
         self.ops.append(Op(mapping.kind, inputs, outputs, attrs, f"{path} ({type_name.rsplit('.', 1)[-1]})", type_name))
-
-
-def _param_names(items: Any) -> list[str]:
-    return [x.name for x in torch.utils._pytree.tree_leaves(items) if isinstance(x, ParamRef)]
