@@ -82,9 +82,10 @@ class LoweringContext:
             return layout
         return self.fresh(value, layout, "activation")
 
-    def derive(self, value: Value, activation: str) -> Layout | None:
+    def derive(self, value: Value, activation: str, etype: str = "activation") -> Layout | None:
         """Layout of an elementwise function of ``value``: its nodes marked with
-        ``activation`` when exclusive and unmarked, else fresh nodes carrying it."""
+        ``activation`` when exclusive and unmarked, else fresh nodes carrying it, fed by
+        one-to-one edges of type ``etype``."""
         layout = self.layout(value)
         if layout is None:
             return None
@@ -92,7 +93,7 @@ class LoweringContext:
         if self.exclusive(value) and not self.builder.has_activation(nodes):
             self.builder.set_activation(nodes, activation)
             return layout
-        return self.fresh(value, layout, "activation", activation)
+        return self.fresh(value, layout, etype, activation)
 
     def declare_symmetry(self, nodes: torch.Tensor, what: str, groups: int = 1,
                          permute_groups: bool = False) -> None:

@@ -28,7 +28,7 @@ def lower_pool(ctx, op) -> None:
         pooled = range(ndim - op.attrs["spatial_dims"], ndim)
         if any(a in layout.neuron_axes() for a in pooled):
             raise ctx.error("pooling over an axis that carries neurons is not supported")
-        ctx.set_layout(op.outputs[0], ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]]))
+        ctx.set_layout(op.outputs[0], ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]], "pool"))
     for extra in op.outputs[1:]:  # indices of max_pool_with_indices
         ctx.set_layout(extra, None)
 
@@ -53,7 +53,7 @@ def lower_reduce(ctx, op) -> None:
                             f"{sorted(neuron - reduced_neuron)} is not supported")
         ctx.set_layout(op.outputs[0], None)
         return
-    out = ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]])
+    out = ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]], "pool")
     if not keepdim:  # the reduced axes are free (size 1 in the id tensor): drop them
         kept = [i for i in range(ndim) if i not in dims]
         out = out.map(lambda t: t.reshape([t.shape[i] for i in kept]))
