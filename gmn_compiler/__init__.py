@@ -15,8 +15,11 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def check_symmetry(model, example_inputs, trials: int = 8, seed: int = 0, **options):
-    """Run the soundness and completeness oracles on ``model``; see :mod:`gmn_compiler.symmetry`."""
+def check_symmetry(model, example_inputs=None, trials: int = 8, seed: int = 0, **options):
+    """Run the soundness and completeness oracles (DESIGN §4) on ``model`` — an ``nn.Module``
+    with ``example_inputs`` (a tuple), or an ONNX path / ``onnx.ModelProto`` checked through
+    onnxruntime — and raise :class:`SymmetryError` naming the automorphism (or missing
+    symmetry) that fails; returns a report. See :func:`gmn_compiler.symmetry.check_symmetry`."""
     from .symmetry import check_symmetry as _check
 
     return _check(model, example_inputs, trials=trials, seed=seed, **options)

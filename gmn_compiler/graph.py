@@ -84,11 +84,11 @@ class ParameterGraph:
         index = int(torch.searchsorted(base, torch.tensor(flat), right=True)) - 1
         return self.params[index].name
 
-    def to_onnx(self, edge_values: torch.Tensor, path: str | os.PathLike) -> None:
-        """Write the source ONNX model with its initializers (and constant tensors the graph
-        represents) replaced by the decompiled ``edge_values``. Transposed, sliced and shared
-        initializers are written back in their own layout. Only for graphs compiled from ONNX
-        in this process. Written atomically; ``onnx.checker`` runs before the rename."""
+    def to_onnx_model(self, edge_values: torch.Tensor):
+        """The source ONNX model with its initializers (and the constant tensors the graph
+        represents) replaced by the decompiled ``edge_values``; transposed, sliced and shared
+        initializers are written back in their own layout. Only for graphs compiled from
+        ONNX in this process. Returns an ``onnx.ModelProto`` that passed ``onnx.checker``."""
         import onnx
         from onnx import numpy_helper
 
@@ -106,7 +106,11 @@ class ParameterGraph:
                     if attr.name == "value":
                         attr.t.CopyFrom(numpy_helper.from_array(state[node.output[0]].numpy(), node.output[0]))
         onnx.checker.check_model(model)
-        _atomic_write(os.fspath(path), model.SerializeToString())
+        return model
+
+    def to_onnx(self, edge_values: torch.Tensor, path: str | os.PathLike) -> None:
+        """Write :meth:`to_onnx_model` to ``path`` atomically (no partial file on failure)."""
+        _atomic_write(os.fspath(path), self.to_onnx_model(edge_values).SerializeToString())
 
     # ------------------------------------------------------------ I/O
     def to_dict(self) -> dict:

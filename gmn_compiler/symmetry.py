@@ -175,25 +175,71 @@ def _double(inputs: tuple) -> tuple:
     return tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
 
 
-def check_symmetry(model: torch.nn.Module, example_inputs: tuple, trials: int = 8, seed: int = 0, *,
+def torch_runner(model: torch.nn.Module, pg: ParameterGraph, inputs: tuple):
+    """``(reference outputs, run(values) -> outputs)`` for a torch model, in float64."""
+    reference = _run(copy.deepcopy(model).double().eval(), _double(inputs))
+    return reference, lambda values: outputs_with_values(model, pg, values, inputs)
+
+
+def onnx_runner(pg: ParameterGraph, inputs: dict | None = None, seed: int = 0):
+    """``(reference outputs, run(values) -> outputs)`` through onnxruntime, for a graph
+    compiled from ONNX. ``inputs`` maps input names to arrays (random when omitted)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    def session(model):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    base = session(pg.onnx_model)
+    if inputs is None:
+        rng = np.random.default_rng(seed)
+        inputs = {}
+        for i in base.get_inputs():
+            shape = [d if isinstance(d, int) and d > 0 else 2 for d in i.shape]
+            inputs[i.name] = rng.standard_normal(shape).astype(np.float64 if "double" in i.type else np.float32)
+
+    def run(model_session):
+        return [torch.from_numpy(np.asarray(o)).double() for o in model_session.run(None, inputs)]
+
+    return run(base), lambda values: run(session(pg.to_onnx_model(values)))
+
+
+def check_symmetry(model, example_inputs=None, trials: int = 8, seed: int = 0, *,
                    graph: ParameterGraph | None = None, completeness: bool = True,
-                   timeout: float = 30.0, rtol: float = 1e-7, atol: float = 1e-9) -> SymmetryReport:
+                   timeout: float = 30.0, rtol: float | None = None, atol: float | None = None) -> SymmetryReport:
     """Check that ``trials`` random structural automorphisms of the compiled graph preserve
     the model's function, and that every declared symmetry (hidden units, channels, groups)
-    is an automorphism of the graph. Raises :class:`SymmetryError` naming the failure."""
+    is an automorphism of the graph. Raises :class:`SymmetryError` naming the failure.
+
+    ``model`` is an ``nn.Module`` (run in float64 with ``example_inputs``, a tuple) or an
+    ONNX model (path or ``onnx.ModelProto``, run with onnxruntime in its own precision;
+    ``example_inputs`` is then an optional ``{name: array}``).
+    """
     from .api import compile as compile_model
 
-    pg = graph if graph is not None else compile_model(model, example_inputs)
+    is_torch = isinstance(model, torch.nn.Module)
+    pg = graph if graph is not None else compile_model(model, example_inputs if is_torch else None)
+    if is_torch:
+        reference, run = torch_runner(model, pg, example_inputs)
+        rtol, atol = rtol or 1e-7, atol or 1e-9
+    else:
+        reference, run = onnx_runner(pg, example_inputs, seed)
+        rtol, atol = rtol or 1e-4, atol or 1e-5
+    return _check(pg, reference, run, trials, seed, completeness, timeout, rtol, atol)
+
+
+def _check(pg, reference, run, trials, seed, completeness, timeout, rtol, atol) -> SymmetryReport:
     rng = torch.Generator().manual_seed(seed)
     g = structure_graph(pg)
-    reference = _run(copy.deepcopy(model).double().eval(), _double(example_inputs))
     checked, identities, worst = 0, 0, 0.0
 
     def verify(mapping: dict[int, int], what: str) -> None:
         nonlocal worst
         values = move_edge_values(pg, mapping, rng)
         try:
-            outs = outputs_with_values(model, pg, values, example_inputs)
+            outs = run(values)
         except DecompileError as exc:
             raise SymmetryError(f"{what} moves copies of a shared parameter apart: {exc}") from exc
         for ref, out in zip(reference, outs):
@@ -214,10 +260,11 @@ def check_symmetry(model: torch.nn.Module, example_inputs: tuple, trials: int = 
         checked += 1
     described: list[str] = []
     if completeness:
+        pinned = pinned_by_structure(pg)
         for sym in getattr(pg, "symmetries", []):
             ids = sym["nodes"]
-            if (pg.data.x[ids, 2] >= 0).any():
-                continue  # pinned (model outputs): not a symmetry
+            if bool(pinned[ids].any()):
+                continue  # tied to model inputs/outputs: not a symmetry
             constraint = _random_group_permutation(ids, sym["groups"], sym.get("permute_groups", False), rng)
             mapping = find_automorphism(g, rng, constraint=constraint, timeout=timeout)
             if mapping is None:
@@ -225,6 +272,29 @@ def check_symmetry(model: torch.nn.Module, example_inputs: tuple, trials: int = 
             verify(mapping, f"the automorphism extending a permutation of {sym['what']}")
             described.append(sym["what"])
     return SymmetryReport(checked, identities, described, worst)
+
+
+def pinned_by_structure(pg: ParameterGraph) -> torch.Tensor:
+    """Per node: whether structural (parameter-free) edges connect it to a fixed-position
+    node (a model input or output). Such nodes cannot move alone — e.g. the hidden units of
+    a last linear layer whose outputs reach the model output through an activation copy."""
+    d = pg.data
+    n = int(d.num_nodes)
+    position = d.x[:, 2]
+    label = torch.arange(n)
+    structural = d.edge_param < 0
+    src, dst = d.edge_index[0, structural], d.edge_index[1, structural]
+    while True:  # connected components by min-label propagation
+        new = label.clone()
+        new.scatter_reduce_(0, dst, label[src], "amin")
+        new.scatter_reduce_(0, src, label[dst], "amin")
+        new = new[new]
+        if torch.equal(new, label):
+            break
+        label = new
+    pinned_label = torch.zeros(n, dtype=torch.bool)
+    pinned_label[label[position >= 0]] = True
+    return pinned_label[label]
 
 
 def _random_group_permutation(ids: torch.Tensor, groups: int, permute_groups: bool,
