@@ -24,7 +24,8 @@ def test_builtin_rules_come_from_their_plugin_modules():
     assert registry.rules["conv"].plugin == "gmn_plugins.conv"
     assert registry.rules["group_norm"].plugin == "gmn_plugins.norms"
     assert registry.aten["aten.conv2d.default"].kind == "conv"
-    assert registry.frontends("linear") == ["torch"]
+    assert registry.frontends("linear") == ["torch", "onnx"]
+    assert registry.onnx["Gemm"].kind == "linear"
     assert registry.is_aliasing("reshape") and not registry.is_aliasing("relu")
 
 
