@@ -29,6 +29,7 @@ class LoweringContext:
         self._family = _AliasFamilies(ir, registry)
         self.constants: set[int] = set()  # ids of values computed from no input and no parameter
         self.symmetries: list[dict] = []
+        self._origin: dict[int, int] = {}  # node made by fresh() -> the node it copies
         self.summary: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------ layouts
@@ -67,6 +68,7 @@ class LoweringContext:
         old = layout.nodes()
         new = self.builder.add_nodes(old.numel(), "neuron", self.builder.depth_of(old) + 1, activation)
         self.builder.add_edges((old.numel(),), old, new, etype, value=weight)
+        self._origin.update(zip(new.tolist(), old.tolist()))
         mapping = torch.full((int(old.max()) + 1,), -1, dtype=torch.long)
         mapping[old] = new
         return layout.map(lambda t: mapping[t]) if layout.pos is None else Layout(mapping[layout.ids], layout.pos)
@@ -107,12 +109,19 @@ class LoweringContext:
     def refine_symmetry(self, nodes: torch.Tensor, groups: int, what: str) -> None:
         """A later op (GroupNorm) splits ``nodes`` into ``groups`` blocks: declared symmetries
         over exactly these nodes become within-block and whole-block permutations."""
+        nodes = torch.tensor([self._root(n) for n in nodes.tolist()])
         for sym in self.symmetries:
             if sym["nodes"].numel() == nodes.numel() and torch.equal(sym["nodes"], nodes):
                 if sym["groups"] != 1 and sym["groups"] != groups:
                     raise self.error(f"{what} splits channels already split into {sym['groups']} groups")
                 sym["groups"], sym["permute_groups"] = groups, True
                 sym["what"] += f", in {groups} groups of {what}"
+
+    def _root(self, node: int) -> int:
+        """The node that ``node`` is a one-to-one copy of (through activations, pooling)."""
+        while node in self._origin:
+            node = self._origin[node]
+        return node
 
     def attach_param(self, layout: Layout, shape: tuple[int, ...], ref: ParamRef, etype: str,
                      role: str) -> None:
@@ -213,6 +222,8 @@ def infer_input_axis(ir: IRGraph, value: Value) -> int | None:
         return None
     for op in ir.ops:
         if any(v.id == value.id for v in op.values()):
+            if op.kind == "linear" or (op.kind == "matmul" and len(op.inputs) == 3):
+                return op.attrs.get("axis", -1) % len(value.shape)
             if op.kind in INPUT_AXIS_BY_FIRST_USE:
                 return INPUT_AXIS_BY_FIRST_USE[op.kind] % len(value.shape)
             break

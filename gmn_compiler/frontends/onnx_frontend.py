@@ -24,10 +24,13 @@ from onnx import helper, numpy_helper
 
 from ..errors import CompileError
 from ..ir import IRGraph, Op, ParamRef, Value
+from ..ir_patterns import fuse_group_norm
 from ..registry import Registry
 from . import onnx_patterns
 
 MIN_OPSET, MAX_OPSET = 11, 23
+# inputs that only give a dtype or shape: a node whose other inputs are constants is constant
+_TYPE_ONLY_INPUTS = {"CastLike": (1,), "Expand": (1,), "ConstantOfShape": (0,)}
 
 
 def load_model(source: Any) -> onnx.ModelProto:
@@ -45,20 +48,29 @@ def load_model(source: Any) -> onnx.ModelProto:
                                "is the file truncated or of another format?") from None
         if not model.graph.node and not model.graph.input:
             raise CompileError(f"{path}: not an ONNX model (no graph)")
-        try:
-            onnx.external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
-        except (FileNotFoundError, OSError) as exc:
-            missing = getattr(exc, "filename", None) or str(exc)
-            raise CompileError(f"{path}: external data file {os.path.basename(str(missing))!r} is "
-                               "missing; keep it next to the .onnx file") from None
+        _load_external_data(model, path)
     _check_opset(model)
+    _check_topology(model.graph)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CompileError(f"invalid ONNX model: {first}") from None
-    _check_topology(model.graph)
     return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            info = onnx.external_data_helper.ExternalDataInfo(tensor)
+            if not os.path.isfile(os.path.join(folder, info.location)):
+                raise CompileError(f"{path}: external data file {info.location!r} is missing; keep "
+                                   "it next to the .onnx file")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, folder)
+    except Exception as exc:
+        raise CompileError(f"{path}: cannot read external data ({type(exc).__name__})") from None
 
 
 def _check_opset(model: onnx.ModelProto) -> None:
@@ -185,7 +197,7 @@ class _Converter:
         for index, node in enumerate(nodes):
             self._convert_node(node, index)
         outputs = [self.env[o.name] for o in graph.output if isinstance(self.env.get(o.name), Value)]
-        return IRGraph(inputs, outputs, self.ops, self.tensors, self.kinds, axes, "onnx")
+        return fuse_group_norm(IRGraph(inputs, outputs, self.ops, self.tensors, self.kinds, axes, "onnx"))
 
     def _new_value(self, name: str, array: np.ndarray) -> Value:
         self.next_id += 1
@@ -202,7 +214,8 @@ class _Converter:
             if name and arg is None and name not in self.env:
                 raise CompileError(f"node {location} reads unknown value {name!r}")
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        has_value = any(isinstance(a, Value) for a in args)
+        data_args = [a for i, a in enumerate(args) if i not in _TYPE_ONLY_INPUTS.get(node.op_type, ())]
+        has_value = any(isinstance(a, Value) for a in data_args)
         has_param = any(isinstance(a, ParamRef) for a in args)
         if node.op_type == "Constant" or node.op_type in ("Shape", "Size") or (not has_value and not has_param):
             for out in node.output:

@@ -71,7 +71,7 @@ def _fuse_matmul_add(nodes, env, outputs) -> list[onnx.NodeProto]:
         bias_name = _other(add, node.output[0])
         bias = env.get(bias_name) if bias_name else None
         if not isinstance(bias, ParamRef) or bias.tensor.numel() != weight.tensor.shape[1] \
-                or bias.tensor.dim() != 1:
+                or bias.tensor.shape[-1] != weight.tensor.shape[1]:
             continue
         fused = helper.make_node("MatMulAdd", [node.input[0], node.input[1], bias_name],
                                  list(add.output), name=add.name or node.name, domain=GMN_DOMAIN)
@@ -145,7 +145,7 @@ def transform_params(node: onnx.NodeProto, args: list, attrs: dict, shape_of: Ca
         return None
     ref = args[0]
     op = node.op_type
-    if op in ("Identity", "Dropout"):
+    if op in ("Identity", "Dropout", "CastLike"):  # CastLike: same dtype in practice
         return [ref]
     if op == "Cast":
         return [ParamRef(ref.name, ref.tensor.to(_onnx_dtype(attrs["to"])), ref.offsets, ref.kind)]

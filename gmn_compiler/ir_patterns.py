@@ -1,0 +1,82 @@
+"""IR rewrites that turn decomposed spellings of a layer back into the layer's own op, so that
+every spelling compiles to the same graph.
+
+- GroupNorm as written by the TorchScript ONNX exporter: ``reshape [N, C, ...] -> [N, G, -1]``
+  → ``instance_norm`` with unit scale and zero shift → ``reshape`` back → ``mul`` by the
+  weight → ``add`` the bias  ⇒  one ``group_norm`` op.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .ir import IRGraph, Op, ParamRef, Value
+
+
+def _single_consumer(ir: IRGraph) -> dict[int, Op]:
+    """value id -> its only consumer op (values with several consumers are absent)."""
+    counts = ir.consumers()
+    found: dict[int, Op] = {}
+    for op in ir.ops:
+        for v in op.values():
+            if counts.get(v.id) == 1:
+                found[v.id] = op
+    return found
+
+
+def _is_constant(ref, value: float) -> bool:
+    """Absent, or every entry equal to ``value`` (a constant, or an initializer an optimiser
+    made of the exporter's constant)."""
+    return ref is None or (isinstance(ref, ParamRef) and bool((ref.tensor == value).all()))
+
+
+def _channel_param(ref, channels: int, ndim: int) -> ParamRef | None:
+    """``ref`` if it broadcasts as one value per channel (axis 1) of a rank-``ndim`` value."""
+    if not isinstance(ref, ParamRef) or ref.tensor.numel() != channels:
+        return None
+    shape = (1,) * (ndim - ref.tensor.dim()) + tuple(ref.shape)
+    if len(shape) != ndim or shape[1] != channels:
+        return None
+    return ref.apply(lambda t: t.reshape(channels))
+
+
+def fuse_group_norm(ir: IRGraph) -> IRGraph:
+    consumer = _single_consumer(ir)
+    replace: dict[int, Op] = {}
+    drop: set[int] = set()
+    for first in ir.ops:
+        if first.kind != "reshape" or not isinstance(first.inputs[0], Value):
+            continue
+        x, grouped = first.inputs[0], first.output
+        if len(x.shape) < 3 or len(grouped.shape) != 3 or grouped.shape[0] != x.shape[0]:
+            continue
+        channels, groups = x.shape[1], grouped.shape[1]
+        if groups == 0 or channels % groups:
+            continue
+        norm = consumer.get(grouped.id)
+        if norm is None or norm.kind != "instance_norm" or not norm.attrs.get("use_input_stats", True):
+            continue
+        if not (_is_constant(norm.inputs[1], 1.0) and _is_constant(norm.inputs[2], 0.0)):
+            continue
+        back = consumer.get(norm.outputs[0].id)
+        if back is None or back.kind != "reshape" or back.output.shape != x.shape:
+            continue
+        chain, last, weight, bias = [first, norm, back], back, None, None
+        for kind in ("mul", "add"):
+            nxt = consumer.get(last.output.id)
+            if nxt is None or nxt.kind != kind or nxt.attrs.get("alpha", 1) != 1:
+                break
+            other = nxt.inputs[1] if nxt.inputs[0] is last.output else nxt.inputs[0]
+            ref = _channel_param(other, channels, len(x.shape))
+            if ref is None:
+                break
+            weight, bias = (ref, bias) if kind == "mul" else (weight, ref)
+            chain.append(nxt)
+            last = nxt
+        fused = Op("group_norm", [x, weight, bias], [last.output],
+                   {"num_groups": groups, "eps": norm.attrs.get("eps", 1e-5)}, norm.location, "GroupNorm")
+        replace[id(last)] = fused
+        drop.update(id(op) for op in chain if op is not last)
+    if replace:
+        ir.ops = [replace.get(id(op), op) for op in ir.ops if id(op) not in drop]
+    return ir
