@@ -389,3 +389,73 @@ def test_console_script_entry_point(tmp_path):
     lines = [line for line in done.stderr.splitlines() if not line.startswith("compiling ")]
     assert len(lines) == 1 and lines[0].startswith("gmn-compile: error: "), done.stderr
     assert os.listdir(tmp_path) == ["junk.pt2"]
+
+
+# ---------------------------------------------------------------- ONNX input
+def _onnx_cnn(tmp_path) -> tuple[nn.Module, str]:
+    import warnings
+
+    model = _cnn()
+    path = tmp_path / "cnn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False,
+                          do_constant_folding=False, input_names=["x"], opset_version=18)
+    return model, str(path)
+
+
+def test_onnx_file_compiles_to_a_graph_that_round_trips(tmp_path, capfd):
+    model, path = _onnx_cnn(tmp_path)
+    out = tmp_path / "graph.pt"
+    code, _, err = run(capfd, path, "-o", out, "--summary")
+    assert code == 0, err
+    pg = gc.load(out)
+    assert pg.source == "onnx"
+    state = pg.to_state_dict(pg.data.edge_attr[:, 0])
+    for name, tensor in float_state(model).items():
+        assert torch.equal(state[name], tensor), name
+
+
+def _bad_onnx(kind: str, tmp_path, good: str) -> str:
+    import onnx
+    from onnx import helper
+
+    path = tmp_path / f"{kind}.onnx"
+    if kind == "truncated":
+        data = open(good, "rb").read()
+        path.write_bytes(data[: len(data) // 3])
+    elif kind == "not-onnx":
+        path.write_bytes(b"PK\x03\x04" + os.urandom(2048))
+    elif kind in ("unsupported", "cycle", "old-opset"):
+        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])
+        nodes = {"unsupported": [helper.make_node("Hardmax", ["x"], ["h"], name="hard"),
+                                 helper.make_node("Relu", ["h"], ["y"])],
+                 "cycle": [helper.make_node("Relu", ["y"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                 "old-opset": [helper.make_node("Relu", ["x"], ["y"])]}[kind]
+        opset = 7 if kind == "old-opset" else 18
+        model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
+                                  opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = 8
+        onnx.save(model, path)
+    elif kind == "missing-external-data":
+        model = onnx.load(good)
+        onnx.save(model, path, save_as_external_data=True, location="w.bin", size_threshold=0)
+        os.unlink(tmp_path / "w.bin")
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, needle", [("truncated", "not a readable ONNX model"),
+                                          ("not-onnx", "ONNX"),
+                                          ("unsupported", "hard"),
+                                          ("cycle", "cycle"),
+                                          ("old-opset", "opset 7"),
+                                          ("missing-external-data", "w.bin")])
+def test_bad_onnx_is_one_line_error_and_no_output(kind, needle, tmp_path, capfd):
+    _, good = _onnx_cnn(tmp_path)
+    path = _bad_onnx(kind, tmp_path, good)
+    out = tmp_path / "out.pt"
+    code, stdout, err = run(capfd, path, "-o", out)
+    assert code == 1 and stdout == ""
+    assert_one_line_error(err, needle)
+    assert not out.exists() and leftovers(tmp_path) == []
