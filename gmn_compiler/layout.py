@@ -149,8 +149,14 @@ def cat(layouts: list[Layout], shapes: list[tuple[int, ...]], dim: int) -> Layou
     dim = dim % len(shapes[0])
     ids_parts, pos_parts = [], []
     any_pos = any(l.pos is not None for l in layouts)
+    others = []
+    for l in layouts:
+        s = list(l.ids.shape)
+        s[dim] = 1  # parts differ along the concatenation axis; broadcast the others only
+        others.append(tuple(s))
+    common = list(torch.broadcast_shapes(*others))
     for layout, shape in zip(layouts, shapes):
-        target = list(torch.broadcast_shapes(*[tuple(l.ids.shape) for l in layouts]))
+        target = list(common)
         target[dim] = shape[dim]
         ids_parts.append(layout.ids.expand(target))
         if any_pos:

@@ -6,9 +6,12 @@ reuse policy (when an op may hand its input's nodes on, and when it must create 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import layout as L
+from . import schema
 from .builder import BuiltGraph, GraphBuilder
 from .errors import LoweringError, UnsupportedOpsError
 from .ir import IRGraph, Op, ParamRef, Value
@@ -106,16 +109,35 @@ class LoweringContext:
         self.symmetries.append({"nodes": nodes.clone(), "groups": groups,
                                 "permute_groups": permute_groups, "what": what + where})
 
-    def refine_symmetry(self, nodes: torch.Tensor, groups: int, what: str) -> None:
-        """A later op (GroupNorm) splits ``nodes`` into ``groups`` blocks: declared symmetries
-        over exactly these nodes become within-block and whole-block permutations."""
-        nodes = torch.tensor([self._root(n) for n in nodes.tolist()])
+    def refine_symmetry(self, nodes: torch.Tensor, groups: int, what: str,
+                        permute_groups: bool) -> None:
+        """A later op splits ``nodes`` (or the nodes they copy) into ``groups`` consecutive
+        blocks: a GroupNorm (whole blocks may move: ``permute_groups``) or a grouped conv
+        reading them (only within-block moves). Declarations over these nodes are narrowed,
+        never widened: conflicting groupings keep their common refinement, within blocks."""
+        roots = torch.tensor([self._root(n) for n in nodes.tolist()])
         for sym in self.symmetries:
-            if sym["nodes"].numel() == nodes.numel() and torch.equal(sym["nodes"], nodes):
-                if sym["groups"] != 1 and sym["groups"] != groups:
-                    raise self.error(f"{what} splits channels already split into {sym['groups']} groups")
-                sym["groups"], sym["permute_groups"] = groups, True
-                sym["what"] += f", in {groups} groups of {what}"
+            if sym["nodes"].numel() != roots.numel() or not torch.equal(sym["nodes"], roots):
+                continue
+            if sym["groups"] == 1:
+                sym["groups"], sym["permute_groups"] = groups, permute_groups
+            elif sym["groups"] == groups:
+                sym["permute_groups"] = sym["permute_groups"] and permute_groups
+            else:
+                finer = math.lcm(sym["groups"], groups)
+                if roots.numel() % finer:
+                    sym["withdrawn"] = True
+                    continue
+                sym["groups"], sym["permute_groups"] = finer, False
+            sym["what"] += f", in {groups} groups of {what}"
+
+    def withdraw_symmetries(self, nodes: torch.Tensor) -> None:
+        """An op treats parts of a declared node set differently (a split, a slice): its
+        nodes are no longer freely permutable, so declarations touching them are dropped."""
+        roots = {self._root(n) for n in torch.unique(nodes).tolist()}
+        for sym in self.symmetries:
+            if not sym.get("withdrawn") and roots & set(sym["nodes"].tolist()):
+                sym["withdrawn"] = True
 
     def _root(self, node: int) -> int:
         """The node that ``node`` is a one-to-one copy of (through activations, pooling)."""
@@ -208,6 +230,8 @@ def unsupported_ops(ir: IRGraph, registry: Registry) -> list[tuple[str, str]]:
     return found
 
 
+_ELEMENTWISE_KINDS = {"add", "sub", "mul", "div", "identity", "softmax", "maximum", "minimum",
+                      "pow"} | set(schema.ACTIVATIONS)
 INPUT_AXIS_BY_FIRST_USE = {"conv": 1, "conv_transpose": 1, "batch_norm": 1, "group_norm": 1,
                            "instance_norm": 1, "linear": -1, "layer_norm": -1}
 
@@ -220,13 +244,18 @@ def infer_input_axis(ir: IRGraph, value: Value) -> int | None:
         return ir.input_neuron_axes[value.id]
     if value.dtype in (torch.long, torch.int32, torch.int64, torch.bool) or len(value.shape) == 0:
         return None
-    for op in ir.ops:
-        if any(v.id == value.id for v in op.values()):
-            if op.kind == "linear" or (op.kind == "matmul" and len(op.inputs) == 3):
-                return op.attrs.get("axis", -1) % len(value.shape)
-            if op.kind in INPUT_AXIS_BY_FIRST_USE:
-                return INPUT_AXIS_BY_FIRST_USE[op.kind] % len(value.shape)
-            break
+    current = value
+    for op in ir.ops:  # follow the value through elementwise ops to the op that fixes the axis
+        if not any(v.id == current.id for v in op.values()):
+            continue
+        if op.kind == "linear" or (op.kind == "matmul" and len(op.inputs) == 3):
+            return op.attrs.get("axis", -1) % len(value.shape)
+        if op.kind in INPUT_AXIS_BY_FIRST_USE:
+            return INPUT_AXIS_BY_FIRST_USE[op.kind] % len(value.shape)
+        if op.kind in _ELEMENTWISE_KINDS and len(op.outputs) == 1 and op.output.shape == value.shape:
+            current = op.output
+            continue
+        break
     return 1 if len(value.shape) >= 2 else 0
 
 
@@ -257,6 +286,7 @@ def lower(ir: IRGraph, registry: Registry) -> tuple[BuiltGraph, LoweringContext]
         row["edges"] += sum(b.count for b in builder.blocks[blocks_before:])
     ctx.op = None
     ctx.summary = summary
+    ctx.symmetries = [s for s in ctx.symmetries if not s.pop("withdrawn", False)]
     _pin_outputs(ctx)
     return builder.finalize(), ctx
 

@@ -39,6 +39,8 @@ def make_activation_rule(name: str):
         activation = name
         if name == "gelu" and op.attrs.get("approximate", "none") == "tanh":
             activation = "gelu_tanh"
+        if name == "hardtanh" and [float(a) for a in op.attrs.get("args", [])] == [0.0, 6.0]:
+            activation = "relu6"  # F.relu6 exports as hardtanh(x, 0, 6)
         ctx.set_layout(op.output, ctx.derive(op.inputs[0], activation))
     lower_activation.__doc__ = f"Elementwise {name}: keeps or copies the input's nodes."
     return lower_activation

@@ -68,6 +68,8 @@ def lower_conv(ctx, op) -> None:
         builder.add_edges((c_out,), bias_node, out_ids, etype + "_bias", param=bias)
     ctx.declare_symmetry(out_ids, "output channels of conv" + (f" (within {groups} groups)" if groups > 1 else ""),
                          groups=groups)
+    if groups > 1:  # input channels only move within their group
+        ctx.refine_symmetry(ids, groups, f"grouped conv at {op.location}", permute_groups=False)
     ctx.set_layout(op.output, L.for_axis(out_ids, len(op.output.shape), channel_axis))
 
 
@@ -103,5 +105,6 @@ def gmn_register(registry) -> None:
         registry.map_aten(f"aten.conv{d}d.padding", "conv", _conv)
         registry.map_aten(f"aten.conv_transpose{d}d.input", "conv", _conv_transpose)
     registry.map_aten("aten.convolution.default", "conv", _convolution)
+    registry.map_aten("aten.conv_transpose1d.default", "conv", _conv_transpose)
     registry.map_onnx("Conv", "conv", _onnx_conv)
     registry.map_onnx("ConvTranspose", "conv", _onnx_conv_transpose)

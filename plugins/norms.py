@@ -97,7 +97,7 @@ def lower_group_norm(ctx, op) -> None:
     if pos is not None:
         raise ctx.error("group norm over channels that merge free positions is not supported")
     size = channels.numel() // groups
-    ctx.refine_symmetry(channels, groups, f"group norm at {op.location}")
+    ctx.refine_symmetry(channels, groups, f"group norm at {op.location}", permute_groups=True)
     group_ids = ctx.builder.add_nodes(groups, "group", ctx.builder.depth_of(channels))
     ctx.builder.add_edges((groups, size), group_ids.view(groups, 1), channels.view(groups, size),
                           "gn_member")

@@ -47,17 +47,45 @@ def lower_reduce(ctx, op) -> None:
         return
     neuron = set(layout.neuron_axes())
     reduced_neuron = neuron & set(dims)
+    if reduced_neuron == neuron and neuron:
+        ctx.set_layout(op.outputs[0], None)  # invariant to every permutation of its inputs
+        return
     if reduced_neuron:
-        if reduced_neuron != neuron:
-            raise ctx.error(f"reducing neuron axes {sorted(reduced_neuron)} but not "
-                            f"{sorted(neuron - reduced_neuron)} is not supported")
-        ctx.set_layout(op.outputs[0], None)
+        ctx.set_layout(op.outputs[0], _combine(ctx, op, layout, dims, keepdim))
         return
     out = ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]], "pool")
     if not keepdim:  # the reduced axes are free (size 1 in the id tensor): drop them
         kept = [i for i in range(ndim) if i not in dims]
         out = out.map(lambda t: t.reshape([t.shape[i] for i in kept]))
     ctx.set_layout(op.outputs[0], out)
+
+
+_MODE_EDGE = {"sum": "add", "mean": "add", "avg": "add", "amax": "max", "max": "max",
+              "amin": "min", "min": "min"}
+
+
+def _combine(ctx, op, layout, dims: list[int], keepdim: bool):
+    """A reduction over some neuron axes while others remain (``stack([u, v]).sum(0)``): like
+    an n-ary residual add, one new node per remaining entry, fed by every node it reduces."""
+    if layout.pos is not None:
+        raise ctx.error("reducing an axis that merges free positions is not supported")
+    ids = layout.ids
+    ndim = ids.dim()
+    kept = [a for a in range(ndim) if a not in dims]
+    moved = ids.permute(*kept, *dims)
+    rest_shape = moved.shape[:len(kept)]
+    rows = moved.reshape(int(torch.tensor(rest_shape).prod()) if rest_shape else 1, -1)
+    uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    count = rows.shape[1]
+    mode = op.attrs["mode"]
+    weight = 1.0 / count if mode in ("mean", "avg") else 1.0
+    new = ctx.builder.add_nodes(uniq.shape[0], "neuron", ctx.builder.depth_of(uniq.reshape(-1)) + 1)
+    ctx.builder.add_edges(tuple(uniq.shape), uniq, new.view(-1, 1), _MODE_EDGE[mode], value=weight)
+    out = new[inverse].view(rest_shape)
+    if keepdim:
+        for d in sorted(dims):
+            out = out.unsqueeze(d)
+    return L.compress(out, None)
 
 
 def _pool(mode: str, spatial_dims: int):

@@ -45,11 +45,19 @@ def lower_permute(ctx, op) -> None:
     ctx.set_layout(op.output, L.permute(ctx.layout(op.inputs[0]), dims))
 
 
+def _cuts_neurons(ctx, layout, dim: int) -> None:
+    """Cutting a neuron axis (split, slice, select): the parts may play different roles
+    downstream, so the nodes are no longer declared freely permutable."""
+    if layout.ids.shape[dim] > 1:
+        ctx.withdraw_symmetries(layout.ids)
+
+
 def lower_select(ctx, op) -> None:
     """attrs ``dim``, ``index``."""
     if _keep_none(ctx, op):
         return
     x = op.inputs[0]
+    _cuts_neurons(ctx, ctx.layout(x), op.attrs["dim"] % len(x.shape))
     ctx.set_layout(op.output, L.select(ctx.layout(x), op.attrs["dim"], op.attrs["index"] % x.shape[op.attrs["dim"]]))
 
 
@@ -60,6 +68,8 @@ def lower_slice(ctx, op) -> None:
     x = op.inputs[0]
     dim = op.attrs["dim"] % len(x.shape)
     start, end, step = slice(op.attrs.get("start"), op.attrs.get("end"), op.attrs.get("step", 1)).indices(x.shape[dim])
+    if (start, end, step) != (0, x.shape[dim], 1):
+        _cuts_neurons(ctx, ctx.layout(x), dim)
     ctx.set_layout(op.output, L.narrow(ctx.layout(x), dim, start, end, step))
 
 
@@ -89,6 +99,8 @@ def lower_split(ctx, op) -> None:
     x = op.inputs[0]
     layout = ctx.layout(x)
     dim = op.attrs["dim"] % len(x.shape)
+    if len(op.outputs) > 1:
+        _cuts_neurons(ctx, layout, dim)
     start = 0
     for out in op.outputs:
         if op.attrs.get("squeeze"):
@@ -107,6 +119,8 @@ def lower_index_select(ctx, op) -> None:
     x = op.inputs[0]
     dim = op.attrs["dim"] % len(x.shape)
     index = torch.as_tensor(op.attrs["index"]).long() % x.shape[dim]
+    if not torch.equal(index, torch.arange(x.shape[dim])):
+        _cuts_neurons(ctx, ctx.layout(x), dim)
     ctx.set_layout(op.output, L.index_select(ctx.layout(x), dim, index))
 
 

@@ -27,6 +27,11 @@ from ..registry import Registry, target_name
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 
+# Runtime checks torch.export inserts (dtype casts, shape guards): no output, no effect.
+_NO_OP_TARGETS = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
+                  "aten.sym_constrain_range_for_size.default", "aten._assert_async.msg",
+                  "aten.sym_constrain_range.default"}
+
 # ATen ops that only rearrange entries: applied to a parameter, they are applied to its
 # values and its offsets alike (the parameter stays a parameter, seen through a view).
 _LAYOUT_TARGETS = {
@@ -191,6 +196,8 @@ class _Converter:
             self.env[node.name] = args[0][args[1]]
             return
         name = target_name(node.target)
+        if name in _NO_OP_TARGETS:
+            return
         leaves = torch.utils._pytree.tree_leaves((args, kwargs))
         has_value = any(isinstance(x, Value) for x in leaves)
         has_param = any(isinstance(x, ParamRef) for x in leaves)

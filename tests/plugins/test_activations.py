@@ -1,0 +1,227 @@
+"""plugins/activations.py: elementwise activations and softmax, recorded on nodes.
+
+Each activation is checked with the oracles and a hand-written hidden-unit permutation, and
+its code in the node ``activation`` column is the one ``gc.schema.ACTIVATIONS`` names; models
+that differ only in their activation give non-isomorphic graphs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gmn_compiler as gc
+from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
+                     assert_same_function, permuted_copy)
+
+S = gc.schema
+ROLE, ACT = S.node_column("role"), S.node_column("activation")
+ETYPE = S.edge_column("type")
+PERM = torch.tensor([3, 0, 4, 1, 2])
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+ACTIVATIONS = {
+    # module -> schema name recorded on the hidden nodes
+    "relu": (lambda: nn.ReLU(), "relu"),
+    "gelu": (lambda: nn.GELU(), "gelu"),
+    "gelu_tanh": (lambda: nn.GELU(approximate="tanh"), "gelu_tanh"),
+    "silu": (lambda: nn.SiLU(), "silu"),
+    "tanh": (lambda: nn.Tanh(), "tanh"),
+    "sigmoid": (lambda: nn.Sigmoid(), "sigmoid"),
+    "sin": (lambda: Lambda(torch.sin), "sin"),
+    "cos": (lambda: Lambda(torch.cos), "cos"),
+    "leaky_relu": (lambda: nn.LeakyReLU(0.1), "leaky_relu"),
+    "hardswish": (lambda: nn.Hardswish(), "hardswish"),
+    "hardsigmoid": (lambda: nn.Hardsigmoid(), "hardsigmoid"),
+    "elu": (lambda: nn.ELU(), "elu"),
+    "selu": (lambda: nn.SELU(), "selu"),
+    "celu": (lambda: nn.CELU(), "celu"),
+    "softplus": (lambda: nn.Softplus(), "softplus"),
+    "mish": (lambda: nn.Mish(), "mish"),
+    "hardtanh": (lambda: nn.Hardtanh(), "hardtanh"),
+    "logsigmoid": (lambda: nn.LogSigmoid(), "logsigmoid"),
+    "exp": (lambda: Lambda(torch.exp), "exp"),
+    "abs": (lambda: Lambda(torch.abs), "abs"),
+    "erf": (lambda: Lambda(torch.erf), "erf"),
+}
+
+
+class MLP(nn.Module):
+    def __init__(self, act: nn.Module, out_act: nn.Module | None = None):
+        super().__init__()
+        self.l1, self.act, self.l2 = nn.Linear(4, 5), act, nn.Linear(5, 3)
+        self.out_act = out_act or nn.Identity()
+
+    def forward(self, x):
+        return self.out_act(self.l2(self.act(self.l1(x))))
+
+    def permute_hidden(self, p):
+        self.l1.weight.copy_(self.l1.weight[p])
+        self.l1.bias.copy_(self.l1.bias[p])
+        self.l2.weight.copy_(self.l2.weight[:, p])
+
+
+def _hidden_nodes(pg):
+    """Node ids of the 5 hidden units (targets of l1's bias edges)."""
+    names = [p.name for p in pg.params]
+    sel = pg.data.edge_param == names.index("l1.bias")
+    return pg.data.edge_index[1, sel][torch.argsort(pg.data.edge_offset[sel])]
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_oracles_and_node_code(name):
+    make, recorded = ACTIVATIONS[name]
+    model = MLP(make()).eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    # the activation is on the nodes, not on extra nodes or edges
+    assert pg.data.num_nodes == 4 + 5 + 3 + 2
+    assert pg.data.edge_index.shape[1] == sum(p.numel() for p in model.parameters())
+    acts = pg.data.x[:, ACT].long()
+    code = S.code(S.ACTIVATIONS, recorded)
+    assert torch.equal(acts[_hidden_nodes(pg)], torch.full((5,), code))
+    assert int((acts != S.code(S.ACTIVATIONS, "none")).sum()) == 5
+
+    permuted = permuted_copy(model, lambda m: m.permute_hidden(PERM))
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+
+def test_relu_and_tanh_models_are_not_isomorphic():
+    relu = MLP(nn.ReLU()).eval()
+    tanh = MLP(nn.Tanh()).eval()
+    tanh.load_state_dict(relu.state_dict())
+    inputs = (torch.randn(3, 4),)
+    same = MLP(nn.ReLU()).eval()
+    same.load_state_dict(relu.state_dict())
+    assert_isomorphic(gc.compile(relu, inputs), gc.compile(same, inputs))
+    assert_not_isomorphic(gc.compile(relu, inputs), gc.compile(tanh, inputs))
+
+
+def test_gelu_exact_and_tanh_approximation_are_not_isomorphic():
+    exact = MLP(nn.GELU()).eval()
+    approx = MLP(nn.GELU(approximate="tanh")).eval()
+    approx.load_state_dict(exact.state_dict())
+    inputs = (torch.randn(3, 4),)
+    assert_not_isomorphic(gc.compile(exact, inputs), gc.compile(approx, inputs))
+
+
+def test_relu6_and_hardtanh_are_not_isomorphic():
+    """torch.export lowers ReLU6 to ``hardtanh(x, 0, 6)``; the schema has a ``relu6`` code,
+    and ReLU6 and Hardtanh(-1, 1) are different functions of the same weights."""
+    relu6 = MLP(nn.ReLU6()).eval()
+    hardtanh = MLP(nn.Hardtanh()).eval()
+    hardtanh.load_state_dict(relu6.state_dict())
+    inputs = (torch.randn(3, 4) * 4,)
+    with torch.no_grad():
+        assert not torch.allclose(relu6(*inputs), hardtanh(*inputs))
+    assert_not_isomorphic(gc.compile(relu6, inputs), gc.compile(hardtanh, inputs))
+
+
+def test_functional_and_module_forms_agree():
+    class Functional(MLP):
+        def forward(self, x):
+            return self.l2(F.silu(self.l1(x)))
+    module = MLP(nn.SiLU()).eval()
+    functional = Functional(nn.Identity()).eval()
+    functional.load_state_dict(module.state_dict())
+    inputs = (torch.randn(3, 4),)
+    assert_isomorphic(gc.compile(module, inputs), gc.compile(functional, inputs))
+
+
+def test_two_activations_in_a_row_get_their_own_nodes():
+    """tanh(relu(h)): one node cannot carry two activations; the second gets fresh nodes
+    linked one-to-one by ``activation`` edges."""
+    model = MLP(nn.Sequential(nn.ReLU(), nn.Tanh())).eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    acts = pg.data.x[:, ACT].long()
+    assert int((acts == S.code(S.ACTIVATIONS, "relu")).sum()) == 5
+    assert int((acts == S.code(S.ACTIVATIONS, "tanh")).sum()) == 5
+    assert pg.data.num_nodes == 4 + 5 + 5 + 3 + 2
+    assert int((pg.data.edge_attr[:, ETYPE] == S.code(S.EDGE_TYPES, "activation")).sum()) == 5
+    # tanh(relu(.)) and relu(tanh(.)) are different functions with different graphs
+    swapped = MLP(nn.Sequential(nn.Tanh(), nn.ReLU())).eval()
+    swapped.load_state_dict(model.state_dict())
+    assert_not_isomorphic(pg, gc.compile(swapped, inputs))
+
+
+class SkipActivation(nn.Module):
+    """``W1 h + W2 relu(h)``: ``h`` and ``relu(h)`` are two values consumed from the same
+    nodes; W1 and W2 edges must not become parallel edges an automorphism could swap."""
+
+    def __init__(self):
+        super().__init__()
+        self.l0, self.w1, self.w2 = nn.Linear(3, 4), nn.Linear(4, 3), nn.Linear(4, 3)
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = self.l0(x)
+        return self.out(self.w1(h) + self.w2(torch.relu(h)))
+
+
+def test_activation_of_a_shared_value_gets_fresh_nodes():
+    model = SkipActivation().eval()
+    inputs = (torch.randn(5, 3),)
+    pg = assert_oracles(model, inputs, trials=4)
+    acts = pg.data.x[:, ACT].long()
+    relu_nodes = torch.nonzero(acts == S.code(S.ACTIVATIONS, "relu")).view(-1)
+    assert relu_nodes.numel() == 4
+    names = [p.name for p in pg.params]
+    h_nodes = set(pg.data.edge_index[1, pg.data.edge_param == names.index("l0.bias")].tolist())
+    assert not h_nodes & set(relu_nodes.tolist())
+    # swapping the roles of W1 and W2 changes the function and the graph
+    swapped = SkipActivation().eval()
+    state = model.state_dict()
+    swapped.load_state_dict({**state, "w1.weight": state["w2.weight"], "w1.bias": state["w2.bias"],
+                             "w2.weight": state["w1.weight"], "w2.bias": state["w1.bias"]})
+    with torch.no_grad():
+        assert not torch.allclose(model(*inputs), swapped(*inputs))
+    assert_not_isomorphic(pg, gc.compile(swapped, inputs))
+    # the hidden units of l0 are still a symmetry when permuted through both consumers
+    p = torch.tensor([2, 0, 3, 1])
+
+    def hidden(m):
+        m.l0.weight.copy_(m.l0.weight[p])
+        m.l0.bias.copy_(m.l0.bias[p])
+        m.w1.weight.copy_(m.w1.weight[:, p])
+        m.w2.weight.copy_(m.w2.weight[:, p])
+    permuted = permuted_copy(model, hidden)
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+
+@pytest.mark.parametrize("module,recorded", [(nn.Softmax(dim=-1), "softmax"),
+                                              (nn.LogSoftmax(dim=-1), "log_softmax")],
+                         ids=["softmax", "log_softmax"])
+def test_softmax_at_the_output(module, recorded):
+    model = MLP(nn.ReLU(), out_act=module).eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    acts = pg.data.x[:, ACT].long()
+    positions = pg.data.x[:, S.node_column("position")].long()
+    roles = pg.data.x[:, ROLE].long()
+    outputs = (positions >= 0) & (roles != S.code(S.NODE_ROLES, "input"))
+    assert int(outputs.sum()) == 3
+    assert bool((acts[outputs] == S.code(S.ACTIVATIONS, recorded)).all())
+    permuted = permuted_copy(model, lambda m: m.permute_hidden(PERM))
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+    # output classes are pinned: swapping two rows of the last layer is not a symmetry
+    swapped = permuted_copy(model, lambda m: (m.l2.weight.copy_(m.l2.weight[[1, 0, 2]]),
+                                              m.l2.bias.copy_(m.l2.bias[[1, 0, 2]])))
+    assert_not_isomorphic(pg, gc.compile(swapped, inputs))
+    plain = MLP(nn.ReLU()).eval()
+    plain.load_state_dict(model.state_dict())
+    assert_not_isomorphic(pg, gc.compile(plain, inputs))

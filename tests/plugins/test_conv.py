@@ -1,0 +1,331 @@
+"""plugins/conv.py: 1-D/2-D/3-D convolutions (stride, padding, dilation, groups, depthwise)
+and transposed convolutions.
+
+Oracles on every configuration; channel permutations written by hand in the weights give
+isomorphic graphs; controls that are not symmetries (two kernel taps swapped, a channel moved
+across groups) give different functions and non-isomorphic graphs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gmn_compiler as gc
+from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
+                     assert_round_trip, assert_same_function, permuted_copy)
+
+S = gc.schema
+ETYPE = S.edge_column("type")
+KERNEL = [S.edge_column(f"kernel{d}") for d in range(3)]
+CONV_EDGE = S.code(S.EDGE_TYPES, "conv")
+CONVT_EDGE = S.code(S.EDGE_TYPES, "conv_transpose")
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def _different(a: nn.Module, b: nn.Module, inputs: tuple) -> bool:
+    with torch.no_grad():
+        return not torch.allclose(a.eval()(*inputs), b.eval()(*inputs), atol=1e-5)
+
+
+def _permute_out(layer: nn.Module, p: torch.Tensor) -> None:
+    layer.weight.copy_(layer.weight[p])
+    if layer.bias is not None:
+        layer.bias.copy_(layer.bias[p])
+
+
+def _permute_in(layer: nn.Module, p: torch.Tensor) -> None:
+    layer.weight.copy_(layer.weight[:, p])
+
+
+class TwoConvs(nn.Module):
+    """conv(c_in -> 5, config) -> tanh -> 1x1 conv(5 -> 2)."""
+
+    def __init__(self, dims: int, c_in: int = 2, **config):
+        super().__init__()
+        self.a = _CONV[dims](c_in, 5, **config)
+        self.b = _CONV[dims](5, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+CONFIGS = {
+    "1d": (1, dict(kernel_size=3), (2, 2, 9)),
+    "1d-stride-dilation-padding": (1, dict(kernel_size=3, stride=2, dilation=2, padding=2), (2, 2, 11)),
+    "2d": (2, dict(kernel_size=3), (2, 2, 5, 5)),
+    "2d-rect-stride-padding": (2, dict(kernel_size=(2, 3), stride=(2, 1), padding=(1, 0)), (2, 2, 6, 5)),
+    "2d-dilation": (2, dict(kernel_size=2, dilation=2), (1, 2, 6, 6)),
+    "2d-same-padding": (2, dict(kernel_size=3, padding="same"), (1, 2, 4, 4)),
+    "2d-no-bias": (2, dict(kernel_size=2, bias=False), (1, 2, 4, 4)),
+    "3d": (3, dict(kernel_size=(2, 3, 2), padding=1), (1, 2, 3, 3, 3)),
+    "3d-stride": (3, dict(kernel_size=2, stride=2), (1, 2, 4, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_conv_configurations(name):
+    dims, config, shape = CONFIGS[name]
+    model = TwoConvs(dims, **config).eval()
+    inputs = (torch.randn(*shape),)
+    pg = assert_oracles(model, inputs, trials=3)
+    d = pg.data
+    assert d.edge_index.shape[1] == sum(p.numel() for p in model.parameters())
+
+    # every weight edge of the first conv records its kernel position; unused columns are -1
+    names = [p.name for p in pg.params]
+    sel = d.edge_param == names.index("a.weight")
+    kshape = tuple(model.a.weight.shape[2:])
+    flat = d.edge_offset[sel] % math.prod(kshape)
+    for k in range(3):
+        column = d.edge_attr[sel, KERNEL[k]].long()
+        if k < dims:
+            assert torch.equal(column, (flat // math.prod(kshape[k + 1:])) % kshape[k])
+        else:
+            assert bool((column == -1).all())
+    assert bool((d.edge_attr[sel, ETYPE] == CONV_EDGE).all())
+
+    p = torch.tensor([2, 4, 0, 1, 3])
+    permuted = permuted_copy(model, lambda m: (_permute_out(m.a, p), _permute_in(m.b, p)))
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+    # control: flip the kernel of one output channel along its last spatial axis
+    def flip_taps(m):
+        m.a.weight[1] = m.a.weight[1].flip(-1)
+    flipped = permuted_copy(model, flip_taps)
+    assert _different(model, flipped, inputs)
+    assert_not_isomorphic(pg, gc.compile(flipped, inputs))
+
+
+def test_swapping_input_channels_is_not_a_symmetry():
+    model = TwoConvs(2, c_in=3, kernel_size=3).eval()
+    inputs = (torch.randn(1, 3, 5, 5),)
+    pg = gc.compile(model, inputs)
+    swapped = permuted_copy(model, lambda m: _permute_in(m.a, torch.tensor([1, 0, 2])))
+    assert _different(model, swapped, inputs)
+    assert_not_isomorphic(pg, gc.compile(swapped, inputs))
+
+
+class GroupedFirst(nn.Module):
+    """Grouped conv reading the (pinned) input: 4 -> 6 channels in 2 groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 6, 3, groups=2)
+        self.b = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_grouped_conv_edges_stay_inside_groups():
+    model = GroupedFirst().eval()
+    inputs = (torch.randn(1, 4, 5, 5),)
+    pg = assert_oracles(model, inputs, trials=3)
+    d = pg.data
+    names = [p.name for p in pg.params]
+    sel = d.edge_param == names.index("a.weight")
+    assert int(sel.sum()) == model.a.weight.numel()  # 6 * 2 * 3 * 3: only within-group pairs
+    pos = d.x[:, S.node_column("position")].long()
+    in_channel = pos[d.edge_index[0, sel]]  # input nodes are pinned to their channel
+    out_channel = d.edge_offset[sel] // (2 * 9)
+    assert torch.equal(in_channel // 2, out_channel // 3)
+
+
+def test_grouped_conv_channel_permutations():
+    model = GroupedFirst().eval()
+    inputs = (torch.randn(1, 4, 5, 5),)
+    pg = gc.compile(model, inputs)
+    within = torch.tensor([2, 0, 1, 4, 5, 3])
+    permuted = permuted_copy(model, lambda m: (_permute_out(m.a, within), _permute_in(m.b, within)))
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+    across = torch.tensor([3, 1, 2, 0, 4, 5])  # channel 0 (group 0) <-> channel 3 (group 1)
+    crossed = permuted_copy(model, lambda m: (_permute_out(m.a, across), _permute_in(m.b, across)))
+    assert _different(model, crossed, inputs)
+    assert_not_isomorphic(pg, gc.compile(crossed, inputs))
+
+
+class GroupedAfterConv(nn.Module):
+    """conv(3 -> 4) -> relu -> grouped conv(4 -> 4, groups=2) -> relu -> 1x1 conv(4 -> 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.g = nn.Conv2d(4, 4, 3, groups=2)
+        self.b = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.g(torch.relu(self.a(x)))))
+
+
+def test_grouped_conv_after_conv_oracles():
+    """The channels of ``a`` may only move within a group of ``g`` or as whole groups; the
+    completeness oracle must not be asked to find an arbitrary permutation of them."""
+    model = GroupedAfterConv().eval()
+    assert_oracles(model, (torch.randn(1, 3, 5, 5),), trials=3)
+
+
+def test_grouped_conv_after_conv_is_sound():
+    model = GroupedAfterConv().eval()
+    inputs = (torch.randn(1, 3, 5, 5),)
+    pg = assert_round_trip(model, inputs)
+    gc.check_symmetry(model, inputs, trials=4, graph=pg, completeness=False)
+
+
+def test_grouped_conv_after_conv_hand_permutations():
+    model = GroupedAfterConv().eval()
+    inputs = (torch.randn(1, 3, 5, 5),)
+    pg = gc.compile(model, inputs)
+
+    def within(m):  # swap the two channels of group 0 of a's output (= g's input)
+        p = torch.tensor([1, 0, 2, 3])
+        _permute_out(m.a, p)
+        m.g.weight[0:2] = m.g.weight[0:2][:, torch.tensor([1, 0])]
+    permuted = permuted_copy(model, within)
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+    def whole_groups(m):  # swap the groups: a's channels, g's output blocks, b's columns
+        p = torch.tensor([2, 3, 0, 1])
+        _permute_out(m.a, p)
+        _permute_out(m.g, p)
+        _permute_in(m.b, p)
+    permuted = permuted_copy(model, whole_groups)
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+    def across(m):  # a's channel 0 <-> 2 only: crosses g's groups
+        _permute_out(m.a, torch.tensor([2, 1, 0, 3]))
+    crossed = permuted_copy(model, across)
+    assert _different(model, crossed, inputs)
+    assert_not_isomorphic(pg, gc.compile(crossed, inputs))
+
+
+class Depthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pw1 = nn.Conv2d(3, 4, 1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.pw2 = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.pw2(torch.relu(self.dw(torch.relu(self.pw1(x)))))
+
+
+def test_depthwise_conv():
+    model = Depthwise().eval()
+    inputs = (torch.randn(1, 3, 4, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    names = [p.name for p in pg.params]
+    d = pg.data
+    sel = d.edge_param == names.index("dw.weight")
+    # depthwise: one channel in, one channel out per edge, each channel its own group
+    assert int(sel.sum()) == 4 * 9
+    src, dst = d.edge_index[0, sel], d.edge_index[1, sel]
+    for c in range(4):
+        assert torch.unique(src[d.edge_offset[sel] // 9 == c]).numel() == 1
+    assert torch.unique(torch.stack([src, dst]), dim=1).shape[1] == 4
+
+    p = torch.tensor([3, 2, 0, 1])
+    permuted = permuted_copy(model, lambda m: (_permute_out(m.pw1, p), _permute_out(m.dw, p),
+                                               _permute_in(m.pw2, p)))
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+    only_dw = permuted_copy(model, lambda m: _permute_out(m.dw, p))
+    assert _different(model, only_dw, inputs)
+    assert_not_isomorphic(pg, gc.compile(only_dw, inputs))
+
+
+class Transposed2d(nn.Module):
+    """Transposed conv with groups reading the input, then a 1x1 conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.t = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)
+        self.b = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.t(x)))
+
+
+def test_transposed_conv2d_with_groups():
+    model = Transposed2d().eval()
+    inputs = (torch.randn(1, 4, 3, 3),)
+    pg = assert_oracles(model, inputs, trials=3)
+    d = pg.data
+    names = [p.name for p in pg.params]
+    sel = d.edge_param == names.index("t.weight")
+    assert int(sel.sum()) == model.t.weight.numel()
+    assert bool((d.edge_attr[sel, ETYPE] == CONVT_EDGE).all())
+    # weight [c_in, out_per_group, k, k]: input channel i feeds output channels of its group
+    pos = d.x[:, S.node_column("position")].long()
+    in_channel = pos[d.edge_index[0, sel]]
+    assert torch.equal(in_channel, d.edge_offset[sel] // (3 * 9))
+    assert d.edge_index.shape[1] == sum(p.numel() for p in model.parameters())
+
+    q = torch.tensor([2, 0, 1])  # the same within-group permutation in both groups
+    p = torch.cat([q, q + 3])
+
+    def within(m):
+        m.t.weight.copy_(m.t.weight[:, q])
+        m.t.bias.copy_(m.t.bias[p])
+        _permute_in(m.b, p)
+    permuted = permuted_copy(model, within)
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+    def across(m):  # output channel 0 (group 0) <-> 3 (group 1)
+        a = torch.tensor([3, 1, 2, 0, 4, 5])
+        m.t.bias.copy_(m.t.bias[a])
+        _permute_in(m.b, a)
+        w = m.t.weight.clone()
+        m.t.weight[0:2, 0], m.t.weight[2:4, 0] = w[2:4, 0], w[0:2, 0]
+    crossed = permuted_copy(model, across)
+    assert _different(model, crossed, inputs)
+    assert_not_isomorphic(pg, gc.compile(crossed, inputs))
+
+
+class Decoder(nn.Module):
+    """conv -> relu -> transposed conv (stride 2) -> relu -> 1x1 conv."""
+
+    def __init__(self, dims: int = 2):
+        super().__init__()
+        conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims]
+        convt = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d}[dims]
+        self.a = conv(2, 4, 3)
+        self.t = convt(4, 3, 3, stride=2)
+        self.b = conv(3, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.t(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("dims,shape", [(2, (1, 2, 5, 5)), (1, (2, 2, 7))], ids=["2d", "1d"])
+def test_transposed_conv_after_conv(dims, shape):
+    model = Decoder(dims).eval()
+    inputs = (torch.randn(*shape),)
+    pg = assert_oracles(model, inputs, trials=3)
+    assert pg.data.edge_index.shape[1] == sum(p.numel() for p in model.parameters())
+
+    p = torch.tensor([1, 3, 0, 2])  # a's channels = rows (dim 0) of t's weight
+    q = torch.tensor([2, 0, 1])  # t's output channels = dim 1 of its weight
+    def both(m):
+        _permute_out(m.a, p)
+        m.t.weight.copy_(m.t.weight[p][:, q])
+        m.t.bias.copy_(m.t.bias[q])
+        _permute_in(m.b, q)
+    permuted = permuted_copy(model, both)
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+    def taps(m):  # flip the kernel of one (input, output) pair of the transposed conv
+        m.t.weight[0, 0] = m.t.weight[0, 0].flip(-1)
+    flipped = permuted_copy(model, taps)
+    assert _different(model, flipped, inputs)
+    assert_not_isomorphic(pg, gc.compile(flipped, inputs))

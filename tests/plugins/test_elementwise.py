@@ -1,0 +1,360 @@
+"""plugins/elementwise.py: add/sub/mul/div/maximum between activations (residuals, gating),
+with Python scalars (x * 0.5, x + 1, 1 - x) and with parameter operands (layer scale, learnable
+bias vector, positional table over tokens).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gmn_compiler as gc
+from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
+                     assert_round_trip, assert_same_function, permuted_copy)
+
+S = gc.schema
+ETYPE, SPATIAL = S.edge_column("type"), S.edge_column("spatial")
+ROLE = S.node_column("role")
+P5 = torch.tensor([3, 0, 4, 1, 2])
+
+
+def _etype(name):
+    return S.code(S.EDGE_TYPES, name)
+
+
+def _different(a, b, inputs) -> bool:
+    with torch.no_grad():
+        return not torch.allclose(a.eval()(*inputs), b.eval()(*inputs), atol=1e-5)
+
+
+def _rows(layer, p):
+    layer.weight.copy_(layer.weight[p])
+    if layer.bias is not None:
+        layer.bias.copy_(layer.bias[p])
+
+
+def _cols(layer, p):
+    layer.weight.copy_(layer.weight[:, p])
+
+
+def _check_permutation(model, pg, inputs, permute):
+    permuted = permuted_copy(model, permute)
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+
+def _check_not_symmetry(model, pg, inputs, change):
+    changed = permuted_copy(model, change)
+    assert _different(model, changed, inputs)
+    assert_not_isomorphic(pg, gc.compile(changed, inputs))
+
+
+# ------------------------------------------------------------------ between activations
+class Residual(nn.Module):
+    """h = relu(l1 x); y = l3(op(l2 h, h))."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(4, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+        self.op = op
+
+    def forward(self, x):
+        h = torch.relu(self.l1(x))
+        return self.l3(self.op(self.l2(h), h))
+
+
+PAIRS = {
+    "add": (lambda a, b: a + b, ("add", "add")),
+    "add-alpha": (lambda a, b: torch.add(a, b, alpha=0.5), ("add", "add")),
+    "sub": (lambda a, b: a - b, ("sub_lhs", "sub_rhs")),
+    "mul": (lambda a, b: a * b, ("mul", "mul")),
+    "div": (lambda a, b: a / (b + 2.0), ("div_num", "div_den")),
+    "maximum": (lambda a, b: torch.maximum(a, b), ("max", "max")),
+    "minimum": (lambda a, b: torch.minimum(a, b), ("min", "min")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+def test_binary_between_activations(kind):
+    fn, (lhs, rhs) = PAIRS[kind]
+    model = Residual(fn).eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    types = pg.data.edge_attr[:, ETYPE].long()
+    if lhs == rhs:
+        assert int((types == _etype(lhs)).sum()) == 10
+    else:
+        assert int((types == _etype(lhs)).sum()) == int((types == _etype(rhs)).sum()) == 5
+    # permuting h permutes l2's rows and columns, and l3's columns
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, P5), _rows(m.l2, P5), _cols(m.l2, P5),
+                                                     _cols(m.l3, P5)))
+    # l2's rows alone: the residual pairs unit i of l2 h with unit i of h
+    _check_not_symmetry(model, pg, inputs, lambda m: _rows(m.l2, P5))
+
+
+def test_add_alpha_is_encoded():
+    one = Residual(lambda a, b: a + b).eval()
+    half = Residual(lambda a, b: torch.add(a, b, alpha=0.5)).eval()
+    half.load_state_dict(one.state_dict())
+    inputs = (torch.randn(3, 4),)
+    assert _different(one, half, inputs)
+    assert_not_isomorphic(gc.compile(one, inputs), gc.compile(half, inputs))
+
+
+@pytest.mark.parametrize("kind", ["sub", "div"])
+def test_non_commutative_operands_are_told_apart(kind):
+    fn, _ = PAIRS[kind]
+    forward = Residual(fn).eval()
+    backward = Residual(lambda a, b: fn(b, a)).eval()
+    backward.load_state_dict(forward.state_dict())
+    inputs = (torch.randn(3, 4),)
+    assert _different(forward, backward, inputs)
+    assert_not_isomorphic(gc.compile(forward, inputs), gc.compile(backward, inputs))
+
+
+class Gated(nn.Module):
+    """GLU-style gating: l3(sigmoid(l1 x) * l2 x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(4, 5), nn.Linear(4, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.l3(torch.sigmoid(self.l1(x)) * self.l2(x))
+
+
+def test_gating_ties_both_operands():
+    model = Gated().eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=4)
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, P5), _rows(m.l2, P5), _cols(m.l3, P5)))
+    _check_not_symmetry(model, pg, inputs, lambda m: (_rows(m.l1, P5), _cols(m.l3, P5)))
+    # swapping the roles of gate and value changes the function and the graph
+    _check_not_symmetry(model, pg, inputs, lambda m: (
+        m.l1.weight.copy_(m.l2.weight.clone()), m.l1.bias.copy_(m.l2.bias.clone()),
+        m.l2.weight.copy_(model.l1.weight), m.l2.bias.copy_(model.l1.bias)))
+
+
+class SkipToOutput(nn.Module):
+    """y = a(x) + b(relu(h(x))): the sum is the model output, so a's and b's output units are
+    pinned through it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.h, self.b = nn.Linear(3, 2), nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.a(x) + self.b(torch.relu(self.h(x)))
+
+
+def test_residual_sum_as_model_output_oracles():
+    model = SkipToOutput().eval()
+    inputs = (torch.randn(5, 3),)
+    assert_oracles(model, inputs, trials=3)
+
+
+def test_residual_sum_as_model_output_is_sound_and_pinned():
+    model = SkipToOutput().eval()
+    inputs = (torch.randn(5, 3),)
+    pg = assert_round_trip(model, inputs)
+    gc.check_symmetry(model, inputs, trials=4, graph=pg, completeness=False)
+    p = torch.tensor([2, 0, 3, 1])
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.h, p), _cols(m.b, p)))
+    # a's output units cannot move: they are summed into pinned outputs
+    _check_not_symmetry(model, pg, inputs, lambda m: (_rows(m.a, torch.tensor([1, 0]))))
+
+
+# ------------------------------------------------------------------ scalar operands
+class Scalar(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 2)
+        self.fn = fn
+
+    def forward(self, x):
+        return self.l2(self.fn(torch.relu(self.l1(x))))
+
+
+SCALARS = {
+    "x*0.5": (lambda x: x * 0.5, "scalar_mul", 0.5),
+    "x+1": (lambda x: x + 1, "scalar_add", 1.0),
+    "1-x": (lambda x: 1 - x, "scalar_rsub", 1.0),
+    "x-3": (lambda x: x - 3, "scalar_sub", 3.0),
+    "x/4": (lambda x: x / 4, "scalar_div", 4.0),
+    "x**2": (lambda x: x ** 2, "scalar_pow", 2.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCALARS))
+def test_scalar_operands(name):
+    fn, etype, value = SCALARS[name]
+    model = Scalar(fn).eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    d = pg.data
+    sel = d.edge_attr[:, ETYPE] == _etype(etype)
+    assert int(sel.sum()) == 5
+    assert bool((d.edge_attr[sel, 0] == value).all())
+    assert bool((d.edge_param[sel] == -1).all())
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, P5), _cols(m.l2, P5)))
+
+
+def test_scalar_values_and_sides_are_encoded():
+    inputs = (torch.randn(3, 4),)
+    base = Scalar(lambda x: x * 0.5).eval()
+    graphs = {}
+    for name, fn in (("x*0.5", lambda x: x * 0.5), ("x*2", lambda x: x * 2.0),
+                     ("1-x", lambda x: 1 - x), ("x-1", lambda x: x - 1)):
+        model = Scalar(fn).eval()
+        model.load_state_dict(base.state_dict())
+        graphs[name] = gc.compile(model, inputs)
+    assert_not_isomorphic(graphs["x*0.5"], graphs["x*2"])
+    assert_not_isomorphic(graphs["1-x"], graphs["x-1"])
+
+
+# ------------------------------------------------------------------ parameter operands
+class LayerScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 2)
+        self.gamma = nn.Parameter(torch.randn(5))
+
+    def forward(self, x):
+        return self.l2(self.gamma * torch.relu(self.l1(x)))
+
+
+class LearnableBias(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 5, bias=False), nn.Linear(5, 2)
+        self.beta = nn.Parameter(torch.randn(5))
+
+    def forward(self, x):
+        return self.l2(torch.relu(self.l1(x) + self.beta))
+
+
+class ReversedBias(LearnableBias):
+    def forward(self, x):
+        return self.l2(torch.relu(self.beta - self.l1(x)))
+
+
+class DivideByParam(LayerScale):
+    def forward(self, x):
+        return self.l2(torch.relu(self.l1(x)) / (self.gamma.abs() + 1))
+
+
+@pytest.mark.parametrize("cls,etype,pname", [
+    (LayerScale, "param_mul", "gamma"), (LearnableBias, "param_add", "beta"),
+    (ReversedBias, "param_sub_lhs", "beta"),
+], ids=["layer-scale", "bias-vector", "param-minus-x"])
+def test_vector_parameter_operands(cls, etype, pname):
+    model = cls().eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    d = pg.data
+    sel = d.edge_attr[:, ETYPE] == _etype(etype)
+    assert int(sel.sum()) == 5
+    names = [p.name for p in pg.params]
+    assert bool((d.edge_param[sel] == names.index(pname)).all())
+    assert int((d.x[:, ROLE].long() == S.code(S.NODE_ROLES, "param_operand")).sum()) == 1
+    assert d.edge_index.shape[1] - int((d.edge_param < 0).sum()) == sum(p.numel() for p in model.parameters())
+
+    def hidden(m):
+        _rows(m.l1, P5)
+        getattr(m, pname).copy_(getattr(m, pname)[P5])
+        _cols(m.l2, P5)
+    _check_permutation(model, pg, inputs, hidden)
+    _check_not_symmetry(model, pg, inputs, lambda m: getattr(m, pname).copy_(getattr(m, pname)[P5]))
+
+
+def test_parameter_transformed_before_use_is_rejected_or_exact():
+    """``x / (|gamma| + 1)``: the operand is computed from a parameter. Either the compiler
+    represents gamma exactly (round trip + oracles) or it refuses with a CompileError."""
+    model = DivideByParam().eval()
+    inputs = (torch.randn(3, 4),)
+    try:
+        pg = gc.compile(model, inputs)
+    except gc.CompileError:
+        return
+    assert_oracles(model, inputs, trials=3)
+    assert "gamma" in {p.name for p in pg.params}
+
+
+class ChannelScale(nn.Module):
+    """ConvNeXt-style layer scale on a conv feature map: gamma[:, None, None] * x."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 3, 3), nn.Conv2d(3, 2, 1)
+        self.gamma = nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        return self.b(self.gamma[:, None, None] * torch.relu(self.a(x)))
+
+
+def test_parameter_viewed_over_channels():
+    model = ChannelScale().eval()
+    inputs = (torch.randn(1, 2, 5, 5),)
+    pg = assert_oracles(model, inputs, trials=3)
+    p = torch.tensor([2, 0, 1])
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.a, p), m.gamma.copy_(m.gamma[p]), _cols(m.b, p)))
+    _check_not_symmetry(model, pg, inputs, lambda m: m.gamma.copy_(m.gamma[p]))
+
+
+class Positional(nn.Module):
+    """Tokens [B, N=3, 4] -> linear -> + pos [3, 5] -> relu -> linear, per token."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 2)
+        self.pos = nn.Parameter(torch.randn(3, 5))
+
+    def forward(self, x):
+        return self.l2(torch.relu(self.l1(x) + self.pos))
+
+
+def test_positional_table_over_tokens():
+    model = Positional().eval()
+    inputs = (torch.randn(2, 3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    d = pg.data
+    sel = d.edge_attr[:, ETYPE] == _etype("param_add")
+    assert int(sel.sum()) == 15
+    # each entry pos[n, j] records its token n in the spatial column
+    assert torch.equal(d.edge_attr[sel, SPATIAL].long(), d.edge_offset[sel] // 5)
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, P5), m.pos.copy_(m.pos[:, P5]),
+                                                     _cols(m.l2, P5)))
+    # tokens are not interchangeable: permuting the table's rows is not a symmetry
+    _check_not_symmetry(model, pg, inputs, lambda m: m.pos.copy_(m.pos[torch.tensor([2, 0, 1])]))
+
+
+class PositionalOnInput(nn.Module):
+    """ViT-style: the positional table is added to the input tokens [B, N=3, D=4]."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(3, 4))
+        self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.l2(torch.relu(self.l1(x + self.pos)))
+
+
+def test_positional_table_on_the_input_with_explicit_axis():
+    model = PositionalOnInput().eval()
+    inputs = (torch.randn(2, 3, 4),)
+    pg = assert_round_trip(model, inputs, input_neuron_axes={"x": -1})
+    gc.check_symmetry(model, inputs, trials=3, graph=pg)
+    sel = pg.data.edge_attr[:, ETYPE] == _etype("param_add")
+    assert torch.equal(pg.data.edge_attr[sel, SPATIAL].long(), pg.data.edge_offset[sel] // 4)
+
+
+def test_positional_table_on_the_input_infers_the_feature_axis():
+    """The input's first consumer is ``x + pos``, which does not fix the neuron axis; the
+    linear layer that follows contracts the last axis, so that is the feature axis."""
+    model = PositionalOnInput().eval()
+    inputs = (torch.randn(2, 3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    roles = pg.data.x[:, ROLE].long()
+    assert int((roles == S.code(S.NODE_ROLES, "input")).sum()) == 4

@@ -1,0 +1,178 @@
+"""plugins/pooling.py: avg / max / adaptive / global pooling, means and sums over spatial or
+token axes, and reductions over every neuron axis (which carry no neurons afterwards)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gmn_compiler as gc
+from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
+                     assert_same_function, permuted_copy)
+
+S = gc.schema
+ACT = S.node_column("activation")
+
+
+def _code(name):
+    return S.code(S.ACTIVATIONS, name)
+
+
+def _rows(layer, p):
+    layer.weight.copy_(layer.weight[p])
+    if layer.bias is not None:
+        layer.bias.copy_(layer.bias[p])
+
+
+def _cols(layer, p):
+    layer.weight.copy_(layer.weight[:, p])
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class Pooled(nn.Module):
+    """conv(2 -> 4) -> relu -> pool -> flatten -> linear(4 * cells -> 2)."""
+
+    def __init__(self, dims: int, pool: nn.Module, cells: int):
+        super().__init__()
+        self.c = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims](2, 4, 2)
+        self.pool = pool
+        self.l = nn.Linear(4 * cells, 2)
+        self.cells = cells
+
+    def forward(self, x):
+        return self.l(self.pool(torch.relu(self.c(x))).flatten(1))
+
+
+POOLS = {
+    # name: (dims, pool, cells after pooling, input shape, recorded activation)
+    "maxpool2d": (2, lambda: nn.MaxPool2d(2), 4, (2, 2, 5, 5), "max_pool"),
+    "avgpool2d": (2, lambda: nn.AvgPool2d(2), 4, (2, 2, 5, 5), "avg_pool"),
+    "avgpool2d-stride-pad": (2, lambda: nn.AvgPool2d(3, stride=2, padding=1), 4, (2, 2, 5, 5), "avg_pool"),
+    "adaptive-avg2d": (2, lambda: nn.AdaptiveAvgPool2d((2, 1)), 2, (2, 2, 5, 5), "avg_pool"),
+    "adaptive-max2d": (2, lambda: nn.AdaptiveMaxPool2d(1), 1, (2, 2, 5, 5), "max_pool"),
+    "global-avg2d": (2, lambda: nn.AdaptiveAvgPool2d(1), 1, (2, 2, 5, 5), "avg_pool"),
+    "mean-hw": (2, lambda: Lambda(lambda h: h.mean((2, 3))), 1, (2, 2, 5, 5), "avg_pool"),
+    "mean-hw-keepdim": (2, lambda: Lambda(lambda h: h.mean((-2, -1), keepdim=True)), 1, (2, 2, 5, 5), "avg_pool"),
+    "sum-hw": (2, lambda: Lambda(lambda h: h.sum((2, 3))), 1, (2, 2, 5, 5), "sum_pool"),
+    "amax-hw": (2, lambda: Lambda(lambda h: h.amax((2, 3))), 1, (2, 2, 5, 5), "max_pool"),
+    "maxpool1d": (1, lambda: nn.MaxPool1d(2), 3, (2, 2, 7), "max_pool"),
+    "avgpool1d": (1, lambda: nn.AvgPool1d(3), 2, (2, 2, 7), "avg_pool"),
+    "adaptive-avg1d": (1, lambda: nn.AdaptiveAvgPool1d(1), 1, (2, 2, 7), "avg_pool"),
+    "adaptive-max1d": (1, lambda: nn.AdaptiveMaxPool1d(2), 2, (2, 2, 7), "max_pool"),
+    "maxpool3d": (3, lambda: nn.MaxPool3d(2), 1, (1, 2, 3, 3, 3), "max_pool"),
+    "avgpool3d": (3, lambda: nn.AvgPool3d(2), 1, (1, 2, 3, 3, 3), "avg_pool"),
+    "adaptive-avg3d": (3, lambda: nn.AdaptiveAvgPool3d(1), 1, (1, 2, 3, 3, 3), "avg_pool"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POOLS))
+def test_pooling(name):
+    dims, make, cells, shape, recorded = POOLS[name]
+    model = Pooled(dims, make(), cells).eval()
+    inputs = (torch.randn(*shape),)
+    pg = assert_oracles(model, inputs, trials=3)
+    d = pg.data
+    assert d.edge_index.shape[1] - int((d.edge_param < 0).sum()) == sum(p.numel() for p in model.parameters())
+    # the pooled value gets 4 nodes of its own (its input's nodes already carry relu), linked
+    # one-to-one by structural edges; they record the pooling in the activation column
+    acts = d.x[:, ACT].long()
+    assert int((acts == _code(recorded)).sum()) == 4
+    assert int((acts == _code("relu")).sum()) == 4
+
+    p = torch.tensor([2, 0, 3, 1])
+    cols = (p.view(4, 1) * cells + torch.arange(cells)).reshape(-1)
+    permuted = permuted_copy(model, lambda m: (_rows(m.c, p), _cols(m.l, cols)))
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_max_and_avg_pooling_are_told_apart(dims):
+    inputs = (torch.randn(2, 2, 5, 5) if dims == 2 else torch.randn(2, 2, 7),)
+    pools = {2: (nn.MaxPool2d(2), nn.AvgPool2d(2), 4), 1: (nn.MaxPool1d(2), nn.AvgPool1d(2), 3)}[dims]
+    maxed = Pooled(dims, pools[0], pools[2]).eval()
+    averaged = Pooled(dims, pools[1], pools[2]).eval()
+    averaged.load_state_dict(maxed.state_dict())
+    assert_not_isomorphic(gc.compile(maxed, inputs), gc.compile(averaged, inputs))
+
+
+def test_pooling_right_after_a_conv_reuses_its_nodes():
+    """conv -> avg pool with nothing in between: the pool may mark the conv's own nodes."""
+    class ConvPool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.l = nn.Conv2d(2, 3, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.l(F.adaptive_avg_pool2d(self.c(x), 1).flatten(1))
+
+    model = ConvPool().eval()
+    pg = assert_oracles(model, (torch.randn(2, 2, 5, 5),), trials=3)
+    assert pg.data.num_nodes == 2 + 3 + 2 + 2  # inputs, channels, outputs, bias nodes
+    assert int((pg.data.x[:, ACT].long() == _code("avg_pool")).sum()) == 3
+
+
+class TokenPool(nn.Module):
+    """Tokens [B, N, 4] -> linear -> relu -> reduce over tokens -> linear."""
+
+    def __init__(self, reduce):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 2)
+        self.reduce = reduce
+
+    def forward(self, x):
+        return self.l2(self.reduce(torch.relu(self.l1(x))))
+
+
+@pytest.mark.parametrize("name,reduce,recorded", [
+    ("mean", lambda h: h.mean(1), "avg_pool"),
+    ("sum", lambda h: h.sum(dim=1), "sum_pool"),
+    ("max", lambda h: h.max(1).values, "max_pool"),
+    ("amax", lambda h: h.amax(1), "max_pool"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_reduction_over_tokens(name, reduce, recorded):
+    model = TokenPool(reduce).eval()
+    inputs = (torch.randn(2, 3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    assert int((pg.data.x[:, ACT].long() == _code(recorded)).sum()) == 5
+    p = torch.tensor([3, 0, 4, 1, 2])
+    permuted = permuted_copy(model, lambda m: (_rows(m.l1, p), _cols(m.l2, p)))
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+    permuted = permuted_copy(model, lambda m: _rows(m.l1, p))
+    assert_not_isomorphic(pg, gc.compile(permuted, inputs))
+
+
+class FeatureCentering(nn.Module):
+    """LayerNorm-like centering written out: h - mean over the feature (neuron) axis. The
+    mean is invariant to permuting the features, so it carries no neurons."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = self.l1(x)
+        centered = h - h.mean(-1, keepdim=True)
+        return self.l2(centered / (centered.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt())
+
+
+def test_reduction_over_the_neuron_axis_is_invariant():
+    model = FeatureCentering().eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    assert pg.summary["reduce"]["nodes"] == 0
+    p = torch.tensor([3, 0, 4, 1, 2])
+    permuted = permuted_copy(model, lambda m: (_rows(m.l1, p), _cols(m.l2, p)))
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))

@@ -1,0 +1,338 @@
+"""plugins/structural.py: cat, stack, split, chunk, unbind; flatten, reshape, view, permute,
+transpose, squeeze/unsqueeze, select/slice over free axes, expand; dropout and identity.
+
+Structural ops only move entries, so they must move the node ids exactly as they move data:
+the oracles hold, and permutations written by hand through the rearrangement give isomorphic
+graphs while permutations that ignore it do not.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gmn_compiler as gc
+from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
+                     assert_round_trip, assert_same_function, permuted_copy)
+
+S = gc.schema
+SPATIAL = S.edge_column("spatial")
+
+
+def _different(a, b, inputs) -> bool:
+    with torch.no_grad():
+        return not torch.allclose(a.eval()(*inputs), b.eval()(*inputs), atol=1e-5)
+
+
+def _rows(layer, p):
+    layer.weight.copy_(layer.weight[p])
+    if layer.bias is not None:
+        layer.bias.copy_(layer.bias[p])
+
+
+def _cols(layer, p):
+    layer.weight.copy_(layer.weight[:, p])
+
+
+def _check_permutation(model, pg, inputs, permute):
+    permuted = permuted_copy(model, permute)
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+
+def _check_not_symmetry(model, pg, inputs, change):
+    changed = permuted_copy(model, change)
+    assert _different(model, changed, inputs)
+    assert_not_isomorphic(pg, gc.compile(changed, inputs))
+
+
+# ------------------------------------------------------------------ cat / stack
+class Cat(nn.Module):
+    """Two branches of widths (w1, w2) concatenated on the feature axis."""
+
+    def __init__(self, w1=3, w2=2):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(4, w1), nn.Linear(4, w2), nn.Linear(w1 + w2, 2)
+        self.w1 = w1
+
+    def forward(self, x):
+        return self.out(torch.cat([torch.relu(self.a(x)), torch.tanh(self.b(x))], dim=-1))
+
+
+def test_cat_of_equal_widths():
+    model = Cat(3, 3).eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    p = torch.tensor([2, 0, 1])
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.a, p), _cols(m.out, torch.cat([p, torch.arange(3, 6)]))))
+    # the two halves of the concatenation are different branches: swapping them is not a symmetry
+    _check_not_symmetry(model, pg, inputs, lambda m: _cols(m.out, torch.tensor([3, 4, 5, 0, 1, 2])))
+
+
+def test_cat_of_different_widths():
+    model = Cat(3, 2).eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    assert pg.data.num_nodes == 4 + 3 + 2 + 2 + 3  # inputs, branches, outputs, bias nodes
+    p, q = torch.tensor([2, 0, 1]), torch.tensor([1, 0])
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.a, p), _rows(m.b, q),
+                                                     _cols(m.out, torch.cat([p, q + 3]))))
+
+
+class Stack(nn.Module):
+    def __init__(self, reduce: bool):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+        self.out = nn.Linear(3 if reduce else 6, 2)
+        self.reduce = reduce
+
+    def forward(self, x):
+        s = torch.stack([torch.relu(self.a(x)), torch.tanh(self.b(x))], dim=1)  # [B, 2, 3]
+        return self.out(s.sum(1) if self.reduce else s.flatten(1))
+
+
+def test_stack_then_flatten():
+    model = Stack(reduce=False).eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    p = torch.tensor([1, 2, 0])
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.a, p), _cols(m.out, torch.cat([p, torch.arange(3, 6)]))))
+    _check_not_symmetry(model, pg, inputs, lambda m: _cols(m.out, torch.tensor([3, 4, 5, 0, 1, 2])))
+
+
+def test_stack_then_sum_over_the_stacked_axis():
+    """``stack([u, v]).sum(0)`` is ``u + v``: the graph must behave like the sum's."""
+    model = Stack(reduce=True).eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    p = torch.tensor([1, 2, 0])
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.a, p), _rows(m.b, p), _cols(m.out, p)))
+
+
+# ------------------------------------------------------------------ split / chunk / unbind
+class SplitUnequal(nn.Module):
+    """split into widths 2 and 4, each part feeding its own layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.u, self.v = nn.Linear(4, 6), nn.Linear(2, 2), nn.Linear(4, 2)
+
+    def forward(self, x):
+        a, b = torch.split(self.l1(x), [2, 4], dim=-1)
+        return self.u(torch.relu(a)) * self.v(torch.tanh(b))
+
+
+class Glu(nn.Module):
+    """chunk (or unbind) into two equal halves: relu(a) * b."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.l1, self.out = nn.Linear(4, 6), nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = self.l1(x)
+        a, b = h.chunk(2, dim=-1) if self.how == "chunk" else h.view(-1, 2, 3).unbind(1)
+        return self.out(torch.relu(a) * b)
+
+
+SPLITS = {"split": SplitUnequal, "chunk": lambda: Glu("chunk"), "unbind": lambda: Glu("unbind")}
+
+
+@pytest.mark.parametrize("how", sorted(SPLITS))
+def test_split_oracles(how):
+    """Only within-part permutations of l1's units are symmetries; the declared symmetry of
+    l1 must not claim more."""
+    model = SPLITS[how]().eval()
+    assert_oracles(model, (torch.randn(3, 4),), trials=3)
+
+
+@pytest.mark.parametrize("how", sorted(SPLITS))
+def test_split_is_sound_and_keeps_parts_apart(how):
+    model = SPLITS[how]().eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_round_trip(model, inputs)
+    gc.check_symmetry(model, inputs, trials=4, graph=pg, completeness=False)
+    if how == "split":
+        p = torch.tensor([1, 0, 5, 2, 4, 3])  # within [0, 2) and within [2, 6)
+        _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, p), _cols(m.u, torch.tensor([1, 0])),
+                                                         _cols(m.v, torch.tensor([3, 0, 2, 1]))))
+        _check_not_symmetry(model, pg, inputs, lambda m: _rows(m.l1, torch.tensor([2, 1, 0, 3, 4, 5])))
+    else:
+        q = torch.tensor([2, 0, 1])  # the same permutation of both halves keeps the pairing
+        _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, torch.cat([q, q + 3])), _cols(m.out, q)))
+        # permuting one half alone breaks the pairing a[i] * b[i]
+        _check_not_symmetry(model, pg, inputs, lambda m: _rows(m.l1, torch.cat([q, torch.arange(3, 6)])))
+        # swapping the halves swaps the roles of relu(a) and b
+        _check_not_symmetry(model, pg, inputs, lambda m: _rows(m.l1, torch.tensor([3, 4, 5, 0, 1, 2])))
+
+
+# ------------------------------------------------------------------ reshape family
+class ChannelShuffle(nn.Module):
+    """l1 -> view(B, 2, 3) -> transpose -> reshape(B, 6) -> l2 (ShuffleNet's shuffle)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.l1(x))
+        return self.l2(h.view(-1, 2, 3).transpose(1, 2).reshape(-1, 6))
+
+
+def test_reshape_transpose_moves_ids_like_data():
+    model = ChannelShuffle().eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    s = torch.arange(6).view(2, 3).t().reshape(6)  # y = h[s]
+    p = torch.tensor([4, 0, 5, 1, 3, 2])
+    q = torch.argsort(s)[p[s]]  # columns of l2 follow h's permutation through the shuffle
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, p), _cols(m.l2, q)))
+    # the same permutation ignoring the shuffle is not a symmetry
+    _check_not_symmetry(model, pg, inputs, lambda m: (_rows(m.l1, p), _cols(m.l2, p)))
+
+
+class SequenceTranspose(nn.Module):
+    """conv1d [B, C, L] -> transpose -> linear over channels -> permute back -> conv1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.lin, self.c2 = nn.Conv1d(2, 4, 3), nn.Linear(4, 3), nn.Conv1d(3, 2, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x)).transpose(1, 2)  # [B, L, 4]
+        return self.c2(torch.tanh(self.lin(h)).permute(0, 2, 1))
+
+
+def test_transpose_and_permute_of_channels():
+    model = SequenceTranspose().eval()
+    inputs = (torch.randn(2, 2, 7),)
+    pg = assert_oracles(model, inputs, trials=3)
+    assert pg.data.edge_index.shape[1] == sum(p.numel() for p in model.parameters())
+    p, q = torch.tensor([3, 1, 0, 2]), torch.tensor([2, 0, 1])
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.c1, p), _cols(m.lin, p), _rows(m.lin, q),
+                                                     _cols(m.c2, q)))
+
+
+class Unsqueezed(nn.Module):
+    """linear [B, 5] -> unsqueeze(-1) -> 1x1 conv1d -> squeeze(-1) -> unflatten -> flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.c, self.l2 = nn.Linear(4, 5), nn.Conv1d(5, 6, 1), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.c(torch.relu(self.l1(x)).unsqueeze(-1)).squeeze(-1)
+        return self.l2(torch.tanh(h).unflatten(1, (2, 3)).flatten(1))
+
+
+def test_squeeze_unsqueeze_unflatten_flatten():
+    model = Unsqueezed().eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    assert pg.data.edge_index.shape[1] == sum(p.numel() for p in model.parameters())
+    p = torch.tensor([3, 0, 4, 1, 2])
+    q = torch.tensor([5, 2, 0, 1, 4, 3])
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, p), _cols(m.c, p), _rows(m.c, q), _cols(m.l2, q)))
+
+
+class ConvView(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.l = nn.Conv2d(2, 3, 2), nn.Linear(3 * 2 * 2, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.c(x))
+        return self.l(h.view(h.shape[0], -1))
+
+
+def test_view_of_a_feature_map_records_positions():
+    model = ConvView().eval()
+    inputs = (torch.randn(2, 2, 3, 3),)
+    pg = assert_oracles(model, inputs, trials=3)
+    d = pg.data
+    names = [p.name for p in pg.params]
+    sel = d.edge_param == names.index("l.weight")
+    assert torch.equal(d.edge_attr[sel, SPATIAL].long(), d.edge_offset[sel] % 4)
+    p = torch.tensor([2, 0, 1])
+    cols = (p.view(3, 1) * 4 + torch.arange(4)).reshape(-1)
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.c, p), _cols(m.l, cols)))
+    # moving one spatial position of the flattened map is not a symmetry
+    _check_not_symmetry(model, pg, inputs, lambda m: _cols(m.l, torch.tensor([1, 0] + list(range(2, 12)))))
+
+
+class ClassToken(nn.Module):
+    """tokens [B, N, 4] -> linear -> h[:, 0] (select) and h[:, 1:].mean(1) (slice) -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.l1(x))
+        return self.l2(h[:, 0] * h[:, 1:].mean(1))
+
+
+def test_select_and_slice_over_tokens():
+    model = ClassToken().eval()
+    inputs = (torch.randn(2, 4, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    p = torch.tensor([3, 0, 4, 1, 2])
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, p), _cols(m.l2, p)))
+
+
+class Centered(nn.Module):
+    """h - mean over tokens, broadcast back with expand."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = self.l1(x)
+        return self.l2(h - h.mean(1, keepdim=True).expand(-1, x.shape[1], -1))
+
+
+def test_expand():
+    model = Centered().eval()
+    inputs = (torch.randn(2, 3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    p = torch.tensor([3, 0, 4, 1, 2])
+    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, p), _cols(m.l2, p)))
+
+
+# ------------------------------------------------------------------ identities
+class WithIdentities(nn.Module):
+    def __init__(self, extras: bool, cast: bool = False):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 2)
+        self.mid = nn.Sequential(nn.Dropout(0.5), nn.Identity(), nn.Dropout1d(0.2)) if extras else nn.Identity()
+        self.cast = cast
+
+    def forward(self, x):
+        h = self.mid(torch.relu(self.l1(x))).clone().contiguous()
+        if self.cast:
+            h = h.float().to(torch.float32)
+        return self.l2(h)
+
+
+def test_dropout_and_identity_leave_the_graph_unchanged():
+    with_extras = WithIdentities(True).eval()
+    plain = WithIdentities(False).eval()
+    plain.load_state_dict(with_extras.state_dict())
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(with_extras, inputs, trials=3)
+    assert pg.data.num_nodes == 4 + 5 + 2 + 2
+    assert_isomorphic(pg, gc.compile(plain, inputs))
+
+
+def test_dtype_casts_leave_the_graph_unchanged():
+    """``h.float()`` / ``h.to(torch.float32)`` export as ``aten.to.dtype`` preceded by an
+    ``aten._assert_tensor_metadata`` check that has no output."""
+    cast = WithIdentities(False, cast=True).eval()
+    plain = WithIdentities(False).eval()
+    plain.load_state_dict(cast.state_dict())
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(cast, inputs, trials=3)
+    assert_isomorphic(pg, gc.compile(plain, inputs))
