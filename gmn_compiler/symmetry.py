@@ -74,7 +74,30 @@ def structure_graph(pg: ParameterGraph) -> nx.DiGraph:
         g.add_node(n, f=tuple(row))
     for (u, v), fs in labels.items():
         g.add_edge(u, v, f=tuple(sorted(fs)))
+    for n, color in refine_colors(g).items():
+        g.nodes[n]["f"] = (g.nodes[n]["f"], color)
     return g
+
+
+def refine_colors(g: nx.DiGraph) -> dict[int, int]:
+    """Stable colour refinement (1-WL with edge labels and directions). Every automorphism
+    maps a node to a node of the same colour, so matching colours prunes VF2 without losing
+    automorphisms."""
+    palette: dict = {}
+    colors = {n: palette.setdefault(g.nodes[n]["f"], len(palette)) for n in g.nodes}
+    count = len(palette)
+    while True:
+        palette = {}
+        new = {}
+        for n in g.nodes:
+            signature = (colors[n],
+                         tuple(sorted((g.edges[n, m]["f"], colors[m]) for m in g.successors(n))),
+                         tuple(sorted((g.edges[m, n]["f"], colors[m]) for m in g.predecessors(n))))
+            new[n] = palette.setdefault(signature, len(palette))
+        colors = new
+        if len(palette) == count:
+            return colors
+        count = len(palette)
 
 
 def _shuffled_copy(g: nx.DiGraph, rng: torch.Generator, pins: dict[int, int] | None) -> nx.DiGraph:
