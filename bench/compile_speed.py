@@ -1,25 +1,30 @@
 """Compile-speed benchmark: lowering time as a ratio to a memory-bound floor.
 
-    python bench/compile_speed.py                      # ResNet-50 shape, best of 3
-    python bench/compile_speed.py --model resnet18 --repeat 5
+    python bench/compile_speed.py                      # ResNet-50 shape, best of 5
+    python bench/compile_speed.py --model resnet18 --repeat 3
     python bench/compile_speed.py --profile 25         # + cProfile of one lowering, top 25
 
 The model is built here (no torchvision, no downloads): a standard ResNet with BatchNorm and
 1000 classes; ``resnet50`` is Bottleneck blocks [3, 4, 6, 3], expansion 4, 25,557,032
 parameters. Weights are random: only the shapes matter for speed.
 
-What is timed (each best of ``--repeat`` runs after one warm-up, all in this process):
+What is timed (best of ``--repeat`` runs after one warm-up, all in this process; the floor
+and the lowering runs alternate, so that load from other processes hits both alike):
 
-- trace: ``gmn_compiler.to_ir(model, inputs)`` — torch.export plus the conversion to IR;
+- trace: ``gmn_compiler.to_ir(model, inputs)`` -- torch.export plus the conversion to IR
+  (the first call in a process, which warms torch.export up, is printed separately);
 - lowering: ``gmn_compiler.lowering.lower(ir, registry)`` plus building the PyG ``Data``,
   i.e. everything ``gmn_compiler.compile`` does after the IR;
 - floor = flatten + edge index, the least any compiler must do for one edge per parameter:
-  - flatten: ``torch.cat([p.reshape(-1) for p in model.parameters()])``;
-  - edge index: allocate a ``LongTensor [2, total_params]`` and fill it, one broadcast
-    ``copy_`` of (source ids, target ids) per parameter block (the same scheme as
-    ``GraphBuilder``, minus every other column).
+  - flatten: ``torch.cat([p.reshape(-1) for p in model.parameters()])`` (a fresh tensor);
+  - edge index: fill a ``LongTensor [2, total_params]`` allocated once beforehand, with one
+    broadcast ``copy_`` of (source ids, target ids) per parameter block (the scheme of
+    ``GraphBuilder``, minus every other column). Also printed: the same fill into a fresh
+    ``torch.empty`` each time, i.e. including the page faults of 2 x 8 x total bytes.
 
 The verdict compares lowering with the target ``lowering <= 5 x floor`` (DESIGN.md section 7).
+Peak RSS is ``ru_maxrss`` of the process after tracing and one lowering (model, IR and one
+graph alive), before the floor's buffers exist.
 """
 
 from __future__ import annotations
@@ -37,111 +42,22 @@ from torch import nn
 from torch_geometric.data import Data
 
 import gmn_compiler
+from gmn_models.architectures import MODELS, resnet
 from gmn_compiler.lowering import lower
 from gmn_compiler.registry import default_registry
 
 TARGET_RATIO = 5.0
 
 
-# ---------------------------------------------------------------------------- models
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # stride on the 3x3 (v1.5)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
-class ResNet(nn.Module):
-    def __init__(self, block, layers: list[int], num_classes: int = 1000):
-        super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
-
-    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-MODELS = {
-    "resnet18": (BasicBlock, [2, 2, 2, 2]),
-    "resnet34": (BasicBlock, [3, 4, 6, 3]),
-    "resnet50": (Bottleneck, [3, 4, 6, 3]),
-}
-
-
-def build_model(name: str) -> nn.Module:
-    block, layers = MODELS[name]
-    torch.manual_seed(0)
-    return ResNet(block, layers).eval()
-
-
 # ---------------------------------------------------------------------------- timing
 def best_of(fn, repeat: int, warmup: int = 1) -> tuple[float, object]:
-    """Best wall time of ``repeat`` calls after ``warmup`` untimed ones; returns the last
-    result. Each result is dropped before the next call, so runs do not stack up memory."""
-    result = None
+    """Best wall time of ``repeat`` calls after ``warmup`` untimed ones, and the last result.
+    Each result is dropped before the next call, so runs do not stack up memory."""
     for _ in range(warmup):
-        result = fn()
-        del result
+        fn()
         gc.collect()
-    best = float("inf")
-    result = None
-    for i in range(repeat):
+    best, result = float("inf"), None
+    for _ in range(repeat):
         result = None
         gc.collect()
         t0 = time.perf_counter()
@@ -154,21 +70,22 @@ def flatten_floor(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([p.reshape(-1) for p in params])
 
 
-def edge_index_floor(params: list[torch.Tensor], total: int) -> torch.Tensor:
-    """One broadcast copy of (src ids, dst ids) per parameter block into preallocated
-    ``[2, total]`` storage: an edge ``in -> out`` per weight ``W[out, in, ...]``, an edge
-    ``aux -> channel`` per 1-D parameter (bias, BN affine)."""
-    edge_index = torch.empty((2, total), dtype=torch.long)
+def edge_index_floor(params: list[torch.Tensor], total: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Fill a ``[2, total]`` edge index with one broadcast copy of (source ids, target ids)
+    per parameter block: an edge ``in -> out`` per weight ``W[out, in, ...]``, an edge
+    ``aux -> channel`` per 1-D parameter (bias, BN affine). Into ``out`` when given
+    (preallocated storage), else into a fresh ``torch.empty``."""
+    edge_index = torch.empty((2, total), dtype=torch.long) if out is None else out
     start = node = 0
     for p in params:
         grid = tuple(p.shape)
         end = start + p.numel()
         if p.dim() >= 2:
-            out, inp = grid[0], grid[1]
+            n_out, n_in = grid[0], grid[1]
             tail = (1,) * (p.dim() - 2)
-            src = torch.arange(node, node + inp).view((1, inp) + tail)
-            dst = torch.arange(node + inp, node + inp + out).view((out, 1) + tail)
-            node += inp + out
+            src = torch.arange(node, node + n_in).view((1, n_in) + tail)
+            dst = torch.arange(node + n_in, node + n_in + n_out).view((n_out, 1) + tail)
+            node += n_in + n_out
         else:
             src = torch.tensor([node])
             dst = torch.arange(node + 1, node + 1 + grid[0])
@@ -196,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="resnet50")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (best is kept)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (best is kept)")
     parser.add_argument("--trace-repeat", type=int, default=None,
-                        help="timed tracing runs (default: --repeat); tracing takes seconds")
+                        help="timed tracing runs (default: --repeat)")
     parser.add_argument("--input-size", type=int, default=224, help="H = W of the example input")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
@@ -206,50 +123,76 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    trace_repeat = args.repeat if args.trace_repeat is None else args.trace_repeat
+    repeat = max(1, args.repeat)
+    trace_repeat = repeat if args.trace_repeat is None else max(1, args.trace_repeat)
 
     registry = default_registry()
-    model = build_model(args.model)
+    model = resnet(args.model)
     inputs = (torch.randn(1, 3, args.input_size, args.input_size),)
     params = [p.detach() for p in model.parameters()]
     total = sum(p.numel() for p in params)
-    rss_start = peak_rss_mib()
 
-    # The floor first, on an otherwise idle heap.
-    t_flat, flat = best_of(lambda: flatten_floor(params), args.repeat)
-    assert flat.numel() == total
-    del flat
-    t_index, index = best_of(lambda: edge_index_floor(params, total), args.repeat)
-    del index
-    gc.collect()
-    t_floor = t_flat + t_index
-    rss_floor = peak_rss_mib()
-
+    # Tracing: the first call warms torch.export up; then best of trace_repeat.
+    t0 = time.perf_counter()
+    ir = gmn_compiler.to_ir(model, inputs, registry=registry)
+    t_trace_cold = time.perf_counter() - t0
+    del ir
     t_trace, ir = best_of(lambda: gmn_compiler.to_ir(model, inputs, registry=registry),
-                          trace_repeat, warmup=0 if trace_repeat > 1 else 0)
-    rss_trace = peak_rss_mib()
+                          trace_repeat, warmup=0)
 
-    t_lower, data = best_of(lambda: lower_to_data(ir, registry), args.repeat)
-    rss_lower = peak_rss_mib()
+    # Warm-up lowering (untimed): graph size, and the peak RSS of model + IR + one graph.
+    data = lower_to_data(ir, registry)
     nodes, edges = int(data.num_nodes), int(data.edge_index.shape[1])
     param_edges = int((data.edge_param >= 0).sum())
     del data
     gc.collect()
+    rss = peak_rss_mib()
 
+    # Floor warm-up: the preallocated edge index gets its pages here, outside any timing.
+    storage = torch.empty((2, total), dtype=torch.long)
+    edge_index_floor(params, total, out=storage)
+    flat = flatten_floor(params)
+    assert flat.numel() == total
+    del flat
+
+    timings: dict[str, list[float]] = {"flatten": [], "index": [], "index_fresh": [], "lower": []}
+    runs = {
+        "flatten": lambda: flatten_floor(params),
+        "index": lambda: edge_index_floor(params, total, out=storage),
+        "index_fresh": lambda: edge_index_floor(params, total),
+        "lower": lambda: lower_to_data(ir, registry),
+    }
+    for _ in range(repeat):  # round robin: a burst of load from elsewhere hits every measure
+        for name, fn in runs.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            result = fn()
+            timings[name].append(time.perf_counter() - t0)
+            del result
+    best = {name: min(ts) for name, ts in timings.items()}
+    del storage
+    t_flat, t_index, t_fresh, t_lower = best["flatten"], best["index"], best["index_fresh"], best["lower"]
+    t_floor = t_flat + t_index
     ratio = t_lower / t_floor
+    median_lower = sorted(timings["lower"])[len(timings["lower"]) // 2]
+
     print(f"model           {args.model}  input (1, 3, {args.input_size}, {args.input_size})  "
           f"torch {torch.__version__}  threads {torch.get_num_threads()}  "
           f"python {platform.python_version()}  {datetime.date.today()}")
     print(f"params          {total:,}  ({len(params)} tensors)")
     print(f"graph           {nodes:,} nodes, {edges:,} edges "
-          f"({param_edges:,} carry parameters/buffers, {len(ir.ops)} IR ops)")
-    print(f"runs            best of {args.repeat} after 1 warm-up (trace: best of {trace_repeat})")
-    print(f"trace s         {t_trace:8.3f}   to_ir: torch.export + IR conversion")
-    print(f"lowering s      {t_lower:8.3f}   lower() + PyG Data")
-    print(f"floor s         {t_floor:8.3f}   = flatten {t_flat:.3f} + edge index {t_index:.3f}")
+          f"({param_edges:,} carry parameters/buffers; {len(ir.ops)} IR ops)")
+    print(f"runs            best of {repeat} after 1 warm-up (trace: best of {trace_repeat} "
+          f"after the first call)")
+    print(f"trace s         {t_trace:8.3f}   to_ir: torch.export + IR (first call in the "
+          f"process: {t_trace_cold:.3f})")
+    print(f"lowering s      {t_lower:8.3f}   lower() + PyG Data (median {median_lower:.3f})")
+    print(f"floor s         {t_floor:8.3f}   = flatten {t_flat:.3f} + edge index {t_index:.3f} "
+          f"(into preallocated storage)")
     print(f"ratio           {ratio:8.2f}   lowering / floor")
-    print(f"peak RSS MiB    {rss_lower:8.0f}   (start {rss_start:.0f}, after floor {rss_floor:.0f}, "
-          f"after trace {rss_trace:.0f})")
+    print(f"fresh floor s   {t_flat + t_fresh:8.3f}   = flatten {t_flat:.3f} + edge index "
+          f"{t_fresh:.3f} into a fresh torch.empty; ratio {t_lower / (t_flat + t_fresh):.2f}")
+    print(f"peak RSS MiB    {rss:8.0f}   model + IR + one graph (ru_maxrss)")
     verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
     print(f"verdict         {verdict}: lowering is {ratio:.2f}x the floor "
           f"(target <= {TARGET_RATIO:g}x)")

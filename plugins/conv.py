@@ -33,17 +33,21 @@ def lower_conv(ctx, op) -> None:
     except ValueError as exc:
         raise ctx.error(f"convolution input {x}: {exc}") from None
     kernel_shape = tuple(weight.shape[2:])
+    # Index tensors stay broadcastable ([1, in] / [out, 1]); only a grouped convolution
+    # needs a full [out, in] index (each output channel reads its own group's inputs).
     if transposed:
         c_in, out_per_group = weight.shape[:2]
         c_out = out_per_group * groups
         src_index = torch.arange(c_in).view(c_in, 1)
-        dst_index = (torch.arange(c_in) // (c_in // groups)).view(c_in, 1) * out_per_group \
-            + torch.arange(out_per_group).view(1, out_per_group)
+        dst_index = torch.arange(out_per_group).view(1, out_per_group)
+        if groups > 1:
+            dst_index = dst_index + (torch.arange(c_in) // (c_in // groups)).view(c_in, 1) * out_per_group
     else:
         c_out, in_per_group = weight.shape[:2]
         c_in = in_per_group * groups
-        src_index = (torch.arange(c_out) // (c_out // groups)).view(c_out, 1) * in_per_group \
-            + torch.arange(in_per_group).view(1, in_per_group)
+        src_index = torch.arange(in_per_group).view(1, in_per_group)
+        if groups > 1:
+            src_index = src_index + (torch.arange(c_out) // (c_out // groups)).view(c_out, 1) * in_per_group
         dst_index = torch.arange(c_out).view(c_out, 1)
     if ids.numel() != c_in:
         raise ctx.error(f"input has {ids.numel()} channels, weight expects {c_in}")
