@@ -235,7 +235,7 @@ def test_symbolic_batch_and_shape_subgraphs(tmp_path):
 
 
 def test_skl2onnx_mlp_regressor():
-    skl2onnx = pytest.importorskip("skl2onnx", reason="skl2onnx is a test dependency")
+    import skl2onnx
     from sklearn.neural_network import MLPRegressor
 
     X = RNG.standard_normal((40, 4)).astype(np.float32)
