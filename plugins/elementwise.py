@@ -152,6 +152,13 @@ def _onnx_binary(*operands, **attrs):
     return list(operands), {"alpha": 1}
 
 
+def _onnx_pow(base, exponent):
+    """An exponent stored as a one-element initializer is a constant, not a weight."""
+    if isinstance(exponent, ParamRef) and exponent.tensor.numel() == 1:
+        exponent = float(exponent.tensor.reshape(-1)[0])
+    return [base, exponent], {"alpha": 1}
+
+
 @hookimpl
 def gmn_register(registry) -> None:
     for kind in ("add", "sub", "mul", "div", "maximum", "minimum", "pow"):
@@ -167,5 +174,6 @@ def gmn_register(registry) -> None:
     registry.map_aten("aten.minimum.default", "minimum", _binary)
     registry.map_aten("aten.pow.Tensor_Scalar", "pow", _binary)
     for op_type, kind in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div"),
-                          ("Max", "maximum"), ("Min", "minimum"), ("Pow", "pow")):
+                          ("Max", "maximum"), ("Min", "minimum")):
         registry.map_onnx(op_type, kind, _onnx_binary)
+    registry.map_onnx("Pow", "pow", _onnx_pow)

@@ -110,27 +110,45 @@ def _input_shapes(graph: onnx.GraphProto, overrides: dict[str, tuple[int, ...]])
 
 
 def run_all_values(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
-    """Every intermediate value of one onnxruntime run on random inputs of ``shapes``."""
-    import onnxruntime as ort
+    """Every intermediate value of one onnxruntime run on random inputs of ``shapes``.
 
+    Values whose type shape inference cannot tell (behind function ops such as
+    GroupNormalization-21) are requested as float tensors; if onnxruntime refuses that
+    guess, the run is repeated without them."""
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    existing = {o.name for o in model.graph.output}
+    typed, guessed = [], []
+    for node in model.graph.node:
+        for name in node.output:
+            if not name or name in existing:
+                continue
+            existing.add(name)
+            if name in types and types[name].type.HasField("tensor_type"):
+                typed.append(types[name])
+            elif name not in types:
+                guessed.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    try:
+        return _probe(model, typed + guessed, shapes, seed)
+    except CompileError:
+        if not guessed:
+            raise
+        return _probe(model, typed, shapes, seed)
+
+
+def _probe(model: onnx.ModelProto, extra_outputs: list, shapes: dict, seed: int) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
-        for name in node.output:
-            if name and name not in existing and name in types and types[name].type.HasField("tensor_type"):
-                probe.graph.output.append(types[name])
-                existing.add(name)
+    probe.graph.output.extend(extra_outputs)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CompileError(f"onnxruntime cannot load the model to infer shapes: {first[:300]}") from None
+        raise CompileError(f"onnxruntime cannot load the model to infer shapes: {_first_line(exc)[:300]}") from None
     rng = np.random.default_rng(seed)
     feed = {}
     for value in session.get_inputs():
@@ -145,12 +163,16 @@ def run_all_values(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], s
     try:
         results = session.run(names, feed)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CompileError(f"onnxruntime failed running the model on inputs {shapes}: {first[:300]}; "
-                           "pass input_shapes= with the real input sizes") from None
+        raise CompileError(f"onnxruntime failed running the model on inputs {shapes}: "
+                           f"{_first_line(exc)[:300]}; pass input_shapes= with the real input sizes") from None
     values = dict(zip(names, results))
     values.update(feed)
     return values
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 _NP_TO_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
@@ -178,6 +200,9 @@ class _Converter:
         graph = self.model.graph
         for init in graph.initializer:
             tensor = torch.from_numpy(numpy_helper.to_array(init).copy())
+            if not tensor.dtype.is_floating_point:  # shapes, axes, indices: constants
+                self.env[init.name] = _ConstantTensor(init.name, tensor)
+                continue
             self.tensors[init.name] = tensor
             self.kinds[init.name] = "parameter"
             self.env[init.name] = ParamRef(init.name, tensor, None, "parameter")
@@ -205,6 +230,9 @@ class _Converter:
                      _NP_TO_TORCH.get(np.asarray(array).dtype, torch.float32), name)
 
     def _constant(self, name: str) -> torch.Tensor:
+        found = self.env.get(name)
+        if isinstance(found, _ConstantTensor):
+            return found.tensor
         return torch.from_numpy(np.array(self.values[name]))
 
     def _convert_node(self, node: onnx.NodeProto, index: int) -> None:

@@ -1,0 +1,165 @@
+"""Every ONNX op the plugins map, each in a small graph between two weight layers: it compiles,
+its automorphisms preserve onnxruntime's outputs, the declared symmetries are present, and the
+unedited values write back identical initializers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import gmn_compiler as gc
+
+RNG = np.random.default_rng(1)
+
+
+def _t(name: str, array) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def _w(name: str, *shape: int) -> onnx.TensorProto:
+    return _t(name, RNG.standard_normal(shape).astype(np.float32))
+
+
+def _i64(name: str, values) -> onnx.TensorProto:
+    return _t(name, np.asarray(values, dtype=np.int64))
+
+
+def _mlp(op_nodes, extra_inits=(), opset: int = 18, width: int = 4) -> onnx.ModelProto:
+    """x[2,3] -> MatMul -> h ... op nodes (read h, write o) ... -> MatMul -> y[2,2]."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"])] + op_nodes + \
+            [helper.make_node("MatMul", ["o", "w2"], ["y"])]
+    inits = [_w("w1", 3, width), _w("w2", width, 2), *extra_inits]
+    return _graph(nodes, [2, 3], [2, 2], inits, opset)
+
+
+def _cnn(op_nodes, extra_inits=(), opset: int = 18, out_channels: int = 4) -> onnx.ModelProto:
+    """x[1,3,6,6] -> Conv 3x3 pad 1 -> h ... (read h, write o) ... -> GlobalAveragePool ->
+    Flatten -> Gemm -> y[1,2]."""
+    nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["h"], pads=[1, 1, 1, 1])] + op_nodes + \
+            [helper.make_node("GlobalAveragePool", ["o"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw"], ["y"], transB=1)]
+    inits = [_w("cw", 4, 3, 3, 3), _w("cb", 4), _w("fw", 2, out_channels), *extra_inits]
+    return _graph(nodes, [1, 3, 6, 6], [1, 2], inits, opset)
+
+
+def _graph(nodes, x_shape, y_shape, inits, opset) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    return model
+
+
+N = helper.make_node
+CASES = {
+    "LeakyRelu": lambda: _mlp([N("LeakyRelu", ["h"], ["o"], alpha=0.2)]),
+    "HardSwish": lambda: _mlp([N("HardSwish", ["h"], ["o"])]),
+    "HardSigmoid": lambda: _mlp([N("HardSigmoid", ["h"], ["o"])]),
+    "Clip": lambda: _mlp([N("Clip", ["h", "lo", "hi"], ["o"])],
+                         [_t("lo", np.float32(-0.5)), _t("hi", np.float32(0.5))]),
+    "Sin": lambda: _mlp([N("Sin", ["h"], ["o"])]),
+    "Elu": lambda: _mlp([N("Elu", ["h"], ["o"])]),
+    "Softplus": lambda: _mlp([N("Softplus", ["h"], ["o"])]),
+    "Gelu": lambda: _mlp([N("Gelu", ["h"], ["o"], approximate="tanh")], opset=20),
+    "Sigmoid-gating": lambda: _mlp([N("Sigmoid", ["h"], ["s"]), N("Mul", ["h", "s"], ["o"])]),
+    "Add-residual": lambda: _mlp([N("Tanh", ["h"], ["t"]), N("MatMul", ["t", "w3"], ["u"]),
+                                  N("Add", ["u", "t"], ["o"])], [_w("w3", 4, 4)]),
+    "Max": lambda: _mlp([N("Relu", ["h"], ["r"]), N("MatMul", ["r", "w3"], ["u"]), N("Max", ["u", "r"], ["o"])],
+                        [_w("w3", 4, 4)]),
+    "Sub-scalar": lambda: _mlp([N("Sub", ["one", "h"], ["o"])], [_t("one", np.float32(1.0))]),
+    "Div-scalar": lambda: _mlp([N("Div", ["h", "two"], ["o"])], [_t("two", np.float32(2.0))]),
+    "Pow": lambda: _mlp([N("Pow", ["h", "two"], ["o"])], [_t("two", np.float32(2.0))]),
+    "Mul-layer-scale": lambda: _mlp([N("Mul", ["h", "gamma"], ["o"])], [_w("gamma", 4)]),
+    "Softmax-hidden": lambda: _mlp([N("Softmax", ["h"], ["o"], axis=-1)]),
+    "Unsqueeze-Squeeze": lambda: _mlp([N("Unsqueeze", ["h", "ax"], ["u"]), N("Relu", ["u"], ["r"]),
+                                       N("Squeeze", ["r", "ax"], ["o"])], [_i64("ax", [1])]),
+    "Transpose": lambda: _mlp([N("Transpose", ["h"], ["t"], perm=[1, 0]), N("Relu", ["t"], ["r"]),
+                               N("Transpose", ["r"], ["o"], perm=[1, 0])]),
+    "Concat": lambda: _graph([N("MatMul", ["x", "w1"], ["a"]), N("MatMul", ["x", "w3"], ["b"]), N("Relu", ["a"], ["ra"]),
+            N("Tanh", ["b"], ["tb"]), N("Concat", ["ra", "tb"], ["c"], axis=1), N("MatMul", ["c", "w2"], ["y"])],
+           [2, 3], [2, 2], [_w("w1", 3, 4), _w("w3", 3, 2), _w("w2", 6, 2)], 18),
+    "Split": lambda: _graph([N("MatMul", ["x", "w1"], ["h"]), N("Split", ["h", "sizes"], ["a", "b"], axis=1),
+                             N("Relu", ["a"], ["ra"]), N("Sigmoid", ["b"], ["sb"]), N("Mul", ["ra", "sb"], ["g"]),
+                             N("MatMul", ["g", "w2"], ["y"])],
+                            [2, 3], [2, 2], [_w("w1", 3, 6), _i64("sizes", [3, 3]), _w("w2", 3, 2)], 18),
+    "Slice": lambda: _graph([N("MatMul", ["x", "w1"], ["h"]), N("Slice", ["h", "st", "en", "axes"], ["s"]),
+            N("Relu", ["s"], ["r"]), N("MatMul", ["r", "w2"], ["y"])],
+           [2, 3], [2, 2], [_w("w1", 3, 4), _i64("st", [1]), _i64("en", [3]), _i64("axes", [1]), _w("w2", 2, 2)], 18),
+    "Gather": lambda: _graph([N("MatMul", ["x", "w1"], ["h"]), N("Gather", ["h", "idx"], ["s"], axis=1),
+                              N("Relu", ["s"], ["r"]), N("MatMul", ["r", "w2"], ["y"])],
+                             [2, 3], [2, 2], [_w("w1", 3, 4), _i64("idx", [0, 2, 3]), _w("w2", 3, 2)], 18),
+    "Identity-Dropout": lambda: _mlp([N("Identity", ["h"], ["i"]), N("Dropout", ["i"], ["o"])]),
+    "Relu-conv": lambda: _cnn([N("Relu", ["h"], ["o"])]),
+    "AveragePool": lambda: _cnn([N("AveragePool", ["h"], ["o"], kernel_shape=[2, 2], strides=[2, 2])]),
+    "MaxPool": lambda: _cnn([N("MaxPool", ["h"], ["o"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]),
+    "ReduceMean": lambda: _graph([N("Conv", ["x", "cw", "cb"], ["h"]), N("Relu", ["h"], ["r"]),
+                                  N("ReduceMean", ["r", "axes"], ["m"], keepdims=0),
+                                  N("Gemm", ["m", "fw"], ["y"], transB=1)],
+                                 [1, 3, 6, 6], [1, 2], [_w("cw", 4, 3, 3, 3), _w("cb", 4), _i64("axes", [2, 3]),
+                                                        _w("fw", 2, 4)], 18),
+    "InstanceNormalization": lambda: _cnn([N("InstanceNormalization", ["h", "s", "b"], ["o"])],
+                                          [_w("s", 4), _w("b", 4)]),
+    "GroupNormalization-21": lambda: _cnn([N("GroupNormalization", ["h", "s", "b"], ["o"], num_groups=2)],
+                                          [_w("s", 4), _w("b", 4)], opset=21),
+    "LayerNormalization": lambda: _mlp([N("LayerNormalization", ["h", "s", "b"], ["o"])], [_w("s", 4), _w("b", 4)]),
+    "Conv-group": lambda: _cnn([N("Conv", ["h", "gw"], ["o"], group=2, pads=[1, 1, 1, 1])], [_w("gw", 4, 2, 3, 3)]),
+    "ConvTranspose": lambda: _cnn([N("ConvTranspose", ["h", "tw", "tb"], ["o"], strides=[2, 2])],
+                                  [_w("tw", 4, 3, 2, 2), _w("tb", 3)], out_channels=3),
+    "Expand": lambda: _cnn([N("Expand", ["h", "shape"], ["o"])], [_i64("shape", [1, 4, 6, 6])]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_onnx_op(name):
+    model = CASES[name]()
+    onnx.checker.check_model(model)
+    pg = gc.compile(model)
+    back = pg.to_onnx_model(pg.data.edge_attr[:, 0])
+    originals = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for init in back.graph.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(init), originals[init.name])
+    gc.check_symmetry(model, trials=3)
+
+
+def test_sliced_initializer_writes_back_in_place():
+    """One packed initializer sliced into two weights (as exporters write fused QKV)."""
+    nodes = [N("Slice", ["packed", "s0", "e0", "ax"], ["wa"]), N("Slice", ["packed", "s1", "e1", "ax"], ["wb"]),
+             N("MatMul", ["x", "wa"], ["a"]), N("MatMul", ["x", "wb"], ["b"]), N("Relu", ["a"], ["ra"]),
+             N("Mul", ["ra", "b"], ["g"]), N("MatMul", ["g", "w2"], ["y"])]
+    inits = [_w("packed", 3, 8), _i64("s0", [0]), _i64("e0", [4]), _i64("s1", [4]), _i64("e1", [8]),
+             _i64("ax", [1]), _w("w2", 4, 2)]
+    model = _graph(nodes, [2, 3], [2, 2], inits, 18)
+    pg = gc.compile(model)
+    values = pg.data.edge_attr[:, 0].clone()
+    names = [p.name for p in pg.params]
+    packed = pg.data.edge_param == names.index("packed")
+    offsets = pg.data.edge_offset[packed]
+    assert sorted(offsets.tolist()) == list(range(24))  # both slices together cover it once
+    values[packed] = offsets.float()  # write each entry's own flat offset
+    back = numpy_helper.to_array(next(i for i in pg.to_onnx_model(values).graph.initializer if i.name == "packed"))
+    np.testing.assert_array_equal(back.reshape(-1), np.arange(24, dtype=np.float32))
+    gc.check_symmetry(model, trials=3)
+
+
+def test_hidden_units_permuted_in_the_initializers_give_an_isomorphic_graph():
+    from oracles import assert_isomorphic, assert_not_isomorphic
+
+    model = CASES["LeakyRelu"]()
+    perm = RNG.permutation(4)
+    permuted = onnx.ModelProto()
+    permuted.CopyFrom(model)
+    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for init in permuted.graph.initializer:
+        if init.name == "w1":
+            init.CopyFrom(numpy_helper.from_array(arrays["w1"][:, perm], "w1"))
+        if init.name == "w2":
+            init.CopyFrom(numpy_helper.from_array(arrays["w2"][perm], "w2"))
+    assert_isomorphic(gc.compile(model), gc.compile(permuted))
+    swapped = onnx.ModelProto()
+    swapped.CopyFrom(model)
+    for init in swapped.graph.initializer:
+        if init.name == "w1":  # swapping two *input* features is not a symmetry
+            init.CopyFrom(numpy_helper.from_array(arrays["w1"][[1, 0, 2]], "w1"))
+    assert_not_isomorphic(gc.compile(model), gc.compile(swapped))
