@@ -10,11 +10,11 @@ by role, edges by edge type; a legend lists only the roles and types present.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
 
 from . import schema
+from .fileio import write_atomically
 
 DEFAULT_MAX_EDGES = 2000
 _AUX_SHIFT = 0.4  # horizontal offset of auxiliary nodes, in depth units
@@ -113,16 +113,8 @@ def draw_graph(pg, path: str | os.PathLike, max_edges: int = DEFAULT_MAX_EDGES) 
     check_drawable(pg, max_edges)
     fmt = image_format(path)
     figure, legends = _figure(pg)
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".gmn-draw-", suffix=f".{fmt}", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight", bbox_extra_artists=legends)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight",
+                                                      bbox_extra_artists=legends), suffix=f".{fmt}")
 
 
 def _figure(pg):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
@@ -11,6 +10,7 @@ from torch_geometric.data import Data
 
 from . import schema
 from .errors import CompileError, DecompileError
+from .fileio import write_atomically
 from .ir import ParamInfo
 
 FORMAT = "gmn-compiler-graph"
@@ -110,7 +110,13 @@ class ParameterGraph:
 
     def to_onnx(self, edge_values: torch.Tensor, path: str | os.PathLike) -> None:
         """Write :meth:`to_onnx_model` to ``path`` atomically (no partial file on failure)."""
-        _atomic_write(os.fspath(path), self.to_onnx_model(edge_values).SerializeToString())
+        payload = self.to_onnx_model(edge_values).SerializeToString()
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                handle.write(payload)
+
+        write_atomically(path, write)
 
     # ------------------------------------------------------------ I/O
     def to_dict(self) -> dict:
@@ -129,17 +135,8 @@ class ParameterGraph:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the graph atomically (temporary file + rename: no partial file on failure)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".gmn-", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
-            torch.save(self.to_dict(), tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        payload = self.to_dict()
+        write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
     def from_dict(cls, d: dict) -> "ParameterGraph":
@@ -157,19 +154,6 @@ class ParameterGraph:
     def __repr__(self) -> str:
         return (f"ParameterGraph(nodes={int(self.data.num_nodes)}, edges={self.data.edge_index.shape[1]}, "
                 f"params={len(self.params)})")
-
-
-def _atomic_write(path: str, payload: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".gmn-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load(path: str | os.PathLike) -> ParameterGraph:

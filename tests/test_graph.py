@@ -136,3 +136,16 @@ def test_disagreeing_copies_are_rejected():
     values[first] += 1
     with pytest.raises(gc.DecompileError, match="shared.weight"):
         pg.to_state_dict(values)
+
+
+def test_saved_file_gets_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    pg = gc.compile(_mlp(), (torch.randn(2, 3),))
+    old = os.umask(0o022)
+    try:
+        pg.save(tmp_path / "g.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "g.pt").st_mode) == 0o644
