@@ -238,10 +238,6 @@ def _onnx_slice(x, starts=None, ends=None, axes=None, steps=None, **attrs):
     return [x], {"dim": a, "start": s, "end": e, "step": st}
 
 
-def _onnx_x_only(x, *rest, **attrs):
-    return [x], {}
-
-
 RESHAPE_TARGETS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
                    "aten.flatten.using_ints", "aten.unflatten.int", "aten.squeeze.dim",
                    "aten.squeeze.dims", "aten.squeeze.default", "aten.unsqueeze.default",
@@ -286,13 +282,13 @@ def gmn_register(registry) -> None:
     registry.map_aten("aten.expand_as.default", "expand", _x_only)
     registry.add_rule("index_select", lower_index_select, aliasing=True)
     for op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-        registry.map_onnx(op_type, "reshape", _onnx_x_only)
+        registry.map_onnx(op_type, "reshape", _x_only)
     for op_type in ("Identity", "Dropout", "Cast", "CastLike"):
-        registry.map_onnx(op_type, "identity", _onnx_x_only)
+        registry.map_onnx(op_type, "identity", _x_only)
     registry.map_onnx("Transpose", "permute", _onnx_transpose)
     registry.map_onnx("Concat", "cat", _onnx_concat)
     registry.map_onnx("Split", "split", _onnx_split)
     registry.map_onnx("Slice", "slice", _onnx_slice)
     registry.map_onnx("Gather", "gather", _onnx_gather)
-    registry.map_onnx("Expand", "expand", _onnx_x_only)
+    registry.map_onnx("Expand", "expand", _x_only)
     registry.add_rule("gather", lower_gather, aliasing=True)

@@ -111,3 +111,43 @@ def assert_same_function(a: torch.nn.Module, b: torch.nn.Module, inputs: tuple) 
         ya, yb = a.eval()(*inputs), b.eval()(*inputs)
     for ta, tb in zip(torch.utils._pytree.tree_leaves(ya), torch.utils._pytree.tree_leaves(yb)):
         torch.testing.assert_close(ta, tb, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- hand-written permutations
+def functions_differ(a: torch.nn.Module, b: torch.nn.Module, inputs: tuple) -> bool:
+    with torch.no_grad():
+        return not torch.allclose(a.eval()(*inputs), b.eval()(*inputs), atol=1e-5)
+
+
+def permute_rows(layer: torch.nn.Module, p: torch.Tensor) -> None:
+    """Permute a layer's output units: weight rows (and bias)."""
+    layer.weight.copy_(layer.weight[p])
+    if getattr(layer, "bias", None) is not None:
+        layer.bias.copy_(layer.bias[p])
+
+
+def permute_cols(layer: torch.nn.Module, p: torch.Tensor) -> None:
+    """Permute a layer's input units: weight columns."""
+    layer.weight.copy_(layer.weight[:, p])
+
+
+def permute_norm(norm: torch.nn.Module, p: torch.Tensor) -> None:
+    """Permute every per-channel tensor of a normalisation layer."""
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        tensor = getattr(norm, name, None)
+        if tensor is not None:
+            tensor.copy_(tensor[p])
+
+
+def assert_symmetry(model, pg: ParameterGraph, inputs: tuple, permute) -> None:
+    """``permute`` (applied to a copy's weights) keeps the function and gives an isomorphic graph."""
+    permuted = permuted_copy(model, permute)
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+
+def assert_not_symmetry(model, pg: ParameterGraph, inputs: tuple, change) -> None:
+    """``change`` alters the function, and the graph tells: not isomorphic."""
+    changed = permuted_copy(model, change)
+    assert functions_differ(model, changed, inputs)
+    assert_not_isomorphic(pg, gc.compile(changed, inputs))

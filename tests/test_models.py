@@ -10,46 +10,13 @@ from torch import nn
 
 import gmn_compiler as gc
 from gmn_compiler import symmetry
-from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
-                     assert_round_trip, assert_same_function, permuted_copy, randomize_buffers)
+from oracles import (assert_isomorphic, assert_not_isomorphic, assert_not_symmetry, assert_oracles,
+                     assert_round_trip, assert_same_function, assert_symmetry, functions_differ,
+                     permute_cols, permute_norm, permute_rows, permuted_copy, randomize_buffers)
 
 S = gc.schema
 ROLE = S.node_column("role")
 SPATIAL = S.edge_column("spatial")
-
-
-def _different(a, b, inputs) -> bool:
-    with torch.no_grad():
-        return not torch.allclose(a.eval()(*inputs), b.eval()(*inputs), atol=1e-5)
-
-
-def _rows(layer, p):
-    layer.weight.copy_(layer.weight[p])
-    if getattr(layer, "bias", None) is not None:
-        layer.bias.copy_(layer.bias[p])
-
-
-def _cols(layer, p):
-    layer.weight.copy_(layer.weight[:, p])
-
-
-def _norm(norm, p):
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        tensor = getattr(norm, name, None)
-        if tensor is not None:
-            tensor.copy_(tensor[p])
-
-
-def _check_permutation(model, pg, inputs, permute):
-    permuted = permuted_copy(model, permute)
-    assert_same_function(model, permuted, inputs)
-    assert_isomorphic(pg, gc.compile(permuted, inputs))
-
-
-def _check_not_symmetry(model, pg, inputs, change):
-    changed = permuted_copy(model, change)
-    assert _different(model, changed, inputs)
-    assert_not_isomorphic(pg, gc.compile(changed, inputs))
 
 
 def _prepared(model):
@@ -66,9 +33,9 @@ def test_mlp():
     assert d.num_nodes == 3 + 5 + 4 + 2 + 3  # inputs, hidden, outputs, one bias node per layer
     assert int((d.x[:, ROLE].long() == S.code(S.NODE_ROLES, "bias")).sum()) == 3
     p, q = torch.tensor([4, 2, 0, 1, 3]), torch.tensor([3, 1, 0, 2])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m[0], p), _cols(m[2], p), _rows(m[2], q), _cols(m[4], q)))
-    _check_not_symmetry(model, pg, inputs, lambda m: _cols(m[0], torch.tensor([1, 0, 2])))
-    _check_not_symmetry(model, pg, inputs, lambda m: _rows(m[4], torch.tensor([1, 0])))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m[0], p), permute_cols(m[2], p), permute_rows(m[2], q), permute_cols(m[4], q)))
+    assert_not_symmetry(model, pg, inputs, lambda m: permute_cols(m[0], torch.tensor([1, 0, 2])))
+    assert_not_symmetry(model, pg, inputs, lambda m: permute_rows(m[4], torch.tensor([1, 0])))
 
 
 # ------------------------------------------------------------------ CNN with batch norm
@@ -90,9 +57,9 @@ def test_cnn_with_batch_norm():
     inputs = (torch.randn(2, 3, 6, 6),)
     pg = assert_oracles(model, inputs, trials=4)
     p, q = torch.tensor([2, 0, 3, 1]), torch.tensor([4, 2, 0, 1, 3])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.c1, p), _norm(m.b1, p), _cols(m.c2, p),
-                                                     _rows(m.c2, q), _norm(m.b2, q), _cols(m.fc, q)))
-    _check_not_symmetry(model, pg, inputs, lambda m: (_rows(m.c1, p), _cols(m.c2, p)))  # BN left behind
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.c1, p), permute_norm(m.b1, p), permute_cols(m.c2, p),
+                                                     permute_rows(m.c2, q), permute_norm(m.b2, q), permute_cols(m.fc, q)))
+    assert_not_symmetry(model, pg, inputs, lambda m: (permute_rows(m.c1, p), permute_cols(m.c2, p)))  # BN left behind
 
 
 # ------------------------------------------------------------------ ResNet block
@@ -119,15 +86,15 @@ def test_resnet_block_with_projection_shortcut():
     p, q = torch.tensor([1, 3, 0, 2]), torch.tensor([2, 0, 3, 1])
 
     def inner(m):
-        _rows(m.c1, p), _norm(m.b1, p), _cols(m.c2, p)
+        permute_rows(m.c1, p), permute_norm(m.b1, p), permute_cols(m.c2, p)
 
     def residual(m):  # the residual stream: c2, b2, proj, bp and fc move together
-        _rows(m.c2, q), _norm(m.b2, q), _rows(m.proj, q), _norm(m.bp, q), _cols(m.fc, q)
-    _check_permutation(model, pg, inputs, inner)
-    _check_permutation(model, pg, inputs, residual)
-    _check_permutation(model, pg, inputs, lambda m: (inner(m), residual(m)))
+        permute_rows(m.c2, q), permute_norm(m.b2, q), permute_rows(m.proj, q), permute_norm(m.bp, q), permute_cols(m.fc, q)
+    assert_symmetry(model, pg, inputs, inner)
+    assert_symmetry(model, pg, inputs, residual)
+    assert_symmetry(model, pg, inputs, lambda m: (inner(m), residual(m)))
     # the main branch alone, without the shortcut
-    _check_not_symmetry(model, pg, inputs, lambda m: (_rows(m.c2, q), _norm(m.b2, q), _cols(m.fc, q)))
+    assert_not_symmetry(model, pg, inputs, lambda m: (permute_rows(m.c2, q), permute_norm(m.b2, q), permute_cols(m.fc, q)))
 
 
 # ------------------------------------------------------------------ MobileNet block
@@ -161,14 +128,14 @@ def test_mobilenet_block_soundness_and_permutations():
     pg = assert_round_trip(model, inputs)
     gc.check_symmetry(model, inputs, trials=4, graph=pg, completeness=False)
     p = torch.tensor([5, 2, 0, 4, 1, 3])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.expand, p), _norm(m.b1, p), _rows(m.dw, p),
-                                                     _norm(m.b2, p), _cols(m.project, p)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.expand, p), permute_norm(m.b1, p), permute_rows(m.dw, p),
+                                                     permute_norm(m.b2, p), permute_cols(m.project, p)))
     # the depthwise filters must follow their channels
-    _check_not_symmetry(model, pg, inputs, lambda m: (_rows(m.expand, p), _norm(m.b1, p), _norm(m.b2, p),
-                                                      _cols(m.project, p)))
+    assert_not_symmetry(model, pg, inputs, lambda m: (permute_rows(m.expand, p), permute_norm(m.b1, p), permute_norm(m.b2, p),
+                                                      permute_cols(m.project, p)))
     # the projection's output channels are tied to the input channels by the residual
     q = torch.tensor([1, 0, 2])
-    _check_not_symmetry(model, pg, inputs, lambda m: (_rows(m.project, q), _norm(m.b3, q), _cols(m.fc, q)))
+    assert_not_symmetry(model, pg, inputs, lambda m: (permute_rows(m.project, q), permute_norm(m.b3, q), permute_cols(m.fc, q)))
 
 
 # ------------------------------------------------------------------ GroupNorm net
@@ -192,11 +159,11 @@ def test_group_norm_net():
     assert int((pg.data.x[:, ROLE].long() == S.code(S.NODE_ROLES, "group")).sum()) == 2 + 3
 
     def apply(p, q):
-        return lambda m: (_rows(m.c1, p), _norm(m.g1, p), _cols(m.c2, p), _rows(m.c2, q), _norm(m.g2, q),
-                          _cols(m.fc, q))
-    _check_permutation(model, pg, inputs, apply(torch.tensor([1, 0, 3, 2]), torch.tensor([1, 0, 2, 3, 5, 4])))
-    _check_permutation(model, pg, inputs, apply(torch.tensor([2, 3, 0, 1]), torch.tensor([4, 5, 0, 1, 2, 3])))
-    _check_not_symmetry(model, pg, inputs, apply(torch.tensor([0, 2, 1, 3]), torch.arange(6)))
+        return lambda m: (permute_rows(m.c1, p), permute_norm(m.g1, p), permute_cols(m.c2, p), permute_rows(m.c2, q), permute_norm(m.g2, q),
+                          permute_cols(m.fc, q))
+    assert_symmetry(model, pg, inputs, apply(torch.tensor([1, 0, 3, 2]), torch.tensor([1, 0, 2, 3, 5, 4])))
+    assert_symmetry(model, pg, inputs, apply(torch.tensor([2, 3, 0, 1]), torch.tensor([4, 5, 0, 1, 2, 3])))
+    assert_not_symmetry(model, pg, inputs, apply(torch.tensor([0, 2, 1, 3]), torch.arange(6)))
 
 
 # ------------------------------------------------------------------ conv -> flatten -> linear
@@ -229,10 +196,10 @@ def test_conv_flatten_linear_records_spatial_positions():
 
     p = torch.tensor([2, 0, 1])
     cols = (p.view(3, 1) * 12 + torch.arange(12)).reshape(-1)
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.c, p), _cols(m.fc, cols)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.c, p), permute_cols(m.fc, cols)))
     # permuting positions is not a symmetry
     positions = (torch.arange(3).view(3, 1) * 12 + torch.arange(12).flip(0)).reshape(-1)
-    _check_not_symmetry(model, pg, inputs, lambda m: _cols(m.fc, positions))
+    assert_not_symmetry(model, pg, inputs, lambda m: permute_cols(m.fc, positions))
 
 
 # ------------------------------------------------------------------ Inception
@@ -255,10 +222,10 @@ def test_inception_concat_branches():
     inputs = (torch.randn(2, 3, 4, 4),)
     pg = assert_oracles(model, inputs, trials=4)
     pa, pb, pc = torch.tensor([1, 0]), torch.tensor([2, 0, 1]), torch.tensor([1, 0])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.a, pa), _rows(m.b2, pb), _rows(m.c, pc),
-                                                     _cols(m.fc, torch.cat([pa, pb + 2, pc + 5]))))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.a, pa), permute_rows(m.b2, pb), permute_rows(m.c, pc),
+                                                     permute_cols(m.fc, torch.cat([pa, pb + 2, pc + 5]))))
     # branches a and c have the same width but are different branches
-    _check_not_symmetry(model, pg, inputs, lambda m: _cols(m.fc, torch.tensor([5, 6, 2, 3, 4, 0, 1])))
+    assert_not_symmetry(model, pg, inputs, lambda m: permute_cols(m.fc, torch.tensor([5, 6, 2, 3, 4, 0, 1])))
 
 
 # ------------------------------------------------------------------ squeeze-and-excitation
@@ -280,10 +247,10 @@ def test_squeeze_and_excitation():
     inputs = (torch.randn(2, 2, 4, 4),)
     pg = assert_oracles(model, inputs, trials=3)
     p, q = torch.tensor([3, 1, 0, 2]), torch.tensor([1, 0])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.c, p), _cols(m.r, p), _rows(m.r, q), _cols(m.e, q),
-                                                     _rows(m.e, p), _cols(m.fc, p)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.c, p), permute_cols(m.r, p), permute_rows(m.r, q), permute_cols(m.e, q),
+                                                     permute_rows(m.e, p), permute_cols(m.fc, p)))
     # the gate of channel i must stay with channel i
-    _check_not_symmetry(model, pg, inputs, lambda m: _rows(m.e, p))
+    assert_not_symmetry(model, pg, inputs, lambda m: permute_rows(m.e, p))
 
 
 # ------------------------------------------------------------------ layer scale
@@ -304,9 +271,9 @@ def test_layer_scale_residual():
     inputs = (torch.randn(5, 3),)
     pg = assert_oracles(model, inputs, trials=4)
     p = torch.tensor([2, 0, 3, 1])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.inp, p), _rows(m.mlp, p), _cols(m.mlp, p),
-                                                     m.gamma.copy_(m.gamma[p]), _cols(m.out, p)))
-    _check_not_symmetry(model, pg, inputs, lambda m: m.gamma.copy_(m.gamma[p]))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.inp, p), permute_rows(m.mlp, p), permute_cols(m.mlp, p),
+                                                     m.gamma.copy_(m.gamma[p]), permute_cols(m.out, p)))
+    assert_not_symmetry(model, pg, inputs, lambda m: m.gamma.copy_(m.gamma[p]))
 
 
 # ------------------------------------------------------------------ 1-D and 3-D CNNs
@@ -327,9 +294,9 @@ def test_cnn_1d():
     inputs = (torch.randn(2, 2, 14),)
     pg = assert_oracles(model, inputs, trials=4)
     p, q = torch.tensor([3, 0, 2, 1]), torch.tensor([1, 2, 0])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.c1, p), _norm(m.bn, p), _cols(m.c2, p),
-                                                     _rows(m.c2, q), _cols(m.fc, q)))
-    _check_not_symmetry(model, pg, inputs, lambda m: m.c1.weight.copy_(m.c1.weight.flip(-1)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.c1, p), permute_norm(m.bn, p), permute_cols(m.c2, p),
+                                                     permute_rows(m.c2, q), permute_cols(m.fc, q)))
+    assert_not_symmetry(model, pg, inputs, lambda m: m.c1.weight.copy_(m.c1.weight.flip(-1)))
 
 
 class CNN3d(nn.Module):
@@ -354,8 +321,8 @@ def test_cnn_3d():
     assert torch.equal(pg.data.edge_attr[sel][:, kernel].long(),
                        torch.stack([offsets // 6, (offsets // 3) % 2, offsets % 3], 1))
     p = torch.tensor([2, 0, 1])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.c1, p), _cols(m.c2, p)))
-    _check_not_symmetry(model, pg, inputs, lambda m: m.c1.weight.copy_(m.c1.weight.flip(2)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.c1, p), permute_cols(m.c2, p)))
+    assert_not_symmetry(model, pg, inputs, lambda m: m.c1.weight.copy_(m.c1.weight.flip(2)))
 
 
 # ------------------------------------------------------------------ DeepSets
@@ -386,13 +353,13 @@ def test_deepsets_layer_keeps_its_two_weights_apart():
         assert not src_a & src_b, f"{a} and {b} read the same nodes: their edges are parallel"
 
     p = torch.tensor([3, 0, 1, 2])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.w1, p), _rows(m.w2, p), _cols(m.v1, p), _cols(m.v2, p)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.w1, p), permute_rows(m.w2, p), permute_cols(m.v1, p), permute_cols(m.v2, p)))
     # swapping W1 and W2 of the hidden layer (same shapes) changes the function and the graph
     def swap(m):
         w = m.v1.weight.clone()
         m.v1.weight.copy_(m.v2.weight)
         m.v2.weight.copy_(w)
-    _check_not_symmetry(model, pg, inputs, swap)
+    assert_not_symmetry(model, pg, inputs, swap)
 
 
 # ------------------------------------------------------------------ shared submodules
@@ -415,8 +382,8 @@ def test_shared_encoder_applied_to_two_inputs():
     assert [p.name for p in pg.params].count("enc.weight") == 1
     assert int((pg.data.edge_param == [p.name for p in pg.params].index("enc.weight")).sum()) == 2 * 12
     p = torch.tensor([2, 0, 3, 1])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.enc, p), _cols(m.head, p)))
-    _check_not_symmetry(model, pg, inputs, lambda m: _rows(m.enc, p))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.enc, p), permute_cols(m.head, p)))
+    assert_not_symmetry(model, pg, inputs, lambda m: permute_rows(m.enc, p))
 
 
 class Recurrent(nn.Module):
@@ -437,9 +404,9 @@ def test_shared_submodule_called_twice_in_sequence():
     pg = assert_oracles(model, inputs, trials=4)
     # the one symmetry of the shared width: the same permutation on f's inputs and outputs
     p = torch.tensor([2, 0, 3, 1])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.inp, p), _rows(m.f, p), _cols(m.f, p), _cols(m.head, p)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.inp, p), permute_rows(m.f, p), permute_cols(m.f, p), permute_cols(m.head, p)))
     # permuting f's rows without its columns is not one
-    _check_not_symmetry(model, pg, inputs, lambda m: (_rows(m.inp, p), _rows(m.f, p), _cols(m.head, p)))
+    assert_not_symmetry(model, pg, inputs, lambda m: (permute_rows(m.inp, p), permute_rows(m.f, p), permute_cols(m.head, p)))
 
 
 class RecurrentOnInput(nn.Module):
@@ -466,7 +433,7 @@ def test_shared_submodule_on_the_input_called_twice_is_sound():
     gc.check_symmetry(model, inputs, trials=4, graph=pg, completeness=False)
     # f's rows and columns are tied to the pinned input order: P W P^T is not a symmetry
     p = torch.tensor([2, 0, 3, 1])
-    _check_not_symmetry(model, pg, inputs, lambda m: (_rows(m.f, p), _cols(m.f, p), _cols(m.head, p)))
+    assert_not_symmetry(model, pg, inputs, lambda m: (permute_rows(m.f, p), permute_cols(m.f, p), permute_cols(m.head, p)))
 
 
 # ------------------------------------------------------------------ unsupported ops

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 import gmn_compiler as gc
-from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
-                     assert_round_trip, assert_same_function, permuted_copy)
+from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles, assert_round_trip,
+                     assert_same_function, functions_differ, permute_cols, permute_rows,
+                     permuted_copy)
 
 S = gc.schema
 ETYPE = S.edge_column("type")
@@ -25,21 +26,6 @@ CONV_EDGE = S.code(S.EDGE_TYPES, "conv")
 CONVT_EDGE = S.code(S.EDGE_TYPES, "conv_transpose")
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-
-
-def _different(a: nn.Module, b: nn.Module, inputs: tuple) -> bool:
-    with torch.no_grad():
-        return not torch.allclose(a.eval()(*inputs), b.eval()(*inputs), atol=1e-5)
-
-
-def _permute_out(layer: nn.Module, p: torch.Tensor) -> None:
-    layer.weight.copy_(layer.weight[p])
-    if layer.bias is not None:
-        layer.bias.copy_(layer.bias[p])
-
-
-def _permute_in(layer: nn.Module, p: torch.Tensor) -> None:
-    layer.weight.copy_(layer.weight[:, p])
 
 
 class TwoConvs(nn.Module):
@@ -90,7 +76,7 @@ def test_conv_configurations(name):
     assert bool((d.edge_attr[sel, ETYPE] == CONV_EDGE).all())
 
     p = torch.tensor([2, 4, 0, 1, 3])
-    permuted = permuted_copy(model, lambda m: (_permute_out(m.a, p), _permute_in(m.b, p)))
+    permuted = permuted_copy(model, lambda m: (permute_rows(m.a, p), permute_cols(m.b, p)))
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))
 
@@ -98,7 +84,7 @@ def test_conv_configurations(name):
     def flip_taps(m):
         m.a.weight[1] = m.a.weight[1].flip(-1)
     flipped = permuted_copy(model, flip_taps)
-    assert _different(model, flipped, inputs)
+    assert functions_differ(model, flipped, inputs)
     assert_not_isomorphic(pg, gc.compile(flipped, inputs))
 
 
@@ -106,8 +92,8 @@ def test_swapping_input_channels_is_not_a_symmetry():
     model = TwoConvs(2, c_in=3, kernel_size=3).eval()
     inputs = (torch.randn(1, 3, 5, 5),)
     pg = gc.compile(model, inputs)
-    swapped = permuted_copy(model, lambda m: _permute_in(m.a, torch.tensor([1, 0, 2])))
-    assert _different(model, swapped, inputs)
+    swapped = permuted_copy(model, lambda m: permute_cols(m.a, torch.tensor([1, 0, 2])))
+    assert functions_differ(model, swapped, inputs)
     assert_not_isomorphic(pg, gc.compile(swapped, inputs))
 
 
@@ -142,12 +128,12 @@ def test_grouped_conv_channel_permutations():
     inputs = (torch.randn(1, 4, 5, 5),)
     pg = gc.compile(model, inputs)
     within = torch.tensor([2, 0, 1, 4, 5, 3])
-    permuted = permuted_copy(model, lambda m: (_permute_out(m.a, within), _permute_in(m.b, within)))
+    permuted = permuted_copy(model, lambda m: (permute_rows(m.a, within), permute_cols(m.b, within)))
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))
     across = torch.tensor([3, 1, 2, 0, 4, 5])  # channel 0 (group 0) <-> channel 3 (group 1)
-    crossed = permuted_copy(model, lambda m: (_permute_out(m.a, across), _permute_in(m.b, across)))
-    assert _different(model, crossed, inputs)
+    crossed = permuted_copy(model, lambda m: (permute_rows(m.a, across), permute_cols(m.b, across)))
+    assert functions_differ(model, crossed, inputs)
     assert_not_isomorphic(pg, gc.compile(crossed, inputs))
 
 
@@ -185,7 +171,7 @@ def test_grouped_conv_after_conv_hand_permutations():
 
     def within(m):  # swap the two channels of group 0 of a's output (= g's input)
         p = torch.tensor([1, 0, 2, 3])
-        _permute_out(m.a, p)
+        permute_rows(m.a, p)
         m.g.weight[0:2] = m.g.weight[0:2][:, torch.tensor([1, 0])]
     permuted = permuted_copy(model, within)
     assert_same_function(model, permuted, inputs)
@@ -193,17 +179,17 @@ def test_grouped_conv_after_conv_hand_permutations():
 
     def whole_groups(m):  # swap the groups: a's channels, g's output blocks, b's columns
         p = torch.tensor([2, 3, 0, 1])
-        _permute_out(m.a, p)
-        _permute_out(m.g, p)
-        _permute_in(m.b, p)
+        permute_rows(m.a, p)
+        permute_rows(m.g, p)
+        permute_cols(m.b, p)
     permuted = permuted_copy(model, whole_groups)
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))
 
     def across(m):  # a's channel 0 <-> 2 only: crosses g's groups
-        _permute_out(m.a, torch.tensor([2, 1, 0, 3]))
+        permute_rows(m.a, torch.tensor([2, 1, 0, 3]))
     crossed = permuted_copy(model, across)
-    assert _different(model, crossed, inputs)
+    assert functions_differ(model, crossed, inputs)
     assert_not_isomorphic(pg, gc.compile(crossed, inputs))
 
 
@@ -233,12 +219,12 @@ def test_depthwise_conv():
     assert torch.unique(torch.stack([src, dst]), dim=1).shape[1] == 4
 
     p = torch.tensor([3, 2, 0, 1])
-    permuted = permuted_copy(model, lambda m: (_permute_out(m.pw1, p), _permute_out(m.dw, p),
-                                               _permute_in(m.pw2, p)))
+    permuted = permuted_copy(model, lambda m: (permute_rows(m.pw1, p), permute_rows(m.dw, p),
+                                               permute_cols(m.pw2, p)))
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))
-    only_dw = permuted_copy(model, lambda m: _permute_out(m.dw, p))
-    assert _different(model, only_dw, inputs)
+    only_dw = permuted_copy(model, lambda m: permute_rows(m.dw, p))
+    assert functions_differ(model, only_dw, inputs)
     assert_not_isomorphic(pg, gc.compile(only_dw, inputs))
 
 
@@ -275,7 +261,7 @@ def test_transposed_conv2d_with_groups():
     def within(m):
         m.t.weight.copy_(m.t.weight[:, q])
         m.t.bias.copy_(m.t.bias[p])
-        _permute_in(m.b, p)
+        permute_cols(m.b, p)
     permuted = permuted_copy(model, within)
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))
@@ -283,11 +269,11 @@ def test_transposed_conv2d_with_groups():
     def across(m):  # output channel 0 (group 0) <-> 3 (group 1)
         a = torch.tensor([3, 1, 2, 0, 4, 5])
         m.t.bias.copy_(m.t.bias[a])
-        _permute_in(m.b, a)
+        permute_cols(m.b, a)
         w = m.t.weight.clone()
         m.t.weight[0:2, 0], m.t.weight[2:4, 0] = w[2:4, 0], w[0:2, 0]
     crossed = permuted_copy(model, across)
-    assert _different(model, crossed, inputs)
+    assert functions_differ(model, crossed, inputs)
     assert_not_isomorphic(pg, gc.compile(crossed, inputs))
 
 
@@ -316,10 +302,10 @@ def test_transposed_conv_after_conv(dims, shape):
     p = torch.tensor([1, 3, 0, 2])  # a's channels = rows (dim 0) of t's weight
     q = torch.tensor([2, 0, 1])  # t's output channels = dim 1 of its weight
     def both(m):
-        _permute_out(m.a, p)
+        permute_rows(m.a, p)
         m.t.weight.copy_(m.t.weight[p][:, q])
         m.t.bias.copy_(m.t.bias[q])
-        _permute_in(m.b, q)
+        permute_cols(m.b, q)
     permuted = permuted_copy(model, both)
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))
@@ -327,5 +313,5 @@ def test_transposed_conv_after_conv(dims, shape):
     def taps(m):  # flip the kernel of one (input, output) pair of the transposed conv
         m.t.weight[0, 0] = m.t.weight[0, 0].flip(-1)
     flipped = permuted_copy(model, taps)
-    assert _different(model, flipped, inputs)
+    assert functions_differ(model, flipped, inputs)
     assert_not_isomorphic(pg, gc.compile(flipped, inputs))

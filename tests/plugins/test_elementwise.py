@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import gmn_compiler as gc
-from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
-                     assert_round_trip, assert_same_function, permuted_copy)
+from oracles import (assert_isomorphic, assert_not_isomorphic, assert_not_symmetry, assert_oracles,
+                     assert_round_trip, assert_same_function, assert_symmetry, functions_differ,
+                     permute_cols, permute_rows, permuted_copy)
 
 S = gc.schema
 ETYPE, SPATIAL = S.edge_column("type"), S.edge_column("spatial")
@@ -21,33 +22,6 @@ P5 = torch.tensor([3, 0, 4, 1, 2])
 
 def _etype(name):
     return S.code(S.EDGE_TYPES, name)
-
-
-def _different(a, b, inputs) -> bool:
-    with torch.no_grad():
-        return not torch.allclose(a.eval()(*inputs), b.eval()(*inputs), atol=1e-5)
-
-
-def _rows(layer, p):
-    layer.weight.copy_(layer.weight[p])
-    if layer.bias is not None:
-        layer.bias.copy_(layer.bias[p])
-
-
-def _cols(layer, p):
-    layer.weight.copy_(layer.weight[:, p])
-
-
-def _check_permutation(model, pg, inputs, permute):
-    permuted = permuted_copy(model, permute)
-    assert_same_function(model, permuted, inputs)
-    assert_isomorphic(pg, gc.compile(permuted, inputs))
-
-
-def _check_not_symmetry(model, pg, inputs, change):
-    changed = permuted_copy(model, change)
-    assert _different(model, changed, inputs)
-    assert_not_isomorphic(pg, gc.compile(changed, inputs))
 
 
 # ------------------------------------------------------------------ between activations
@@ -87,10 +61,10 @@ def test_binary_between_activations(kind):
     else:
         assert int((types == _etype(lhs)).sum()) == int((types == _etype(rhs)).sum()) == 5
     # permuting h permutes l2's rows and columns, and l3's columns
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, P5), _rows(m.l2, P5), _cols(m.l2, P5),
-                                                     _cols(m.l3, P5)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.l1, P5), permute_rows(m.l2, P5), permute_cols(m.l2, P5),
+                                                     permute_cols(m.l3, P5)))
     # l2's rows alone: the residual pairs unit i of l2 h with unit i of h
-    _check_not_symmetry(model, pg, inputs, lambda m: _rows(m.l2, P5))
+    assert_not_symmetry(model, pg, inputs, lambda m: permute_rows(m.l2, P5))
 
 
 def test_add_alpha_is_encoded():
@@ -98,7 +72,7 @@ def test_add_alpha_is_encoded():
     half = Residual(lambda a, b: torch.add(a, b, alpha=0.5)).eval()
     half.load_state_dict(one.state_dict())
     inputs = (torch.randn(3, 4),)
-    assert _different(one, half, inputs)
+    assert functions_differ(one, half, inputs)
     assert_not_isomorphic(gc.compile(one, inputs), gc.compile(half, inputs))
 
 
@@ -109,7 +83,7 @@ def test_non_commutative_operands_are_told_apart(kind):
     backward = Residual(lambda a, b: fn(b, a)).eval()
     backward.load_state_dict(forward.state_dict())
     inputs = (torch.randn(3, 4),)
-    assert _different(forward, backward, inputs)
+    assert functions_differ(forward, backward, inputs)
     assert_not_isomorphic(gc.compile(forward, inputs), gc.compile(backward, inputs))
 
 
@@ -128,10 +102,10 @@ def test_gating_ties_both_operands():
     model = Gated().eval()
     inputs = (torch.randn(3, 4),)
     pg = assert_oracles(model, inputs, trials=4)
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, P5), _rows(m.l2, P5), _cols(m.l3, P5)))
-    _check_not_symmetry(model, pg, inputs, lambda m: (_rows(m.l1, P5), _cols(m.l3, P5)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.l1, P5), permute_rows(m.l2, P5), permute_cols(m.l3, P5)))
+    assert_not_symmetry(model, pg, inputs, lambda m: (permute_rows(m.l1, P5), permute_cols(m.l3, P5)))
     # swapping the roles of gate and value changes the function and the graph
-    _check_not_symmetry(model, pg, inputs, lambda m: (
+    assert_not_symmetry(model, pg, inputs, lambda m: (
         m.l1.weight.copy_(m.l2.weight.clone()), m.l1.bias.copy_(m.l2.bias.clone()),
         m.l2.weight.copy_(model.l1.weight), m.l2.bias.copy_(model.l1.bias)))
 
@@ -160,9 +134,9 @@ def test_residual_sum_as_model_output_is_sound_and_pinned():
     pg = assert_round_trip(model, inputs)
     gc.check_symmetry(model, inputs, trials=4, graph=pg, completeness=False)
     p = torch.tensor([2, 0, 3, 1])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.h, p), _cols(m.b, p)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.h, p), permute_cols(m.b, p)))
     # a's output units cannot move: they are summed into pinned outputs
-    _check_not_symmetry(model, pg, inputs, lambda m: (_rows(m.a, torch.tensor([1, 0]))))
+    assert_not_symmetry(model, pg, inputs, lambda m: (permute_rows(m.a, torch.tensor([1, 0]))))
 
 
 # ------------------------------------------------------------------ scalar operands
@@ -197,7 +171,7 @@ def test_scalar_operands(name):
     assert int(sel.sum()) == 5
     assert bool((d.edge_attr[sel, 0] == value).all())
     assert bool((d.edge_param[sel] == -1).all())
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, P5), _cols(m.l2, P5)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.l1, P5), permute_cols(m.l2, P5)))
 
 
 def test_scalar_values_and_sides_are_encoded():
@@ -261,11 +235,11 @@ def test_vector_parameter_operands(cls, etype, pname):
     assert d.edge_index.shape[1] - int((d.edge_param < 0).sum()) == sum(p.numel() for p in model.parameters())
 
     def hidden(m):
-        _rows(m.l1, P5)
+        permute_rows(m.l1, P5)
         getattr(m, pname).copy_(getattr(m, pname)[P5])
-        _cols(m.l2, P5)
-    _check_permutation(model, pg, inputs, hidden)
-    _check_not_symmetry(model, pg, inputs, lambda m: getattr(m, pname).copy_(getattr(m, pname)[P5]))
+        permute_cols(m.l2, P5)
+    assert_symmetry(model, pg, inputs, hidden)
+    assert_not_symmetry(model, pg, inputs, lambda m: getattr(m, pname).copy_(getattr(m, pname)[P5]))
 
 
 def test_parameter_transformed_before_use_is_rejected_or_exact():
@@ -298,8 +272,8 @@ def test_parameter_viewed_over_channels():
     inputs = (torch.randn(1, 2, 5, 5),)
     pg = assert_oracles(model, inputs, trials=3)
     p = torch.tensor([2, 0, 1])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.a, p), m.gamma.copy_(m.gamma[p]), _cols(m.b, p)))
-    _check_not_symmetry(model, pg, inputs, lambda m: m.gamma.copy_(m.gamma[p]))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.a, p), m.gamma.copy_(m.gamma[p]), permute_cols(m.b, p)))
+    assert_not_symmetry(model, pg, inputs, lambda m: m.gamma.copy_(m.gamma[p]))
 
 
 class Positional(nn.Module):
@@ -323,10 +297,10 @@ def test_positional_table_over_tokens():
     assert int(sel.sum()) == 15
     # each entry pos[n, j] records its token n in the spatial column
     assert torch.equal(d.edge_attr[sel, SPATIAL].long(), d.edge_offset[sel] // 5)
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, P5), m.pos.copy_(m.pos[:, P5]),
-                                                     _cols(m.l2, P5)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.l1, P5), m.pos.copy_(m.pos[:, P5]),
+                                                     permute_cols(m.l2, P5)))
     # tokens are not interchangeable: permuting the table's rows is not a symmetry
-    _check_not_symmetry(model, pg, inputs, lambda m: m.pos.copy_(m.pos[torch.tensor([2, 0, 1])]))
+    assert_not_symmetry(model, pg, inputs, lambda m: m.pos.copy_(m.pos[torch.tensor([2, 0, 1])]))
 
 
 class PositionalOnInput(nn.Module):

@@ -15,8 +15,9 @@ from torch import nn
 import gmn_compiler as gc
 from gmn_compiler import symmetry
 from gmn_compiler.registry import load_registry
-from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
-                     assert_round_trip, assert_same_function, permuted_copy, randomize_buffers)
+from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles, assert_round_trip,
+                     assert_same_function, functions_differ, permute_cols, permute_norm,
+                     permute_rows, permuted_copy, randomize_buffers)
 
 S = gc.schema
 ROLE, ACT = S.node_column("role"), S.node_column("activation")
@@ -29,28 +30,6 @@ def _role(name):
 
 def _etype(name):
     return S.code(S.EDGE_TYPES, name)
-
-
-def _different(a, b, inputs) -> bool:
-    with torch.no_grad():
-        return not torch.allclose(a.eval()(*inputs), b.eval()(*inputs), atol=1e-5)
-
-
-def _permute_out(layer, p):
-    layer.weight.copy_(layer.weight[p])
-    if layer.bias is not None:
-        layer.bias.copy_(layer.bias[p])
-
-
-def _permute_in(layer, p):
-    layer.weight.copy_(layer.weight[:, p])
-
-
-def _permute_norm(norm, p):
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        tensor = getattr(norm, name, None)
-        if tensor is not None:
-            tensor.copy_(tensor[p])
 
 
 class Sandwich(nn.Module):
@@ -110,8 +89,8 @@ def test_norm_oracles_and_channel_permutation(case):
     assert members == (4 if n_groups else 0)
 
     p = torch.tensor([1, 0, 3, 2]) if n_groups else torch.tensor([2, 0, 3, 1])
-    permuted = permuted_copy(model, lambda m: (_permute_out(m.a, p), _permute_norm(m.norm, p),
-                                               _permute_in(m.b, p)))
+    permuted = permuted_copy(model, lambda m: (permute_rows(m.a, p), permute_norm(m.norm, p),
+                                               permute_cols(m.b, p)))
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))
 
@@ -123,7 +102,7 @@ def test_norm_parameters_permuted_alone_is_not_a_symmetry(case):
     pg = gc.compile(model, inputs)
     p = torch.tensor([1, 2, 3, 0])
     alone = permuted_copy(model, lambda m: m.norm.weight.copy_(m.norm.weight[p]))
-    assert _different(model, alone, inputs)
+    assert functions_differ(model, alone, inputs)
     assert_not_isomorphic(pg, gc.compile(alone, inputs))
 
 
@@ -142,7 +121,7 @@ def test_batch_norm_running_statistics_are_represented():
     # the running mean alone, permuted: a different function and a different graph
     p = torch.tensor([3, 2, 1, 0])
     moved = permuted_copy(model, lambda m: m.norm.running_mean.copy_(m.norm.running_mean[p]))
-    assert _different(model, moved, inputs)
+    assert functions_differ(model, moved, inputs)
     assert_not_isomorphic(pg, gc.compile(moved, inputs))
 
 
@@ -178,11 +157,11 @@ def test_layer_norm_over_channels_and_space(affine):
     p = torch.tensor([2, 0, 1])
 
     def channels(m):
-        _permute_out(m.a, p)
+        permute_rows(m.a, p)
         if affine:
             m.norm.weight.copy_(m.norm.weight[p])
             m.norm.bias.copy_(m.norm.bias[p])
-        _permute_in(m.b, p)
+        permute_cols(m.b, p)
     permuted = permuted_copy(model, channels)
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))
@@ -195,7 +174,7 @@ def test_layer_norm_over_channels_and_space(affine):
     assert torch.equal(d.edge_attr[sel, SPATIAL].long(), d.edge_offset[sel] % 9)
     # the weight's spatial layout matters: flipping it along W is not a symmetry
     flipped = permuted_copy(model, lambda m: m.norm.weight.copy_(m.norm.weight.flip(-1)))
-    assert _different(model, flipped, inputs)
+    assert functions_differ(model, flipped, inputs)
     assert_not_isomorphic(pg, gc.compile(flipped, inputs))
 
 
@@ -240,15 +219,15 @@ def test_group_norm_permutations():
     pg = gc.compile(model, inputs)
 
     def apply(p):
-        return permuted_copy(model, lambda m: (_permute_out(m.a, p), _permute_norm(m.norm, p),
-                                               _permute_in(m.b, p)))
+        return permuted_copy(model, lambda m: (permute_rows(m.a, p), permute_norm(m.norm, p),
+                                               permute_cols(m.b, p)))
     for p in (torch.tensor([1, 0, 2, 3, 5, 4]),  # within groups
               torch.tensor([4, 5, 0, 1, 2, 3])):  # whole groups
         permuted = apply(p)
         assert_same_function(model, permuted, inputs)
         assert_isomorphic(pg, gc.compile(permuted, inputs))
     crossed = apply(torch.tensor([2, 1, 0, 3, 4, 5]))  # channel 0 (group 0) <-> 2 (group 1)
-    assert _different(model, crossed, inputs)
+    assert functions_differ(model, crossed, inputs)
     assert_not_isomorphic(pg, gc.compile(crossed, inputs))
 
 
@@ -355,12 +334,12 @@ def test_group_norm_after_grouped_conv(norm_groups):
     # swapping two channels of one conv group (with everything that follows them) is a
     # symmetry whatever the GroupNorm's groups (2: same group; 1: one group; 4: whole groups)
     def apply(p):
-        return permuted_copy(model, lambda m: (_permute_out(m.a, p), _permute_norm(m.norm, p),
-                                               _permute_in(m.b, p)))
+        return permuted_copy(model, lambda m: (permute_rows(m.a, p), permute_norm(m.norm, p),
+                                               permute_cols(m.b, p)))
     permuted = apply(torch.tensor([1, 0, 2, 3]))
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))
     # across conv groups it is not: each conv group reads its own (pinned) input channel
     crossed = apply(torch.tensor([2, 1, 0, 3]))
-    assert _different(model, crossed, inputs)
+    assert functions_differ(model, crossed, inputs)
     assert_not_isomorphic(pg, gc.compile(crossed, inputs))

@@ -10,7 +10,7 @@ from torch import nn
 
 import gmn_compiler as gc
 from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
-                     assert_same_function, permuted_copy)
+                     assert_same_function, permute_cols, permute_rows, permuted_copy)
 
 S = gc.schema
 ACT = S.node_column("activation")
@@ -18,16 +18,6 @@ ACT = S.node_column("activation")
 
 def _code(name):
     return S.code(S.ACTIVATIONS, name)
-
-
-def _rows(layer, p):
-    layer.weight.copy_(layer.weight[p])
-    if layer.bias is not None:
-        layer.bias.copy_(layer.bias[p])
-
-
-def _cols(layer, p):
-    layer.weight.copy_(layer.weight[:, p])
 
 
 class Lambda(nn.Module):
@@ -91,7 +81,7 @@ def test_pooling(name):
 
     p = torch.tensor([2, 0, 3, 1])
     cols = (p.view(4, 1) * cells + torch.arange(cells)).reshape(-1)
-    permuted = permuted_copy(model, lambda m: (_rows(m.c, p), _cols(m.l, cols)))
+    permuted = permuted_copy(model, lambda m: (permute_rows(m.c, p), permute_cols(m.l, cols)))
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))
 
@@ -146,10 +136,10 @@ def test_reduction_over_tokens(name, reduce, recorded):
     pg = assert_oracles(model, inputs, trials=3)
     assert int((pg.data.x[:, ACT].long() == _code(recorded)).sum()) == 5
     p = torch.tensor([3, 0, 4, 1, 2])
-    permuted = permuted_copy(model, lambda m: (_rows(m.l1, p), _cols(m.l2, p)))
+    permuted = permuted_copy(model, lambda m: (permute_rows(m.l1, p), permute_cols(m.l2, p)))
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))
-    permuted = permuted_copy(model, lambda m: _rows(m.l1, p))
+    permuted = permuted_copy(model, lambda m: permute_rows(m.l1, p))
     assert_not_isomorphic(pg, gc.compile(permuted, inputs))
 
 
@@ -173,6 +163,6 @@ def test_reduction_over_the_neuron_axis_is_invariant():
     pg = assert_oracles(model, inputs, trials=3)
     assert pg.summary["reduce"]["nodes"] == 0
     p = torch.tensor([3, 0, 4, 1, 2])
-    permuted = permuted_copy(model, lambda m: (_rows(m.l1, p), _cols(m.l2, p)))
+    permuted = permuted_copy(model, lambda m: (permute_rows(m.l1, p), permute_cols(m.l2, p)))
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))

@@ -13,38 +13,12 @@ import torch
 from torch import nn
 
 import gmn_compiler as gc
-from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
-                     assert_round_trip, assert_same_function, permuted_copy)
+from oracles import (assert_isomorphic, assert_not_isomorphic, assert_not_symmetry, assert_oracles,
+                     assert_round_trip, assert_same_function, assert_symmetry, functions_differ,
+                     permute_cols, permute_rows, permuted_copy)
 
 S = gc.schema
 SPATIAL = S.edge_column("spatial")
-
-
-def _different(a, b, inputs) -> bool:
-    with torch.no_grad():
-        return not torch.allclose(a.eval()(*inputs), b.eval()(*inputs), atol=1e-5)
-
-
-def _rows(layer, p):
-    layer.weight.copy_(layer.weight[p])
-    if layer.bias is not None:
-        layer.bias.copy_(layer.bias[p])
-
-
-def _cols(layer, p):
-    layer.weight.copy_(layer.weight[:, p])
-
-
-def _check_permutation(model, pg, inputs, permute):
-    permuted = permuted_copy(model, permute)
-    assert_same_function(model, permuted, inputs)
-    assert_isomorphic(pg, gc.compile(permuted, inputs))
-
-
-def _check_not_symmetry(model, pg, inputs, change):
-    changed = permuted_copy(model, change)
-    assert _different(model, changed, inputs)
-    assert_not_isomorphic(pg, gc.compile(changed, inputs))
 
 
 # ------------------------------------------------------------------ cat / stack
@@ -65,9 +39,9 @@ def test_cat_of_equal_widths():
     inputs = (torch.randn(3, 4),)
     pg = assert_oracles(model, inputs, trials=3)
     p = torch.tensor([2, 0, 1])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.a, p), _cols(m.out, torch.cat([p, torch.arange(3, 6)]))))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.a, p), permute_cols(m.out, torch.cat([p, torch.arange(3, 6)]))))
     # the two halves of the concatenation are different branches: swapping them is not a symmetry
-    _check_not_symmetry(model, pg, inputs, lambda m: _cols(m.out, torch.tensor([3, 4, 5, 0, 1, 2])))
+    assert_not_symmetry(model, pg, inputs, lambda m: permute_cols(m.out, torch.tensor([3, 4, 5, 0, 1, 2])))
 
 
 def test_cat_of_different_widths():
@@ -76,8 +50,8 @@ def test_cat_of_different_widths():
     pg = assert_oracles(model, inputs, trials=3)
     assert pg.data.num_nodes == 4 + 3 + 2 + 2 + 3  # inputs, branches, outputs, bias nodes
     p, q = torch.tensor([2, 0, 1]), torch.tensor([1, 0])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.a, p), _rows(m.b, q),
-                                                     _cols(m.out, torch.cat([p, q + 3]))))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.a, p), permute_rows(m.b, q),
+                                                     permute_cols(m.out, torch.cat([p, q + 3]))))
 
 
 class Stack(nn.Module):
@@ -97,8 +71,8 @@ def test_stack_then_flatten():
     inputs = (torch.randn(3, 4),)
     pg = assert_oracles(model, inputs, trials=3)
     p = torch.tensor([1, 2, 0])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.a, p), _cols(m.out, torch.cat([p, torch.arange(3, 6)]))))
-    _check_not_symmetry(model, pg, inputs, lambda m: _cols(m.out, torch.tensor([3, 4, 5, 0, 1, 2])))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.a, p), permute_cols(m.out, torch.cat([p, torch.arange(3, 6)]))))
+    assert_not_symmetry(model, pg, inputs, lambda m: permute_cols(m.out, torch.tensor([3, 4, 5, 0, 1, 2])))
 
 
 def test_stack_then_sum_over_the_stacked_axis():
@@ -107,7 +81,7 @@ def test_stack_then_sum_over_the_stacked_axis():
     inputs = (torch.randn(3, 4),)
     pg = assert_oracles(model, inputs, trials=3)
     p = torch.tensor([1, 2, 0])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.a, p), _rows(m.b, p), _cols(m.out, p)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.a, p), permute_rows(m.b, p), permute_cols(m.out, p)))
 
 
 # ------------------------------------------------------------------ split / chunk / unbind
@@ -156,16 +130,16 @@ def test_split_is_sound_and_keeps_parts_apart(how):
     gc.check_symmetry(model, inputs, trials=4, graph=pg, completeness=False)
     if how == "split":
         p = torch.tensor([1, 0, 5, 2, 4, 3])  # within [0, 2) and within [2, 6)
-        _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, p), _cols(m.u, torch.tensor([1, 0])),
-                                                         _cols(m.v, torch.tensor([3, 0, 2, 1]))))
-        _check_not_symmetry(model, pg, inputs, lambda m: _rows(m.l1, torch.tensor([2, 1, 0, 3, 4, 5])))
+        assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.l1, p), permute_cols(m.u, torch.tensor([1, 0])),
+                                                         permute_cols(m.v, torch.tensor([3, 0, 2, 1]))))
+        assert_not_symmetry(model, pg, inputs, lambda m: permute_rows(m.l1, torch.tensor([2, 1, 0, 3, 4, 5])))
     else:
         q = torch.tensor([2, 0, 1])  # the same permutation of both halves keeps the pairing
-        _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, torch.cat([q, q + 3])), _cols(m.out, q)))
+        assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.l1, torch.cat([q, q + 3])), permute_cols(m.out, q)))
         # permuting one half alone breaks the pairing a[i] * b[i]
-        _check_not_symmetry(model, pg, inputs, lambda m: _rows(m.l1, torch.cat([q, torch.arange(3, 6)])))
+        assert_not_symmetry(model, pg, inputs, lambda m: permute_rows(m.l1, torch.cat([q, torch.arange(3, 6)])))
         # swapping the halves swaps the roles of relu(a) and b
-        _check_not_symmetry(model, pg, inputs, lambda m: _rows(m.l1, torch.tensor([3, 4, 5, 0, 1, 2])))
+        assert_not_symmetry(model, pg, inputs, lambda m: permute_rows(m.l1, torch.tensor([3, 4, 5, 0, 1, 2])))
 
 
 # ------------------------------------------------------------------ reshape family
@@ -188,9 +162,9 @@ def test_reshape_transpose_moves_ids_like_data():
     s = torch.arange(6).view(2, 3).t().reshape(6)  # y = h[s]
     p = torch.tensor([4, 0, 5, 1, 3, 2])
     q = torch.argsort(s)[p[s]]  # columns of l2 follow h's permutation through the shuffle
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, p), _cols(m.l2, q)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.l1, p), permute_cols(m.l2, q)))
     # the same permutation ignoring the shuffle is not a symmetry
-    _check_not_symmetry(model, pg, inputs, lambda m: (_rows(m.l1, p), _cols(m.l2, p)))
+    assert_not_symmetry(model, pg, inputs, lambda m: (permute_rows(m.l1, p), permute_cols(m.l2, p)))
 
 
 class SequenceTranspose(nn.Module):
@@ -211,8 +185,8 @@ def test_transpose_and_permute_of_channels():
     pg = assert_oracles(model, inputs, trials=3)
     assert pg.data.edge_index.shape[1] == sum(p.numel() for p in model.parameters())
     p, q = torch.tensor([3, 1, 0, 2]), torch.tensor([2, 0, 1])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.c1, p), _cols(m.lin, p), _rows(m.lin, q),
-                                                     _cols(m.c2, q)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.c1, p), permute_cols(m.lin, p), permute_rows(m.lin, q),
+                                                     permute_cols(m.c2, q)))
 
 
 class Unsqueezed(nn.Module):
@@ -234,7 +208,7 @@ def test_squeeze_unsqueeze_unflatten_flatten():
     assert pg.data.edge_index.shape[1] == sum(p.numel() for p in model.parameters())
     p = torch.tensor([3, 0, 4, 1, 2])
     q = torch.tensor([5, 2, 0, 1, 4, 3])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, p), _cols(m.c, p), _rows(m.c, q), _cols(m.l2, q)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.l1, p), permute_cols(m.c, p), permute_rows(m.c, q), permute_cols(m.l2, q)))
 
 
 class ConvView(nn.Module):
@@ -257,9 +231,9 @@ def test_view_of_a_feature_map_records_positions():
     assert torch.equal(d.edge_attr[sel, SPATIAL].long(), d.edge_offset[sel] % 4)
     p = torch.tensor([2, 0, 1])
     cols = (p.view(3, 1) * 4 + torch.arange(4)).reshape(-1)
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.c, p), _cols(m.l, cols)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.c, p), permute_cols(m.l, cols)))
     # moving one spatial position of the flattened map is not a symmetry
-    _check_not_symmetry(model, pg, inputs, lambda m: _cols(m.l, torch.tensor([1, 0] + list(range(2, 12)))))
+    assert_not_symmetry(model, pg, inputs, lambda m: permute_cols(m.l, torch.tensor([1, 0] + list(range(2, 12)))))
 
 
 class ClassToken(nn.Module):
@@ -279,7 +253,7 @@ def test_select_and_slice_over_tokens():
     inputs = (torch.randn(2, 4, 4),)
     pg = assert_oracles(model, inputs, trials=3)
     p = torch.tensor([3, 0, 4, 1, 2])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, p), _cols(m.l2, p)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.l1, p), permute_cols(m.l2, p)))
 
 
 class Centered(nn.Module):
@@ -299,7 +273,7 @@ def test_expand():
     inputs = (torch.randn(2, 3, 4),)
     pg = assert_oracles(model, inputs, trials=3)
     p = torch.tensor([3, 0, 4, 1, 2])
-    _check_permutation(model, pg, inputs, lambda m: (_rows(m.l1, p), _cols(m.l2, p)))
+    assert_symmetry(model, pg, inputs, lambda m: (permute_rows(m.l1, p), permute_cols(m.l2, p)))
 
 
 # ------------------------------------------------------------------ identities
