@@ -59,6 +59,14 @@ class LoweringContext:
         return LoweringError(f"{where}: {message}")
 
     # ------------------------------------------------------------ node policy
+    def lower_as(self, kind: str, op: Op) -> None:
+        """Lower ``op`` with the rule registered for ``kind`` (a rule delegating a case it
+        does not handle, e.g. matmul between activations, to the plugin that does)."""
+        entry = self.registry.rule(kind)
+        if entry is None:
+            raise self.error(f"no rule registered for {kind!r}, which this op needs")
+        entry.rule(self, op)
+
     def exclusive(self, value: Value) -> bool:
         """True when this op is the only value-changing consumer of ``value`` and of every
         value sharing its nodes, so the op's output may reuse those nodes."""

@@ -69,6 +69,8 @@ EDGE_TYPES: tuple[str, ...] = (
     "tie",
     "head_member",
     "group_conv_member",
+    "contract",  # q -> k: the two entries a contraction over a neuron axis multiplies
+    "copy",  # one-to-one copy into fresh nodes (e.g. a K/V head read by several query heads)
 )
 
 

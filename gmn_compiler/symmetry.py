@@ -1,9 +1,10 @@
 """Correctness oracles 2 and 3 (DESIGN §4): soundness and completeness of a graph's symmetries.
 
 - **Soundness**: a random automorphism of the graph's *structure* (every feature except the
-  edge value) is found with VF2 on a copy whose node order is shuffled; each edge's value is
-  moved along it, the result decompiled, loaded into a copy of the model and run. The
-  outputs must equal the original's (checked in float64).
+  edge value) is found by individualization–refinement (:mod:`gmn_compiler.automorphisms`);
+  each edge's value is moved along it, the result decompiled, loaded into a copy of the
+  model and run. The outputs must equal the original's (checked in float64, or through
+  onnxruntime for ONNX models).
 - **Completeness**: for every set of nodes a rule declared permutable (hidden units of a
   linear layer, channels of a conv, within each group), a random permutation of the set must
   extend to an automorphism of the structure — and that automorphism must be sound too.
@@ -12,16 +13,12 @@
 from __future__ import annotations
 
 import copy
-import signal
-import threading
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import networkx as nx
 import torch
-from networkx.algorithms import isomorphism
 
+from .automorphisms import random_automorphism
 from .errors import DecompileError, SymmetryError
 from .graph import ParameterGraph
 
@@ -34,29 +31,6 @@ class SymmetryReport:
     identity_automorphisms: int
     symmetries_checked: list[str]
     max_abs_error: float
-
-
-class _Timeout(Exception):
-    pass
-
-
-@contextmanager
-def _time_limit(seconds: float | None):
-    """Interrupt the block after ``seconds`` (main thread only; elsewhere no limit)."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise _Timeout()
-
-    previous = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def structure_graph(pg: ParameterGraph) -> nx.DiGraph:
@@ -74,75 +48,16 @@ def structure_graph(pg: ParameterGraph) -> nx.DiGraph:
         g.add_node(n, f=tuple(row))
     for (u, v), fs in labels.items():
         g.add_edge(u, v, f=tuple(sorted(fs)))
-    for n, color in refine_colors(g).items():
-        g.nodes[n]["f"] = (g.nodes[n]["f"], color)
     return g
-
-
-def refine_colors(g: nx.DiGraph) -> dict[int, int]:
-    """Stable colour refinement (1-WL with edge labels and directions). Every automorphism
-    maps a node to a node of the same colour, so matching colours prunes VF2 without losing
-    automorphisms."""
-    palette: dict = {}
-    colors = {n: palette.setdefault(g.nodes[n]["f"], len(palette)) for n in g.nodes}
-    count = len(palette)
-    while True:
-        palette = {}
-        new = {}
-        for n in g.nodes:
-            signature = (colors[n],
-                         tuple(sorted((g.edges[n, m]["f"], colors[m]) for m in g.successors(n))),
-                         tuple(sorted((g.edges[m, n]["f"], colors[m]) for m in g.predecessors(n))))
-            new[n] = palette.setdefault(signature, len(palette))
-        colors = new
-        if len(palette) == count:
-            return colors
-        count = len(palette)
-
-
-def _shuffled_copy(g: nx.DiGraph, rng: torch.Generator, pins: dict[int, int] | None) -> nx.DiGraph:
-    order = torch.randperm(g.number_of_nodes(), generator=rng).tolist()
-    nodes = list(g.nodes)
-    h = nx.DiGraph()
-    for i in order:
-        n = nodes[i]
-        h.add_node(n, **g.nodes[n])
-        if pins and n in pins:
-            h.nodes[n]["pin"] = pins[n]
-    edges = list(g.edges(data=True))
-    for i in torch.randperm(len(edges), generator=rng).tolist():
-        u, v, attrs = edges[i]
-        h.add_edge(u, v, **attrs)
-    return h
 
 
 def find_automorphism(g: nx.DiGraph, rng: torch.Generator, *, constraint: dict[int, int] | None = None,
                       timeout: float | None = 30.0) -> dict[int, int] | None:
     """A random automorphism of ``g`` as ``{node: image}``; with ``constraint``
     (``{node: required image}``) one that extends it. ``None`` if none exists or none was
-    found within ``timeout`` seconds."""
-    g1 = g
-    if constraint:
-        g1 = g.copy()
-        for i, (node, image) in enumerate(constraint.items()):
-            g1.nodes[node]["pin"] = i
-        pins = {image: i for i, (node, image) in enumerate(constraint.items())}
-    else:
-        pins = None
-    g2 = _shuffled_copy(g, rng, pins)
-
-    def node_match(a, b):
-        return a["f"] == b["f"] and a.get("pin") == b.get("pin")
-
-    def edge_match(a, b):
-        return a["f"] == b["f"]
-
-    matcher = isomorphism.DiGraphMatcher(g1, g2, node_match=node_match, edge_match=edge_match)
-    try:
-        with _time_limit(timeout):
-            return next(matcher.isomorphisms_iter(), None)
-    except _Timeout:
-        return None
+    found within ``timeout`` seconds (individualization–refinement, see
+    :mod:`gmn_compiler.automorphisms`)."""
+    return random_automorphism(g, rng, constraint=constraint, timeout=timeout)
 
 
 def move_edge_values(pg: ParameterGraph, mapping: dict[int, int], rng: torch.Generator) -> torch.Tensor:

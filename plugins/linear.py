@@ -64,12 +64,13 @@ def _addmm(bias, a, b, beta=1, alpha=1):
 
 
 def lower_matmul(ctx, op) -> None:
+    """With a parameter: a linear layer. Between two activations: a contraction, lowered by
+    the rule registered for kind ``contract`` (built-in: plugins/attention.py)."""
     inputs = op.inputs
     if len(inputs) == 3 and isinstance(inputs[1], ParamRef):
         lower_linear(ctx, op)
         return
-    raise ctx.error("matmul between two activations is not supported yet (attention support "
-                    "is tracked in issue 4); write a plugin for this model's contraction")
+    ctx.lower_as("contract", op)
 
 
 def _onnx_gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
