@@ -79,8 +79,10 @@ class BuiltGraph:
 class GraphBuilder:
     """Collects the nodes and edges of one parameter graph."""
 
-    def __init__(self, sources: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, sources: dict[str, torch.Tensor] | None = None,
+                 aliases: dict[str, tuple[str, ...]] | None = None) -> None:
         self._sources = sources or {}
+        self._aliases = aliases or {}
         self._columns = {c: _Column() for c in schema.NODE_COLUMNS}
         self.blocks: list[EdgeBlock] = []
         self.params: list[ParamInfo] = []
@@ -125,7 +127,8 @@ class GraphBuilder:
         if name not in self._param_index:
             tensor = self._sources[name]
             self._param_index[name] = len(self.params)
-            self.params.append(ParamInfo(name, tuple(tensor.shape), tensor.dtype, kind))
+            self.params.append(ParamInfo(name, tuple(tensor.shape), tensor.dtype, kind,
+                                         tuple(self._aliases.get(name, ()))))
             self._param_dtypes.add(tensor.dtype)
         return self._param_index[name]
 
@@ -202,8 +205,23 @@ class GraphBuilder:
                     self.add_edges((int(keep.sum()),), ties[keep], node_of[keep], "tie",
                                    kernel=(torch.tensor(axis),))
 
+    def keep_unrepresented_entries(self) -> None:
+        """Record the source tensor of every parameter some of whose entries no edge carries
+        (only views — slices, lookups — can leave entries out)."""
+        viewed = {b.param for b in self.blocks if b.param >= 0 and b.offsets is not None}
+        for index in viewed:
+            info = self.params[index]
+            seen = torch.zeros(math.prod(info.shape), dtype=torch.bool)
+            for b in self.blocks:
+                if b.param == index:
+                    offsets = b.offsets if b.offsets is not None else torch.arange(b.count)
+                    seen[offsets.reshape(-1)] = True
+            if not bool(seen.all()):
+                info.fill = self._sources[info.name].detach().clone()
+
     def finalize(self) -> BuiltGraph:
         self.tie_shared_params()
+        self.keep_unrepresented_entries()
         total = sum(b.count for b in self.blocks)
         dtype = torch.float64 if torch.float64 in self._param_dtypes else torch.float32
         edge_index = _empty((2, total), torch.long)

@@ -40,7 +40,9 @@ class ParameterGraph:
         """Parameters and buffers rebuilt from one value per edge (shape ``[E]``).
 
         Returns every parameter and buffer the graph represents, under the model's own names,
-        shapes and dtypes. Structural edges are ignored. Where a parameter is represented by
+        shapes and dtypes. Structural edges are ignored. Entries of a parameter that no edge
+        carries (rows of a positional table beyond the example input's length) keep their
+        source values, which the graph stores for that purpose. Where a parameter is represented by
         several edges (a shared parameter, a parameter broadcast onto several nodes), all its
         copies must hold the same value, else :class:`DecompileError` is raised. Tensors the
         graph does not represent (unused parameters, integer buffers such as BatchNorm's
@@ -60,6 +62,9 @@ class ParameterGraph:
         total = int(numels.sum())
         counts = torch.bincount(flat_index, minlength=total)
         flat = torch.empty(total, dtype=vals.dtype)
+        for i, info in enumerate(self.params):
+            if info.fill is not None:  # entries no edge carries keep their source value
+                flat[int(base[i]):int(base[i]) + int(numels[i])] = info.fill.reshape(-1).to(vals.dtype)
         flat[flat_index] = vals
         if bool((counts > 1).any()):
             low = torch.full((total,), float("inf"), dtype=vals.dtype).scatter_reduce(0, flat_index, vals, "amin")
@@ -75,9 +80,11 @@ class ParameterGraph:
             if info.kind == "constant" and not include_constants:
                 continue
             start, n = int(base[i]), int(numels[i])
-            if bool((counts[start:start + n] == 0).any()):
+            if info.fill is None and bool((counts[start:start + n] == 0).any()):
                 raise DecompileError(f"parameter {info.name!r} is only partly represented in the graph")
             out[info.name] = flat[start:start + n].view(info.shape).to(info.dtype).clone()
+            for alias in info.aliases:  # tied weights: every name of the tensor
+                out[alias] = out[info.name]
         return out
 
     def _param_at(self, flat: int, base: torch.Tensor) -> str:
@@ -129,7 +136,8 @@ class ParameterGraph:
             "x": d.x, "edge_index": d.edge_index, "edge_attr": d.edge_attr,
             "edge_param": d.edge_param, "edge_offset": d.edge_offset, "num_nodes": int(d.num_nodes),
             "params": [{"name": p.name, "shape": list(p.shape), "dtype": _dtype_name(p.dtype),
-                        "kind": p.kind} for p in self.params],
+                        "kind": p.kind, "aliases": list(p.aliases), "fill": p.fill}
+                       for p in self.params],
             "summary": self.summary,
         }
 
@@ -147,8 +155,8 @@ class ParameterGraph:
             raise CompileError(f"graph uses schema v{version}; this gmn-compiler reads v{schema.SCHEMA_VERSION}")
         data = Data(x=d["x"], edge_index=d["edge_index"], edge_attr=d["edge_attr"],
                     edge_param=d["edge_param"], edge_offset=d["edge_offset"], num_nodes=d["num_nodes"])
-        params = [ParamInfo(p["name"], tuple(p["shape"]), getattr(torch, p["dtype"]), p["kind"])
-                  for p in d["params"]]
+        params = [ParamInfo(p["name"], tuple(p["shape"]), getattr(torch, p["dtype"]), p["kind"],
+                            tuple(p.get("aliases", ())), p.get("fill")) for p in d["params"]]
         return cls(data, params, d.get("summary", {}), d.get("source", "torch"))
 
     def __repr__(self) -> str:

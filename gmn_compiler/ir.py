@@ -22,6 +22,7 @@ class Value:
     shape: tuple[int, ...]
     dtype: torch.dtype = torch.float32
     name: str = ""
+    constant: torch.Tensor | None = None  # its value, when computed from constants only
 
     def __repr__(self) -> str:
         return f"Value({self.name or self.id}, {list(self.shape)})"
@@ -95,6 +96,10 @@ class ParamInfo:
     shape: tuple[int, ...]
     dtype: torch.dtype
     kind: str  # "parameter" | "buffer" | "constant"
+    aliases: tuple[str, ...] = ()  # other names of the same tensor (tied weights)
+    # The source tensor, kept only when some of its entries have no edge (a positional table
+    # longer than the example input): decompiling fills those entries from it.
+    fill: torch.Tensor | None = None
 
 
 @dataclass(eq=False)
@@ -106,6 +111,7 @@ class IRGraph:
     param_kinds: dict[str, str]
     input_neuron_axes: dict[int, int | None] = field(default_factory=dict)  # Value.id -> axis
     source: str = "torch"
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> other names
 
     def consumers(self) -> dict[int, int]:
         """Number of uses of each value id (a model output counts as one use)."""

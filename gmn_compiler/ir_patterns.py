@@ -1,6 +1,9 @@
 """IR rewrites that turn decomposed spellings of a layer back into the layer's own op, so that
 every spelling compiles to the same graph.
 
+- A linear layer without bias whose only consumer adds a parameter vector of its output
+  size (``x @ W + b``; ONNX ``MatMul`` + ``Add``, also behind a ``Transpose`` of the
+  weight)  ⇒  one linear layer with bias, as ``nn.Linear`` gives.
 - GroupNorm as written by the TorchScript ONNX exporter: ``reshape [N, C, ...] -> [N, G, -1]``
   → ``instance_norm`` with unit scale and zero shift → ``reshape`` back → ``mul`` by the
   weight → ``add`` the bias  ⇒  one ``group_norm`` op.
@@ -80,3 +83,34 @@ def fuse_group_norm(ir: IRGraph) -> IRGraph:
     if replace:
         ir.ops = [replace.get(id(op), op) for op in ir.ops if id(op) not in drop]
     return ir
+
+
+def fuse_linear_bias(ir: IRGraph) -> IRGraph:
+    consumer = _single_consumer(ir)
+    replace: dict[int, Op] = {}
+    drop: set[int] = set()
+    for op in ir.ops:
+        if op.kind not in ("linear", "matmul") or len(op.inputs) != 3 or op.inputs[2] is not None:
+            continue
+        weight = op.inputs[1]
+        if not isinstance(weight, ParamRef) or op.attrs.get("axis", -1) % len(op.output.shape) != len(op.output.shape) - 1:
+            continue
+        add = consumer.get(op.output.id)
+        if add is None or add.kind != "add" or add.attrs.get("alpha", 1) != 1:
+            continue
+        bias = add.inputs[1] if add.inputs[0] is op.output else add.inputs[0]
+        out_features = weight.shape[0]
+        if not isinstance(bias, ParamRef) or bias.tensor.numel() != out_features or bias.shape[-1] != out_features:
+            continue
+        fused = Op("linear", [op.inputs[0], weight, bias.apply(lambda t: t.reshape(out_features))],
+                   [add.output], dict(op.attrs), op.location, op.target)
+        replace[id(add)] = fused
+        drop.add(id(op))
+    if replace:
+        ir.ops = [replace.get(id(op), op) for op in ir.ops if id(op) not in drop]
+    return ir
+
+
+def normalize(ir: IRGraph) -> IRGraph:
+    """Every rewrite above, in order; run by both frontends."""
+    return fuse_group_norm(fuse_linear_bias(ir))

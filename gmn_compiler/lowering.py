@@ -154,13 +154,14 @@ class LoweringContext:
         return node
 
     def attach_param(self, layout: Layout, shape: tuple[int, ...], ref: ParamRef, etype: str,
-                     role: str) -> None:
+                     role: str, spatial: torch.Tensor | None = None) -> None:
         """Edges from one new auxiliary node (``role``) to the nodes of ``layout``, carrying
         ``ref`` broadcast against a value of ``shape`` as torch broadcasting would.
 
         Where the parameter varies along a free axis (a positional table over tokens, a
         LayerNorm weight over (C, H, W)), the edge records the flat position along those
-        axes in the ``spatial`` column.
+        axes in the ``spatial`` column; ``spatial`` (broadcastable to the parameter, aligned
+        to ``shape``) overrides that position.
         """
         ndim = len(shape)
         if ref.tensor.dim() > ndim:
@@ -168,9 +169,11 @@ class LoweringContext:
                              f"the activation {list(shape)}")
         ref = ref.apply(lambda t: t.reshape((1,) * (ndim - t.dim()) + tuple(t.shape)))
         lay = L.align(layout, ndim)
+        ref = _drop_broadcast_axes(ref, lay)
         grid = tuple(torch.broadcast_shapes(ref.shape, tuple(lay.ids.shape)))
         free = [a for a in range(ndim) if ref.shape[a] > 1 and lay.ids.shape[a] == 1]
-        spatial = None
+        if spatial is not None:
+            free = []
         if free and lay.pos is not None:
             raise self.error(f"parameter {ref.name} varies along free axes {free} of an "
                              "activation whose neuron axis already merges free positions")
@@ -182,13 +185,26 @@ class LoweringContext:
                 view[axis] = grid[axis]
                 spatial = spatial + torch.arange(grid[axis]).view(view) * stride
                 stride *= grid[axis]
-        elif lay.pos is not None:
+        elif lay.pos is not None and spatial is None:
             spatial = lay.pos
         aux = self.builder.add_nodes(1, role, self.builder.depth_of(lay.ids.reshape(-1)))
         if grid != ref.shape:
             ref = ref.apply(lambda t: t.expand(grid))
         self.builder.add_edges(grid, aux.view((1,) * ndim), lay.ids, etype, param=ref,
                                spatial=spatial)
+
+
+def _drop_broadcast_axes(ref: ParamRef, layout: Layout) -> ParamRef:
+    """Narrow to one entry every free axis along which ``ref`` only repeats itself (an
+    ``expand`` over the batch), so the graph does not depend on the example's batch size."""
+    offsets = ref.flat_offsets()
+    for axis in range(offsets.dim()):
+        if offsets.shape[axis] > 1 and layout.ids.shape[axis] == 1:
+            first = offsets.narrow(axis, 0, 1)
+            if bool((offsets == first).all()):
+                ref = ref.apply(lambda t, axis=axis: t.narrow(axis, 0, 1))
+                offsets = ref.flat_offsets()
+    return ref
 
 
 class _AliasFamilies:
@@ -272,7 +288,7 @@ def lower(ir: IRGraph, registry: Registry) -> tuple[BuiltGraph, LoweringContext]
     missing = unsupported_ops(ir, registry)
     if missing:
         raise UnsupportedOpsError(missing)
-    builder = GraphBuilder(ir.params)
+    builder = GraphBuilder(ir.params, ir.aliases)
     ctx = LoweringContext(ir, registry, builder)
     _create_inputs(ctx)
     summary: dict[str, dict[str, int]] = {}

@@ -42,6 +42,7 @@ NODE_ROLES: tuple[str, ...] = (
     "param_operand",  # a parameter used as an activation operand (layer scale, pos. table)
     "tie",  # ties the node sets of the uses of a shared parameter
     "head",  # one per attention head
+    "token",  # one per vocabulary entry of an embedding table (fixed position = its index)
 )
 
 ACTIVATIONS: tuple[str, ...] = (
@@ -50,7 +51,7 @@ ACTIVATIONS: tuple[str, ...] = (
     "sin", "cos", "exp", "log", "abs", "neg", "sqrt", "rsqrt", "square", "reciprocal",
     "softmax", "log_softmax", "layer_norm", "instance_norm", "avg_pool", "max_pool",
     "clamp", "sign", "erf", "logsigmoid", "softsign", "tanhshrink", "prelu", "identity",
-    "sum_pool", "group_norm",
+    "sum_pool", "group_norm", "rms_norm",
 )
 
 EDGE_TYPES: tuple[str, ...] = (
@@ -71,6 +72,9 @@ EDGE_TYPES: tuple[str, ...] = (
     "group_conv_member",
     "contract",  # q -> k: the two entries a contraction over a neuron axis multiplies
     "copy",  # one-to-one copy into fresh nodes (e.g. a K/V head read by several query heads)
+    "embedding",  # token -> embedding dim, carrying the table entry
+    "rms_weight",
+    "param_cat",  # a parameter concatenated to an activation along a free axis (class token)
 )
 
 

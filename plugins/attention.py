@@ -52,7 +52,21 @@ def contract_neurons(ctx, a_ids: torch.Tensor, b_ids: torch.Tensor) -> torch.Ten
     builder.add_edges(grid, a_k, b_k, "contract")
     builder.add_edges(grid, heads.unsqueeze(-1), a_k, "head_member")
     builder.add_edges(grid, heads.unsqueeze(-1), b_k, "head_member")
+    _declare_head_symmetries(ctx, heads, a_k, b_k)
     return heads.reshape(tuple(batch) + (1, 1))
+
+
+def _declare_head_symmetries(ctx, heads: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor) -> None:
+    """The q and k nodes are no longer freely permutable (a projection's "hidden units"
+    claim is withdrawn); what holds instead: permute whole heads, and q/k dims inside a head
+    (the extension moves k with q)."""
+    ctx.withdraw_symmetries(a_k)
+    ctx.withdraw_symmetries(b_k)
+    if heads.numel() > 1:
+        ctx.declare_symmetry(heads.reshape(-1), "attention heads")
+    q = a_k.reshape(heads.numel(), -1)
+    if torch.unique(q).numel() == q.numel() and q.shape[1] > 1:
+        ctx.declare_symmetry(q.reshape(-1), "query/key dims within each head", groups=heads.numel())
 
 
 def weighted_sum(ctx, weights: torch.Tensor | None, v: Value, v_ids: torch.Tensor, out_ndim: int) -> L.Layout:
@@ -62,6 +76,7 @@ def weighted_sum(ctx, weights: torch.Tensor | None, v: Value, v_ids: torch.Tenso
     fresh output nodes, fed by ``copy`` edges, since different heads give different sums."""
     if v_ids.shape[-2] != 1:
         raise ctx.error("contracting an axis of v that carries neurons is not supported")
+    ctx.withdraw_symmetries(v_ids)
     if weights is None:
         return L.align(ctx.own(v), out_ndim)
     if weights.shape[-1] != 1 or weights.shape[-2] != 1:
@@ -75,6 +90,10 @@ def weighted_sum(ctx, weights: torch.Tensor | None, v: Value, v_ids: torch.Tenso
     if uniq.numel() == torch.unique(o_full).numel():  # every v node meets one head: reuse
         own = L.align(ctx.own(v), out_ndim).ids
         ctx.builder.add_edges(grid, w.unsqueeze(-1), own[..., 0, :], "head_member")
+        per_head = own[..., 0, :].expand(grid).reshape(-1, grid[-1])
+        if torch.unique(per_head).numel() == per_head.numel() and grid[-1] > 1:
+            ctx.declare_symmetry(per_head.reshape(-1), "value dims within each head",
+                                 groups=per_head.shape[0])
         return L.Layout(own)
     heads, sources = uniq // n, uniq % n
     fresh = ctx.builder.add_nodes(uniq.numel(), "neuron", ctx.builder.depth_of(sources) + 1)

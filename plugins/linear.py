@@ -82,10 +82,6 @@ def _onnx_gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
     return [a, weight, c], {}
 
 
-def _onnx_matmul_add(x, weight, bias):
-    return [x, weight.apply(lambda t: t.t()), bias], {}
-
-
 @hookimpl
 def gmn_register(registry) -> None:
     registry.add_rule("linear", lower_linear)
@@ -96,4 +92,3 @@ def gmn_register(registry) -> None:
     registry.map_aten("aten.addmm.default", "matmul", _addmm)
     registry.map_onnx("Gemm", "linear", _onnx_gemm)
     registry.map_onnx("MatMul", "matmul", _matmul)
-    registry.map_onnx("MatMulAdd", "linear", _onnx_matmul_add, domain="gmn")

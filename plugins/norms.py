@@ -83,6 +83,17 @@ def lower_layer_norm(ctx, op) -> None:
     _set_main_output(ctx, op, layout)
 
 
+def lower_rms_norm(ctx, op) -> None:
+    """inputs ``[x, weight | None]``; attrs ``normalized_shape``."""
+    x, weight = (list(op.inputs) + [None, None])[:2]
+    layout = ctx.derive(x, "rms_norm")
+    if layout is None:
+        raise ctx.error("RMS norm input carries no neurons")
+    if weight is not None:
+        ctx.attach_param(layout, x.shape, weight, "rms_weight", "norm_weight")
+    _set_main_output(ctx, op, layout)
+
+
 def lower_group_norm(ctx, op) -> None:
     """inputs ``[x, weight | None, bias | None]``; attrs ``num_groups``."""
     x, weight, bias = (list(op.inputs) + [None] * 3)[:3]
@@ -134,6 +145,14 @@ def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=T
     return [x, weight, bias], {"num_groups": num_groups, "eps": eps}
 
 
+def _rms_norm(x, normalized_shape, weight=None, eps=None):
+    return [x, weight], {"normalized_shape": list(normalized_shape), "eps": eps}
+
+
+def _onnx_rms_norm(x, scale, axis=-1, epsilon=1e-5, stash_type=1):
+    return [x, scale], {"normalized_shape": list(x.shape[axis:]), "eps": epsilon}
+
+
 def _native_group_norm(x, weight, bias, n, c, hxw, group, eps):
     return [x, weight, bias], {"num_groups": group, "eps": eps}
 
@@ -169,6 +188,9 @@ def gmn_register(registry) -> None:
     registry.add_rule("instance_norm", lower_instance_norm)
     registry.add_rule("layer_norm", lower_layer_norm)
     registry.add_rule("group_norm", lower_group_norm)
+    registry.add_rule("rms_norm", lower_rms_norm)
+    registry.map_aten("aten.rms_norm.default", "rms_norm", _rms_norm)
+    registry.map_onnx("RMSNormalization", "rms_norm", _onnx_rms_norm)
     registry.map_aten("aten.batch_norm.default", "batch_norm", _batch_norm)
     registry.map_aten("aten._native_batch_norm_legit_no_training.default", "batch_norm",
                       _native_bn_no_training)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from gmn_compiler import layout as L
+from gmn_compiler.ir import ParamRef, Value
 from gmn_compiler.registry import hookimpl
 
 
@@ -78,6 +79,9 @@ def lower_cat(ctx, op) -> None:
     if _keep_none(ctx, op):
         return
     parts = op.inputs[0]
+    if any(isinstance(p, ParamRef) for p in parts):
+        _cat_with_params(ctx, op, parts)
+        return
     layouts = [ctx.layout(v) for v in parts]
     if any(l is None for l in layouts):
         raise ctx.error("concatenating a value without neurons (a constant or an invariant "
@@ -90,6 +94,36 @@ def lower_cat(ctx, op) -> None:
     else:
         shapes = [tuple(v.shape) for v in parts]
     ctx.set_layout(op.output, L.cat([L.align(l, ndim) for l in layouts], shapes, dim))
+
+
+def _cat_with_params(ctx, op, parts) -> None:
+    """``cat([cls_token, x], dim=tokens)``: parameters concatenated to activations along a
+    free axis. The activations must share their nodes; each parameter part is attached to
+    them (``param_cat`` edges) with its position along ``dim`` in the ``spatial`` column."""
+    ndim = len(op.output.shape)
+    dim = op.attrs.get("dim", 0) % ndim
+    if op.attrs.get("stack"):
+        raise ctx.error("stacking parameters with activations is not supported")
+    values = [p for p in parts if isinstance(p, Value)]
+    layouts = [ctx.layout(v) for v in values]
+    if not values or any(l is None for l in layouts):
+        raise ctx.error("concatenating parameters needs an activation with neurons among the parts")
+    aligned = [L.align(l, ndim) for l in layouts]
+    base = aligned[0]
+    if any(l.ids.shape[dim] > 1 for l in aligned) or any(
+            not torch.equal(*torch.broadcast_tensors(l.ids, base.ids)) for l in aligned[1:]):
+        raise ctx.error("concatenating parameters along a neuron axis, or with activations "
+                        "on different nodes, is not supported")
+    start = 0
+    for part in parts:
+        size = (part.shape if isinstance(part, ParamRef) else part.shape)[dim - ndim + len(part.shape)]
+        if isinstance(part, ParamRef):
+            view = [1] * ndim
+            view[dim] = size
+            position = (start + torch.arange(size)).view(view)
+            ctx.attach_param(base, op.output.shape, part, "param_cat", "param_operand", spatial=position)
+        start += size
+    ctx.set_layout(op.output, L.compress_layout(base))
 
 
 def lower_split(ctx, op) -> None:
@@ -125,8 +159,11 @@ def lower_index_select(ctx, op) -> None:
 
 
 def lower_gather(ctx, op) -> None:
-    """Gather with constant indices: a ``select`` (scalar index) or ``index_select``."""
-    if op.attrs["kind"] == "select":
+    """Gather with constant indices: a ``select`` (scalar index) or ``index_select``; on an
+    initializer indexed by activations: an embedding lookup."""
+    if op.attrs["kind"] == "embedding":
+        ctx.lower_as("embedding", op)
+    elif op.attrs["kind"] == "select":
         lower_select(ctx, op)
     else:
         lower_index_select(ctx, op)
@@ -210,6 +247,8 @@ def _onnx_split(x, split=None, axis=0, num_outputs=None):
 
 
 def _onnx_gather(x, indices, axis=0):
+    if isinstance(x, ParamRef) and axis == 0:  # a table indexed by token ids
+        return [x, indices], {"kind": "embedding"}
     if not isinstance(indices, (int, torch.Tensor)):
         return [x, indices], {"unsupported": "Gather with indices computed from activations"}
     indices = torch.as_tensor(indices)

@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import CompileError
 from ..ir import IRGraph, Op, ParamRef, Value
-from ..ir_patterns import fuse_group_norm
+from ..ir_patterns import normalize
 from ..registry import Registry
 from . import onnx_patterns
 
@@ -222,7 +222,7 @@ class _Converter:
         for index, node in enumerate(nodes):
             self._convert_node(node, index)
         outputs = [self.env[o.name] for o in graph.output if isinstance(self.env.get(o.name), Value)]
-        return fuse_group_norm(IRGraph(inputs, outputs, self.ops, self.tensors, self.kinds, axes, "onnx"))
+        return normalize(IRGraph(inputs, outputs, self.ops, self.tensors, self.kinds, axes, "onnx"))
 
     def _new_value(self, name: str, array: np.ndarray) -> Value:
         self.next_id += 1

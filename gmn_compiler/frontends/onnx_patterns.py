@@ -1,9 +1,8 @@
 """ONNX graph rewrites applied before lowering, and layout ops on initializers.
 
-- :func:`fuse` merges exporter spellings into the op the torch frontend sees, so both
-  frontends give the same graph: ``MatMul`` + ``Add`` (1-D initializer) → one linear layer
-  with bias (synthetic node ``gmn::MatMulAdd``); the Erf GELU subgraph
-  ``0.5 · x · (1 + erf(x / √2))`` → ``Gelu``.
+- :func:`fuse` merges the Erf GELU subgraph ``0.5 · x · (1 + erf(x / √2))`` (three
+  exporter spellings) into ``Gelu``, the op the torch frontend sees. (``MatMul`` + ``Add``
+  is fused at IR level, :mod:`gmn_compiler.ir_patterns`, for both frontends.)
 - :func:`transform_params` applies a layout op (Transpose, Reshape, Slice…) to an
   initializer's values and offsets alike, keeping it a parameter seen through a view.
 """
@@ -20,9 +19,6 @@ from onnx import helper
 
 from ..ir import ParamRef
 
-GMN_DOMAIN = "gmn"
-
-
 def _consumers(nodes: list[onnx.NodeProto], protected: set[str]) -> dict[str, list[int]]:
     uses: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
@@ -35,8 +31,7 @@ def _consumers(nodes: list[onnx.NodeProto], protected: set[str]) -> dict[str, li
 
 def fuse(nodes: list[onnx.NodeProto], env: dict[str, Any], values: dict[str, np.ndarray],
          graph_outputs: set[str] | None = None) -> list[onnx.NodeProto]:
-    nodes = _fuse_gelu(nodes, env, values, graph_outputs or set())
-    return _fuse_matmul_add(nodes, env, graph_outputs or set())
+    return _fuse_gelu(nodes, env, values, graph_outputs or set())
 
 
 def _scalar(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> float | None:
@@ -52,32 +47,6 @@ def _other(node: onnx.NodeProto, name: str) -> str | None:
     if len(node.input) != 2 or name not in node.input:
         return None
     return node.input[1] if node.input[0] == name else node.input[0]
-
-
-def _fuse_matmul_add(nodes, env, outputs) -> list[onnx.NodeProto]:
-    uses = _consumers(nodes, outputs)
-    replaced: dict[int, onnx.NodeProto] = {}
-    dropped: set[int] = set()
-    for i, node in enumerate(nodes):
-        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
-            continue
-        weight = env.get(node.input[1])
-        if not isinstance(weight, ParamRef) or weight.tensor.dim() != 2:
-            continue
-        users = uses.get(node.output[0], [])
-        if len(users) != 1 or users[0] < 0 or nodes[users[0]].op_type != "Add":
-            continue
-        add = nodes[users[0]]
-        bias_name = _other(add, node.output[0])
-        bias = env.get(bias_name) if bias_name else None
-        if not isinstance(bias, ParamRef) or bias.tensor.numel() != weight.tensor.shape[1] \
-                or bias.tensor.shape[-1] != weight.tensor.shape[1]:
-            continue
-        fused = helper.make_node("MatMulAdd", [node.input[0], node.input[1], bias_name],
-                                 list(add.output), name=add.name or node.name, domain=GMN_DOMAIN)
-        replaced[users[0]] = fused
-        dropped.add(i)
-    return [replaced.get(i, n) for i, n in enumerate(nodes) if i not in dropped]
 
 
 def _fuse_gelu(nodes, env, values, outputs) -> list[onnx.NodeProto]:

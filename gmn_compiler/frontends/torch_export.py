@@ -23,9 +23,23 @@ from torch import nn
 
 from ..errors import CompileError
 from ..ir import IRGraph, Op, ParamRef, Value
+from ..ir_patterns import normalize
 from ..registry import Registry, target_name
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_MAX_CONSTANT = 1 << 22  # entries; larger constants are not materialised
+# Lookups into a parameter with constant indices: the result is a view of the parameter.
+_INDEX_TARGETS = {"aten.embedding.default"}
+
+
+def _constant_index(args) -> torch.Tensor | None:
+    index = args[1] if len(args) > 1 else None
+    return index.constant if isinstance(index, Value) else None
+
+
+def name_is_random(target) -> bool:
+    name = target_name(target)
+    return any(word in name for word in ("rand", "normal", "bernoulli", "dropout", "empty"))
 
 # Runtime checks torch.export inserts (dtype casts, shape guards): no output, no effect.
 _NO_OP_TARGETS = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
@@ -114,9 +128,18 @@ class _Converter:
         self.next_id = 0
         tensors: dict[str, torch.Tensor] = {}
         kinds: dict[str, str] = {}
+        self.canonical: dict[str, str] = {}  # tied weights: every name -> the first name
+        aliases: dict[str, list[str]] = {}
+        first_by_tensor: dict[int, str] = {}
         for name, t in ep.state_dict.items():
+            first = first_by_tensor.setdefault(id(t), name)
+            self.canonical[name] = first
+            if first != name:
+                aliases.setdefault(first, []).append(name)
+                continue
             tensors[name] = t.detach()
             kinds[name] = "parameter" if isinstance(t, nn.Parameter) else "buffer"
+        self.aliases = {k: tuple(v) for k, v in aliases.items()}
         for name, t in ep.constants.items():
             if isinstance(t, torch.Tensor):
                 tensors[name] = t.detach()
@@ -150,7 +173,7 @@ class _Converter:
         for node in self.ep.graph.nodes:
             if node.op == "placeholder":
                 if node.name in sources:
-                    name = sources[node.name]
+                    name = self.canonical.get(sources[node.name], sources[node.name])
                     self.env[node.name] = ParamRef(name, self.tensors[name], None, self.kinds[name])
                 else:
                     value = self.values_for(node)
@@ -179,7 +202,8 @@ class _Converter:
                             outputs.append(value)
             elif node.op not in ("placeholder",):
                 raise CompileError(f"unexpected fx node {node.op} {node.target} in the exported graph")
-        return IRGraph(inputs, outputs, self.ops, self.tensors, self.kinds, axes, "torch")
+        return normalize(IRGraph(inputs, outputs, self.ops, self.tensors, self.kinds, axes, "torch",
+                                 self.aliases))
 
     # ---------------------------------------------------------------- calls
     def _arg(self, a: Any) -> Any:
@@ -199,8 +223,12 @@ class _Converter:
         if name in _NO_OP_TARGETS:
             return
         leaves = torch.utils._pytree.tree_leaves((args, kwargs))
-        has_value = any(isinstance(x, Value) for x in leaves)
         has_param = any(isinstance(x, ParamRef) for x in leaves)
+        # values computed from constants only (position ids, masks) count as constants
+        has_value = any(isinstance(x, Value) and x.constant is None for x in leaves)
+        if not has_value and has_param and name in _INDEX_TARGETS and _constant_index(args) is not None:
+            self.env[node.name] = self._lookup(args[0], _constant_index(args))
+            return
         if not has_value and has_param and name in _LAYOUT_TARGETS:
             self.env[node.name] = self._apply_to_params(node.target, args, kwargs)
             return
@@ -210,6 +238,7 @@ class _Converter:
         self.env[node.name] = outputs
         location = _location(node)
         if not has_value and not has_param:
+            self._evaluate_constant(node, args, kwargs, out_values)
             self.ops.append(Op("constant", [], out_values, {}, location, name))
             return
         if not has_value:
@@ -224,6 +253,24 @@ class _Converter:
         else:
             inputs, attrs = mapping.normalize(*args, **kwargs)
         self.ops.append(Op(mapping.kind, inputs, out_values, attrs, location, name))
+
+    def _evaluate_constant(self, node, args, kwargs, out_values: list[Value]) -> None:
+        """Record the concrete value of an op computed from constants only (``arange`` for
+        position ids, a causal mask), when it is deterministic and cheap to run."""
+        if name_is_random(node.target) or len(out_values) != 1:
+            return
+        unwrap = lambda a: a.constant if isinstance(a, Value) else a
+        try:
+            result = node.target(*torch.utils._pytree.tree_map(unwrap, args),
+                                 **torch.utils._pytree.tree_map(unwrap, kwargs))
+        except Exception:
+            return
+        if isinstance(result, torch.Tensor) and result.numel() <= _MAX_CONSTANT:
+            out_values[0].constant = result
+
+    def _lookup(self, ref: ParamRef, index: torch.Tensor) -> ParamRef:
+        """``weight[index]`` along axis 0 with constant indices (learned positional tables)."""
+        return ref.apply(lambda t: t[index.long()])
 
     def _apply_to_params(self, target, args, kwargs):
         ref = args[0]

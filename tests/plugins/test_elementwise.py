@@ -204,8 +204,8 @@ class LearnableBias(nn.Module):
         self.l1, self.l2 = nn.Linear(4, 5, bias=False), nn.Linear(5, 2)
         self.beta = nn.Parameter(torch.randn(5))
 
-    def forward(self, x):
-        return self.l2(torch.relu(self.l1(x) + self.beta))
+    def forward(self, x):  # after the ReLU: not a linear layer's bias
+        return self.l2(torch.relu(self.l1(x)) + self.beta)
 
 
 class ReversedBias(LearnableBias):
@@ -332,3 +332,24 @@ def test_positional_table_on_the_input_infers_the_feature_axis():
     pg = assert_oracles(model, inputs, trials=3)
     roles = pg.data.x[:, ROLE].long()
     assert int((roles == S.code(S.NODE_ROLES, "input")).sum()) == 4
+
+
+def test_bias_free_linear_plus_vector_is_a_linear_layer_with_bias():
+    """``l1(x) + beta`` (bias-free linear, then a vector of its width) is nn.Linear with bias."""
+    class Spelled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 5, bias=False), nn.Linear(5, 2)
+            self.beta = nn.Parameter(torch.randn(5))
+
+        def forward(self, x):
+            return self.l2(torch.relu(self.l1(x) + self.beta))
+
+    spelled = Spelled().eval()
+    plain = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
+    with torch.no_grad():
+        plain[0].weight.copy_(spelled.l1.weight), plain[0].bias.copy_(spelled.beta)
+        plain[2].load_state_dict(spelled.l2.state_dict())
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(spelled, inputs, trials=3)
+    assert_isomorphic(pg, gc.compile(plain, inputs))

@@ -1,0 +1,45 @@
+"""Embedding tables.
+
+A lookup with token ids that come from the model's input (``nn.Embedding``, ONNX ``Gather``
+on an initializer) is a linear layer from a one-hot vocabulary: one ``token`` node per
+vocabulary entry, pinned at its index, and one edge per table entry ``E[v, d]`` into one new
+node per embedding dimension. A lookup with *constant* indices (learned positional
+embeddings indexed by ``arange``) never reaches this rule: the frontend turns it into a view
+of the table, which then meets the activations as a parameter operand. An output head tied
+to the table (``lm_head.weight = wte.weight``) uses the same parameter twice, so the two
+uses are tied like any shared parameter (vocabulary index with vocabulary index, dimension
+with dimension).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gmn_compiler import layout as L
+from gmn_compiler.ir import ParamRef
+from gmn_compiler.registry import hookimpl
+
+
+def lower_embedding(ctx, op) -> None:
+    """inputs ``[weight [V, D], indices]``."""
+    weight = op.inputs[0]
+    if not isinstance(weight, ParamRef) or weight.tensor.dim() != 2:
+        raise ctx.error("embedding lookup needs a 2-D parameter table")
+    vocab, dims = weight.shape
+    builder = ctx.builder
+    tokens = builder.add_nodes(vocab, "token", depth=0)
+    builder.pin(tokens, torch.arange(vocab))
+    out = builder.add_nodes(dims, "neuron", depth=1)
+    builder.add_edges((vocab, dims), tokens.view(vocab, 1), out.view(1, dims), "embedding", param=weight)
+    ctx.declare_symmetry(out, "embedding dimensions")
+    ctx.set_layout(op.output, L.for_axis(out, len(op.output.shape), -1))
+
+
+def _embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
+    return [weight, indices], {"padding_idx": padding_idx}
+
+
+@hookimpl
+def gmn_register(registry) -> None:
+    registry.add_rule("embedding", lower_embedding)
+    registry.map_aten("aten.embedding.default", "embedding", _embedding)

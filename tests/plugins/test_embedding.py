@@ -1,0 +1,174 @@
+"""plugins/embedding.py and the rest of a transformer: token and positional embeddings, tied
+input/output embeddings, class tokens, RMSNorm, gated MLPs, nn.TransformerEncoder/Decoder."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import gmn_compiler as gc
+from oracles import assert_isomorphic, assert_oracles, assert_round_trip
+
+S = gc.schema
+VOCAB, DIM, SEQ = 11, 6, 5
+
+
+def _count_role(pg, role: str) -> int:
+    return int((pg.data.x[:, S.node_column("role")] == S.code(S.NODE_ROLES, role)).sum())
+
+
+def _ids(batch: int = 2) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, SEQ))
+
+
+class TinyLM(nn.Module):
+    """Token + learned positional embedding, optional class token, RMSNorm, gated MLP, and an
+    output head tied to the token table."""
+
+    def __init__(self, tied: bool = True, cls_token: bool = False, max_positions: int = 8):
+        super().__init__()
+        self.tok = nn.Embedding(VOCAB, DIM)
+        self.pos = nn.Embedding(max_positions, DIM)
+        self.cls = nn.Parameter(torch.randn(1, 1, DIM)) if cls_token else None
+        self.norm = nn.RMSNorm(DIM)
+        self.gate, self.up, self.down = nn.Linear(DIM, 8), nn.Linear(DIM, 8), nn.Linear(8, DIM)
+        self.head = nn.Linear(DIM, VOCAB, bias=False)
+        if tied:
+            self.head.weight = self.tok.weight
+        with torch.no_grad():
+            self.norm.weight.normal_()
+
+    def forward(self, ids):
+        h = self.tok(ids) + self.pos(torch.arange(ids.shape[1]).unsqueeze(0))
+        if self.cls is not None:
+            h = torch.cat([self.cls.expand(ids.shape[0], -1, -1), h], dim=1)
+        h = self.norm(h)
+        h = h + self.down(nn.functional.silu(self.gate(h)) * self.up(h))  # SwiGLU, residual
+        return self.head(h)
+
+
+def test_token_embedding_pins_one_node_per_vocabulary_entry():
+    model = TinyLM(tied=False).eval()
+    pg = assert_oracles(model, (_ids(),), trials=4)
+    assert _count_role(pg, "token") == VOCAB
+    embedding = S.code(S.EDGE_TYPES, "embedding")
+    assert int((pg.data.edge_attr[:, 1] == embedding).sum()) == VOCAB * DIM
+    tokens = pg.data.x[:, S.node_column("role")] == S.code(S.NODE_ROLES, "token")
+    assert sorted(pg.data.x[tokens, S.node_column("position")].long().tolist()) == list(range(VOCAB))
+
+
+def test_tied_embeddings_are_one_parameter_with_both_names():
+    model = TinyLM(tied=True).eval()
+    pg = assert_oracles(model, (_ids(),), trials=4)
+    state = pg.to_state_dict(pg.data.edge_attr[:, 0])
+    assert torch.equal(state["tok.weight"], model.tok.weight) and torch.equal(state["head.weight"], model.tok.weight)
+    assert _count_role(pg, "tie") == VOCAB + DIM  # vocabulary index and dimension tied
+    # Editing the two uses differently is refused, naming the parameter.
+    values = pg.data.edge_attr[:, 0].clone()
+    table = [p.name for p in pg.params].index("tok.weight")
+    values[torch.nonzero(pg.data.edge_param == table)[0]] += 1.0
+    with pytest.raises(gc.DecompileError, match="tok.weight"):
+        pg.to_state_dict(values)
+
+
+def test_positional_rows_beyond_the_example_keep_their_values():
+    model = TinyLM(max_positions=8).eval()
+    pg = assert_round_trip(model, (_ids(),))
+    assert _count_role(pg, "token") == VOCAB  # the positional table is not a token lookup
+    names = [p.name for p in pg.params]
+    pos_edges = pg.data.edge_param == names.index("pos.weight")
+    assert int(pos_edges.sum()) == SEQ * DIM  # only the positions the example uses
+    values = pg.data.edge_attr[:, 0].clone()
+    values[pos_edges] = 0.0
+    state = pg.to_state_dict(values)
+    assert torch.equal(state["pos.weight"][:SEQ], torch.zeros(SEQ, DIM))
+    assert torch.equal(state["pos.weight"][SEQ:], model.pos.weight[SEQ:].detach())
+
+
+def test_class_token_graph_does_not_depend_on_batch_size():
+    model = TinyLM(cls_token=True).eval()
+    pg = assert_oracles(model, (_ids(2),), trials=4)
+    param_cat = S.code(S.EDGE_TYPES, "param_cat")
+    assert int((pg.data.edge_attr[:, 1] == param_cat).sum()) == DIM
+    assert_isomorphic(pg, gc.compile(model, (_ids(3),)))
+
+
+def test_rms_norm_is_recorded_and_its_weight_attached():
+    model = TinyLM().eval()
+    pg = gc.compile(model, (_ids(),))
+    activation = pg.data.x[:, S.node_column("activation")]
+    assert int((activation == S.code(S.ACTIVATIONS, "rms_norm")).sum()) == DIM
+    assert int((pg.data.edge_attr[:, 1] == S.code(S.EDGE_TYPES, "rms_weight")).sum()) == DIM
+
+
+def test_swapping_gate_and_up_projections_is_visible():
+    """SwiGLU is not symmetric in its two branches: silu sits on one of them."""
+    model = TinyLM().eval()
+    swapped = TinyLM().eval()
+    swapped.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        swapped.gate.weight.copy_(model.up.weight), swapped.up.weight.copy_(model.gate.weight)
+        swapped.gate.bias.copy_(model.up.bias), swapped.up.bias.copy_(model.gate.bias)
+    from oracles import assert_not_isomorphic, functions_differ
+
+    ids = _ids()
+    assert functions_differ(model, swapped, (ids,))
+    assert_not_isomorphic(gc.compile(model, (ids,)), gc.compile(swapped, (ids,)))
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
+def test_transformer_encoder(norm_first):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=norm_first)
+    model = nn.Sequential(nn.Linear(3, 8), nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+                          nn.Linear(8, 2)).eval()
+    pg = assert_oracles(model, (torch.randn(2, 4, 3),), trials=3)
+    assert _count_role(pg, "head") == 2 * 2  # two heads in each of two layers
+
+
+def test_transformer_decoder_cross_attention():
+    torch.manual_seed(0)
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.src, self.tgt = nn.Linear(3, 8), nn.Linear(3, 8)
+            layer = nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+            self.decoder = nn.TransformerDecoder(layer, 1)
+            self.out = nn.Linear(8, 2)
+
+        def forward(self, tgt, memory):
+            return self.out(self.decoder(self.tgt(tgt), self.src(memory)))
+
+    pg = assert_oracles(Decoder().eval(), (torch.randn(2, 4, 3), torch.randn(2, 6, 3)), trials=3)
+    assert _count_role(pg, "head") == 2 * 2  # self- and cross-attention
+
+
+def test_onnx_gather_on_a_table_is_an_embedding(tmp_path):
+    class Tagger(nn.Module):  # RMSNorm has no ONNX export at opset 18: keep to Gather + Gemm
+        def __init__(self):
+            super().__init__()
+            self.tok, self.out = nn.Embedding(VOCAB, DIM), nn.Linear(DIM, 3)
+
+        def forward(self, ids):
+            return self.out(torch.tanh(self.tok(ids)))
+
+    model = Tagger().eval()
+    ids = _ids(1)
+    path = tmp_path / "lm.onnx"
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (ids,), str(path), dynamo=False, opset_version=18,
+                              do_constant_folding=False, input_names=["ids"])
+    finally:
+        logging.disable(logging.NOTSET)
+    pg = gc.compile(str(path))
+    assert _count_role(pg, "token") == VOCAB
+    assert_isomorphic(pg, gc.compile(model, (ids,)))
+    gc.check_symmetry(str(path), {"ids": ids.numpy()}, trials=3)
