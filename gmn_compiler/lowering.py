@@ -79,7 +79,7 @@ class LoweringContext:
         old = layout.nodes()
         new = self.builder.add_nodes(old.numel(), "neuron", self.builder.depth_of(old) + 1, activation)
         self.builder.add_edges((old.numel(),), old, new, etype, value=weight)
-        self._origin.update(zip(new.tolist(), old.tolist()))
+        self.note_copies(new, old)
         mapping = torch.full((int(old.max()) + 1,), -1, dtype=torch.long)
         mapping[old] = new
         return layout.map(lambda t: mapping[t]) if layout.pos is None else Layout(mapping[layout.ids], layout.pos)
@@ -146,6 +146,17 @@ class LoweringContext:
         for sym in self.symmetries:
             if not sym.get("withdrawn") and roots & set(sym["nodes"].tolist()):
                 sym["withdrawn"] = True
+
+    def note_copies(self, new: torch.Tensor, old: torch.Tensor) -> None:
+        """Record that nodes ``new`` are one-to-one copies of ``old`` (same function of the
+        same neuron, e.g. after an activation), so symmetries and heads follow them."""
+        self._origin.update(zip(new.tolist(), old.tolist()))
+
+    def root_nodes(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` with every one-to-one copy (activation, scaling, masking) replaced by the
+        node it copies."""
+        flat = ids.reshape(-1).tolist()
+        return torch.tensor([self._root(n) for n in flat], dtype=torch.long).view(ids.shape)
 
     def _root(self, node: int) -> int:
         """The node that ``node`` is a one-to-one copy of (through activations, pooling)."""

@@ -51,7 +51,7 @@ ACTIVATIONS: tuple[str, ...] = (
     "sin", "cos", "exp", "log", "abs", "neg", "sqrt", "rsqrt", "square", "reciprocal",
     "softmax", "log_softmax", "layer_norm", "instance_norm", "avg_pool", "max_pool",
     "clamp", "sign", "erf", "logsigmoid", "softsign", "tanhshrink", "prelu", "identity",
-    "sum_pool", "group_norm", "rms_norm",
+    "sum_pool", "group_norm", "rms_norm", "masked",
 )
 
 EDGE_TYPES: tuple[str, ...] = (

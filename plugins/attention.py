@@ -24,49 +24,55 @@ import math
 import torch
 
 from gmn_compiler import layout as L
-from gmn_compiler.ir import Value
+from gmn_compiler.ir import ParamRef, Value
 from gmn_compiler.registry import hookimpl
 
 
 def _operand_ids(ctx, value: Value, ndim: int) -> torch.Tensor:
-    layout = ctx.require_layout(value)
-    if layout.pos is not None:
-        raise ctx.error(f"{value} merges free positions into its neurons; cannot contract it")
-    return L.align(layout, ndim).ids
+    """The operand's node ids aligned to ``ndim`` (positions merged into a batch axis, as
+    ``q.view(B * H, N, dh)`` makes them, are dropped: heads are told apart by their nodes)."""
+    return L.align(ctx.require_layout(value), ndim).ids
 
 
 def contract_neurons(ctx, a_ids: torch.Tensor, b_ids: torch.Tensor) -> torch.Tensor:
     """``a @ b`` where the contracted axis (a: -1, b: -2) carries neurons in both and the
-    other matrix axes are free. Returns the id tensor of the result (head nodes)."""
+    other matrix axes are free. One head node per distinct pair of (a row, b row) over the
+    batch positions. Returns the result's id tensor (batch shape + (1, 1))."""
     if a_ids.shape[-2] != 1 or b_ids.shape[-1] != 1:
         raise ctx.error("contracting two activations whose row/column axes also carry "
                         "neurons is not supported")
     a_k, b_k = a_ids[..., 0, :], b_ids[..., :, 0]
     batch = torch.broadcast_shapes(a_k.shape[:-1], b_k.shape[:-1])
     k = max(a_k.shape[-1], b_k.shape[-1])
-    a_k, b_k = a_k.expand(batch + (k,)), b_k.expand(batch + (k,))
+    rows = torch.cat([a_k.expand(batch + (k,)).reshape(-1, k), b_k.expand(batch + (k,)).reshape(-1, k)], 1)
+    pairs, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    q, kk = pairs[:, :k], pairs[:, k:]
     builder = ctx.builder
-    depth = builder.depth_of(torch.cat([a_k.reshape(-1), b_k.reshape(-1)])) + 1
-    heads = builder.add_nodes(math.prod(batch), "head", depth).view(batch)
-    grid = tuple(batch) + (k,)
-    builder.add_edges(grid, a_k, b_k, "contract")
-    builder.add_edges(grid, heads.unsqueeze(-1), a_k, "head_member")
-    builder.add_edges(grid, heads.unsqueeze(-1), b_k, "head_member")
-    _declare_head_symmetries(ctx, heads, a_k, b_k)
-    return heads.reshape(tuple(batch) + (1, 1))
+    heads = builder.add_nodes(pairs.shape[0], "head", builder.depth_of(pairs.reshape(-1)) + 1)
+    grid = (pairs.shape[0], k)
+    builder.add_edges(grid, q, kk, "contract")
+    builder.add_edges(grid, heads.view(-1, 1), q, "head_member")
+    builder.add_edges(grid, heads.view(-1, 1), kk, "head_member")
+    _declare_head_symmetries(ctx, heads, q, kk)
+    return heads[inverse].view(tuple(batch) + (1, 1))
 
 
-def _declare_head_symmetries(ctx, heads: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor) -> None:
+def _declare_head_symmetries(ctx, heads: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
     """The q and k nodes are no longer freely permutable (a projection's "hidden units"
-    claim is withdrawn); what holds instead: permute whole heads, and q/k dims inside a head
-    (the extension moves k with q)."""
-    ctx.withdraw_symmetries(a_k)
-    ctx.withdraw_symmetries(b_k)
-    if heads.numel() > 1:
-        ctx.declare_symmetry(heads.reshape(-1), "attention heads")
-    q = a_k.reshape(heads.numel(), -1)
-    if torch.unique(q).numel() == q.numel() and q.shape[1] > 1:
-        ctx.declare_symmetry(q.reshape(-1), "query/key dims within each head", groups=heads.numel())
+    claim is withdrawn). What holds instead: heads move with their K/V head (whole K/V
+    groups when query heads share one), and key dims inside a K/V head move freely (the
+    extension moves the query dims of every head reading it)."""
+    ctx.withdraw_symmetries(q)
+    ctx.withdraw_symmetries(k)
+    kv_rows, group = torch.unique(k, dim=0, return_inverse=True)
+    n_kv = kv_rows.shape[0]
+    sizes = torch.bincount(group, minlength=n_kv)
+    if heads.numel() > 1 and bool((sizes == sizes[0]).all()):
+        order = torch.argsort(group, stable=True)
+        ctx.declare_symmetry(heads[order], "attention heads (with their K/V head)",
+                             groups=n_kv, permute_groups=n_kv > 1)
+    if torch.unique(kv_rows).numel() == kv_rows.numel() and kv_rows.shape[1] > 1:
+        ctx.declare_symmetry(kv_rows.reshape(-1), "query/key dims within each head", groups=n_kv)
 
 
 def weighted_sum(ctx, weights: torch.Tensor | None, v: Value, v_ids: torch.Tensor, out_ndim: int) -> L.Layout:
@@ -81,25 +87,47 @@ def weighted_sum(ctx, weights: torch.Tensor | None, v: Value, v_ids: torch.Tenso
         return L.align(ctx.own(v), out_ndim)
     if weights.shape[-1] != 1 or weights.shape[-2] != 1:
         raise ctx.error("attention weights with neurons on their token axes are not supported")
-    w, o = weights[..., 0, 0], v_ids[..., 0, :]
-    batch = torch.broadcast_shapes(w.shape, o.shape[:-1])
-    grid = tuple(batch) + (o.shape[-1],)
-    w_full, o_full = w.unsqueeze(-1).expand(grid), o.expand(grid)
-    n = ctx.builder.num_nodes + 1
-    uniq, inverse = torch.unique((w_full * n + o_full).reshape(-1), return_inverse=True)
-    if uniq.numel() == torch.unique(o_full).numel():  # every v node meets one head: reuse
-        own = L.align(ctx.own(v), out_ndim).ids
-        ctx.builder.add_edges(grid, w.unsqueeze(-1), own[..., 0, :], "head_member")
-        per_head = own[..., 0, :].expand(grid).reshape(-1, grid[-1])
-        if torch.unique(per_head).numel() == per_head.numel() and grid[-1] > 1:
-            ctx.declare_symmetry(per_head.reshape(-1), "value dims within each head",
-                                 groups=per_head.shape[0])
-        return L.Layout(own)
-    heads, sources = uniq // n, uniq % n
-    fresh = ctx.builder.add_nodes(uniq.numel(), "neuron", ctx.builder.depth_of(sources) + 1)
-    ctx.builder.add_edges((uniq.numel(),), sources, fresh, "copy")
-    ctx.builder.add_edges((uniq.numel(),), heads, fresh, "head_member")
-    return L.Layout(fresh[inverse].view(grid).unsqueeze(-2))
+    w, o = ctx.root_nodes(weights[..., 0, 0]), v_ids[..., 0, :]  # the head nodes themselves
+    grid = tuple(torch.broadcast_shapes(w.shape, o.shape[:-1])) + (o.shape[-1],)
+    pairs = torch.stack([w.unsqueeze(-1).expand(grid).reshape(-1), o.expand(grid).reshape(-1)], 1)
+    uniq, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+    heads, sources = uniq[:, 0], uniq[:, 1]
+    if torch.unique(sources).numel() == sources.numel():  # every v node meets one head: reuse
+        own = L.align(ctx.own(v), out_ndim)
+        mapping = torch.full((int(v_ids.max()) + 1,), -1, dtype=torch.long)
+        mapping[v_ids.expand(own.ids.shape).reshape(-1)] = own.ids.reshape(-1)
+        targets = mapping[sources]
+        ctx.builder.add_edges((uniq.shape[0],), heads, targets, "head_member")
+        _declare_value_dims(ctx, heads, targets)
+        return own
+    fresh = ctx.builder.add_nodes(uniq.shape[0], "neuron", ctx.builder.depth_of(sources) + 1)
+    ctx.builder.add_edges((uniq.shape[0],), sources, fresh, "copy")
+    ctx.builder.add_edges((uniq.shape[0],), heads, fresh, "head_member")
+    _declare_shared_value_dims(ctx, heads, sources)
+    return L.compress(fresh[inverse].view(grid).unsqueeze(-2), None)
+
+
+def _declare_shared_value_dims(ctx, heads: torch.Tensor, sources: torch.Tensor) -> None:
+    """K/V heads shared by several query heads: the value dims move inside each K/V head
+    (grouped by the set of query heads reading them), and every reader follows."""
+    readers: dict[int, list[int]] = {}
+    for h, s in zip(heads.tolist(), sources.tolist()):
+        readers.setdefault(s, []).append(h)
+    groups: dict[tuple, list[int]] = {}
+    for s, hs in readers.items():
+        groups.setdefault(tuple(sorted(hs)), []).append(s)
+    sizes = {len(members) for members in groups.values()}
+    if len(sizes) == 1 and sizes.pop() > 1:
+        nodes = torch.tensor([s for members in groups.values() for s in members])
+        ctx.declare_symmetry(nodes, "value dims within each K/V head", groups=len(groups))
+
+
+def _declare_value_dims(ctx, heads: torch.Tensor, nodes: torch.Tensor) -> None:
+    """Value dims move freely inside each head (``nodes`` sorted by head)."""
+    counts = torch.bincount(torch.unique(heads, return_inverse=True)[1])
+    if counts.numel() and bool((counts == counts[0]).all()) and int(counts[0]) > 1:
+        ctx.declare_symmetry(nodes[torch.argsort(heads, stable=True)], "value dims within each head",
+                             groups=counts.numel())
 
 
 def lower_contract(ctx, op) -> None:
@@ -133,11 +161,29 @@ def lower_sdpa(ctx, op) -> None:
         k_ids = k_ids.index_select(-3, index) if k_ids.shape[-3] > 1 else k_ids
         v_ids = v_ids.index_select(-3, index) if v_ids.shape[-3] > 1 else v_ids
     scores = contract_neurons(ctx, q_ids, k_ids.transpose(-1, -2))
-    ctx.builder.set_activation(scores.reshape(-1), "softmax")
+    _apply_mask(ctx, op.inputs[3], scores, op.output.shape)
+    ctx.builder.set_activation(torch.unique(scores), "softmax")
     out = weighted_sum(ctx, scores, v, v_ids, ndim)
     ctx.set_layout(op.output, L.compress(out.ids, None))
     for extra in op.outputs[1:]:
         ctx.set_layout(extra, None)
+
+
+def _apply_mask(ctx, mask, scores: torch.Tensor, out_shape) -> None:
+    """An ``attn_mask`` tensor: a parameter or buffer is attached to the head nodes like an
+    additive operand; a computed constant must be the same for every head (it is then not
+    encoded: it does not change the symmetries)."""
+    if mask is None:
+        return
+    shape = tuple(out_shape[:-1]) + (mask.shape[-1],)
+    if isinstance(mask, ParamRef):
+        ref = mask if mask.tensor.is_floating_point() else mask.apply(lambda t: t.float())
+        ctx.attach_param(L.Layout(scores), shape, ref, "param_add", "param_operand")
+        return
+    head_axis = len(mask.shape) - 3
+    if head_axis >= 0 and mask.shape[head_axis] > 1:
+        raise ctx.error("an attention mask computed in the model that differs per head is not "
+                        "supported; register it as a buffer")
 
 
 def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):

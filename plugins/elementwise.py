@@ -83,6 +83,8 @@ def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
     for src, etype, weight in ((src_a, type_a, 1.0), (src_b, type_b, float(alpha))):
         keep = src >= 0
         ctx.builder.add_edges((int(keep.sum()),), src[keep], new[keep], etype, value=weight)
+    if la is None or lb is None:  # the other operand has no neurons: one-to-one copies
+        ctx.note_copies(new, src_a if lb is None else src_b)
     pos = _merged_pos(ctx, la, lb, ndim, keys.shape)
     ctx.set_layout(out, L.compress(new[inverse].view(keys.shape), pos))
 
@@ -133,6 +135,39 @@ def _lower_scalar(ctx, op, x: Value, scalar: float, scalar_is_lhs: bool, alpha=1
     ctx.set_layout(op.output, fresh)
 
 
+def lower_where(ctx, op) -> None:
+    """``where(cond, x, other)`` / ``masked_fill``: inputs ``[x, cond, other]`` where ``x``
+    is the activation. The condition and the fill must not vary along x's neuron axes (then
+    every neuron is masked alike: the nodes are marked ``masked``)."""
+    x, rest = op.inputs[0], op.inputs[1:]
+    layout = ctx.layout(x)
+    if layout is None:
+        ctx.set_layout(op.output, None)
+        return
+    ndim = len(op.output.shape)
+    neuron_axes = L.align(layout, ndim).neuron_axes()
+    for other in rest:
+        if isinstance(other, (Value, ParamRef)):
+            if isinstance(other, Value) and ctx.layout(other) is not None:
+                raise ctx.error("where() between two activations is not supported")
+            shape = (1,) * (ndim - len(other.shape)) + tuple(other.shape)
+            if any(shape[a] > 1 for a in neuron_axes):
+                raise ctx.error("a mask or fill that varies along a neuron axis is not supported")
+    ctx.set_layout(op.output, L.align(ctx.derive(x, "masked"), ndim))
+
+
+def _where(condition, a, b):
+    active = [t for t in (a, b) if isinstance(t, Value) and t.constant is None]
+    if len(active) != 1:
+        return [a, condition, b], {"unsupported": "where() whose branches are not one activation and a constant"}
+    other = b if active[0] is a else a
+    return [active[0], condition, other], {}
+
+
+def _masked_fill(x, mask, value):
+    return [x, mask, value], {}
+
+
 def _binary(a, b, alpha=1, **kwargs):
     return [a, b], {"alpha": alpha, **kwargs}
 
@@ -177,3 +212,9 @@ def gmn_register(registry) -> None:
                           ("Max", "maximum"), ("Min", "minimum")):
         registry.map_onnx(op_type, kind, _onnx_binary)
     registry.map_onnx("Pow", "pow", _onnx_pow)
+    registry.add_rule("where", lower_where)
+    for target in ("aten.where.self", "aten.where.ScalarOther", "aten.where.ScalarSelf", "aten.where.Scalar"):
+        registry.map_aten(target, "where", _where)
+    for target in ("aten.masked_fill.Scalar", "aten.masked_fill.Tensor", "aten.masked_fill_.Scalar"):
+        registry.map_aten(target, "where", _masked_fill)
+    registry.map_onnx("Where", "where", _where)

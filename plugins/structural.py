@@ -277,6 +277,19 @@ def _onnx_slice(x, starts=None, ends=None, axes=None, steps=None, **attrs):
     return [x], {"dim": a, "start": s, "end": e, "step": st}
 
 
+def _index_select(x, dim, index):
+    if not (isinstance(index, Value) and index.constant is not None):
+        return [x], {"unsupported": "index_select with indices computed from activations"}
+    return [x], {"dim": dim, "index": index.constant}
+
+
+def _repeat_interleave(x, repeats, dim=None, output_size=None):
+    if dim is None or not isinstance(repeats, int):
+        return [x], {"unsupported": "repeat_interleave without dim or with tensor repeats"}
+    dim %= len(x.shape)
+    return [x], {"dim": dim, "index": torch.arange(x.shape[dim]).repeat_interleave(repeats)}
+
+
 RESHAPE_TARGETS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
                    "aten.flatten.using_ints", "aten.unflatten.int", "aten.squeeze.dim",
                    "aten.squeeze.dims", "aten.squeeze.default", "aten.unsqueeze.default",
@@ -320,6 +333,8 @@ def gmn_register(registry) -> None:
     registry.map_aten("aten.expand.default", "expand", _x_only)
     registry.map_aten("aten.expand_as.default", "expand", _x_only)
     registry.add_rule("index_select", lower_index_select, aliasing=True)
+    registry.map_aten("aten.index_select.default", "index_select", _index_select)
+    registry.map_aten("aten.repeat_interleave.self_int", "index_select", _repeat_interleave)
     for op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
         registry.map_onnx(op_type, "reshape", _x_only)
     for op_type in ("Identity", "Dropout", "Cast", "CastLike"):

@@ -174,7 +174,11 @@ class _Converter:
             if node.op == "placeholder":
                 if node.name in sources:
                     name = self.canonical.get(sources[node.name], sources[node.name])
-                    self.env[node.name] = ParamRef(name, self.tensors[name], None, self.kinds[name])
+                    tensor = self.tensors[name]
+                    if not (tensor.is_floating_point() or tensor.is_complex()):
+                        self._constant_placeholder(node, tensor)  # masks, indices, counters
+                        continue
+                    self.env[node.name] = ParamRef(name, tensor, None, self.kinds[name])
                 else:
                     value = self.values_for(node)
                     if not isinstance(value, Value):
@@ -253,6 +257,12 @@ class _Converter:
         else:
             inputs, attrs = mapping.normalize(*args, **kwargs)
         self.ops.append(Op(mapping.kind, inputs, out_values, attrs, location, name))
+
+    def _constant_placeholder(self, node, tensor: torch.Tensor) -> None:
+        self.next_id += 1
+        value = Value(self.next_id, tuple(tensor.shape), tensor.dtype, node.name, constant=tensor)
+        self.env[node.name] = value
+        self.ops.append(Op("constant", [], [value], {}, node.name, "buffer"))
 
     def _evaluate_constant(self, node, args, kwargs, out_values: list[Value]) -> None:
         """Record the concrete value of an op computed from constants only (``arange`` for
