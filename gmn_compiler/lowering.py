@@ -280,14 +280,20 @@ def infer_input_axis(ir: IRGraph, value: Value) -> int | None:
     if value.dtype in (torch.long, torch.int32, torch.int64, torch.bool) or len(value.shape) == 0:
         return None
     current = value
-    for op in ir.ops:  # follow the value through elementwise ops to the op that fixes the axis
+    origin = list(range(len(value.shape)))  # axis of `current` -> axis of the input
+    for op in ir.ops:  # follow the value through elementwise ops and permutes
         if not any(v.id == current.id for v in op.values()):
             continue
+        rank = len(current.shape)
         if op.kind == "linear" or (op.kind == "matmul" and len(op.inputs) == 3):
-            return op.attrs.get("axis", -1) % len(value.shape)
+            return origin[op.attrs.get("axis", -1) % rank]
         if op.kind in INPUT_AXIS_BY_FIRST_USE:
-            return INPUT_AXIS_BY_FIRST_USE[op.kind] % len(value.shape)
-        if op.kind in _ELEMENTWISE_KINDS and len(op.outputs) == 1 and op.output.shape == value.shape:
+            return origin[INPUT_AXIS_BY_FIRST_USE[op.kind] % rank]
+        if op.kind == "permute" and len(op.outputs) == 1:
+            origin = [origin[d % rank] for d in op.attrs["dims"]]
+            current = op.output
+            continue
+        if op.kind in _ELEMENTWISE_KINDS and len(op.outputs) == 1 and op.output.shape == current.shape:
             current = op.output
             continue
         break

@@ -30,6 +30,9 @@ _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 _MAX_CONSTANT = 1 << 22  # entries; larger constants are not materialised
 # Lookups into a parameter with constant indices: the result is a view of the parameter.
 _INDEX_TARGETS = {"aten.embedding.default"}
+# Casts of a parameter view keep its provenance (offsets unchanged).
+_CAST_TARGETS = {"aten.to.dtype_layout", "aten.to.dtype", "aten.to.device", "aten._to_copy.default",
+                 "aten.type_as.default"}
 
 
 def _constant_index(args) -> torch.Tensor | None:
@@ -126,6 +129,7 @@ class _Converter:
         self.env: dict[str, Any] = {}
         self.ops: list[Op] = []
         self.next_id = 0
+        self.data_values: set[int] = set()  # integer inputs and what is computed from them only
         tensors: dict[str, torch.Tensor] = {}
         kinds: dict[str, str] = {}
         self.canonical: dict[str, str] = {}  # tied weights: every name -> the first name
@@ -184,6 +188,8 @@ class _Converter:
                     if not isinstance(value, Value):
                         raise CompileError(f"model input {node.name} is not a tensor; only tensor inputs are supported")
                     inputs.append(value)
+                    if not (value.dtype.is_floating_point or value.dtype.is_complex):
+                        self.data_values.add(value.id)  # token ids, masks: no neurons
                     if node.name in input_axes:
                         axes[value.id] = input_axes[node.name]
                     self.env[node.name] = value
@@ -229,7 +235,16 @@ class _Converter:
         leaves = torch.utils._pytree.tree_leaves((args, kwargs))
         has_param = any(isinstance(x, ParamRef) for x in leaves)
         # values computed from constants only (position ids, masks) count as constants
-        has_value = any(isinstance(x, Value) and x.constant is None for x in leaves)
+        active = [x for x in leaves if isinstance(x, Value) and x.constant is None]
+        has_value = bool(active)
+        if has_value and not has_param and all(v.id in self.data_values for v in active):
+            self._data_op(node, name)  # e.g. a padding mask built from integer inputs
+            return
+        if not has_value and has_param and name in _CAST_TARGETS:
+            ref = args[0]
+            self.env[node.name] = ParamRef(ref.name, node.target(ref.tensor, *args[1:], **kwargs),
+                                           ref.offsets, ref.kind)
+            return
         if not has_value and has_param and name in _INDEX_TARGETS and _constant_index(args) is not None:
             self.env[node.name] = self._lookup(args[0], _constant_index(args))
             return
@@ -257,6 +272,15 @@ class _Converter:
         else:
             inputs, attrs = mapping.normalize(*args, **kwargs)
         self.ops.append(Op(mapping.kind, inputs, out_values, attrs, location, name))
+
+    def _data_op(self, node, name: str) -> None:
+        """An op on values computed only from integer model inputs and constants: no neurons
+        (a constant for lowering, without a known value)."""
+        outputs = self.values_for(node)
+        out_values = [v for v in (outputs if isinstance(outputs, list) else [outputs]) if isinstance(v, Value)]
+        self.env[node.name] = outputs
+        self.data_values.update(v.id for v in out_values)
+        self.ops.append(Op("constant", [], out_values, {}, _location(node), name))
 
     def _constant_placeholder(self, node, tensor: torch.Tensor) -> None:
         self.next_id += 1
