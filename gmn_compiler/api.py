@@ -80,6 +80,7 @@ def compile(source: Any, example_inputs: tuple | None = None, **options: Any) ->
     data = Data(x=built.x, edge_index=built.edge_index, edge_attr=built.edge_attr,
                 edge_param=built.edge_param, edge_offset=built.edge_offset,
                 num_nodes=built.num_nodes)
-    graph = ParameterGraph(data, built.params, ctx.summary, ir.source, ctx.symmetries)
+    graph = ParameterGraph(data, built.params, ctx.summary, ir.source, ctx.symmetries,
+                           io_nodes=torch.tensor(sorted(ctx.io_nodes), dtype=torch.long))
     graph.onnx_model = getattr(ir, "onnx_model", None)
     return graph

@@ -3,7 +3,7 @@
 VF2 on a shuffled copy gets lost on parameter graphs of attention layers (many equivalent
 nodes, directed head structure): most random orders never finish. Here, as in nauty or
 bliss, two colourings of the same graph are refined in lock-step with a shared palette (1-WL
-with edge labels and directions); while some colour class has several nodes, one node of it
+with edge labels and directions, vectorised with torch); while some colour class has several nodes, one node of it
 is individualized on the source side against a random equally coloured node on the image
 side. A discrete pair of colourings is a bijection, accepted only after every edge is
 checked, so whatever is returned is an automorphism; a dead end backtracks.
@@ -18,88 +18,113 @@ import networkx as nx
 import torch
 
 
+_MIX = (0x9E3779B97F4A7C15 - (1 << 64), 0xBF58476D1CE4E5B9 - (1 << 64), 0x94D049BB133111EB - (1 << 64))
+
+
+def _hash(x: torch.Tensor) -> torch.Tensor:
+    """A splitmix64-style mix of int64 keys (wrapping arithmetic). Collisions only merge
+    colour classes, which costs search time, never correctness: every returned mapping is
+    checked edge by edge."""
+    x = x * _MIX[0]
+    x = (x ^ (x >> 30)) * _MIX[1]
+    x = (x ^ (x >> 27)) * _MIX[2]
+    return x ^ (x >> 31)
+
+
 class _Labelled:
-    """Integer adjacency of a digraph whose nodes and edges carry hashable labels ``f``."""
+    """Integer tensors of a digraph whose nodes and edges carry hashable labels ``f``."""
 
     def __init__(self, g: nx.DiGraph):
         self.nodes = list(g.nodes)
-        index = {n: i for i, n in enumerate(self.nodes)}
+        self.index = {n: i for i, n in enumerate(self.nodes)}
         edge_labels: dict = {}
-        self.out: list[list[tuple[int, int]]] = [[] for _ in self.nodes]
-        self.inc: list[list[tuple[int, int]]] = [[] for _ in self.nodes]
-        self.edges: dict[tuple[int, int], int] = {}
+        src, dst, lab = [], [], []
         for u, v, data in g.edges(data=True):
-            label = edge_labels.setdefault(data["f"], len(edge_labels))
-            self.out[index[u]].append((label, index[v]))
-            self.inc[index[v]].append((label, index[u]))
-            self.edges[(index[u], index[v])] = label
+            src.append(self.index[u])
+            dst.append(self.index[v])
+            lab.append(edge_labels.setdefault(data["f"], len(edge_labels)))
+        self.src = torch.tensor(src, dtype=torch.long)
+        self.dst = torch.tensor(dst, dtype=torch.long)
+        self.label = torch.tensor(lab, dtype=torch.long)
         node_labels: dict = {}
-        self.base = [node_labels.setdefault(g.nodes[n]["f"], len(node_labels)) for n in self.nodes]
-        self.index = index
+        self.base = torch.tensor([node_labels.setdefault(g.nodes[n]["f"], len(node_labels))
+                                  for n in self.nodes], dtype=torch.long)
+        self.n = len(self.nodes)
+        self.edge_keys = torch.sort(self._keys(torch.arange(self.n))).values
+
+    def _keys(self, mapping: torch.Tensor) -> torch.Tensor:
+        """One int64 key per edge after relabelling nodes by ``mapping``."""
+        labels = int(self.label.max()) + 1 if self.label.numel() else 1
+        return (mapping[self.src] * self.n + mapping[self.dst]) * labels + self.label
 
 
 class _Search:
+    """Two colourings (source side ``p``, image side ``q``) refined in lock-step: a colour is
+    a dense rank of (previous colour, hashed multiset of (edge label, neighbour colour) over
+    out-edges, same over in-edges), ranked jointly over both sides so colours compare."""
+
     def __init__(self, graph: _Labelled, rng: torch.Generator, deadline: float):
         self.g = graph
         self.rng = rng
         self.deadline = deadline
-        self.palette: dict = {}
 
-    def step(self, colors: list[int]) -> list[int]:
-        g, palette = self.g, self.palette
-        new = []
-        for n, c in enumerate(colors):
-            signature = (c, tuple(sorted((l, colors[m]) for l, m in g.out[n])),
-                         tuple(sorted((l, colors[m]) for l, m in g.inc[n])))
-            new.append(palette.setdefault(signature, len(palette)))
-        return new
+    def step(self, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        g, n = self.g, self.g.n
+        signatures = []
+        for colors in (p, q):
+            out = torch.zeros(n, dtype=torch.long).index_add_(
+                0, g.src, _hash(g.label * (2 * n + 7) + colors[g.dst]))
+            inc = torch.zeros(n, dtype=torch.long).index_add_(
+                0, g.dst, _hash(g.label * (2 * n + 7) + colors[g.src] + (1 << 40)))
+            signatures.append(_hash(_hash(colors) ^ out) ^ _hash(inc + 1))
+        uniq, ranks = torch.unique(torch.cat(signatures), return_inverse=True)
+        return ranks[:n], ranks[n:], uniq.numel()
 
-    def refine(self, p: list[int], q: list[int]) -> tuple[list[int], list[int]] | None:
+    def refine(self, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Refine both colourings to stability; ``None`` if they stop being equivalent."""
-        classes = len(set(p))
+        classes = int(torch.unique(p).numel())
         while True:
-            p, q = self.step(p), self.step(q)
-            if sorted(p) != sorted(q):
+            p, q, count = self.step(p, q)
+            if not torch.equal(torch.bincount(p, minlength=count), torch.bincount(q, minlength=count)):
                 return None
-            count = len(set(p))
             if count == classes:
                 return p, q
             classes = count
 
-    def individualize(self, p: list[int], q: list[int], u: int, w: int):
-        fresh = ("individualized", len(self.palette))
-        color = self.palette.setdefault(fresh, len(self.palette))
-        p, q = list(p), list(q)
+    @staticmethod
+    def individualize(p: torch.Tensor, q: torch.Tensor, u: int, w: int):
+        color = int(max(p.max(), q.max())) + 1
+        p, q = p.clone(), q.clone()
         p[u], q[w] = color, color
         return p, q
 
-    def search(self, p: list[int], q: list[int]) -> list[int] | None:
+    def search(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor | None:
         if time.monotonic() > self.deadline:
             raise TimeoutError
-        cells: dict[int, list[int]] = {}
-        for n, c in enumerate(p):
-            cells.setdefault(c, []).append(n)
-        open_cells = [members for members in cells.values() if len(members) > 1]
-        if not open_cells:
-            image = {c: n for n, c in enumerate(q)}
-            mapping = [image[c] for c in p]
+        counts = torch.bincount(p)
+        open_colors = torch.nonzero(counts > 1).view(-1)
+        if open_colors.numel() == 0:
+            image = torch.empty_like(q)
+            image[q] = torch.arange(q.numel())
+            mapping = image[p]
             return mapping if self.is_automorphism(mapping) else None
-        cell = min(open_cells, key=lambda members: (len(members), members[0]))
-        u = cell[0]
-        candidates = [n for n, c in enumerate(q) if c == p[u]]
-        for i in torch.randperm(len(candidates), generator=self.rng).tolist():
-            refined = self.refine(*self.individualize(p, q, u, candidates[i]))
+        sizes = counts[open_colors]
+        color = int(open_colors[torch.argmin(sizes)])  # smallest open cell (first colour on ties)
+        u = int(torch.nonzero(p == color)[0])
+        candidates = torch.nonzero(q == color).view(-1)
+        for i in torch.randperm(candidates.numel(), generator=self.rng).tolist():
+            refined = self.refine(*self.individualize(p, q, u, int(candidates[i])))
             if refined is not None:
                 found = self.search(*refined)
                 if found is not None:
                     return found
         return None
 
-    def is_automorphism(self, mapping: list[int]) -> bool:
+    def is_automorphism(self, mapping: torch.Tensor) -> bool:
         g = self.g
-        if any(g.base[n] != g.base[m] for n, m in enumerate(mapping)):
+        if not torch.equal(g.base[mapping], g.base):
             return False
-        return all(g.edges.get((mapping[u], mapping[v])) == label for (u, v), label in g.edges.items())
+        return torch.equal(torch.sort(g._keys(mapping)).values, g.edge_keys)
 
 
 def random_automorphism(g: nx.DiGraph, rng: torch.Generator, *, constraint: dict | None = None,
@@ -110,8 +135,7 @@ def random_automorphism(g: nx.DiGraph, rng: torch.Generator, *, constraint: dict
     graph = _Labelled(g)
     deadline = time.monotonic() + (timeout if timeout else float("inf"))
     search = _Search(graph, rng, deadline)
-    p = list(graph.base)
-    q = list(graph.base)
+    p, q = graph.base.clone(), graph.base.clone()
     for node, image in (constraint or {}).items():
         p, q = search.individualize(p, q, graph.index[node], graph.index[image])
     limit = sys.getrecursionlimit()
@@ -125,4 +149,4 @@ def random_automorphism(g: nx.DiGraph, rng: torch.Generator, *, constraint: dict
         sys.setrecursionlimit(limit)
     if mapping is None:
         return None
-    return {graph.nodes[i]: graph.nodes[j] for i, j in enumerate(mapping)}
+    return {graph.nodes[i]: graph.nodes[j] for i, j in enumerate(mapping.tolist())}

@@ -33,6 +33,7 @@ class ParameterGraph:
     summary: dict[str, dict[str, int]] = field(default_factory=dict)
     source: str = "torch"
     symmetries: list[dict] = field(default_factory=list)  # declared by rules; not saved
+    io_nodes: torch.Tensor | None = None  # nodes of model inputs and outputs; not saved
     onnx_model: object = None  # the source onnx.ModelProto when compiled from ONNX; not saved
 
     # ------------------------------------------------------------ decompile

@@ -33,6 +33,8 @@ class LoweringContext:
         self.constants: set[int] = set()  # ids of values computed from no input and no parameter
         self.symmetries: list[dict] = []
         self._origin: dict[int, int] = {}  # node made by fresh() -> the node it copies
+        self.io_nodes: set[int] = set()  # nodes of model inputs and outputs
+        self._anchored: set[int] = set()  # nodes a constant tells apart, and nodes mixing them
         self.summary: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------ layouts
@@ -114,6 +116,8 @@ class LoweringContext:
         blocks (and, with ``permute_groups``, permuting whole blocks) preserves the model's
         function; the completeness oracle checks that the graph has these automorphisms."""
         where = f" at {self.op.location}" if self.op else ""
+        if self.anchored(nodes):
+            return  # e.g. rotary-embedded q/k dims: a constant fixes them, nothing to permute
         self.symmetries.append({"nodes": nodes.clone(), "groups": groups,
                                 "permute_groups": permute_groups, "what": what + where})
 
@@ -146,6 +150,18 @@ class LoweringContext:
         for sym in self.symmetries:
             if not sym.get("withdrawn") and roots & set(sym["nodes"].tolist()):
                 sym["withdrawn"] = True
+
+    def anchor(self, nodes: torch.Tensor) -> None:
+        """Mark nodes that a constant tells apart (fixed positions), or that combine such
+        nodes elementwise: no symmetry is declared over them."""
+        self._anchored.update(nodes.reshape(-1).tolist())
+
+    def anchored(self, nodes: torch.Tensor) -> bool:
+        """True when any of ``nodes``, or a node one of them copies, is anchored."""
+        if not self._anchored:
+            return False
+        return any(n in self._anchored or self._root(n) in self._anchored
+                   for n in nodes.reshape(-1).tolist())
 
     def note_copies(self, new: torch.Tensor, old: torch.Tensor) -> None:
         """Record that nodes ``new`` are one-to-one copies of ``old`` (same function of the
@@ -342,6 +358,7 @@ def _create_inputs(ctx: LoweringContext) -> None:
         size = value.shape[axis]
         ids = ctx.builder.add_nodes(size, "input", depth=0)
         ctx.builder.pin(ids, torch.arange(position, position + size))
+        ctx.io_nodes.update(ids.tolist())
         position += size
         ctx.set_layout(value, L.for_axis(ids, len(value.shape), axis))
 
@@ -360,6 +377,7 @@ def _pin_outputs(ctx: LoweringContext) -> None:
         first = torch.full((uniq.numel(),), ids.numel(), dtype=torch.long)
         first.scatter_reduce_(0, inverse, torch.arange(ids.numel()), "amin")
         order = uniq[torch.argsort(first)]
+        ctx.io_nodes.update(order.tolist())
         free = order[(positions[order] < 0) & (roles[order] != 0)]
         positions[free] = torch.arange(position, position + free.numel())
         position += free.numel()

@@ -221,8 +221,9 @@ def _check(pg, reference, run, trials, seed, completeness, timeout, rtol, atol) 
 
 
 def pinned_by_structure(pg: ParameterGraph) -> torch.Tensor:
-    """Per node: whether structural (parameter-free) edges connect it to a fixed-position
-    node (a model input or output). Such nodes cannot move alone — e.g. the hidden units of
+    """Per node: whether structural (parameter-free) edges connect it to a node of a model
+    input or output (fixed positions that no permutation moves; positions a constant gives,
+    as rotary tables do, repeat across heads and do not count). Such nodes cannot move alone — e.g. the hidden units of
     a last linear layer whose outputs reach the model output through an activation copy."""
     d = pg.data
     n = int(d.num_nodes)
@@ -239,7 +240,8 @@ def pinned_by_structure(pg: ParameterGraph) -> torch.Tensor:
             break
         label = new
     pinned_label = torch.zeros(n, dtype=torch.bool)
-    pinned_label[label[position >= 0]] = True
+    io = pg.io_nodes if pg.io_nodes is not None else torch.nonzero(position >= 0).view(-1)
+    pinned_label[label[io]] = True
     return pinned_label[label]
 
 

@@ -7,6 +7,9 @@
 - With a parameter operand (layer scale ``γ * x``, a learnable bias vector, ``x + pos_embed``):
   one auxiliary ``param_operand`` node with an edge per parameter entry into the nodes it
   meets (free positions in the ``spatial`` column).
+- With a constant tensor (a mask, a rotary cos/sin table): like an activation without
+  neurons; where the constant varies along a neuron axis, the new nodes get fixed positions
+  (their index along that axis), since the constant tells them apart.
 - With a Python scalar (``x * 0.5``, ``x + 1``): fresh nodes one-to-one with the operand's,
   the edge carrying the scalar (``scalar_*`` types).
 """
@@ -66,9 +69,10 @@ def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
     out = op.output
     ndim = len(out.shape)
     la, lb = ctx.layout(a), ctx.layout(b)
+    varying: list[int] = []
     for constant, other in ((a, b), (b, a)):
         if constant.id in ctx.constants:
-            _check_constant_is_free(ctx, constant, other, ndim)
+            varying += _varying_neuron_axes(ctx, constant, other, ndim)
     if la is None and lb is None:
         ctx.set_layout(out, None)
         return
@@ -85,8 +89,13 @@ def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
         ctx.builder.add_edges((int(keep.sum()),), src[keep], new[keep], etype, value=weight)
     if la is None or lb is None:  # the other operand has no neurons: one-to-one copies
         ctx.note_copies(new, src_a if lb is None else src_b)
+    if ctx.anchored(nodes_in):
+        ctx.anchor(new)
     pos = _merged_pos(ctx, la, lb, ndim, keys.shape)
-    ctx.set_layout(out, L.compress(new[inverse].view(keys.shape), pos))
+    ids = new[inverse].view(keys.shape)
+    if varying:
+        _pin_along(ctx, ids, varying)
+    ctx.set_layout(out, L.compress(ids, pos))
 
 
 def _merged_pos(ctx, la, lb, ndim, shape):
@@ -96,16 +105,43 @@ def _merged_pos(ctx, la, lb, ndim, shape):
     return found[0] if found else None
 
 
-def _check_constant_is_free(ctx, constant: Value, other: Value, ndim: int) -> None:
-    """A constant tensor that varies along a neuron axis would pin those neurons."""
+def _varying_neuron_axes(ctx, constant: Value, other: Value, ndim: int) -> list[int]:
+    """The neuron axes of ``other`` along which ``constant`` takes different values (a rotary
+    cos/sin table along the dims of a head). Those neurons are told apart by the constant, so
+    they get fixed positions. A constant whose value is unknown counts as varying."""
     layout = ctx.layout(other)
     if layout is None:
-        return
+        return []
     shape = (1,) * (ndim - len(constant.shape)) + tuple(constant.shape)
+    known = constant.constant
+    if known is not None:
+        known = known.reshape(shape)
+    axes = []
     for axis in L.align(layout, ndim).neuron_axes():
-        if shape[axis] > 1:
-            raise ctx.error("a constant tensor that varies along a neuron axis fixes those "
-                            "neurons; this is not supported yet — register it as a buffer")
+        if shape[axis] == 1:
+            continue
+        if known is not None and bool((known == known.narrow(axis, 0, 1)).all()):
+            continue  # equal along the axis: no neuron is told apart
+        axes.append(axis)
+    return axes
+
+
+def _pin_along(ctx, ids: torch.Tensor, axes: list[int]) -> None:
+    """Fix the position of every node in ``ids`` (an id grid) to its flat index along
+    ``axes``; nodes along the other axes (heads, when a table is shared by all heads) keep
+    equal positions, so they stay interchangeable."""
+    index = torch.zeros(ids.shape, dtype=torch.long)
+    for axis in axes:
+        shape = [1] * ids.dim()
+        shape[axis] = ids.shape[axis]
+        index = index * ids.shape[axis] + torch.arange(ids.shape[axis]).view(shape)
+    nodes = ids.reshape(-1)
+    positions = torch.full((int(nodes.max()) + 1,), -1, dtype=torch.long)
+    positions[nodes] = index.expand(ids.shape).reshape(-1)
+    uniq = torch.unique(nodes)
+    ctx.builder.pin(uniq, positions[uniq])
+    ctx.withdraw_symmetries(uniq)
+    ctx.anchor(uniq)
 
 
 def _lower_param(ctx, op, x: Value, ref: ParamRef, param_is_lhs: bool) -> None:

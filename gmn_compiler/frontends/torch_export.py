@@ -182,6 +182,11 @@ class _Converter:
                     if not (tensor.is_floating_point() or tensor.is_complex()):
                         self._constant_placeholder(node, tensor)  # masks, indices, counters
                         continue
+                    if name in sig.non_persistent_buffers:
+                        # not part of the state dict (rotary inverse frequencies, cached
+                        # cos/sin tables): derived constants, not weights
+                        self._constant_placeholder(node, tensor)
+                        continue
                     self.env[node.name] = ParamRef(name, tensor, None, self.kinds[name])
                 else:
                     value = self.values_for(node)
