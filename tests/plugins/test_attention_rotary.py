@@ -142,8 +142,10 @@ def test_rotary_tables_give_head_dims_fixed_positions_repeated_per_head(style):
     assert bool((counts[:indices] >= 2 * HEADS).all())
 
 
+# ``pairs`` is left out here only because networkx's VF2 takes ~40 s on its graph; its
+# completeness oracle (test_rotary_oracles) checks the same two symmetries as automorphisms.
 @pytest.mark.parametrize("symmetry", [permute_heads, permute_v_dims])
-@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("style", ["half", "cached"])
 def test_rotary_symmetries_give_isomorphic_graphs(style, symmetry):
     model, inputs = _make(style)
     pg = gc.compile(model, inputs)

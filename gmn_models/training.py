@@ -1,0 +1,435 @@
+"""Train a graph metanetwork to predict a property of models (e.g. test accuracy) from their
+compiled parameter graphs.
+
+``train(TrainConfig(dataset="zoo/", out="runs/a"))`` compiles the model folder (cached), splits
+it, trains with AdamW on the MSE of standardised targets, keeps the best validation weights,
+stops after ``patience`` epochs without improvement, and writes to ``out``: ``checkpoint.pt``
+(model, optimizer, epoch, RNG state, best weights, history; every epoch), ``best.pt`` (best
+weights, target normalisation, config), ``log.csv`` (epoch, train_loss, val_loss, val_r2,
+val_kendall_tau, time_s; losses are MSEs of standardised targets), ``learning_curves.png``,
+``predictions.png`` (test split, else validation), ``metrics.json`` (MSE in label units, R²,
+Kendall tau), ``config.json`` and ``splits.json``. Every ``.pt`` holds plain tensors and
+numbers and loads with ``torch.load(..., weights_only=True)``.
+
+``resume=True`` continues from ``checkpoint.pt`` and ends with the same weights and log as an
+uninterrupted run: each epoch reseeds from ``(seed, epoch, rank)`` and shuffles with
+``DistributedSampler(seed).set_epoch``. Under ``torchrun`` (``WORLD_SIZE > 1``) training is
+data-parallel (DistributedDataParallel, gloo); every rank evaluates the whole validation split,
+so early stopping agrees, and rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DistributedSampler, Subset
+from torch_geometric.loader import DataLoader
+
+from gmn_compiler.fileio import write_atomically
+
+from .metrics import json_safe, kendall_tau, r2_score, regression_metrics
+from .plots import plot_learning_curves, plot_predictions
+
+__all__ = ["TrainConfig", "TrainResult", "ConfigError", "train"]
+
+_CHECKPOINT_FORMAT = "gmn-train-checkpoint-v1"
+# fields that may differ between a run and its resumption
+_RUNTIME_FIELDS = {"dataset", "out", "cache_dir", "compile_workers", "epochs", "patience", "resume",
+                   "overwrite", "progress"}
+
+
+class ConfigError(ValueError):
+    """A training configuration is invalid; the message is one line."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Paths may be relative to the working directory
+    (:func:`gmn_models.train_cli.load_config` resolves those of a config file against the
+    file's folder)."""
+
+    dataset: str  # model folder (models.csv)
+    out: str = "gmn-run"  # output directory
+    label_columns: list[str] = field(default_factory=lambda: ["test_acc"])
+    cache_dir: str | None = None  # compiled dataset cache; default <out>/cache
+    on_disk: bool = False  # OnDiskModelGraphDataset (SQLite) instead of in-memory
+    compile_workers: int = 2
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train, val, test
+    split_seed: int = 0
+    model: str = "gmn_models.model:GMN"  # "module:callable" taking the keywords below
+    hidden: int = 64
+    num_blocks: int = 4
+    dropout: float = 0.0
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra keywords of `model`
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm; 0 disables
+    batch_size: int = 32
+    epochs: int = 100
+    patience: int = 10  # early stopping: epochs without a better validation loss
+    seed: int = 0
+    normalize_targets: bool = True  # standardise labels with the training split's mean/std
+    resume: bool = False  # continue from <out>/checkpoint.pt when it exists
+    overwrite: bool = False  # start over in an <out> that holds a previous run
+    progress: bool | None = None  # tqdm bars; default: when stderr is a terminal
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build and validate a config; unknown keys are a :class:`ConfigError`."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(names)}")
+        if "dataset" not in values:
+            raise ConfigError("the config needs 'dataset', the model folder to train on")
+        values = dict(values)
+        if isinstance(values.get("label_columns"), str):
+            values["label_columns"] = [values["label_columns"]]
+        config = cls(**values)
+        try:
+            config.validate()
+        except TypeError as exc:  # a comparison with a value of the wrong type
+            raise ConfigError(f"a config value has the wrong type ({exc})") from None
+        return config
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid setting."""
+        split = list(self.split)
+        if len(split) != 3 or any(not isinstance(f, (int, float)) or f < 0 for f in split) \
+                or abs(sum(split) - 1) > 1e-6 or split[1] <= 0:
+            raise ConfigError(f"split must be three non-negative fractions (train, val, test) summing "
+                              f"to 1 with val > 0, got {self.split}")
+        for name in ("epochs", "batch_size", "patience", "hidden"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.label_columns or not all(isinstance(c, str) for c in self.label_columns):
+            raise ConfigError(f"label_columns must name at least one column, got {self.label_columns!r}")
+        if self.lr < 0 or self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.dropout < 1:
+            raise ConfigError("lr, weight_decay and grad_clip must be >= 0 and dropout in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """``model``: the network with the best validation weights (eval mode); ``metrics``: what
+    ``metrics.json`` holds; ``history``: the rows of ``log.csv``."""
+
+    out_dir: Path
+    model: nn.Module
+    history: list[dict[str, float]]
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    metrics: dict[str, Any]
+
+
+# ------------------------------------------------------------------ distributed helpers
+def _init_distributed() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), created
+
+
+def _rank0_first(fn: Callable[[], Any], rank: int, world: int) -> Any:
+    """Run ``fn`` on rank 0, then on the others (rank 0 builds caches the others read)."""
+    if world == 1:
+        return fn()
+    result, failed = None, torch.zeros(1)
+    if rank == 0:
+        try:
+            result = fn()
+        except BaseException:
+            failed += 1
+            dist.broadcast(failed, 0)
+            raise
+    dist.broadcast(failed, 0)
+    if failed.item():
+        raise RuntimeError("rank 0 failed while preparing the run (see its error)")
+    return result if rank == 0 else fn()
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + rank) % (2 ** 63)
+
+
+# ------------------------------------------------------------------ data and model
+def _dataset(cfg: TrainConfig):
+    from .datasets import ModelGraphDataset, OnDiskModelGraphDataset
+
+    cls = OnDiskModelGraphDataset if cfg.on_disk else ModelGraphDataset
+    cache = cfg.cache_dir or os.path.join(cfg.out, "cache")
+    return cls(cache, cfg.dataset, cfg.label_columns, workers=cfg.compile_workers, progress=cfg.progress)
+
+
+def _splits(n: int, cfg: TrainConfig) -> dict[str, list[int]]:
+    """Dataset positions of the train / val / test splits (seeded permutation)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
+    n_val = max(1, round(cfg.split[1] * n))
+    n_test = round(cfg.split[2] * n)
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise ConfigError(f"{n} compiled models are too few for split {cfg.split}")
+    return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+
+
+def _labels(dataset, positions: list[int], columns: list[str]) -> torch.Tensor:
+    return torch.tensor([[dataset.metadata[dataset.model_ids[i]][c] for c in columns] for i in positions],
+                        dtype=torch.float32).reshape(len(positions), len(columns))
+
+
+def _make_model(cfg: TrainConfig, num_labels: int) -> nn.Module:
+    import importlib
+
+    module, _, name = cfg.model.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"model {cfg.model!r} cannot be imported ({exc})") from None
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
+    try:
+        return factory(hidden=cfg.hidden, num_blocks=cfg.num_blocks, graph_out=num_labels, edge_out=0,
+                       dropout=cfg.dropout, **cfg.model_kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model {cfg.model!r} rejected its settings ({exc})") from None
+
+
+@dataclass
+class _State:
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val: float = math.inf
+    best_epoch: int = 0
+    best_model: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+
+# ------------------------------------------------------------------ one epoch
+def _bar(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, cfg: TrainConfig,
+                 norm: tuple[torch.Tensor, torch.Tensor], world: int, show: bool, epoch: int) -> float:
+    net.train()
+    mean, std = norm
+    total = torch.zeros(2, dtype=torch.float64)  # sum of losses * graphs, graphs
+    for batch in _bar(loader, show, f"epoch {epoch}"):
+        optimizer.zero_grad(set_to_none=True)
+        pred = net(batch)
+        loss = nn.functional.mse_loss(pred, (batch.y - mean) / std)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        optimizer.step()
+        total += torch.tensor([loss.item() * batch.num_graphs, batch.num_graphs], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(total)
+    return float(total[0] / total[1])
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, loader: DataLoader, norm: tuple[torch.Tensor, torch.Tensor]):
+    """(predictions, targets) in label units, ``[n, L]`` each."""
+    model.eval()
+    mean, std = norm
+    preds, trues = [], []
+    for batch in loader:
+        preds.append(model(batch) * std + mean)
+        trues.append(batch.y)
+    if not preds:
+        return torch.zeros(0, mean.numel()), torch.zeros(0, mean.numel())
+    return torch.cat(preds), torch.cat(trues)
+
+
+# ------------------------------------------------------------------ files
+def _save_torch(path: Path, payload: dict) -> None:
+    write_atomically(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _write_text(path: Path, text: str) -> None:
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+_LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_r2", "val_kendall_tau", "time_s")
+
+
+def _write_log(out: Path, history: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_LOG_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: repr(row[k]) for k in _LOG_COLUMNS} for row in history)
+    _write_text(out / "log.csv", buffer.getvalue())
+
+
+def _checkpoint(out: Path, cfg: TrainConfig, model: nn.Module, optimizer, state: _State, norm) -> None:
+    _save_torch(out / "checkpoint.pt", {
+        "format": _CHECKPOINT_FORMAT, "epoch": state.epoch, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "history": state.history,
+        "best_val": state.best_val, "best_epoch": state.best_epoch, "best_model": state.best_model,
+        "bad_epochs": state.bad_epochs, "stopped_early": state.stopped_early,
+        "target_mean": norm[0], "target_std": norm[1], "config": cfg.to_dict()})
+
+
+def _restore(out: Path, cfg: TrainConfig, model: nn.Module, optimizer) -> tuple[_State, tuple]:
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    if not isinstance(ck, dict) or ck.get("format") != _CHECKPOINT_FORMAT:
+        raise ConfigError(f"{out / 'checkpoint.pt'} is not a gmn-train checkpoint")
+    saved, now = ck["config"], cfg.to_dict()
+    changed = sorted(k for k in now if k not in _RUNTIME_FIELDS and saved.get(k) != now[k])
+    if changed:
+        raise ConfigError(f"cannot resume {out}: the config changed in {changed}; use a new out "
+                          "directory or overwrite")
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    torch.set_rng_state(ck["rng"])
+    state = _State(ck["epoch"], ck["history"], ck["best_val"], ck["best_epoch"], ck["best_model"],
+                   ck["bad_epochs"], ck["stopped_early"])
+    return state, (ck["target_mean"], ck["target_std"])
+
+
+# ------------------------------------------------------------------ the run
+def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
+    """Train as ``config`` says (see :class:`TrainConfig` and the module doc); return the best
+    model and its metrics. Raises :class:`ConfigError` for a bad config, an ``out`` directory
+    that holds another run (unless ``resume`` or ``overwrite``), or a resume whose config
+    differs in anything but runtime settings (epochs, patience, paths, progress). Seeds torch's
+    global RNG (model initialisation, then every epoch)."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    cfg.validate()
+    rank, world, created = _init_distributed()
+    try:
+        return _Run(cfg, rank, world).run()
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _prepare_out(cfg: TrainConfig, rank: int) -> Path:
+    out = Path(cfg.out)
+    if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(f"{out} already holds a training run (checkpoint.pt); resume it "
+                          "(--resume) or start over (--overwrite)")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.overwrite and not cfg.resume:
+            for name in ("checkpoint.pt", "best.pt", "metrics.json", "log.csv"):
+                (out / name).unlink(missing_ok=True)
+    return out
+
+
+def _target_norm(dataset, positions: list[int], cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the training labels, or (0, 1) without normalisation."""
+    labels = _labels(dataset, positions, cfg.label_columns)
+    if not cfg.normalize_targets:
+        return torch.zeros(labels.shape[1]), torch.ones(labels.shape[1])
+    return labels.mean(0), labels.std(0, unbiased=False).clamp_min(1e-8)
+
+
+class _Run:
+    """One training run as seen by one rank: data, model, optimizer, loop state."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, world: int):
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.out = _rank0_first(lambda: _prepare_out(cfg, rank), rank, world)
+        self.dataset = _rank0_first(lambda: _dataset(cfg), rank, world)
+        self.splits = _splits(len(self.dataset), cfg)
+        self.norm = _target_norm(self.dataset, self.splits["train"], cfg)
+        self.model = _make_model(cfg, len(cfg.label_columns))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.state = _State()
+        if cfg.resume and (self.out / "checkpoint.pt").exists():
+            self.state, self.norm = _restore(self.out, cfg, self.model, self.optimizer)
+        self.net = nn.parallel.DistributedDataParallel(self.model) if world > 1 else self.model
+        subsets = {k: Subset(self.dataset, v) for k, v in self.splits.items()}
+        self.sampler = DistributedSampler(subsets["train"], num_replicas=world, rank=rank, shuffle=True,
+                                          seed=cfg.seed)
+        self.train_loader = DataLoader(subsets["train"], batch_size=cfg.batch_size, sampler=self.sampler)
+        self.loaders = {k: DataLoader(subsets[k], batch_size=cfg.batch_size) for k in ("val", "test")}
+        self.show = rank == 0 and (sys.stderr.isatty() if cfg.progress is None else cfg.progress)
+
+    def run(self) -> TrainResult:
+        if self.rank == 0:
+            _write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=1))
+            ids = {k: [self.dataset.model_ids[i] for i in v] for k, v in self.splits.items()}
+            _write_text(self.out / "splits.json", json.dumps(ids))
+        while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
+            self.epoch(self.state.epoch + 1)
+        return self.finish()
+
+    def epoch(self, epoch: int) -> None:
+        """Train one epoch, validate, update early stopping, write checkpoint and log."""
+        cfg, state, start = self.cfg, self.state, time.perf_counter()
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch, self.rank))
+        self.sampler.set_epoch(epoch)
+        train_loss = _train_epoch(self.net, self.optimizer, self.train_loader, cfg, self.norm, self.world,
+                                  self.show, epoch)
+        pred, true = _predict(self.model, self.loaders["val"], self.norm)
+        mean, std = self.norm
+        val_loss = float(nn.functional.mse_loss((pred - mean) / std, (true - mean) / std))
+        state.epoch = epoch
+        state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                              "val_r2": r2_score(pred, true), "val_kendall_tau": kendall_tau(pred, true),
+                              "time_s": time.perf_counter() - start})
+        if val_loss < state.best_val:
+            state.best_val, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
+            state.best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            if self.rank == 0:
+                _save_torch(self.out / "best.pt", {"epoch": epoch, "model": state.best_model,
+                                                   "target_mean": self.norm[0], "target_std": self.norm[1],
+                                                   "config": cfg.to_dict()})
+        else:
+            state.bad_epochs += 1
+            state.stopped_early = state.bad_epochs >= cfg.patience
+        if self.rank == 0:
+            _checkpoint(self.out, cfg, self.model, self.optimizer, state, self.norm)
+            _write_log(self.out, state.history)
+
+    def finish(self) -> TrainResult:
+        """Best weights back in, final metrics on validation and test, plots (rank 0)."""
+        state, splits = self.state, self.splits
+        if state.best_model is not None:
+            self.model.load_state_dict(state.best_model)
+        self.model.eval()
+        results = {k: _predict(self.model, self.loaders[k], self.norm) for k in ("val", "test")}
+        metrics = json_safe({
+            "label_columns": list(self.cfg.label_columns), "best_epoch": state.best_epoch,
+            "epochs_run": state.epoch, "stopped_early": state.stopped_early,
+            "num_models": {k: len(v) for k, v in splits.items()}, "compiled_models": len(self.dataset),
+            "val": regression_metrics(*results["val"]),
+            "test": regression_metrics(*results["test"]) if splits["test"] else None})
+        if self.rank == 0:
+            _write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
+            plot_learning_curves(state.history, self.out / "learning_curves.png", state.best_epoch)
+            shown = "test" if splits["test"] else "val"
+            pred, true = results[shown]
+            plot_predictions(true.numpy(), pred.numpy(), self.out / "predictions.png",
+                             title=f"{shown} split (best epoch {state.best_epoch})",
+                             label=self.cfg.label_columns[0])
+        if self.world > 1:
+            dist.barrier()
+        return TrainResult(self.out, self.model, state.history, state.best_epoch, state.epoch,
+                           state.stopped_early, metrics)

@@ -1,0 +1,144 @@
+"""The model folder format: read, write and verify.
+
+``<folder>/models.csv`` has one row per model with the columns :data:`COLUMNS`:
+
+* ``path``: the ``.safetensors`` file (relative to the folder) holding the state dict;
+* ``builder``: ``"module:function"``, an importable callable returning the ``nn.Module``;
+* ``builder_kwargs``: a JSON object, the builder's keyword arguments;
+* ``input_shape``: a JSON list, an example input shape with batch 1 (for tracing);
+* labels and metadata: ``test_acc``, ``train_acc``, ``family``, ``dataset``, ``layout``,
+  the architecture columns (``width``, ``depth``, ``kernel_size``, ``activation``, ``norm``,
+  ``heads``, ``patch``, ``widen``; empty where a family has no such choice), the training
+  hyperparameters (``lr``, ``epochs``, ``init_scale``, ``weight_decay``, ``label_noise``,
+  ``batch_size``, ``seed``), ``n_params`` and the ``chunk``/``member`` it came from.
+
+``<folder>/manifest.sha256`` lists ``<sha256>  <relative path>`` (``sha256sum -c`` format)
+for every file of the zoo except itself. State dicts are read with ``safetensors`` only
+(nothing is unpickled).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from .families import resolve_builder
+
+COLUMNS = (
+    "path", "builder", "builder_kwargs", "input_shape", "test_acc", "train_acc", "family",
+    "dataset", "layout", "width", "depth", "kernel_size", "activation", "norm", "heads", "patch",
+    "widen", "lr", "epochs", "init_scale", "weight_decay", "label_noise", "batch_size", "seed",
+    "n_params", "chunk", "member",
+)
+INT_COLUMNS = ("width", "depth", "kernel_size", "heads", "patch", "epochs", "batch_size", "seed",
+               "n_params", "chunk", "member")
+FLOAT_COLUMNS = ("test_acc", "train_acc", "lr", "init_scale", "weight_decay", "label_noise")
+MANIFEST = "manifest.sha256"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: readers see
+    the old file or the new one, never a partial one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rows_to_csv(rows: Iterable[dict]) -> str:
+    """CSV text with header :data:`COLUMNS`; ``None`` becomes an empty cell."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in COLUMNS})
+    return buf.getvalue()
+
+
+def parse_row(raw: dict) -> dict:
+    """Typed row: ints and floats parsed, ``builder_kwargs``/``input_shape`` JSON-decoded,
+    ``widen`` a bool, empty cells ``None``."""
+    row: dict = {}
+    for k, v in raw.items():
+        if v == "" or v is None:
+            row[k] = None
+        elif k in INT_COLUMNS:
+            row[k] = int(v)
+        elif k in FLOAT_COLUMNS:
+            row[k] = float(v)
+        elif k in ("builder_kwargs", "input_shape"):
+            row[k] = json.loads(v)
+        elif k == "widen":
+            row[k] = v == "True"
+        else:
+            row[k] = v
+    return row
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[dict]:
+    with open(path, newline="") as f:
+        return [parse_row(r) for r in csv.DictReader(f)]
+
+
+def load_rows(folder: str | os.PathLike) -> list[dict]:
+    """Typed rows of ``<folder>/models.csv``, each with ``root`` (the folder, absolute) added
+    so that :func:`load_state_dict` can find its file."""
+    root = str(Path(folder).resolve())
+    return [{**r, "root": root} for r in read_csv_rows(Path(folder) / "models.csv")]
+
+
+def load_state_dict(row: dict) -> dict[str, torch.Tensor]:
+    """The row's state dict, read with safetensors (no pickle)."""
+    return load_file(os.path.join(row["root"], row["path"]))
+
+
+def build_model(row: dict, load_weights: bool = True) -> nn.Module:
+    """``builder(**builder_kwargs)``, with the stored weights loaded (strict), in eval mode."""
+    model = resolve_builder(row["builder"])(**row["builder_kwargs"])
+    if load_weights:
+        model.load_state_dict(load_state_dict(row))
+    return model.eval()
+
+
+def write_manifest(folder: str | os.PathLike, entries: dict[str, str]) -> None:
+    """Write ``manifest.sha256`` from ``{relative path: sha256}`` (sorted by path)."""
+    text = "".join(f"{h}  {p}\n" for p, h in sorted(entries.items()))
+    atomic_write_text(Path(folder) / MANIFEST, text)
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, str]:
+    entries = {}
+    for line in (Path(folder) / MANIFEST).read_text().splitlines():
+        h, p = line.split("  ", 1)
+        entries[p] = h
+    return entries
+
+
+def verify_manifest(folder: str | os.PathLike) -> list[str]:
+    """Paths whose file is missing or whose sha256 differs from the manifest (empty: all
+    good), plus ``models.csv`` paths missing from the manifest."""
+    folder = Path(folder)
+    entries = read_manifest(folder)
+    bad = [p for p, h in entries.items() if not (folder / p).is_file() or sha256_file(folder / p) != h]
+    listed = {r["path"] for r in read_csv_rows(folder / "models.csv")}
+    return bad + sorted(listed - set(entries))
