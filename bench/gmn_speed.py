@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +45,8 @@ from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gmn_models.layers import NONLINEARITIES, GMNBlock  # noqa: E402
-from gmn_models.model import GMN  # noqa: E402
-
+from gmn_models.layers import NONLINEARITIES, GMNBlock
+from gmn_models.model import GMN
 
 IMPLS = ("ours", "reference")
 

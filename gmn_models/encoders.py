@@ -30,8 +30,14 @@ from torch import Tensor, nn
 
 from gmn_compiler import schema
 
-__all__ = ["CategoricalEmbedding", "SinusoidalInt", "SmallIntEmbedding", "FourierFeatures",
-           "NodeEncoder", "EdgeEncoder"]
+__all__ = [
+    "CategoricalEmbedding",
+    "EdgeEncoder",
+    "FourierFeatures",
+    "NodeEncoder",
+    "SinusoidalInt",
+    "SmallIntEmbedding",
+]
 
 
 class CategoricalEmbedding(nn.Module):

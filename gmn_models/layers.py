@@ -141,7 +141,7 @@ class _EdgeUpdate(torch.autograd.Function):
         return grad_e, grad_ps, grad_pd, grad_w_in, grad_w_out, grad_b_out, None, None, None, None
 
 
-def edge_update(block: "GMNBlock", xn: Tensor, e: Tensor, src: Tensor, dst: Tensor,
+def edge_update(block: GMNBlock, xn: Tensor, e: Tensor, src: Tensor, dst: Tensor,
                 fused: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """The edge half of ``block`` on normalised node states ``xn [N, d]`` and edge states
     ``e [E, d]``: returns ``(e' [E, d], agg_fwd [N, d], agg_bwd [N, d])`` where

@@ -9,8 +9,14 @@ from torch import nn
 
 import gmn_compiler as gc
 from gmn_compiler import schema
-from gmn_models.encoders import (CategoricalEmbedding, EdgeEncoder, FourierFeatures, NodeEncoder,
-                                 SinusoidalInt, SmallIntEmbedding)
+from gmn_models.encoders import (
+    CategoricalEmbedding,
+    EdgeEncoder,
+    FourierFeatures,
+    NodeEncoder,
+    SinusoidalInt,
+    SmallIntEmbedding,
+)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ training sanity, and parameter editing that decompiles back into a runnable mode
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -41,10 +42,10 @@ class Shared(nn.Module):
 
 
 def mlp(widths=(3, 5, 4, 2)) -> nn.Module:
-    layers: list[nn.Module] = []
-    for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
+    mods: list[nn.Module] = []
+    for a, b in itertools.pairwise(widths):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*mods[:-1])
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +262,7 @@ def test_edited_mlp_decompiles_loads_and_runs(compiled):
 
 
 def test_edit_averages_copies_of_a_shared_parameter(compiled):
-    _, inputs, pg = compiled["shared"]
+    pg = compiled["shared"][2]
     d = pg.data
     key = d.edge_param * 10_000 + d.edge_offset
     param = d.edge_param >= 0
