@@ -31,13 +31,7 @@ GRAPH_KEYS = ("x", "edge_index", "edge_attr", "edge_param", "edge_offset")
 HEADER = ["path", "builder", "builder_kwargs", "input_shape"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny graphs: one intra-op thread is far faster than two on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_table(folder: Path, rows: list[dict]) -> None:

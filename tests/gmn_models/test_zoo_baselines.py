@@ -18,12 +18,7 @@ from gmn_models.zoo import baselines, experiment, families
 from gmn_models.zoo import folder as zfolder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_synthetic_zoo(path, n: int = 60, seed: int = 0) -> list[dict]:

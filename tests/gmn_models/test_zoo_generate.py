@@ -21,13 +21,7 @@ SPEC = ZooSpec(seed=7, chunks=2, members=4, epochs=(1,), batch_size=64,
                combos=(("mlp", "digits"), ("resnet", "digits")))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster (much faster on a busy machine); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
