@@ -13,8 +13,10 @@ Encodings
   larger values clamped to ``max``;
 - unbounded integers (depth, position, spatial) -> fixed sinusoids of the value clamped to
   ``max_value`` plus a "none" flag for -1, followed by a learned ``Linear``;
-- the parameter value -> fixed Gaussian random Fourier features ``sin/cos(2 pi B v)`` plus the
-  raw value, followed by a learned ``Linear`` (shared with the spatial sinusoids).
+- the parameter value -> fixed Gaussian random Fourier features ``sin/cos(2 pi B u)`` plus ``u``,
+  followed by a learned ``Linear`` (shared with the spatial sinusoids), where ``u = v`` (``"raw"``)
+  or ``u = sign(v) log(1 + |v|)`` (``"symlog"``: a bijection that is ``~v`` near 0 and keeps
+  large values such as batch-norm running variances in range).
 
 Every encoding is a function of one node's or one edge's own columns (and, for nodes, its in/out
 degree), so encoders commute with any relabelling of nodes and reordering of edges.
@@ -103,14 +105,21 @@ class SinusoidalInt(nn.Module):
                           none.unsqueeze(-1).to(v.dtype)], dim=-1)
 
 
+VALUE_TRANSFORMS = ("raw", "symlog")
+
+
 class FourierFeatures(nn.Module):
-    """Random Fourier features of a real value: ``[sin(2 pi B v), cos(2 pi B v), v]`` with fixed
+    """Random Fourier features of a real value: ``[sin(2 pi B u), cos(2 pi B u), u]`` with fixed
     Gaussian frequencies ``B ~ N(0, scale^2)`` (``num_freqs`` of them, drawn from a private
     generator seeded with ``seed``, stored as a persistent buffer so that they travel with the
-    state dict). No learned parameters. Input ``[E]`` -> output ``[E, 2 * num_freqs + 1]``."""
+    state dict) and ``u = v`` (``transform="raw"``) or ``sign(v) log1p(|v|)`` (``"symlog"``).
+    No learned parameters. Input ``[E]`` -> output ``[E, 2 * num_freqs + 1]``."""
 
-    def __init__(self, num_freqs: int = 32, scale: float = 3.0, seed: int = 0):
+    def __init__(self, num_freqs: int = 32, scale: float = 3.0, seed: int = 0, transform: str = "raw"):
         super().__init__()
+        if transform not in VALUE_TRANSFORMS:
+            raise ValueError(f"unknown value transform {transform!r}; choose from {VALUE_TRANSFORMS}")
+        self.transform = transform
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("freqs", torch.randn(num_freqs, generator=gen) * scale * 2 * math.pi)
 
@@ -120,6 +129,8 @@ class FourierFeatures(nn.Module):
 
     def forward(self, values: Tensor) -> Tensor:
         v = values.to(self.freqs.dtype)
+        if self.transform == "symlog":
+            v = torch.sign(v) * torch.log1p(v.abs())
         angle = v.unsqueeze(-1) * self.freqs
         return torch.cat([torch.sin(angle), torch.cos(angle), v.unsqueeze(-1)], dim=-1)
 
@@ -162,19 +173,20 @@ class NodeEncoder(nn.Module):
 class EdgeEncoder(nn.Module):
     """Edge features ``data.edge_attr`` ``[E, len(schema.EDGE_COLUMNS)]`` -> ``[E, dim]``.
 
-    ``Linear([FourierFeatures(value), sin(spatial)]) + embed(type) + sum_k embed_k(kernel_k)``.
+    ``Linear([FourierFeatures(value, value_transform), sin(spatial)]) + embed(type) + sum_k embed_k(kernel_k)``.
     The four lookups run as one ``embedding_bag`` sum over the concatenated tables, and the
     linear part is added into its output in place, so the encoder allocates one ``[E, dim]``
     tensor (plus the ``[E, 2 * value_freqs + 2 * int_freqs + 2]`` features)."""
 
     def __init__(self, dim: int, value_freqs: int = 32, value_scale: float = 3.0, seed: int = 0,
-                 max_kernel: int = 31, int_freqs: int = 8, max_spatial: int = 65536):
+                 max_kernel: int = 31, int_freqs: int = 8, max_spatial: int = 65536,
+                 value_transform: str = "raw"):
         super().__init__()
         cols = schema.EDGE_COLUMNS
         self.c_value, self.c_type = _col(cols, "value"), _col(cols, "type")
         self.c_kernel = [_col(cols, name) for name in cols if name.startswith("kernel")]
         self.c_spatial = _col(cols, "spatial")
-        self.value = FourierFeatures(value_freqs, value_scale, seed)
+        self.value = FourierFeatures(value_freqs, value_scale, seed, value_transform)
         self.spatial = SinusoidalInt(int_freqs, max_spatial)
         self.linear = nn.Linear(self.value.out_dim + self.spatial.out_dim, dim)
         self.edge_type = CategoricalEmbedding(schema.EDGE_TYPES, dim)

@@ -64,20 +64,23 @@ class GMN(nn.Module):
     ``edge_outputs`` raises); ``dropout``: inside the block MLPs; ``activation``: one of
     ``"silu"``, ``"gelu"``, ``"relu"``; ``value_freqs`` / ``value_scale`` / ``seed``: the fixed
     random Fourier features of the parameter value (frequencies ``~ N(0, value_scale^2)``, drawn
-    from a generator seeded with ``seed``); ``fused``: blocks run their edge half as one
+    from a generator seeded with ``seed``); ``value_transform``: ``"raw"`` or ``"symlog"``
+    (``sign(v) log1p(|v|)`` before the Fourier features, see :mod:`gmn_models.encoders`); ``fused``: blocks run their edge half as one
     autograd function (same values and gradients, less memory and time; no double backward:
     set False for higher-order gradients).
     """
 
     def __init__(self, hidden: int = 64, num_blocks: int = 4, graph_out: int = 1, edge_out: int = 0,
                  dropout: float = 0.0, *, activation: str = "silu", value_freqs: int = 32,
-                 value_scale: float = 3.0, seed: int = 0, fused: bool = True):
+                 value_scale: float = 3.0, seed: int = 0, fused: bool = True,
+                 value_transform: str = "raw"):
         super().__init__()
         if activation not in NONLINEARITIES:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(NONLINEARITIES)}")
         self.hidden, self.graph_out, self.edge_out = hidden, graph_out, edge_out
         self.node_encoder = NodeEncoder(hidden)
-        self.edge_encoder = EdgeEncoder(hidden, value_freqs=value_freqs, value_scale=value_scale, seed=seed)
+        self.edge_encoder = EdgeEncoder(hidden, value_freqs=value_freqs, value_scale=value_scale, seed=seed,
+                                        value_transform=value_transform)
         self.blocks = nn.ModuleList(GMNBlock(hidden, dropout, activation, fused)
                                     for _ in range(num_blocks))
         self.final_norm_x = nn.LayerNorm(hidden)

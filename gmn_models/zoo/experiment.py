@@ -19,8 +19,11 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Sequence
 
 import numpy as np
@@ -47,11 +50,13 @@ def register_method(name: str, fn: Method, *, override: bool = False) -> None:
     METHODS[name] = fn
 
 
-def run_method(name: str, train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int) -> np.ndarray:
-    """Predictions of method ``name`` for ``test_rows`` after fitting on ``train_rows``."""
+def run_method(name: str, train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int,
+               **options) -> np.ndarray:
+    """Predictions of method ``name`` for ``test_rows`` after fitting on ``train_rows``;
+    ``options`` are passed to the method as keyword arguments."""
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
-    preds = np.asarray(METHODS[name](train_rows, test_rows, seed), dtype=np.float64).reshape(-1)
+    preds = np.asarray(METHODS[name](train_rows, test_rows, seed, **options), dtype=np.float64).reshape(-1)
     if preds.shape[0] != len(test_rows):
         raise ValueError(f"method {name!r} returned {preds.shape[0]} predictions for {len(test_rows)} rows")
     return preds
@@ -61,10 +66,11 @@ for _name, _fn in BASELINES.items():
     register_method(_name, _fn)
 
 
-def _gmn(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int) -> np.ndarray:
-    from .gmn_method import gmn_predict  # imported lazily: needs gmn_models.model / datasets
+def _gmn(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int, **options) -> np.ndarray:
+    from .gmn_method import GMNConfig, gmn_predict  # imported lazily: builds parameter graphs
 
-    return gmn_predict(train_rows, test_rows, seed)
+    config = options.pop("config", None) or GMNConfig()
+    return gmn_predict(train_rows, test_rows, seed, config=config, **options)
 
 
 register_method("gmn", _gmn)
@@ -98,26 +104,73 @@ def metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {"r2": float(r2_score(true, pred)), "tau": float(tau)}
 
 
+Job = tuple[str, str, int]  # (method, split, seed)
+_WORKER_ROWS: list[dict] = []
+
+
+def _init_worker(rows: list[dict], threads: int) -> None:
+    global _WORKER_ROWS
+    _WORKER_ROWS = rows
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)  # scikit-learn's boosted trees use OpenMP
+
+
+def _run_job(rows: Sequence[dict], job: Job, options: dict) -> dict:
+    name, split, seed = job
+    train, test = split_rows(rows, split, seed)
+    true = np.array([r["test_acc"] for r in test])
+    start = time.perf_counter()
+    pred = run_method(name, train, test, seed, **options.get(name, {}))
+    return {"method": name, "split": split, "seed": seed, **metrics(true, pred),
+            "n_train": len(train), "n_test": len(test), "seconds": round(time.perf_counter() - start, 2),
+            "paths": [r["path"] for r in test], "families": [r["family"] for r in test],
+            "true": true.tolist(), "pred": pred.tolist()}
+
+
+def _run_job_in_worker(job: Job, options: dict) -> dict:
+    return _run_job(_WORKER_ROWS, job, options)
+
+
+def _log_record(rec: dict, log) -> None:
+    if log:
+        print(f"{rec['split']:5s} seed {rec['seed']} {rec['method']:10s} R2 {rec['r2']:.3f} "
+              f"tau {rec['tau']:.3f} ({rec['seconds']}s)", file=log, flush=True)
+
+
 def run_experiment(rows: Sequence[dict], methods: Sequence[str], splits: Sequence[str] = SPLITS,
-                   seeds: Sequence[int] = (0, 1, 2), log=None) -> list[dict]:
+                   seeds: Sequence[int] = (0, 1, 2), log=None, options: dict | None = None,
+                   workers: int = 0, threads: int = 1) -> list[dict]:
     """One record per (method, split, seed): ``method, split, seed, r2, tau, n_train, n_test,
-    seconds``."""
-    records = []
-    for split in splits:
-        for seed in seeds:
-            train, test = split_rows(rows, split, seed)
-            true = np.array([r["test_acc"] for r in test])
-            for name in methods:
-                start = time.perf_counter()
-                pred = run_method(name, train, test, seed)
-                rec = {"method": name, "split": split, "seed": seed, **metrics(true, pred),
-                       "n_train": len(train), "n_test": len(test),
-                       "seconds": round(time.perf_counter() - start, 2)}
-                records.append(rec)
-                if log:
-                    print(f"{split:5s} seed {seed} {name:10s} R2 {rec['r2']:.3f} tau {rec['tau']:.3f} "
-                          f"({rec['seconds']}s)", file=log, flush=True)
-    return records
+    seconds`` and the test rows' ``paths``, ``families``, ``true`` and ``pred`` values, in the
+    order (split, seed, method) whatever the order in which the jobs finished.
+
+    ``options[method]`` are keyword arguments of that method. With ``workers > 0`` the jobs run
+    in that many spawned processes with ``threads`` torch/OpenMP threads each (the methods'
+    results do not depend on which process runs them); the ``gmn`` parameter graphs are built
+    once, here, before the workers start."""
+    options = options or {}
+    jobs = [(name, split, seed) for split in splits for seed in seeds for name in methods]
+    if workers <= 0:
+        records = []
+        for job in jobs:
+            records.append(_run_job(rows, job, options))
+            _log_record(records[-1], log)
+        return records
+    if "gmn" in methods:
+        from .gmn_method import _dataset
+
+        _dataset(rows[0]["root"], "test_acc")  # compile and cache once, not once per worker
+    done: dict[Job, dict] = {}
+    # slowest methods first, so that the last jobs to finish are short ones
+    order = sorted(jobs, key=lambda j: (j[0] != "gmn", j[0] not in ("deepsets", "dmc")))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(list(rows), threads)) as pool:
+        futures = {pool.submit(_run_job_in_worker, job, options): job for job in order}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            _log_record(done[futures[future]], log)
+    return [done[job] for job in jobs]
 
 
 def markdown_table(records: Sequence[dict]) -> str:
@@ -139,31 +192,52 @@ def markdown_table(records: Sequence[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gmn_models.zoo.experiment",
-                                description="Predict test accuracy from weights: baselines (and GMN) on a zoo.")
+                                description="Predict test accuracy from weights: baselines and GMN on a zoo.")
     p.add_argument("--zoo", required=True, help="zoo folder (models.csv)")
-    p.add_argument("--methods", default="constant,arch_only,hparams,statnn,deepsets,dmc",
+    p.add_argument("--methods", default="constant,arch_only,hparams,statnn,deepsets,dmc,gmn",
                    help=f"comma-separated, from: {','.join(METHODS)}")
     p.add_argument("--splits", default=",".join(SPLITS))
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
-    p.add_argument("--out", help="also write the markdown table here")
+    p.add_argument("--out", help="output folder: table.md, records.csv, predictions.csv, scatter_<split>.png")
+    p.add_argument("--gmn", action="append", default=[], metavar="KEY=VALUE",
+                   help="a GMN hyperparameter (gmn_models.zoo.gmn_method.GMNConfig), repeatable")
+    p.add_argument("--workers", type=int, default=0,
+                   help="worker processes for the (method, split, seed) jobs (default 0: run here)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch and OpenMP/BLAS threads (default 1: small fits are slower with more, "
-                        "and far slower on a busy machine)")
+                   help="torch and OpenMP/BLAS threads per process (default 1: small fits are slower "
+                        "with more, and far slower on a busy machine)")
     args = p.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         print(f"error: unknown method(s) {unknown}; known: {sorted(METHODS)}", file=sys.stderr)
         return 2
-    rows = load_rows(args.zoo)
+    options = {}
+    if "gmn" in methods:
+        from .gmn_method import GMNConfig
+
+        try:
+            options["gmn"] = {"config": GMNConfig().replace(args.gmn)}
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    try:
+        rows = load_rows(args.zoo)
+    except (OSError, ValueError) as e:
+        print(f"error: cannot read zoo {args.zoo}: {e}", file=sys.stderr)
+        return 1
     torch.set_num_threads(args.threads)
-    with threadpool_limits(args.threads):  # scikit-learn's boosted trees use OpenMP
-        records = run_experiment(rows, methods, args.splits.split(","), range(args.seeds), log=sys.stderr)
+    with threadpool_limits(args.threads):
+        records = run_experiment(rows, methods, args.splits.split(","), range(args.seeds), log=sys.stderr,
+                                 options=options, workers=args.workers, threads=args.threads)
     table = markdown_table(records)
     print(table)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+        from .report import write_report
+
+        write_report(records, args.out, table)
+        print(f"wrote {os.path.join(args.out, 'table.md')}, records.csv, predictions.csv and scatter plots",
+              file=sys.stderr)
     return 0
 
 

@@ -4,42 +4,79 @@ experiment's own train rows, predicting its test rows.
 The zoo folder is compiled once into parameter graphs with
 ``gmn_models.datasets.ModelGraphDataset`` (cached under ``<zoo>/.cache/gmn``; not part of the
 manifest), rows are matched to graphs by their ``path``, 10 % of the training rows (seeded) are
-held out to pick the best epoch, and ``gmn_models.model.GMN`` is trained with AdamW on the MSE of
-standardised targets. This is a deliberately small loop: ``gmn_models.training.train`` draws its
-own random splits, whereas an experiment split (10 %, OOD) must be given from outside.
+held out to pick the best epoch, and ``gmn_models.model.GMN`` is trained with AdamW and a cosine
+learning-rate schedule on the MSE of standardised targets. This is a deliberately small loop:
+``gmn_models.training.train`` draws its own random splits, whereas an experiment split (10 %,
+OOD) must be given from outside.
+
+The hyperparameters are a :class:`GMNConfig`; the experiment CLI sets its fields with
+``--gmn key=value`` (for example ``--gmn hidden=32 --gmn epochs=20``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import os
-from typing import Sequence
+import time
+from typing import Sequence, TextIO
 
 import numpy as np
 import torch
 
-HIDDEN, BLOCKS, EPOCHS, BATCH, LR = 64, 4, 60, 32, 1e-3
+
+@dataclasses.dataclass(frozen=True)
+class GMNConfig:
+    """Hyperparameters of the ``gmn`` method. Training runs ``epochs`` epochs, or more when
+    that is fewer than ``min_steps`` optimiser steps (so that a small training set, the 10 %
+    split, is not trained for only a few dozen steps). ``value_transform`` is passed to
+    :class:`gmn_models.model.GMN` (``"symlog"`` bounds the growth of batch-norm running
+    variances and similar large values; ``"raw"`` feeds the value as it is)."""
+
+    hidden: int = 64
+    num_blocks: int = 4
+    epochs: int = 60
+    min_steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.0
+    value_transform: str = "symlog"
+
+    def replace(self, assignments: Sequence[str]) -> "GMNConfig":
+        """A copy with ``key=value`` assignments applied (values parsed with the field's type);
+        an unknown key or a malformed assignment raises ``ValueError`` naming it."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changes = {}
+        for item in assignments:
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or key not in fields:
+                raise ValueError(f"--gmn {item!r}: expected key=value with key one of {sorted(fields)}")
+            kind = type(getattr(self, key))
+            try:
+                changes[key] = kind(value)
+            except ValueError:
+                raise ValueError(f"--gmn {item!r}: {value!r} is not a valid {kind.__name__}") from None
+        return dataclasses.replace(self, **changes)
 
 
 @functools.lru_cache(maxsize=4)
 def _dataset(root: str, target: str):
-    try:
-        from gmn_models.datasets import ModelGraphDataset
-    except ImportError as exc:  # pragma: no cover - depends on the other half of issue 6
-        raise NotImplementedError(f"GMN method: gmn_models.datasets not available yet ({exc})") from None
+    from gmn_models.datasets import ModelGraphDataset
+
     return ModelGraphDataset(os.path.join(root, ".cache", "gmn"), root, [target], workers=0, progress=False)
 
 
 def gmn_predict(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int, target: str = "test_acc",
-                hidden: int = HIDDEN, num_blocks: int = BLOCKS, epochs: int = EPOCHS,
-                batch_size: int = BATCH, lr: float = LR) -> np.ndarray:
-    """Predictions of ``target`` for ``test_rows`` (all rows from one zoo folder)."""
-    try:
-        from torch_geometric.loader import DataLoader
+                config: GMNConfig = GMNConfig(), log: TextIO | None = None) -> np.ndarray:
+    """Predictions of ``target`` for ``test_rows`` (all rows from one zoo folder); with ``log``,
+    one line per epoch (train loss, validation MSE, seconds)."""
+    from torch_geometric.loader import DataLoader
 
-        from gmn_models.model import GMN
-    except ImportError as exc:  # pragma: no cover
-        raise NotImplementedError(f"GMN method: gmn_models.model not available yet ({exc})") from None
+    from gmn_models.model import GMN
+
     ds = _dataset(train_rows[0]["root"], target)
     position = {ds.metadata[mid]["path"]: i for i, mid in enumerate(ds.model_ids)}
     missing = [r["path"] for r in [*train_rows, *test_rows] if r["path"] not in position]
@@ -55,27 +92,40 @@ def gmn_predict(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int
     mu, sd = y.mean(), y.std().clamp_min(1e-6)
 
     torch.manual_seed(seed)
-    model = GMN(hidden=hidden, num_blocks=num_blocks, graph_out=1)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(seed)
+    model = GMN(hidden=config.hidden, num_blocks=config.num_blocks, graph_out=1, dropout=config.dropout,
+                value_transform=config.value_transform)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loader = DataLoader(ds[fit], batch_size=config.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    epochs = max(config.epochs, math.ceil(config.min_steps / len(loader)))
+    total_steps = epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
 
     def predict(positions: list[int]) -> torch.Tensor:
         model.eval()
         with torch.no_grad():
-            out = [model(b).reshape(-1) for b in DataLoader(ds[positions], batch_size=64)]
+            out = [model(b).reshape(-1) for b in DataLoader(ds[positions], batch_size=128)]
         return torch.cat(out) * sd + mu
 
     best, best_state = float("inf"), None
     y_val = torch.tensor([ds[i].y.item() for i in val])
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        start, model_loss, seen = time.perf_counter(), 0.0, 0
         model.train()
-        for batch in DataLoader(ds[fit], batch_size=batch_size, shuffle=True, generator=gen):
+        for batch in loader:
             loss = torch.nn.functional.mse_loss(model(batch).reshape(-1), (batch.y.reshape(-1) - mu) / sd)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
+            model_loss += loss.item() * batch.num_graphs
+            seen += batch.num_graphs
         val_loss = float(((predict(val) - y_val) ** 2).mean())
         if val_loss < best:
             best, best_state = val_loss, {k: v.clone() for k, v in model.state_dict().items()}
+        if log:
+            print(f"  gmn epoch {epoch + 1}/{epochs} train {model_loss / seen:.4f} (standardised) "
+                  f"val MSE {val_loss:.5f} ({time.perf_counter() - start:.1f}s)", file=log, flush=True)
     model.load_state_dict(best_state)
     return predict(test).numpy()
+

@@ -79,6 +79,18 @@ def test_fourier_value_features_are_a_fixed_seeded_buffer_with_the_raw_value():
     assert float(torch.cdist(feats, feats).add(torch.eye(5)).min()) > 1e-3
 
 
+def test_symlog_value_features_are_bounded_and_keep_values_apart():
+    raw, symlog = FourierFeatures(16, seed=0), FourierFeatures(16, seed=0, transform="symlog")
+    v = torch.tensor([-1e4, -0.3, 0.0, 0.01, 2.5, 1e4], dtype=torch.float64)
+    u = symlog.double()(v)[:, -1]
+    assert torch.allclose(u, torch.sign(v) * torch.log1p(v.abs())) and u.abs().max() < 10
+    assert torch.allclose(torch.sign(u) * torch.expm1(u.abs()), v)  # a bijection: nothing lost
+    assert float(torch.cdist(symlog(v.float()), symlog(v.float())).add(torch.eye(6)).min()) > 1e-3
+    assert torch.equal(raw(v.float())[:, -1], v.float())
+    with pytest.raises(ValueError, match="value transform"):
+        FourierFeatures(16, transform="log")
+
+
 def test_edge_encoder_equals_the_sum_of_its_parts(cnn_graph):
     """The fused encoder (one embedding_bag, one in-place addmm) computes
     Linear([rff(value), sin(spatial)]) + type + kernel embeddings, with gradients to all."""

@@ -8,7 +8,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from test_gmn_datasets import make_model_folder
 
