@@ -99,7 +99,10 @@ def split_rows(rows: Sequence[dict], split: str, seed: int) -> tuple[list[dict],
 
 
 def metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """``{"r2", "tau"}``; τ is NaN when either side is constant."""
+    """``{"r2", "tau"}``; τ is NaN when either side is constant, both are NaN for fewer than
+    two rows."""
+    if len(true) < 2:
+        return {"r2": float("nan"), "tau": float("nan")}
     tau = kendalltau(true, pred).statistic if np.ptp(pred) > 0 and np.ptp(true) > 0 else float("nan")
     return {"r2": float(r2_score(true, pred)), "tau": float(tau)}
 

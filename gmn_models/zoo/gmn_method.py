@@ -34,12 +34,12 @@ class GMNConfig:
     :class:`gmn_models.model.GMN` (``"symlog"`` bounds the growth of batch-norm running
     variances and similar large values; ``"raw"`` feeds the value as it is)."""
 
-    hidden: int = 64
-    num_blocks: int = 4
-    epochs: int = 60
+    hidden: int = 32
+    num_blocks: int = 3
+    epochs: int = 50
     min_steps: int = 3000
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-4
     dropout: float = 0.0
     value_transform: str = "symlog"

@@ -6,6 +6,9 @@
 * ``records.csv`` — one row per (method, split, seed): R², τ, sizes, seconds;
 * ``predictions.csv`` — one row per test network and run: method, split, seed, path, family,
   true and predicted test accuracy (so any other plot or metric can be made later);
+* ``families.md`` — per split, R² / Kendall τ within each family (mean over seeds): how
+  well a method ranks networks of one family against each other, which the pooled numbers can
+  hide (telling families apart is already worth R² ≈ 0.4 here);
 * ``scatter_<split>.png`` — predicted against true test accuracy, one panel per method, seed 0
   (or the smallest seed run), coloured by family, with R² in each panel's title.
 
@@ -54,6 +57,32 @@ def predictions_csv(records: Sequence[dict]) -> str:
     return _csv_text(PREDICTION_COLUMNS, lines)
 
 
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def family_table(records: Sequence[dict], split: str) -> str:
+    """Markdown table, methods × families, of R² / τ computed within each family on ``split``
+    (mean over seeds)."""
+    from .experiment import metrics  # here, not at the top: experiment imports this module lazily
+
+    chosen = [r for r in records if r["split"] == split]
+    families = sorted({f for r in chosen for f in r["families"]})
+    lines = [f"| {split} | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
+    for method in dict.fromkeys(r["method"] for r in chosen):
+        cells = []
+        for family in families:
+            scores = []
+            for rec in (r for r in chosen if r["method"] == method):
+                mask = np.array([f == family for f in rec["families"]])
+                scores.append(metrics(np.asarray(rec["true"])[mask], np.asarray(rec["pred"])[mask]))
+            r2, tau = (_nanmean([s[k] for s in scores]) for k in ("r2", "tau"))
+            cells.append(f"{r2:.2f} / {tau:.2f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_scatter(records: Sequence[dict], split: str, path: str | os.PathLike) -> None:
     """Predicted vs. true test accuracy for every method on ``split`` (smallest seed), one
     panel per method, points coloured by family, identity line, R² in the title."""
@@ -96,5 +125,7 @@ def write_report(records: Sequence[dict], out: str | os.PathLike, table: str) ->
     atomic_write_text(out / "table.md", table + "\n")
     atomic_write_text(out / "records.csv", records_csv(records))
     atomic_write_text(out / "predictions.csv", predictions_csv(records))
-    for split in dict.fromkeys(r["split"] for r in records):
+    splits = list(dict.fromkeys(r["split"] for r in records))
+    atomic_write_text(out / "families.md", "\n\n".join(family_table(records, s) for s in splits) + "\n")
+    for split in splits:
         plot_scatter(records, split, out / scatter_name(split))

@@ -45,6 +45,9 @@ def test_cli_writes_the_report(synthetic_zoo, tmp_path, capsys):
         sel = [p for p in predictions if (p["method"], p["split"], p["seed"]) == (rec["method"], rec["split"], rec["seed"])]
         true, pred = np.array([float(p["true"]) for p in sel]), np.array([float(p["pred"]) for p in sel])
         assert experiment.metrics(true, pred)["r2"] == pytest.approx(float(rec["r2"]), abs=1e-12)
+    families = (out / "families.md").read_text().split("\n\n")
+    assert [block.splitlines()[0] for block in families] == ["| full | cnn2d | mlp |", "| 10% | cnn2d | mlp |"]
+    assert all(len(block.strip().splitlines()) == 4 for block in families)  # header, rule, 2 methods
     for name in ("scatter_full.png", "scatter_10pct.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
