@@ -13,13 +13,17 @@
   (or the smallest seed run), coloured by family, with R² in each panel's title.
 
 Every file is written atomically (a reader never sees a partial file).
+``python -m gmn_models.zoo.report DIR`` rewrites the tables and plots of ``DIR`` from its two
+CSV files (:func:`read_records`), e.g. after changing a plot.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -101,7 +105,8 @@ def plot_scatter(records: Sequence[dict], split: str, path: str | os.PathLike) -
             mask = np.array([f == family for f in rec["families"]])
             ax.scatter(true[mask], pred[mask], s=4, alpha=0.5, color=colours[family], label=family)
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
-        ax.set(xlim=(0, 1), ylim=(-0.1, 1.1), title=f"{rec['method']}: R² {rec['r2']:.3f}",
+        low, high = min(-0.1, float(pred.min())), max(1.1, float(pred.max()))
+        ax.set(xlim=(0, 1), ylim=(low, high), title=f"{rec['method']}: R² {rec['r2']:.3f}",
                xlabel="true test accuracy", ylabel="predicted")
     for ax in axes[len(chosen):]:
         ax.set_visible(False)
@@ -129,3 +134,44 @@ def write_report(records: Sequence[dict], out: str | os.PathLike, table: str) ->
     atomic_write_text(out / "families.md", "\n\n".join(family_table(records, s) for s in splits) + "\n")
     for split in splits:
         plot_scatter(records, split, out / scatter_name(split))
+
+
+def read_records(out: str | os.PathLike) -> list[dict]:
+    """The records of a report folder, rebuilt from ``records.csv`` and ``predictions.csv``
+    (the inverse of :func:`records_csv` and :func:`predictions_csv`)."""
+    out = Path(out)
+    with open(out / "records.csv", newline="") as f:
+        records = [{"method": r["method"], "split": r["split"], "seed": int(r["seed"]), "r2": float(r["r2"]),
+                    "tau": float(r["tau"]), "n_train": int(r["n_train"]), "n_test": int(r["n_test"]),
+                    "seconds": float(r["seconds"]), "paths": [], "families": [], "true": [], "pred": []}
+                   for r in csv.DictReader(f)]
+    index = {(r["method"], r["split"], r["seed"]): r for r in records}
+    with open(out / "predictions.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            rec = index[(row["method"], row["split"], int(row["seed"]))]
+            rec["paths"].append(row["path"])
+            rec["families"].append(row["family"])
+            rec["true"].append(float(row["true"]))
+            rec["pred"].append(float(row["pred"]))
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gmn_models.zoo.report",
+                                description="Rewrite a report folder's tables and plots from its CSV files.")
+    p.add_argument("folder", help="a folder written by `python -m gmn_models.zoo.experiment --out`")
+    args = p.parse_args(argv)
+    try:
+        records = read_records(args.folder)
+    except (OSError, KeyError, ValueError) as e:
+        print(f"error: cannot read the report in {args.folder}: {e!r}; "
+              "expected records.csv and predictions.csv from an experiment run", file=sys.stderr)
+        return 1
+    from .experiment import markdown_table
+
+    write_report(records, args.folder, markdown_table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -50,6 +50,11 @@ def test_cli_writes_the_report(synthetic_zoo, tmp_path, capsys):
     assert all(len(block.strip().splitlines()) == 4 for block in families)  # header, rule, 2 methods
     for name in ("scatter_full.png", "scatter_10pct.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the CSV files are enough to rebuild every record and rewrite the report
+    assert experiment.markdown_table(report.read_records(out)) == table.strip()
+    (out / "families.md").unlink()
+    assert report.main([str(out)]) == 0 and (out / "families.md").read_text().split("\n\n") == families
+    assert report.main([str(tmp_path)]) == 1 and "cannot read the report" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
