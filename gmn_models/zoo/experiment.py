@@ -160,9 +160,9 @@ def run_experiment(rows: Sequence[dict], methods: Sequence[str], splits: Sequenc
             _log_record(records[-1], log)
         return records
     if "gmn" in methods:
-        from .gmn_method import _dataset
+        from .gmn_method import zoo_graphs
 
-        _dataset(rows[0]["root"], "test_acc")  # compile and cache once, not once per worker
+        zoo_graphs(rows[0]["root"], "test_acc")  # compile and cache once, not once per worker
     done: dict[Job, dict] = {}
     # slowest methods first, so that the last jobs to finish are short ones
     order = sorted(jobs, key=lambda j: (j[0] != "gmn", j[0] not in ("deepsets", "dmc")))

@@ -44,6 +44,18 @@ class GMNConfig:
     dropout: float = 0.0
     value_transform: str = "symlog"
 
+    def __post_init__(self) -> None:
+        from gmn_models.encoders import VALUE_TRANSFORMS
+
+        if self.value_transform not in VALUE_TRANSFORMS:
+            raise ValueError(f"--gmn value_transform={self.value_transform}: expected one of {VALUE_TRANSFORMS}")
+        small = [f"{k}={getattr(self, k)}" for k in ("hidden", "epochs", "batch_size") if getattr(self, k) < 1]
+        small += [f"{k}={getattr(self, k)}" for k in ("num_blocks", "min_steps") if getattr(self, k) < 0]
+        small += [f"lr={self.lr}"] if not self.lr > 0 else []
+        if small:
+            raise ValueError(f"--gmn {', '.join(small)}: out of range (hidden, epochs, batch_size >= 1; "
+                             "num_blocks, min_steps >= 0; lr > 0)")
+
     def replace(self, assignments: Sequence[str]) -> "GMNConfig":
         """A copy with ``key=value`` assignments applied (values parsed with the field's type);
         an unknown key or a malformed assignment raises ``ValueError`` naming it."""
@@ -63,7 +75,10 @@ class GMNConfig:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(root: str, target: str):
+def zoo_graphs(root: str, target: str = "test_acc"):
+    """The zoo folder ``root`` compiled into parameter graphs (a
+    ``gmn_models.datasets.ModelGraphDataset`` with ``target`` as label), built on first use
+    and cached on disk under ``<root>/.cache/gmn`` and in memory for this process."""
     from gmn_models.datasets import ModelGraphDataset
 
     return ModelGraphDataset(os.path.join(root, ".cache", "gmn"), root, [target], workers=0, progress=False)
@@ -77,7 +92,7 @@ def gmn_predict(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int
 
     from gmn_models.model import GMN
 
-    ds = _dataset(train_rows[0]["root"], target)
+    ds = zoo_graphs(train_rows[0]["root"], target)
     position = {ds.metadata[mid]["path"]: i for i, mid in enumerate(ds.model_ids)}
     missing = [r["path"] for r in [*train_rows, *test_rows] if r["path"] not in position]
     if missing:

@@ -124,6 +124,6 @@ def test_gmn_config_assignments():
 
     config = GMNConfig().replace(["hidden=16", "lr=0.01", "value_transform=raw"])
     assert (config.hidden, config.lr, config.value_transform) == (16, 0.01, "raw")
-    for bad in (["width=3"], ["hidden"], ["hidden=wide"]):
+    for bad in (["width=3"], ["hidden"], ["hidden=wide"], ["value_transform=log"], ["hidden=0"], ["lr=-1"]):
         with pytest.raises(ValueError, match="--gmn"):
             GMNConfig().replace(bad)
