@@ -12,6 +12,8 @@
   (their index along that axis), since the constant tells them apart.
 - With a Python scalar (``x * 0.5``, ``x + 1``): fresh nodes one-to-one with the operand's,
   the edge carrying the scalar (``scalar_*`` types).
+- ``where`` / ``masked_fill`` with a mask and fill that carry no neurons: the nodes are marked
+  ``masked``; where the mask or fill varies along a neuron axis they get fixed positions too.
 """
 
 from __future__ import annotations
@@ -105,15 +107,16 @@ def _merged_pos(ctx, la, lb, ndim, shape):
     return found[0] if found else None
 
 
-def _varying_neuron_axes(ctx, constant: Value, other: Value, ndim: int) -> list[int]:
-    """The neuron axes of ``other`` along which ``constant`` takes different values (a rotary
-    cos/sin table along the dims of a head). Those neurons are told apart by the constant, so
-    they get fixed positions. A constant whose value is unknown counts as varying."""
+def _varying_neuron_axes(ctx, constant: Value | torch.Tensor, other: Value, ndim: int) -> list[int]:
+    """The neuron axes of ``other`` along which ``constant`` (a constant activation, or a
+    tensor literal from an ONNX ``Constant``) takes different values (a rotary cos/sin table
+    along the dims of a head, a channel mask). Those neurons are told apart by the constant,
+    so they get fixed positions. A constant whose value is unknown counts as varying."""
     layout = ctx.layout(other)
     if layout is None:
         return []
     shape = (1,) * (ndim - len(constant.shape)) + tuple(constant.shape)
-    known = constant.constant
+    known = constant if isinstance(constant, torch.Tensor) else constant.constant
     if known is not None:
         known = known.reshape(shape)
     axes = []
@@ -173,23 +176,33 @@ def _lower_scalar(ctx, op, x: Value, scalar: float, scalar_is_lhs: bool, alpha=1
 
 def lower_where(ctx, op) -> None:
     """``where(cond, x, other)`` / ``masked_fill``: inputs ``[x, cond, other]`` where ``x``
-    is the activation. The condition and the fill must not vary along x's neuron axes (then
-    every neuron is masked alike: the nodes are marked ``masked``)."""
+    is the activation. Its nodes are marked ``masked``. Where the condition or the fill
+    varies along a neuron axis of ``x`` (a constant channel mask, a mask computed from the
+    input), the masked nodes get fixed positions along that axis, since the mask tells them
+    apart; a parameter fill that varies along a neuron axis is not supported."""
     x, rest = op.inputs[0], op.inputs[1:]
     layout = ctx.layout(x)
     if layout is None:
         ctx.set_layout(op.output, None)
         return
     ndim = len(op.output.shape)
-    neuron_axes = L.align(layout, ndim).neuron_axes()
+    varying: set[int] = set()
     for other in rest:
-        if isinstance(other, (Value, ParamRef)):
-            if isinstance(other, Value) and ctx.layout(other) is not None:
-                raise ctx.error("where() between two activations is not supported")
+        if isinstance(other, Value) and ctx.layout(other) is not None:
+            raise ctx.error("where() between two activations is not supported")
+        if isinstance(other, ParamRef) and other.kind == "constant":  # an ONNX float Constant
+            other = other.tensor
+        if isinstance(other, ParamRef):
             shape = (1,) * (ndim - len(other.shape)) + tuple(other.shape)
-            if any(shape[a] > 1 for a in neuron_axes):
-                raise ctx.error("a mask or fill that varies along a neuron axis is not supported")
-    ctx.set_layout(op.output, L.align(ctx.derive(x, "masked"), ndim))
+            if any(shape[a] > 1 for a in L.align(layout, ndim).neuron_axes()):
+                raise ctx.error(f"where() with parameter {other.name} varying along a neuron axis "
+                                "is not supported; write a plugin rule for this layer")
+        elif isinstance(other, (Value, torch.Tensor)):
+            varying.update(_varying_neuron_axes(ctx, other, x, ndim))
+    masked = L.align(ctx.derive(x, "masked"), ndim)
+    if varying:
+        _pin_along(ctx, masked.ids, sorted(varying))
+    ctx.set_layout(op.output, masked)
 
 
 def _where(condition, a, b):

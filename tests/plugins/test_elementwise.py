@@ -353,3 +353,81 @@ def test_bias_free_linear_plus_vector_is_a_linear_layer_with_bias():
     inputs = (torch.randn(3, 4),)
     pg = assert_oracles(spelled, inputs, trials=3)
     assert_isomorphic(pg, gc.compile(plain, inputs))
+
+
+# ------------------------------------------------------------------ where / masked_fill
+class MaskedHidden(nn.Module):
+    """y = l2(fill(relu(l1 x))) where ``fill`` masks hidden units with a constant mask."""
+
+    def __init__(self, mask: torch.Tensor, spelling: str, persistent: bool = False):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 2)
+        self.register_buffer("mask", mask, persistent=persistent)
+        self.spelling = spelling
+
+    def forward(self, x):
+        h = torch.relu(self.l1(x))
+        if self.spelling == "masked_fill":
+            h = h.masked_fill(self.mask, -1.0)
+        else:
+            h = torch.where(self.mask, h, 2.0)
+        return self.l2(h)
+
+
+def _hidden_units_declared(pg):
+    return [s["what"] for s in pg.symmetries if "hidden units" in s["what"] and not s.get("withdrawn")]
+
+
+@pytest.mark.parametrize("spelling", ["masked_fill", "where"])
+def test_mask_equal_along_features_keeps_hidden_units_free(spelling):
+    model = MaskedHidden(torch.zeros(3, 1, dtype=torch.bool).index_fill(0, torch.tensor([1]), True), spelling)
+    x = (torch.randn(3, 4),)
+    pg = assert_oracles(model, x)
+    assert len(_hidden_units_declared(pg)) == 2
+    assert_symmetry(model, pg, x, lambda m: (permute_rows(m.l1, P5), permute_cols(m.l2, P5)))
+
+
+@pytest.mark.parametrize("spelling", ["masked_fill", "where"])
+def test_mask_varying_along_features_pins_the_masked_units(spelling):
+    """A mask over hidden units tells them apart: permuting them changes the function, and
+    the graph must not have that automorphism (the units get fixed positions)."""
+    mask = torch.tensor([True, False, False, True, False])
+    model = MaskedHidden(mask, spelling)
+    x = (torch.randn(3, 4),)
+    pg = assert_oracles(model, x)
+    assert len(_hidden_units_declared(pg)) == 1  # only l2's outputs stay free
+    masked = pg.data.x[:, S.node_column("activation")] == S.code(S.ACTIVATIONS, "masked")
+    assert sorted(pg.data.x[masked, S.node_column("position")].tolist()) == [0, 1, 2, 3, 4]
+    swap = torch.tensor([1, 0, 2, 3, 4])  # a masked unit with an unmasked one
+    assert_not_symmetry(model, pg, x, lambda m: (permute_rows(m.l1, swap), permute_cols(m.l2, swap)))
+
+
+def test_mask_computed_from_the_input_pins_the_units_it_selects():
+    """A mask that is an input (not a known constant) may differ per unit: pinned."""
+
+    class InputMask(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 2)
+
+        def forward(self, x, keep):
+            return self.l2(torch.relu(self.l1(x)).masked_fill(~keep, 0.0))
+
+    inputs = (torch.randn(3, 4), torch.rand(3, 5) > 0.5)
+    pg = assert_oracles(InputMask(), inputs)
+    assert len(_hidden_units_declared(pg)) == 1
+
+
+def test_parameter_fill_varying_along_features_is_rejected():
+    class LearnedFill(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1 = nn.Linear(4, 5)
+            self.fill = nn.Parameter(torch.randn(5))
+            self.register_buffer("mask", torch.tensor([True, False, True, False, False]), persistent=False)
+
+        def forward(self, x):
+            return torch.where(self.mask, self.l1(x), self.fill)
+
+    with pytest.raises(gc.CompileError, match="fill varying along a neuron axis|parameter fill"):
+        gc.compile(LearnedFill(), (torch.randn(3, 4),))
