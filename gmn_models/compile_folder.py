@@ -41,6 +41,7 @@ from gmn_compiler.fileio import write_atomically
 from gmn_compiler.graph import ParameterGraph
 
 from .datasets import ModelFolderError, ModelRow, build_module, example_input, read_model_table
+from .workers import usable_workers
 
 __all__ = ["compile_folder", "CompileReport", "CompiledFolder", "compile_row", "read_model_table",
            "ModelRow", "ModelFolderError", "build_module", "example_input"]
@@ -283,6 +284,7 @@ def compile_folder(source: str | Path, out_dir: str | Path, workers: int = 2, re
     errors: dict[int, str] = {r.index: r.problem for r in rows if r.problem}
     todo = [r for r in rows if not r.problem and not (resume and values_path(out, r).exists())]
     report.reused = len(rows) - len(errors) - len(todo)
+    workers = usable_workers(workers)
     with _executor(workers if todo else 0) as pool, _progress_bar(len(todo), progress) as bar:
         _run(pool, folder, out, todo, errors, bar, resume, max(1, workers), chunk_size)
     by_index = {r.index: r for r in rows}

@@ -32,6 +32,7 @@ from scipy.stats import kendalltau
 from sklearn.metrics import r2_score
 from threadpoolctl import threadpool_limits
 
+from ..workers import usable_workers
 from .baselines import BASELINES
 from .folder import load_rows
 
@@ -153,7 +154,7 @@ def run_experiment(rows: Sequence[dict], methods: Sequence[str], splits: Sequenc
     once, here, before the workers start."""
     options = options or {}
     jobs = [(name, split, seed) for split in splits for seed in seeds for name in methods]
-    if workers <= 0:
+    if usable_workers(workers) <= 0:
         records = []
         for job in jobs:
             records.append(_run_job(rows, job, options))

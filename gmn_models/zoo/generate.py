@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..workers import usable_workers
 from . import data as zdata
 from .families import resolve_builder
 from .folder import atomic_write_text, rows_to_csv, sha256_file, write_manifest
@@ -160,7 +161,7 @@ def generate(folder: str | os.PathLike, spec: ZooSpec, workers: int = 1, threads
             print(f"chunk {t['chunk']:5d} {t['family']:8s} {t['dataset']:8s} {t['networks']} nets "
                   f"{t['seconds']:.1f}s ({len(timings)}/{len(todo)})", file=log, flush=True)
 
-    if workers <= 1:
+    if usable_workers(workers) <= 1:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
