@@ -74,11 +74,16 @@ class GMNConfig:
         return dataclasses.replace(self, **changes)
 
 
-@functools.lru_cache(maxsize=4)
-def zoo_graphs(root: str, target: str = "test_acc"):
+def zoo_graphs(root: str | os.PathLike, target: str = "test_acc"):
     """The zoo folder ``root`` compiled into parameter graphs (a
     ``gmn_models.datasets.ModelGraphDataset`` with ``target`` as label), built on first use
-    and cached on disk under ``<root>/.cache/gmn`` and in memory for this process."""
+    and cached on disk under ``<root>/.cache/gmn`` and in memory for this process (one entry
+    per folder, however its path is spelled)."""
+    return _zoo_graphs(os.path.realpath(root), target)
+
+
+@functools.lru_cache(maxsize=4)
+def _zoo_graphs(root: str, target: str):
     from gmn_models.datasets import ModelGraphDataset
 
     return ModelGraphDataset(os.path.join(root, ".cache", "gmn"), root, [target], workers=0, progress=False)

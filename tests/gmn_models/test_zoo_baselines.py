@@ -127,3 +127,20 @@ def test_gmn_config_assignments():
     for bad in (["width=3"], ["hidden"], ["hidden=wide"], ["value_transform=log"], ["hidden=0"], ["lr=-1"]):
         with pytest.raises(ValueError, match="--gmn"):
             GMNConfig().replace(bad)
+
+
+def test_zoo_graphs_are_built_once_per_folder(rows, synthetic_zoo):
+    """However the folder's path is spelled, the compiled graphs are one cached dataset; a
+    different target is another dataset, labelled with that column."""
+    from gmn_models.zoo.gmn_method import zoo_graphs
+
+    graphs = zoo_graphs(synthetic_zoo)
+    assert len(graphs) == len(rows)
+    assert zoo_graphs(str(synthetic_zoo) + "/") is graphs
+    assert zoo_graphs(synthetic_zoo / "models" / "..", "test_acc") is graphs
+    by_path = {r["path"]: r for r in rows}
+    for target in ("test_acc", "train_acc"):
+        dataset = zoo_graphs(synthetic_zoo, target)
+        labels = [float(dataset[i].y.reshape(-1)[0]) for i in range(3)]
+        expected = [by_path[dataset.metadata[mid]["path"]][target] for mid in dataset.model_ids[:3]]
+        assert labels == pytest.approx(expected)
