@@ -212,7 +212,18 @@ def _is_number(cell: str) -> bool:
 
 # ------------------------------------------------------------------ shared dataset logic
 class _FolderDataset:
-    """Reads the table, checks the labels, compiles and yields labelled graphs."""
+    """Reads the table, checks the labels, compiles and yields labelled graphs; names the
+    cache files (graphs with ``graphs_suffix``, then the metadata written last)."""
+
+    graphs_suffix = ".pt"
+
+    @property
+    def raw_file_names(self) -> list[str]:
+        return []
+
+    @property
+    def processed_file_names(self) -> list[str]:
+        return [f"graphs-{self._key}{self.graphs_suffix}", f"meta-{self._key}.json"]
 
     def _setup(self, source: str | os.PathLike, label_columns: Sequence[str] | str, workers: int,
                progress: bool | None) -> None:
@@ -324,14 +335,6 @@ class ModelGraphDataset(_FolderDataset, InMemoryDataset):
         self.slices = payload["slices"]
         self._load_meta(self.processed_paths[1])
 
-    @property
-    def raw_file_names(self) -> list[str]:
-        return []
-
-    @property
-    def processed_file_names(self) -> list[str]:
-        return [f"graphs-{self._key}.pt", f"meta-{self._key}.json"]
-
     def process(self) -> None:
         graphs = list(self._labelled_graphs(self.root))
         if self.pre_filter is not None:
@@ -361,6 +364,8 @@ class OnDiskModelGraphDataset(_FolderDataset, OnDiskDataset):
     ``root/processed`` and read on access, for collections larger than memory. Rows are raw
     tensor bytes (a fixed schema), never pickles. Same arguments, minus ``pre_transform``."""
 
+    graphs_suffix = ".db"
+
     def __init__(self, root: str | os.PathLike, source: str | os.PathLike,
                  label_columns: Sequence[str] | str = ("test_acc",), transform: Callable | None = None,
                  pre_filter: Callable | None = None, *, workers: int = 2, progress: bool | None = None,
@@ -372,14 +377,6 @@ class OnDiskModelGraphDataset(_FolderDataset, OnDiskDataset):
                          schema=_sqlite_schema(len(self.label_columns)), log=log)
         self._drop_pyg_markers(root)
         self._load_meta(self.processed_paths[1])
-
-    @property
-    def raw_file_names(self) -> list[str]:
-        return []
-
-    @property
-    def processed_file_names(self) -> list[str]:
-        return [f"graphs-{self._key}.db", f"meta-{self._key}.json"]
 
     def process(self) -> None:
         if os.path.exists(self.processed_paths[0]):  # left by an interrupted run
