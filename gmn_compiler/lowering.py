@@ -6,6 +6,7 @@ reuse policy (when an op may hand its input's nodes on, and when it must create 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -215,10 +216,30 @@ class LoweringContext:
         elif lay.pos is not None and spatial is None:
             spatial = lay.pos
         aux = self.builder.add_nodes(1, role, self.builder.depth_of(lay.ids.reshape(-1)))
-        if grid != ref.shape:
-            ref = ref.apply(lambda t: t.expand(grid))
-        self.builder.add_edges(grid, aux.view((1,) * ndim), lay.ids, etype, param=ref,
-                               spatial=spatial)
+        # Along a neuron axis the parameter does not vary over (a per-dim table shared by all
+        # heads), each entry meets one node per index: one edge block per index makes those
+        # copies uses of a shared parameter, which the builder ties, so that an automorphism
+        # permutes the nodes the same way in every copy (as the shared values require).
+        # A symmetry declared per copy (q/k dims permuted independently in each head) no
+        # longer holds, so the nodes are anchored: no such symmetry is declared over them.
+        copies = [a for a in range(ndim) if ref.shape[a] == 1 and lay.ids.shape[a] > 1]
+        if copies:
+            self.anchor(lay.ids)
+        block = tuple(1 if a in copies else g for a, g in enumerate(grid))
+        if block != ref.shape:
+            ref = ref.apply(lambda t: t.expand(block))
+        for index in itertools.product(*(range(grid[a]) for a in copies)):
+            at = lambda t: _select(t, copies, index)
+            self.builder.add_edges(block, aux.view((1,) * ndim), at(lay.ids), etype, param=ref,
+                                   spatial=None if spatial is None else at(spatial))
+
+
+def _select(t: torch.Tensor, axes: list[int], index: tuple[int, ...]) -> torch.Tensor:
+    """``t`` narrowed to entry ``index[i]`` along each ``axes[i]`` where it has more than one."""
+    for axis, i in zip(axes, index):
+        if t.shape[axis] > 1:
+            t = t.narrow(axis, i, 1)
+    return t
 
 
 def _drop_broadcast_axes(ref: ParamRef, layout: Layout) -> ParamRef:

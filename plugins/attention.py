@@ -71,7 +71,7 @@ def _declare_head_symmetries(ctx, heads: torch.Tensor, q: torch.Tensor, k: torch
         order = torch.argsort(group, stable=True)
         ctx.declare_symmetry(heads[order], "attention heads (with their K/V head)",
                              groups=n_kv, permute_groups=n_kv > 1)
-    if torch.unique(kv_rows).numel() == kv_rows.numel() and kv_rows.shape[1] > 1:
+    if torch.unique(kv_rows).numel() == kv_rows.numel() and kv_rows.shape[1] > 1 and not ctx.anchored(q):
         ctx.declare_symmetry(kv_rows.reshape(-1), "query/key dims within each head", groups=n_kv)
 
 

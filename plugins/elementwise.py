@@ -7,8 +7,8 @@
 - With a parameter operand (layer scale ``γ * x``, a learnable bias vector, ``x + pos_embed``):
   one auxiliary ``param_operand`` node with an edge per parameter entry into the nodes it
   meets (free positions in the ``spatial`` column).
-- With a constant tensor (a mask, a rotary cos/sin table): like an activation without
-  neurons; where the constant varies along a neuron axis, the new nodes get fixed positions
+- With a constant tensor (a mask, a rotary cos/sin table; from ONNX, a ``Constant`` node or
+  a value folded from constants): like an activation without neurons; where the constant varies along a neuron axis, the new nodes get fixed positions
   (their index along that axis), since the constant tells them apart.
 - With a Python scalar (``x * 0.5``, ``x + 1``): fresh nodes one-to-one with the operand's,
   the edge carrying the scalar (``scalar_*`` types).
@@ -40,10 +40,11 @@ SCALAR_TYPES = {"add": ("scalar_add", "scalar_add"), "sub": ("scalar_sub", "scal
 
 def lower_binary(ctx, op) -> None:
     """inputs ``[a, b]``; attrs ``alpha`` (``a + alpha * b`` for add/sub)."""
-    a, b = op.inputs[0], op.inputs[1]
+    a, b = _constant_tensor(op.inputs[0]), _constant_tensor(op.inputs[1])
     alpha = op.attrs.get("alpha", 1)
     a_const, b_const = _as_scalar(ctx, a), _as_scalar(ctx, b)
-    if isinstance(a, Value) and isinstance(b, Value) and a_const is None and b_const is None:
+    if isinstance(a, (Value, torch.Tensor)) and isinstance(b, (Value, torch.Tensor)) and \
+            (isinstance(a, Value) or isinstance(b, Value)):
         _lower_pair(ctx, op, a, b, alpha)
     elif isinstance(a, Value) and isinstance(b, ParamRef):
         _lower_param(ctx, op, a, b, param_is_lhs=False)
@@ -55,6 +56,19 @@ def lower_binary(ctx, op) -> None:
         _lower_scalar(ctx, op, b, a_const, scalar_is_lhs=True, alpha=alpha)
     else:
         raise ctx.error(f"unsupported operands for {op.kind}: {type(a).__name__}, {type(b).__name__}")
+
+
+def _constant_tensor(operand):
+    """An ONNX float ``Constant`` (or a value folded from constants) reaches the rules as a
+    ``ParamRef`` of kind ``constant``: it is no weight (nothing writes it back), so it is
+    treated as torch treats a constant tensor — by its value, not as edges carrying it."""
+    if isinstance(operand, ParamRef) and operand.kind == "constant":
+        return operand.tensor
+    return operand
+
+
+def _layout_of(ctx, operand):
+    return None if isinstance(operand, torch.Tensor) else ctx.layout(operand)
 
 
 def _as_scalar(ctx, operand) -> float | None:
@@ -70,10 +84,10 @@ def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
         raise ctx.error(f"{op.kind} between two activations is not supported")
     out = op.output
     ndim = len(out.shape)
-    la, lb = ctx.layout(a), ctx.layout(b)
+    la, lb = _layout_of(ctx, a), _layout_of(ctx, b)
     varying: list[int] = []
     for constant, other in ((a, b), (b, a)):
-        if constant.id in ctx.constants:
+        if isinstance(constant, torch.Tensor) or constant.id in ctx.constants:
             varying += _varying_neuron_axes(ctx, constant, other, ndim)
     if la is None and lb is None:
         ctx.set_layout(out, None)
@@ -190,8 +204,7 @@ def lower_where(ctx, op) -> None:
     for other in rest:
         if isinstance(other, Value) and ctx.layout(other) is not None:
             raise ctx.error("where() between two activations is not supported")
-        if isinstance(other, ParamRef) and other.kind == "constant":  # an ONNX float Constant
-            other = other.tensor
+        other = _constant_tensor(other)
         if isinstance(other, ParamRef):
             shape = (1,) * (ndim - len(other.shape)) + tuple(other.shape)
             if any(shape[a] > 1 for a in L.align(layout, ndim).neuron_axes()):

@@ -10,6 +10,8 @@ positions (their index in the head), repeated in every head, so heads stay inter
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -196,3 +198,73 @@ def test_constant_mask_over_features_pins_only_where_it_varies():
     declared = lambda pg: [s["what"] for s in pg.symmetries if "hidden units" in s["what"]]
     assert len(declared(assert_oracles(flat, x))) == 2
     assert len(declared(assert_oracles(varying, x))) == 1  # only the last layer's
+
+
+class SharedQueryScale(nn.Module):
+    """Attention with a learned per-dim query scale shared by every head (``q * s``, s of
+    shape [head_dim]): permuting q/k dims is a symmetry only if done alike in all heads,
+    with ``s`` permuted too."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(DIM, DIM) for _ in range(4))
+        self.scale = nn.Parameter(torch.rand(HEAD_DIM) + 0.5)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        split = lambda y: y.view(b, t, HEADS, HEAD_DIM).transpose(1, 2)
+        q, k, v = split(self.q(x)) * self.scale, split(self.k(x)), split(self.v(x))
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, t, c))
+
+
+def test_parameter_shared_by_heads_ties_their_dims():
+    torch.manual_seed(0)
+    model, inputs = SharedQueryScale().eval(), (torch.randn(1, SEQ, DIM),)
+    pg = assert_oracles(model, inputs, trials=6)
+    declared = " ".join(s["what"] for s in pg.symmetries)
+    assert "attention heads" in declared and "query/key dims" not in declared
+    dims = torch.tensor([3, 0, 7, 1, 6, 2, 5, 4])
+
+    def qk_dims_in_every_head(m):
+        _rows(m.q, m.k, perm=torch.cat([dims + h * HEAD_DIM for h in range(HEADS)]))
+        m.scale.copy_(m.scale[dims])
+
+    assert_same_function(model, permuted_copy(model, qk_dims_in_every_head), inputs)
+    assert_isomorphic(pg, gc.compile(permuted_copy(model, qk_dims_in_every_head), inputs))
+    assert_isomorphic(pg, gc.compile(permuted_copy(model, permute_heads), inputs))
+    one_head = permuted_copy(model, permute_qk_dims_jointly)  # head 0 only: scale cannot follow
+    assert functions_differ(model, one_head, inputs)
+    assert_not_isomorphic(pg, gc.compile(one_head, inputs))
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "torchscript-folded", "dynamo-optimized"])
+@pytest.mark.parametrize("style", ["half", "pairs", "cached"])
+def test_onnx_rotary_attention_oracles(style, exporter, tmp_path):
+    """RoPE through ONNX: the cos/sin tables arrive as Constant nodes or values folded from
+    them, which are no weights; like torch constants they pin the q/k dims they multiply
+    (random automorphisms must preserve onnxruntime's outputs, which they did not while the
+    tables were treated as movable weights), and heads and value dims stay permutable."""
+    model, (x,) = _make(style)
+    path = tmp_path / "rope.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo-optimized":  # unoptimised, dynamo keeps inv_freq as an initializer
+            torch.onnx.export(model, (x,), path, dynamo=True, optimize=True, verbose=False)
+        else:
+            torch.onnx.export(model, (x,), path, dynamo=False, do_constant_folding=exporter.endswith("folded"))
+    pg = gc.compile(str(path))
+    report = gc.check_symmetry(str(path), trials=4, graph=pg)
+    checked = " ".join(report.symmetries_checked)
+    assert "attention heads" in checked and "value dims within each head" in checked
+    assert "query/key dims" not in " ".join(s["what"] for s in pg.symmetries)
+    assert _head_structure(pg) == _head_structure(gc.compile(model, (x,)))
+
+
+def _head_structure(pg):
+    """Numbers of head nodes, contract edges and head-membership edges."""
+    d, code = pg.data, gc.schema.code
+    role, etype = d.x[:, gc.schema.node_column("role")].long(), d.edge_attr[:, gc.schema.edge_column("type")].long()
+    return (int((role == code(gc.schema.NODE_ROLES, "head")).sum()),
+            int((etype == code(gc.schema.EDGE_TYPES, "contract")).sum()),
+            int((etype == code(gc.schema.EDGE_TYPES, "head_member")).sum()))

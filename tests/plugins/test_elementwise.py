@@ -242,6 +242,48 @@ def test_vector_parameter_operands(cls, etype, pname):
     assert_not_symmetry(model, pg, inputs, lambda m: getattr(m, pname).copy_(getattr(m, pname)[P5]))
 
 
+class SharedAcrossGroups(nn.Module):
+    """h = l1(x) viewed as [B, 2 groups, 3]; one scale per position in a group, shared by
+    both groups: ``h * gamma`` with gamma of shape [3]."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 6), nn.Linear(6, 2)
+        self.gamma = nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        h = torch.relu(self.l1(x)).view(-1, 2, 3) * self.gamma
+        return self.l2(h.flatten(1))
+
+
+def test_parameter_shared_across_a_neuron_axis_ties_its_copies():
+    """Each gamma entry meets one unit per group. Moving it with a permutation of the units
+    of only one group would give the two copies different values, which no model has: the
+    graph ties the copies, so the units move alike in every group (and whole groups swap)."""
+    model = SharedAcrossGroups().eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=6)
+    assert int((pg.data.x[:, ROLE].long() == S.code(S.NODE_ROLES, "tie")).sum()) == 3
+    within = torch.tensor([2, 0, 1])
+
+    def same_in_both_groups(m):
+        p = torch.cat([within, within + 3])
+        permute_rows(m.l1, p), permute_cols(m.l2, p)
+        m.gamma.copy_(m.gamma[within])
+
+    def swap_groups(m):
+        p = torch.tensor([3, 4, 5, 0, 1, 2])
+        permute_rows(m.l1, p), permute_cols(m.l2, p)
+
+    def first_group_only(m):
+        p = torch.cat([within, torch.arange(3, 6)])
+        permute_rows(m.l1, p), permute_cols(m.l2, p)
+
+    assert_symmetry(model, pg, inputs, same_in_both_groups)
+    assert_symmetry(model, pg, inputs, swap_groups)
+    assert_not_symmetry(model, pg, inputs, first_group_only)
+
+
 def test_parameter_transformed_before_use_is_rejected_or_exact():
     """``x / (|gamma| + 1)``: the operand is computed from a parameter. Either the compiler
     represents gamma exactly (round trip + oracles) or it refuses with a CompileError."""
