@@ -105,16 +105,32 @@ class ParameterGraph:
         state = self.to_state_dict(edge_values, include_constants=True)
         model = onnx.ModelProto()
         model.CopyFrom(self.onnx_model)
+        written = set()
         for init in model.graph.initializer:
             if init.name in state:
                 init.CopyFrom(numpy_helper.from_array(state[init.name].numpy(), init.name))
+                written.add(init.name)
         for node in model.graph.node:
             if node.op_type == "Constant" and node.output[0] in state:
                 for attr in node.attribute:
                     if attr.name == "value":
                         attr.t.CopyFrom(numpy_helper.from_array(state[node.output[0]].numpy(), node.output[0]))
+                        written.add(node.output[0])
+        self._check_unwritten_constants(state, set(state) - written)
         onnx.checker.check_model(model)
         return model
+
+    def _check_unwritten_constants(self, state: dict[str, torch.Tensor], unwritten: set[str]) -> None:
+        """A constant the ONNX graph computes from other constants (not an initializer, not a
+        ``Constant`` node) has nowhere to be written: refuse an edit of it rather than drop it."""
+        if not unwritten:
+            return
+        original = self.to_state_dict(self.data.edge_attr[:, 0], include_constants=True)
+        for name in sorted(unwritten):
+            if not torch.equal(state[name], original[name]):
+                raise DecompileError(f"edited values of {name!r} cannot be written back: the ONNX "
+                                     "graph computes it from constants (it is no initializer or "
+                                     "Constant node); leave its edges' values unchanged")
 
     def to_onnx(self, edge_values: torch.Tensor, path: str | os.PathLike) -> None:
         """Write :meth:`to_onnx_model` to ``path`` atomically (no partial file on failure)."""

@@ -171,3 +171,26 @@ def test_hidden_units_permuted_in_the_initializers_give_an_isomorphic_graph():
         if init.name == "w1":  # swapping two *input* features is not a symmetry
             init.CopyFrom(numpy_helper.from_array(arrays["w1"][[1, 0, 2]], "w1"))
     assert_not_isomorphic(gc.compile(model), gc.compile(swapped))
+
+
+def test_edits_of_a_constant_the_graph_computes_are_refused():
+    """A weight the ONNX graph computes from a Constant (here Transpose of it) is compiled as
+    a parameter, but has no initializer or Constant node to be written to: unedited values
+    write back fine, an edit is refused instead of silently dropped."""
+    nodes = [N("Constant", [], ["wc"], value=_w("wc_value", 4, 3)), N("Transpose", ["wc"], ["w1"], perm=[1, 0]),
+             N("MatMul", ["x", "w1"], ["h"]), N("Relu", ["h"], ["r"]), N("MatMul", ["r", "w2"], ["y"])]
+    model = _graph(nodes, [2, 3], [2, 2], [_w("w2", 4, 2)], 18)
+    pg = gc.compile(model)
+    values = pg.data.edge_attr[:, 0].clone()
+    pg.to_onnx_model(values)
+    edited = pg.data.edge_param == [p.name for p in pg.params].index("w1")
+    assert int(edited.sum()) == 12
+    values[edited] += 1.0
+    with pytest.raises(gc.DecompileError, match="'w1' cannot be written back"):
+        pg.to_onnx_model(values)
+    values = pg.data.edge_attr[:, 0].clone()
+    values[pg.data.edge_param == [p.name for p in pg.params].index("w2")] += 1.0
+    back = pg.to_onnx_model(values)
+    w2 = next(i for i in back.graph.initializer if i.name == "w2")
+    np.testing.assert_array_equal(numpy_helper.to_array(w2), numpy_helper.to_array(next(
+        i for i in model.graph.initializer if i.name == "w2")) + 1.0)
