@@ -38,7 +38,6 @@ import sys
 import time
 
 import torch
-from torch import nn
 from torch_geometric.data import Data
 
 import gmn_compiler

@@ -11,7 +11,6 @@ every spelling compiles to the same graph.
 
 from __future__ import annotations
 
-import torch
 
 from .ir import IRGraph, Op, ParamRef, Value
 

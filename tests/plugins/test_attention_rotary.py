@@ -200,44 +200,6 @@ def test_constant_mask_over_features_pins_only_where_it_varies():
     assert len(declared(assert_oracles(varying, x))) == 1  # only the last layer's
 
 
-class SharedQueryScale(nn.Module):
-    """Attention with a learned per-dim query scale shared by every head (``q * s``, s of
-    shape [head_dim]): permuting q/k dims is a symmetry only if done alike in all heads,
-    with ``s`` permuted too."""
-
-    def __init__(self):
-        super().__init__()
-        self.q, self.k, self.v, self.o = (nn.Linear(DIM, DIM) for _ in range(4))
-        self.scale = nn.Parameter(torch.rand(HEAD_DIM) + 0.5)
-
-    def forward(self, x):
-        b, t, c = x.shape
-        split = lambda y: y.view(b, t, HEADS, HEAD_DIM).transpose(1, 2)
-        q, k, v = split(self.q(x)) * self.scale, split(self.k(x)), split(self.v(x))
-        y = F.scaled_dot_product_attention(q, k, v)
-        return self.o(y.transpose(1, 2).reshape(b, t, c))
-
-
-def test_parameter_shared_by_heads_ties_their_dims():
-    torch.manual_seed(0)
-    model, inputs = SharedQueryScale().eval(), (torch.randn(1, SEQ, DIM),)
-    pg = assert_oracles(model, inputs, trials=6)
-    declared = " ".join(s["what"] for s in pg.symmetries)
-    assert "attention heads" in declared and "query/key dims" not in declared
-    dims = torch.tensor([3, 0, 7, 1, 6, 2, 5, 4])
-
-    def qk_dims_in_every_head(m):
-        _rows(m.q, m.k, perm=torch.cat([dims + h * HEAD_DIM for h in range(HEADS)]))
-        m.scale.copy_(m.scale[dims])
-
-    assert_same_function(model, permuted_copy(model, qk_dims_in_every_head), inputs)
-    assert_isomorphic(pg, gc.compile(permuted_copy(model, qk_dims_in_every_head), inputs))
-    assert_isomorphic(pg, gc.compile(permuted_copy(model, permute_heads), inputs))
-    one_head = permuted_copy(model, permute_qk_dims_jointly)  # head 0 only: scale cannot follow
-    assert functions_differ(model, one_head, inputs)
-    assert_not_isomorphic(pg, gc.compile(one_head, inputs))
-
-
 @pytest.mark.parametrize("exporter", ["torchscript", "torchscript-folded", "dynamo-optimized"])
 @pytest.mark.parametrize("style", ["half", "pairs", "cached"])
 def test_onnx_rotary_attention_oracles(style, exporter, tmp_path):

@@ -1,0 +1,99 @@
+"""Parameters along the head dim shared by every head: a learned per-dim query scale, and
+QK-norm (LayerNorm / RMSNorm over each head's dims, one weight for all heads, as in Qwen3,
+OLMo 2 and Gemma 3).
+
+Each entry meets one node per head. Permuting q/k dims is then a symmetry only when done
+alike in every head, with the shared entries permuted too; the graph ties the copies of each
+entry, so an automorphism cannot permute the dims of one head alone (before, it could, and
+decompiling it gave the copies different values).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gmn_compiler as gc
+from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles, assert_same_function,
+                     functions_differ, permuted_copy)
+
+DIM, HEADS, SEQ = 16, 2, 6
+HEAD_DIM = DIM // HEADS
+DIMS = torch.tensor([3, 0, 7, 1, 6, 2, 5, 4])
+
+
+class SharedPerDim(nn.Module):
+    """Attention whose q (``scale``) or q and k (``layer_norm``, ``rms_norm``) pass through a
+    parameter of shape [head_dim] shared by the heads."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.q, self.k, self.v, self.o = (nn.Linear(DIM, DIM) for _ in range(4))
+        if kind == "scale":
+            self.scale = nn.Parameter(torch.rand(HEAD_DIM) + 0.5)
+        else:
+            norm = nn.LayerNorm if kind == "layer_norm" else nn.RMSNorm
+            self.q_norm, self.k_norm = norm(HEAD_DIM), norm(HEAD_DIM)
+            with torch.no_grad():
+                for n in (self.q_norm, self.k_norm):
+                    n.weight.copy_(torch.rand(HEAD_DIM) + 0.5)
+                    if getattr(n, "bias", None) is not None:
+                        n.bias.copy_(torch.randn(HEAD_DIM))
+
+    def forward(self, x):
+        b, t, c = x.shape
+        split = lambda y: y.view(b, t, HEADS, HEAD_DIM)
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        if self.kind == "scale":
+            q = q * self.scale
+        else:
+            q, k = self.q_norm(q), self.k_norm(k)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.o(y.transpose(1, 2).reshape(b, t, c))
+
+    def shared(self):
+        return [self.scale] if self.kind == "scale" else [
+            t for n in (self.q_norm, self.k_norm) for t in (n.weight, getattr(n, "bias", None)) if t is not None]
+
+
+def _rows(*layers, perm):
+    for layer in layers:
+        layer.weight.copy_(layer.weight[perm])
+        layer.bias.copy_(layer.bias[perm])
+
+
+def qk_dims_in_every_head(m):
+    _rows(m.q, m.k, perm=torch.cat([DIMS + h * HEAD_DIM for h in range(HEADS)]))
+    for t in m.shared():
+        t.copy_(t[DIMS])
+
+
+def qk_dims_in_head_0_only(m):
+    _rows(m.q, m.k, perm=torch.cat([DIMS, torch.arange(HEAD_DIM, DIM)]))
+    for t in m.shared():
+        t.copy_(t[DIMS])
+
+
+def swap_heads(m):
+    perm = torch.cat([torch.arange(HEAD_DIM, DIM), torch.arange(HEAD_DIM)])
+    _rows(m.q, m.k, m.v, perm=perm)
+    m.o.weight.copy_(m.o.weight[:, perm])
+
+
+@pytest.mark.parametrize("kind", ["scale", "layer_norm", "rms_norm"])
+def test_parameter_shared_by_heads_ties_their_dims(kind):
+    torch.manual_seed(0)
+    model, inputs = SharedPerDim(kind).eval(), (torch.randn(1, SEQ, DIM),)
+    pg = assert_oracles(model, inputs, trials=6)
+    declared = " ".join(s["what"] for s in pg.symmetries)
+    assert "attention heads" in declared and "query/key dims" not in declared
+    for symmetry in (qk_dims_in_every_head, swap_heads):
+        permuted = permuted_copy(model, symmetry)
+        assert_same_function(model, permuted, inputs)
+        assert_isomorphic(pg, gc.compile(permuted, inputs))
+    one_head = permuted_copy(model, qk_dims_in_head_0_only)  # the shared entries cannot follow
+    assert functions_differ(model, one_head, inputs)
+    assert_not_isomorphic(pg, gc.compile(one_head, inputs))
