@@ -152,6 +152,25 @@ class LoweringContext:
             if not sym.get("withdrawn") and roots & set(sym["nodes"].tolist()):
                 sym["withdrawn"] = True
 
+    def withdraw_symmetries_cut_by(self, rows: torch.Tensor) -> None:
+        """An op combines the nodes of each row of ``rows`` (``[R, K]`` ids) into one result
+        (a norm per group of units). A declared node set of which some row holds two or more
+        nodes, but not a whole block, is cut: permuting within a block would move nodes
+        between rows. Those declarations are withdrawn."""
+        if rows.shape[0] < 2:
+            return
+        roots = self.root_nodes(rows)
+        for sym in self.symmetries:
+            if sym.get("withdrawn"):
+                continue
+            blocks = sym["nodes"].view(sym["groups"], -1)
+            block_of = {n: b for b, block in enumerate(blocks.tolist()) for n in block}
+            for row in roots.tolist():
+                members = [block_of[n] for n in set(row) if n in block_of]
+                if len(members) >= 2 and (len(set(members)) > 1 or len(members) != blocks.shape[1]):
+                    sym["withdrawn"] = True
+                    break
+
     def anchor(self, nodes: torch.Tensor) -> None:
         """Mark nodes that a constant tells apart (fixed positions), or that combine such
         nodes elementwise: no symmetry is declared over them."""

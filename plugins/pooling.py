@@ -4,6 +4,9 @@ Pooling (avg / max / adaptive / global) and reductions over free axes act on eac
 separately, so they keep or copy the input's nodes and mark them ``avg_pool``, ``max_pool``
 or ``sum_pool``. A reduction over *every* neuron axis (a mean over features, as in a
 LayerNorm written out op by op) is invariant to permuting them: its result has no neurons.
+A reduction over some neuron axes (a sum or 2-norm per group of units, per head) gives one
+node per group, fed by the group's nodes (squared first for the 2-norm, which is marked
+``sqrt``); symmetries declared across the groups are withdrawn.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def lower_pool(ctx, op) -> None:
 
 
 def lower_reduce(ctx, op) -> None:
-    """attrs ``dims`` (None: all), ``keepdim``, ``mode``."""
+    """attrs ``dims`` (None: all), ``keepdim``, ``mode`` (``norm``: the Euclidean norm)."""
     x = op.inputs[0]
     layout = ctx.layout(x)
     ndim = len(x.shape)
@@ -51,8 +54,17 @@ def lower_reduce(ctx, op) -> None:
         ctx.set_layout(op.outputs[0], None)  # invariant to every permutation of its inputs
         return
     if reduced_neuron:
+        if op.attrs["mode"] == "norm":  # sqrt(sum(x²)): squares, summed per remaining entry
+            squares = ctx.fresh(x, L.align(layout, ndim), "activation", activation="square")
+            norms = _combine(ctx, op, squares, dims, keepdim, mode="sum")
+            ctx.builder.set_activation(norms.nodes(), "sqrt")
+            ctx.set_layout(op.outputs[0], norms)
+            return
         ctx.set_layout(op.outputs[0], _combine(ctx, op, layout, dims, keepdim))
         return
+    if op.attrs["mode"] == "norm":
+        raise ctx.error("a vector norm over axes without neurons (per-neuron norm over positions) "
+                        "is not supported; write a plugin rule for it")
     out = ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]], "pool")
     if not keepdim:  # the reduced axes are free (size 1 in the id tensor): drop them
         kept = [i for i in range(ndim) if i not in dims]
@@ -64,7 +76,7 @@ _MODE_EDGE = {"sum": "add", "mean": "add", "avg": "add", "amax": "max", "max": "
               "amin": "min", "min": "min"}
 
 
-def _combine(ctx, op, layout, dims: list[int], keepdim: bool):
+def _combine(ctx, op, layout, dims: list[int], keepdim: bool, mode: str | None = None):
     """A reduction over some neuron axes while others remain (``stack([u, v]).sum(0)``): like
     an n-ary residual add, one new node per remaining entry, fed by every node it reduces."""
     if layout.pos is not None:
@@ -76,8 +88,9 @@ def _combine(ctx, op, layout, dims: list[int], keepdim: bool):
     rest_shape = moved.shape[:len(kept)]
     rows = moved.reshape(int(torch.tensor(rest_shape).prod()) if rest_shape else 1, -1)
     uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    ctx.withdraw_symmetries_cut_by(uniq)
     count = rows.shape[1]
-    mode = op.attrs["mode"]
+    mode = mode or op.attrs["mode"]
     weight = 1.0 / count if mode in ("mean", "avg") else 1.0
     new = ctx.builder.add_nodes(uniq.shape[0], "neuron", ctx.builder.depth_of(uniq.reshape(-1)) + 1)
     ctx.builder.add_edges(tuple(uniq.shape), uniq, new.view(-1, 1), _MODE_EDGE[mode], value=weight)
@@ -101,6 +114,14 @@ def _reduce(mode: str):
         return [x], {"mode": mode, "dims": list(dims) if dims is not None else None,
                      "keepdim": keepdim or kwargs.get("keepdim", False)}
     return normalize
+
+
+def _vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    """``torch.linalg.vector_norm`` (``F.normalize``, ``x.norm(dim=...)``): the 2-norm only."""
+    if ord != 2:
+        return [x], {"unsupported": f"vector norm of order {ord} (only the 2-norm is supported)"}
+    dims = [dim] if isinstance(dim, int) else (list(dim) if dim is not None else None)
+    return [x], {"mode": "norm", "dims": dims, "keepdim": keepdim}
 
 
 def _onnx_pool(mode: str, global_pool: bool):
@@ -138,11 +159,12 @@ def gmn_register(registry) -> None:
     registry.map_aten("aten.amax.default", "reduce", _reduce("amax"))
     registry.map_aten("aten.amin.default", "reduce", _reduce("amin"))
     registry.map_aten("aten.max.dim", "reduce", _reduce("max"))
+    registry.map_aten("aten.linalg_vector_norm.default", "reduce", _vector_norm)
     registry.map_aten("aten.min.dim", "reduce", _reduce("min"))
     registry.map_onnx("GlobalAveragePool", "pool", _onnx_pool("avg", True))
     registry.map_onnx("GlobalMaxPool", "pool", _onnx_pool("max", True))
     registry.map_onnx("AveragePool", "pool", _onnx_pool("avg", False))
     registry.map_onnx("MaxPool", "pool", _onnx_pool("max", False))
     for op_type, mode in (("ReduceMean", "mean"), ("ReduceSum", "sum"), ("ReduceMax", "amax"),
-                          ("ReduceMin", "amin")):
+                          ("ReduceMin", "amin"), ("ReduceL2", "norm")):
         registry.map_onnx(op_type, "reduce", _onnx_reduce(mode))

@@ -1,6 +1,6 @@
-"""Parameters along the head dim shared by every head: a learned per-dim query scale, and
-QK-norm (LayerNorm / RMSNorm over each head's dims, one weight for all heads, as in Qwen3,
-OLMo 2 and Gemma 3).
+"""Parameters and norms along the head axes: a learned per-dim query scale and QK-norm
+(LayerNorm / RMSNorm over each head's dims, one weight for all heads, as in Qwen3, OLMo 2 and
+Gemma 3) shared by every head; cosine attention (a 2-norm per head, a logit scale per head).
 
 Each entry meets one node per head. Permuting q/k dims is then a symmetry only when done
 alike in every head, with the shared entries permuted too; the graph ties the copies of each
@@ -97,3 +97,30 @@ def test_parameter_shared_by_heads_ties_their_dims(kind):
     one_head = permuted_copy(model, qk_dims_in_head_0_only)  # the shared entries cannot follow
     assert functions_differ(model, one_head, inputs)
     assert_not_isomorphic(pg, gc.compile(one_head, inputs))
+
+
+class CosineAttention(nn.Module):
+    """Swin-v2-style cosine attention: q and k scaled to unit norm per head, scores times a
+    learned per-head logit scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.o = nn.Linear(DIM, 3 * DIM), nn.Linear(DIM, DIM)
+        self.logit_scale = nn.Parameter(torch.rand(HEADS, 1, 1) + 0.5)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, HEADS, HEAD_DIM).permute(2, 0, 3, 1, 4).unbind(0)
+        scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * self.logit_scale
+        return self.o((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, c))
+
+
+def test_cosine_attention_keeps_head_and_dim_symmetries():
+    """The norm is per head and invariant to permuting its dims; the logit scale moves with
+    its head. All three attention symmetries remain, and the oracles hold."""
+    torch.manual_seed(0)
+    model, inputs = CosineAttention().eval(), (torch.randn(1, SEQ, DIM),)
+    pg = assert_oracles(model, inputs, trials=4)
+    declared = " ".join(s["what"] for s in pg.symmetries)
+    for claim in ("attention heads", "query/key dims within each head", "value dims within each head"):
+        assert claim in declared

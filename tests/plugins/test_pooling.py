@@ -166,3 +166,89 @@ def test_reduction_over_the_neuron_axis_is_invariant():
     permuted = permuted_copy(model, lambda m: (permute_rows(m.l1, p), permute_cols(m.l2, p)))
     assert_same_function(model, permuted, inputs)
     assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+
+# ------------------------------------------------------------------ vector norms
+NORMS = {
+    "normalize": lambda h: F.normalize(h, dim=-1),
+    "norm-method": lambda h: h / h.norm(dim=-1, keepdim=True),
+    "linalg": lambda h: h * torch.linalg.vector_norm(h, dim=-1, keepdim=True),
+}
+
+
+class Normalized(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.l1, self.l2, self.fn = nn.Linear(4, 5), nn.Linear(5, 2), fn
+
+    def forward(self, x):
+        return self.l2(self.fn(self.l1(x)))
+
+
+@pytest.mark.parametrize("name", sorted(NORMS))
+def test_vector_norm_over_the_features_is_invariant(name):
+    """The 2-norm over the hidden units is invariant to permuting them: no neurons, and the
+    hidden-unit symmetry stays."""
+    model = Normalized(NORMS[name]).eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    assert pg.summary["reduce"]["nodes"] == 0
+    p = torch.tensor([3, 0, 4, 1, 2])
+    permuted = permuted_copy(model, lambda m: (permute_rows(m.l1, p), permute_cols(m.l2, p)))
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+
+class PerGroup(nn.Module):
+    """Hidden units viewed as 2 groups of 3, reduced per group: scaled to unit 2-norm (as
+    cosine attention normalises q and k per head) or summed."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.l1, self.l2 = nn.Linear(4, 6), nn.Linear(6 if how == "normalize" else 2, 2)
+
+    def forward(self, x):
+        h = self.l1(x).view(-1, 2, 3)
+        h = F.normalize(h, dim=-1) if self.how == "normalize" else h.sum(-1)
+        return self.l2(h.flatten(1))
+
+
+@pytest.mark.parametrize("how", ["normalize", "sum"])
+def test_reduction_within_groups_of_units_keeps_the_groups(how):
+    """Units may be permuted inside a group (and whole groups swapped), not across groups:
+    the hidden-unit symmetry of ``l1`` must no longer be declared (every seed of the
+    completeness oracle would otherwise find it missing)."""
+    model = PerGroup(how).eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=4)
+    assert not any("at l1" in s["what"] for s in pg.symmetries)
+    for seed in range(4):
+        gc.check_symmetry(model, inputs, trials=1, seed=seed, graph=pg)
+    if how == "normalize":
+        activation = pg.data.x[:, ACT]
+        assert int((activation == _code("square")).sum()) == 6
+        assert int((activation == _code("sqrt")).sum()) == 2  # one norm per group
+    within = torch.tensor([2, 0, 1, 3, 4, 5])
+    swap = torch.tensor([3, 4, 5, 0, 1, 2])
+    across = torch.tensor([3, 1, 2, 0, 4, 5])  # one unit to the other group: not a symmetry
+    for p in (within, swap, across):
+        def permute(m, p=p):
+            permute_rows(m.l1, p)
+            if how == "normalize":
+                permute_cols(m.l2, p)
+            elif p is swap:
+                permute_cols(m.l2, torch.tensor([1, 0]))
+        permuted = permuted_copy(model, permute)
+        if p is not across:
+            assert_same_function(model, permuted, inputs)
+            assert_isomorphic(pg, gc.compile(permuted, inputs))
+        else:
+            assert not torch.allclose(model(*inputs), permuted(*inputs), atol=1e-5)
+            assert_not_isomorphic(pg, gc.compile(permuted, inputs))
+
+
+def test_other_vector_norms_are_reported():
+    model = Normalized(lambda h: h / torch.linalg.vector_norm(h, ord=1, dim=-1, keepdim=True)).eval()
+    with pytest.raises(gc.UnsupportedOpsError, match="order 1"):
+        gc.compile(model, (torch.randn(3, 4),))
