@@ -3,7 +3,8 @@ every spelling compiles to the same graph.
 
 - A linear layer without bias whose only consumer adds a parameter vector of its output
   size (``x @ W + b``; ONNX ``MatMul`` + ``Add``, also behind a ``Transpose`` of the
-  weight)  ⇒  one linear layer with bias, as ``nn.Linear`` gives.
+  weight; also through reshapes and permutes that keep the feature axis last, as ``einsum``
+  is traced)  ⇒  one linear layer with bias, as ``nn.Linear`` gives.
 - GroupNorm as written by the TorchScript ONNX exporter: ``reshape [N, C, ...] -> [N, G, -1]``
   → ``instance_norm`` with unit scale and zero shift → ``reshape`` back → ``mul`` by the
   weight → ``add`` the bias  ⇒  one ``group_norm`` op.
@@ -11,6 +12,7 @@ every spelling compiles to the same graph.
 
 from __future__ import annotations
 
+import math
 
 from .ir import IRGraph, Op, ParamRef, Value
 
@@ -94,20 +96,52 @@ def fuse_linear_bias(ir: IRGraph) -> IRGraph:
         weight = op.inputs[1]
         if not isinstance(weight, ParamRef) or op.attrs.get("axis", -1) % len(op.output.shape) != len(op.output.shape) - 1:
             continue
-        add = consumer.get(op.output.id)
+        out_features = weight.shape[0]
+        last, axis = _through_feature_views(op.output, consumer, out_features)
+        add = consumer.get(last.id)
         if add is None or add.kind != "add" or add.attrs.get("alpha", 1) != 1:
             continue
-        bias = add.inputs[1] if add.inputs[0] is op.output else add.inputs[0]
-        out_features = weight.shape[0]
-        if not isinstance(bias, ParamRef) or bias.tensor.numel() != out_features or bias.shape[-1] != out_features:
+        bias = add.inputs[1] if add.inputs[0] is last else add.inputs[0]
+        if not isinstance(bias, ParamRef) or bias.tensor.numel() != out_features:
             continue
+        aligned = (1,) * (len(last.shape) - bias.tensor.dim()) + tuple(bias.shape)
+        if len(aligned) != len(last.shape) or aligned[axis] != out_features:
+            continue
+        direct = last is op.output
         fused = Op("linear", [op.inputs[0], weight, bias.apply(lambda t: t.reshape(out_features))],
-                   [add.output], dict(op.attrs), op.location, op.target)
-        replace[id(add)] = fused
-        drop.add(id(op))
+                   [add.output if direct else op.output], dict(op.attrs), op.location, op.target)
+        if direct:
+            replace[id(add)] = fused
+            drop.add(id(op))
+        else:  # the bias moves before the views; the add becomes the identity
+            replace[id(op)] = fused
+            replace[id(add)] = Op("identity", [last], [add.output], {}, add.location, add.target)
     if replace:
         ir.ops = [replace.get(id(op), op) for op in ir.ops if id(op) not in drop]
     return ir
+
+
+def _through_feature_views(value: Value, consumer: dict[int, Op], features: int) -> tuple[Value, int]:
+    """Follow single-consumer reshapes and permutes (as ``einsum`` is traced) that keep the
+    last axis, of size ``features``, whole: adding a bias over that axis commutes with them.
+    Returns the last value of the chain and where the feature axis is in it."""
+    axis = len(value.shape) - 1
+    while True:
+        nxt = consumer.get(value.id)
+        if nxt is None or nxt.kind not in ("reshape", "permute", "identity") or len(nxt.outputs) != 1:
+            return value, axis
+        out = nxt.outputs[0]
+        if nxt.kind == "permute":
+            moved = [d % len(out.shape) for d in nxt.attrs["dims"]].index(axis)
+        elif nxt.kind == "reshape":
+            before = math.prod(value.shape[:axis])
+            moved = next((j for j in range(len(out.shape)) if out.shape[j] == features
+                          and math.prod(out.shape[:j]) == before), None)
+            if moved is None:
+                return value, axis
+        else:
+            moved = axis
+        value, axis = out, moved
 
 
 def normalize(ir: IRGraph) -> IRGraph:

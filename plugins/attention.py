@@ -194,4 +194,3 @@ def gmn_register(registry) -> None:
     registry.add_rule("contract", lower_contract)
     registry.add_rule("sdpa", lower_sdpa)
     registry.map_aten("aten.scaled_dot_product_attention.default", "sdpa", _sdpa)
-    registry.map_aten("aten.bmm.default", "contract")

@@ -1,4 +1,5 @@
-"""Linear layers: ``nn.Linear``, ``F.linear``, ``x @ W`` / ``W @ x`` with a parameter, addmm.
+"""Linear layers: ``nn.Linear``, ``F.linear``, ``x @ W`` / ``W @ x`` with a parameter, addmm,
+``bmm`` with a parameter of batch size 1 (as ``einsum`` is traced).
 
 A linear layer creates one node per output feature and one edge per weight ``W[o, i]`` from
 the node of input entry ``i`` to output node ``o``; the bias becomes one bias node per layer
@@ -54,6 +55,14 @@ def _matmul(a, b):
     return [a, b], {"between_activations": True}
 
 
+def _bmm(a, b):
+    """``bmm`` with a parameter whose batch axis has one entry (einsum traces ``x @ W`` so)
+    is a linear layer; between activations, a contraction."""
+    a, b = (t.apply(lambda v: v[0]) if isinstance(t, ParamRef) and t.tensor.dim() == 3 and t.shape[0] == 1
+            else t for t in (a, b))
+    return _matmul(a, b)
+
+
 def _addmm(bias, a, b, beta=1, alpha=1):
     if beta != 1 or alpha != 1:
         return [bias, a, b], {"beta": beta, "alpha": alpha, "unsupported": "addmm with alpha/beta"}
@@ -90,5 +99,6 @@ def gmn_register(registry) -> None:
     for target in ("aten.matmul.default", "aten.mm.default"):
         registry.map_aten(target, "matmul", _matmul)
     registry.map_aten("aten.addmm.default", "matmul", _addmm)
+    registry.map_aten("aten.bmm.default", "matmul", _bmm)
     registry.map_onnx("Gemm", "linear", _onnx_gemm)
     registry.map_onnx("MatMul", "matmul", _matmul)

@@ -237,6 +237,9 @@ class _Converter:
         name = target_name(node.target)
         if name in _NO_OP_TARGETS:
             return
+        if name == "aten.einsum.default":
+            self._convert_einsum(node)
+            return
         leaves = torch.utils._pytree.tree_leaves((args, kwargs))
         has_param = any(isinstance(x, ParamRef) for x in leaves)
         # values computed from constants only (position ids, masks) count as constants
@@ -277,6 +280,29 @@ class _Converter:
         else:
             inputs, attrs = mapping.normalize(*args, **kwargs)
         self.ops.append(Op(mapping.kind, inputs, out_values, attrs, location, name))
+
+    def _convert_einsum(self, node: torch.fx.Node) -> None:
+        """``einsum`` has no rule of its own: it is traced (``make_fx``, on meta tensors) into
+        the permutes, views and batched matmuls PyTorch runs for it, and those are converted
+        in its place, with its location."""
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        equation, operands = node.args[0], list(node.args[1])
+        examples = [torch.empty(o.meta["val"].shape, dtype=o.meta["val"].dtype, device="meta") for o in operands]
+        sub = make_fx(lambda *xs: torch.einsum(equation, *xs), tracing_mode="fake")(*examples)
+        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        for n in sub.graph.nodes:
+            n.name = f"{node.name}__{n.name}"  # apart from every name of the exported graph
+        for placeholder, operand in zip(placeholders, operands):
+            self.env[placeholder.name] = self.env[operand.name]
+        for n in sub.graph.nodes:
+            if n.op == "call_function":
+                for key in ("nn_module_stack", "stack_trace"):
+                    if key in node.meta:
+                        n.meta[key] = node.meta[key]
+                self._convert_call(n)
+            elif n.op == "output":
+                self.env[node.name] = self._arg(n.args[0][0] if isinstance(n.args[0], (list, tuple)) else n.args[0])
 
     def _data_op(self, node, name: str) -> None:
         """An op on values computed only from integer model inputs and constants: no neurons

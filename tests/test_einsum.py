@@ -1,0 +1,100 @@
+"""``torch.einsum``: the torch frontend traces it into the permutes, views and batched
+matmuls PyTorch runs for it, so an einsum gives the graph of the same computation written
+with ``linear`` / ``matmul`` (isomorphic, values included), and every oracle holds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gmn_compiler as gc
+from oracles import assert_isomorphic, assert_oracles
+
+H, D, T = 2, 4, 5
+
+
+class TwoLayers(nn.Module):
+    """x -> W1 (as einsum or linear) -> relu -> W2 -> y, weights on either side."""
+
+    def __init__(self, spelling: str):
+        super().__init__()
+        self.spelling = spelling
+        self.w1, self.b1 = nn.Parameter(torch.randn(6, 3)), nn.Parameter(torch.randn(6))
+        self.w2 = nn.Parameter(torch.randn(2, 6))
+
+    def forward(self, x):
+        if self.spelling == "einsum":
+            h = torch.relu(torch.einsum("bi,oi->bo", x, self.w1) + self.b1)
+            return torch.einsum("oh,bh->bo", self.w2, h)
+        return F.linear(torch.relu(F.linear(x, self.w1, self.b1)), self.w2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with scores and mixing as einsum or matmul; ``talking``
+    adds a learned mixing of the heads' attention maps (talking-heads attention)."""
+
+    def __init__(self, spelling: str, talking: bool = False):
+        super().__init__()
+        self.spelling, self.talking = spelling, talking
+        self.qkv, self.o = nn.Linear(H * D, 3 * H * D), nn.Linear(H * D, H * D)
+        if talking:
+            self.mix = nn.Parameter(torch.randn(H, H))
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.spelling == "einsum":
+            a = (torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(D)).softmax(-1)
+            if self.talking:
+                a = torch.einsum("bhij,hg->bgij", a, self.mix)
+            y = torch.einsum("bhqk,bhkd->bhqd", a, v)
+        else:
+            a = (q @ k.transpose(-2, -1) / math.sqrt(D)).softmax(-1)
+            y = a @ v
+        return self.o(y.transpose(1, 2).reshape(b, t, c))
+
+
+def test_einsum_linear_layers_give_the_linear_graph():
+    torch.manual_seed(0)
+    einsum, linear = TwoLayers("einsum").eval(), TwoLayers("linear").eval()
+    linear.load_state_dict(einsum.state_dict())
+    inputs = (torch.randn(4, 3),)
+    pg = assert_oracles(einsum, inputs)
+    assert_isomorphic(pg, gc.compile(linear, inputs))
+    assert sum("hidden units" in s["what"] for s in pg.symmetries) == 2
+
+
+def test_einsum_attention_gives_the_matmul_attention_graph():
+    torch.manual_seed(0)
+    einsum, matmul = Attention("einsum").eval(), Attention("matmul").eval()
+    matmul.load_state_dict(einsum.state_dict())
+    inputs = (torch.randn(1, T, H * D),)
+    pg = assert_oracles(einsum, inputs)
+    assert_isomorphic(pg, gc.compile(matmul, inputs))
+    declared = " ".join(s["what"] for s in pg.symmetries)
+    for claim in ("attention heads", "query/key dims within each head", "value dims within each head"):
+        assert claim in declared
+
+
+def test_talking_heads_mixing_is_a_linear_layer_over_heads():
+    torch.manual_seed(0)
+    model, inputs = Attention("einsum", talking=True).eval(), (torch.randn(1, T, H * D),)
+    pg = assert_oracles(model, inputs, trials=6)
+    assert "mix" in [p.name for p in pg.params]
+
+
+def test_einsum_the_frontend_cannot_express_is_reported_with_its_location():
+    class Trace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(3, 9)
+
+        def forward(self, x):
+            return torch.einsum("bii->b", self.l(x).view(-1, 3, 3))
+
+    with pytest.raises(gc.UnsupportedOpsError, match=r"test_einsum\.py"):
+        gc.compile(Trace(), (torch.randn(2, 3),))
