@@ -28,6 +28,7 @@ from ..registry import Registry, target_name
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 _MAX_CONSTANT = 1 << 22  # entries; larger constants are not materialised
+_MAX_DECOMPOSITION_DEPTH = 4  # an op without a rule decomposes into ops that may decompose…
 # Lookups into a parameter with constant indices: the result is a view of the parameter.
 _INDEX_TARGETS = {"aten.embedding.default"}
 # Casts of a parameter view keep its provenance (offsets unchanged).
@@ -128,6 +129,7 @@ class _Converter:
         self.registry = registry
         self.env: dict[str, Any] = {}
         self.ops: list[Op] = []
+        self._decomposing = 0  # depth of nested decompositions being converted
         self.next_id = 0
         self.data_values: set[int] = set()  # integer inputs and what is computed from them only
         tensors: dict[str, torch.Tensor] = {}
@@ -237,9 +239,6 @@ class _Converter:
         name = target_name(node.target)
         if name in _NO_OP_TARGETS:
             return
-        if name == "aten.einsum.default":
-            self._convert_einsum(node)
-            return
         leaves = torch.utils._pytree.tree_leaves((args, kwargs))
         has_param = any(isinstance(x, ParamRef) for x in leaves)
         # values computed from constants only (position ids, masks) count as constants
@@ -258,6 +257,8 @@ class _Converter:
             return
         if not has_value and has_param and name in _LAYOUT_TARGETS:
             self.env[node.name] = self._apply_to_params(node.target, args, kwargs)
+            return
+        if has_value and name not in self.registry.aten and self._convert_decomposed(node):
             return
         outputs = self.values_for(node)
         out_list = outputs if isinstance(outputs, list) else [outputs]
@@ -281,28 +282,67 @@ class _Converter:
             inputs, attrs = mapping.normalize(*args, **kwargs)
         self.ops.append(Op(mapping.kind, inputs, out_values, attrs, location, name))
 
-    def _convert_einsum(self, node: torch.fx.Node) -> None:
-        """``einsum`` has no rule of its own: it is traced (``make_fx``, on meta tensors) into
-        the permutes, views and batched matmuls PyTorch runs for it, and those are converted
-        in its place, with its location."""
+    def _convert_decomposed(self, node: torch.fx.Node) -> bool:
+        """Convert an op that has no rule through the ops PyTorch decomposes it into
+        (``einsum`` into permutes, views and batched matmuls; ``glu`` into slices, sigmoid
+        and mul; ``channel_shuffle`` into views), traced with ``make_fx`` and converted in
+        its place with its location. False (nothing converted) when it has no decomposition
+        or decomposes into ops that have no rules either."""
+        from torch._decomp import core_aten_decompositions, get_decompositions
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        equation, operands = node.args[0], list(node.args[1])
-        examples = [torch.empty(o.meta["val"].shape, dtype=o.meta["val"].dtype, device="meta") for o in operands]
-        sub = make_fx(lambda *xs: torch.einsum(equation, *xs), tracing_mode="fake")(*examples)
+        if self._decomposing >= _MAX_DECOMPOSITION_DEPTH or not isinstance(node.target, torch._ops.OpOverload):
+            return False
+        leaves, spec = torch.utils._pytree.tree_flatten((node.args, node.kwargs))
+        slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.fx.Node)]
+        if not all(isinstance(leaves[i].meta.get("val"), torch.Tensor) for i in slots):
+            return False
+        table = get_decompositions([node.target])
+        core = core_aten_decompositions()
+        if not table and node.target in core:
+            table = {node.target: core[node.target]}
+
+        def run(*tensors):
+            filled = list(leaves)
+            for i, t in zip(slots, tensors):
+                filled[i] = t
+            args, kwargs = torch.utils._pytree.tree_unflatten(filled, spec)
+            return node.target(*args, **kwargs)
+
+        # CPU (never written, so never paged in), not meta: constants inside the
+        # decomposition (an ``arange`` of indices) must get values
+        examples = [torch.empty(leaves[i].meta["val"].shape, dtype=leaves[i].meta["val"].dtype) for i in slots]
+        try:
+            sub = make_fx(run, decomposition_table=table, tracing_mode="fake")(*examples)
+        except Exception:
+            return False
+        if any(n.target is node.target for n in sub.graph.nodes):
+            return False  # no decomposition: it traced to itself
         placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
         for n in sub.graph.nodes:
             n.name = f"{node.name}__{n.name}"  # apart from every name of the exported graph
-        for placeholder, operand in zip(placeholders, operands):
-            self.env[placeholder.name] = self.env[operand.name]
-        for n in sub.graph.nodes:
-            if n.op == "call_function":
-                for key in ("nn_module_stack", "stack_trace"):
-                    if key in node.meta:
-                        n.meta[key] = node.meta[key]
-                self._convert_call(n)
-            elif n.op == "output":
-                self.env[node.name] = self._arg(n.args[0][0] if isinstance(n.args[0], (list, tuple)) else n.args[0])
+        for placeholder, i in zip(placeholders, slots):
+            self.env[placeholder.name] = self.env[leaves[i].name]
+        start = len(self.ops)
+        self._decomposing += 1
+        try:
+            for n in sub.graph.nodes:
+                if n.op == "call_function":
+                    for key in ("nn_module_stack", "stack_trace"):
+                        if key in node.meta:
+                            n.meta[key] = node.meta[key]
+                    self._convert_call(n)
+                elif n.op == "output":
+                    self.env[node.name] = self._arg(n.args[0])
+        finally:
+            self._decomposing -= 1
+        if any(self.registry.rule(op.kind) is None or op.attrs.get("unsupported") for op in self.ops[start:]):
+            # it decomposes into ops without rules either: report the op the user wrote
+            del self.ops[start:]
+            for key in [k for k in self.env if k == node.name or k.startswith(f"{node.name}__")]:
+                del self.env[key]
+            return False
+        return True
 
     def _data_op(self, node, name: str) -> None:
         """An op on values computed only from integer model inputs and constants: no neurons

@@ -1,6 +1,8 @@
-"""``torch.einsum``: the torch frontend traces it into the permutes, views and batched
-matmuls PyTorch runs for it, so an einsum gives the graph of the same computation written
-with ``linear`` / ``matmul`` (isomorphic, values included), and every oracle holds."""
+"""Ops without a rule of their own compile through PyTorch's decomposition of them: the torch
+frontend traces ``torch.einsum`` into the permutes, views and batched matmuls PyTorch runs for
+it, ``glu`` into slices, sigmoid and mul, ``channel_shuffle`` into views. Each gives the graph
+of the same computation written out by hand (isomorphic, values included), and every oracle
+holds. An op whose decomposition needs ops without rules is reported as itself."""
 
 from __future__ import annotations
 
@@ -96,5 +98,49 @@ def test_einsum_the_frontend_cannot_express_is_reported_with_its_location():
         def forward(self, x):
             return torch.einsum("bii->b", self.l(x).view(-1, 3, 3))
 
-    with pytest.raises(gc.UnsupportedOpsError, match=r"test_einsum\.py"):
+    with pytest.raises(gc.UnsupportedOpsError, match=r"test_decompositions\.py"):
         gc.compile(Trace(), (torch.randn(2, 3),))
+
+
+class GatedAndShuffled(nn.Module):
+    """conv -> GLU over channels -> channel shuffle -> pool -> linear, with the library ops
+    (``library``) or written out by hand."""
+
+    def __init__(self, library: bool):
+        super().__init__()
+        self.library = library
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.conv(x)
+        if self.library:
+            h = nn.ChannelShuffle(2)(F.glu(h, dim=1))
+        else:
+            a, b = h[:, :4], h[:, 4:]
+            h = a * torch.sigmoid(b)
+            n, c, height, width = h.shape
+            h = h.view(n, 2, c // 2, height, width).transpose(1, 2).reshape(n, c, height, width)
+        return self.fc(h.mean((2, 3)))
+
+
+def test_glu_and_channel_shuffle_give_the_written_out_graph():
+    torch.manual_seed(0)
+    library, by_hand = GatedAndShuffled(True).eval(), GatedAndShuffled(False).eval()
+    by_hand.load_state_dict(library.state_dict())
+    inputs = (torch.randn(2, 3, 5, 5),)
+    pg = assert_oracles(library, inputs)
+    assert_isomorphic(pg, gc.compile(by_hand, inputs))
+
+
+def test_an_op_whose_decomposition_has_no_rules_is_reported_as_itself():
+    class Spread(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.l(x).std(-1)
+
+    with pytest.raises(gc.UnsupportedOpsError, match=r"aten\.std\.dim") as caught:
+        gc.compile(Spread(), (torch.randn(2, 3),))
+    assert "prims" not in str(caught.value)
