@@ -7,10 +7,13 @@ an activation, in which case fresh nodes are created (one-to-one ``activation`` 
 that two different values never share nodes.
 
 Softmax (over any axis) is permutation-equivariant along that axis and handled the same way.
+PReLU marks its nodes ``prelu`` and brings its learned slopes on ``param_mul`` edges.
 """
 
 from __future__ import annotations
 
+from gmn_compiler import layout as L
+from gmn_compiler.ir import ParamRef
 from gmn_compiler.registry import hookimpl
 
 # ATen op name (without "aten." and overload) -> schema activation name
@@ -46,6 +49,21 @@ def make_activation_rule(name: str):
     return lower_activation
 
 
+def lower_prelu(ctx, op) -> None:
+    """inputs ``[x, slope]``, the slope a parameter shaped to broadcast against ``x`` (one per
+    channel, or one for all): the nodes are marked ``prelu`` and get the slopes on
+    ``param_mul`` edges from one ``param_operand`` node, so a slope moves with its channel."""
+    x, slope = op.inputs
+    if not isinstance(slope, ParamRef):
+        raise ctx.error("prelu needs a parameter as its slope")
+    layout = ctx.own(x)
+    if layout is None:
+        raise ctx.error(f"prelu slope {slope.name} applied to a value that carries no neurons")
+    ctx.builder.set_activation(layout.nodes(), "prelu")
+    ctx.attach_param(layout, tuple(op.output.shape), slope, "param_mul", "param_operand")
+    ctx.set_layout(op.output, L.align(layout, len(op.output.shape)))
+
+
 def lower_softmax(ctx, op) -> None:
     """inputs ``[x]``; attrs ``dim``, ``log``."""
     ctx.set_layout(op.output, ctx.derive(op.inputs[0], "log_softmax" if op.attrs.get("log") else "softmax"))
@@ -65,6 +83,13 @@ def _softmax(x, dim, *rest, **kwargs):
 
 def _log_softmax(x, dim, *rest, **kwargs):
     return [x], {"dim": dim, "log": True}
+
+
+def _prelu(x, weight):
+    """``weight`` has one slope per channel (axis 1, or axis 0 of a 1-D input) or one."""
+    if isinstance(weight, ParamRef) and weight.tensor.numel() > 1 and len(x.shape) > 2:
+        weight = weight.apply(lambda t: t.reshape(t.numel(), *([1] * (len(x.shape) - 2))))
+    return [x, weight], {}
 
 
 def _onnx_unary(x, *rest, **attrs):
@@ -93,6 +118,10 @@ def gmn_register(registry) -> None:
             for overload in _OVERLOADS:
                 registry.map_aten(f"aten.{op_name}{suffix}.{overload}", activation, normalize)
     registry.map_aten("aten.log_sigmoid_forward.default", "logsigmoid", _log_sigmoid_forward)
+    registry.add_rule("prelu", lower_prelu)
+    registry.map_aten("aten.prelu.default", "prelu", _prelu)
+    registry.map_aten("aten._prelu_kernel.default", "prelu", _prelu)
+    registry.map_onnx("PRelu", "prelu", lambda x, slope: ([x, slope], {}))
     registry.add_rule("softmax", lower_softmax)
     for target in ("aten.softmax.int", "aten._softmax.default", "aten.special_softmax.int"):
         registry.map_aten(target, "softmax", _softmax)

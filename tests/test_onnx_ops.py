@@ -103,6 +103,7 @@ CASES = {
                                           N("Reshape", ["d", "flat"], ["f"]), N("MatMul", ["f", "w2"], ["y"])],
                                          [2, 3], [2, 2], [_w("w1", 3, 6), _i64("groups", [2, 2, 3]), _i64("last", [-1]),
                                                           _i64("flat", [2, 6]), _w("w2", 6, 2)], 18),
+    "PRelu-per-channel": lambda: _cnn([N("PRelu", ["h", "slope"], ["o"])], [_t("slope", np.float32([[[0.1]], [[0.2]], [[0.3]], [[0.4]]]))]),
     "Identity-Dropout": lambda: _mlp([N("Identity", ["h"], ["i"]), N("Dropout", ["i"], ["o"])]),
     "Relu-conv": lambda: _cnn([N("Relu", ["h"], ["o"])]),
     "AveragePool": lambda: _cnn([N("AveragePool", ["h"], ["o"], kernel_shape=[2, 2], strides=[2, 2])]),

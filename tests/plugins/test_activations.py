@@ -225,3 +225,45 @@ def test_softmax_at_the_output(module, recorded):
     plain = MLP(nn.ReLU()).eval()
     plain.load_state_dict(model.state_dict())
     assert_not_isomorphic(pg, gc.compile(plain, inputs))
+
+
+# ------------------------------------------------------------------ PReLU
+class ConvPReLU(nn.Module):
+    """conv(3 -> 4) -> PReLU (one slope per channel, or one for all) -> pool -> linear."""
+
+    def __init__(self, num_parameters: int):
+        super().__init__()
+        self.conv, self.act, self.fc = nn.Conv2d(3, 4, 3), nn.PReLU(num_parameters), nn.Linear(4, 2)
+        with torch.no_grad():
+            self.act.weight.copy_(torch.rand(num_parameters) * 0.5)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+
+def _channels(m, p):
+    m.conv.weight.copy_(m.conv.weight[p])
+    m.conv.bias.copy_(m.conv.bias[p])
+    m.fc.weight.copy_(m.fc.weight[:, p])
+
+
+@pytest.mark.parametrize("num_parameters", [4, 1])
+def test_prelu_slopes_move_with_their_channels(num_parameters):
+    model, inputs = ConvPReLU(num_parameters).eval(), (torch.randn(2, 3, 5, 5),)
+    pg = assert_oracles(model, inputs, trials=4)
+    assert int((pg.data.x[:, ACT] == S.code(S.ACTIVATIONS, "prelu")).sum()) == 4
+    slopes = pg.data.edge_param == [p.name for p in pg.params].index("act.weight")
+    assert bool((pg.data.edge_attr[slopes, ETYPE] == S.code(S.EDGE_TYPES, "param_mul")).all())
+    p = torch.tensor([2, 0, 3, 1])
+
+    def channels(m):
+        _channels(m, p)
+        if num_parameters > 1:
+            m.act.weight.copy_(m.act.weight[p])
+    permuted = permuted_copy(model, channels)
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+    if num_parameters > 1:  # channels moved without their slopes: another function, another graph
+        alone = permuted_copy(model, lambda m: _channels(m, p))
+        assert not torch.allclose(model(*inputs), alone(*inputs), atol=1e-5)
+        assert_not_isomorphic(pg, gc.compile(alone, inputs))
