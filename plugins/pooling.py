@@ -4,7 +4,9 @@ Pooling (avg / max / adaptive / global) and reductions over free axes act on eac
 separately, so they keep or copy the input's nodes and mark them ``avg_pool``, ``max_pool``
 or ``sum_pool``. A reduction over *every* neuron axis (a mean over features, as in a
 LayerNorm written out op by op) is invariant to permuting them: its result has no neurons.
-A reduction over some neuron axes (a sum or 2-norm per group of units, per head) gives one
+Variance, standard deviation and log-sum-exp are supported over every neuron axis at once
+(a LayerNorm written with ``var``). A reduction over some neuron axes (a sum or 2-norm per
+group of units, per head) gives one
 node per group, fed by the group's nodes (squared first for the 2-norm, which is marked
 ``sqrt``); symmetries declared across the groups are withdrawn.
 """
@@ -53,6 +55,9 @@ def lower_reduce(ctx, op) -> None:
     if reduced_neuron == neuron and neuron:
         ctx.set_layout(op.outputs[0], None)  # invariant to every permutation of its inputs
         return
+    if op.attrs["mode"] in _INVARIANT_ONLY:
+        raise ctx.error(f"{op.attrs['mode']} over some but not all neuron axes, or over axes without "
+                        "neurons, is not supported; write a plugin rule for it")
     if reduced_neuron:
         if op.attrs["mode"] == "norm":  # sqrt(sum(x²)): squares, summed per remaining entry
             squares = ctx.fresh(x, L.align(layout, ndim), "activation", activation="square")
@@ -71,6 +76,9 @@ def lower_reduce(ctx, op) -> None:
         out = out.map(lambda t: t.reshape([t.shape[i] for i in kept]))
     ctx.set_layout(op.outputs[0], out)
 
+
+# statistics supported only over every neuron axis at once (then invariant, no neurons)
+_INVARIANT_ONLY = ("var", "std", "logsumexp")
 
 _MODE_EDGE = {"sum": "add", "mean": "add", "avg": "add", "amax": "max", "max": "max",
               "amin": "min", "min": "min"}
@@ -113,6 +121,18 @@ def _reduce(mode: str):
             dims = [dims]
         return [x], {"mode": mode, "dims": list(dims) if dims is not None else None,
                      "keepdim": keepdim or kwargs.get("keepdim", False)}
+    return normalize
+
+
+def _statistic(mode: str):
+    """``var`` / ``std`` (``dim`` with ``unbiased`` or ``correction``) and ``logsumexp``."""
+    def normalize(x, dim=None, *rest, keepdim=False, correction=None, **kwargs):
+        if rest and isinstance(rest[0], bool) and mode != "logsumexp":  # var.dim(x, dim, unbiased, keepdim)
+            rest = rest[1:]
+        if rest:
+            keepdim = bool(rest[0])
+        dims = [dim] if isinstance(dim, int) else (list(dim) if dim is not None else None)
+        return [x], {"mode": mode, "dims": dims, "keepdim": keepdim}
     return normalize
 
 
@@ -160,6 +180,10 @@ def gmn_register(registry) -> None:
     registry.map_aten("aten.amin.default", "reduce", _reduce("amin"))
     registry.map_aten("aten.max.dim", "reduce", _reduce("max"))
     registry.map_aten("aten.linalg_vector_norm.default", "reduce", _vector_norm)
+    for mode in ("var", "std"):
+        for overload in ("dim", "correction"):
+            registry.map_aten(f"aten.{mode}.{overload}", "reduce", _statistic(mode))
+    registry.map_aten("aten.logsumexp.default", "reduce", _statistic("logsumexp"))
     registry.map_aten("aten.min.dim", "reduce", _reduce("min"))
     registry.map_onnx("GlobalAveragePool", "pool", _onnx_pool("avg", True))
     registry.map_onnx("GlobalMaxPool", "pool", _onnx_pool("max", True))

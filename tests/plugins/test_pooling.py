@@ -173,6 +173,10 @@ NORMS = {
     "normalize": lambda h: F.normalize(h, dim=-1),
     "norm-method": lambda h: h / h.norm(dim=-1, keepdim=True),
     "linalg": lambda h: h * torch.linalg.vector_norm(h, dim=-1, keepdim=True),
+    # statistics over the features: a LayerNorm written with var / std, a log-softmax
+    "var": lambda h: (h - h.mean(-1, keepdim=True)) / (h.var(-1, keepdim=True, unbiased=False) + 1e-5).sqrt(),
+    "std": lambda h: h / h.std(-1, keepdim=True),
+    "logsumexp": lambda h: h - h.logsumexp(-1, keepdim=True),
 }
 
 
@@ -187,8 +191,8 @@ class Normalized(nn.Module):
 
 @pytest.mark.parametrize("name", sorted(NORMS))
 def test_vector_norm_over_the_features_is_invariant(name):
-    """The 2-norm over the hidden units is invariant to permuting them: no neurons, and the
-    hidden-unit symmetry stays."""
+    """The 2-norm (or the variance, ...) over the hidden units is invariant to permuting
+    them: no neurons, and the hidden-unit symmetry stays."""
     model = Normalized(NORMS[name]).eval()
     inputs = (torch.randn(3, 4),)
     pg = assert_oracles(model, inputs, trials=3)
@@ -251,4 +255,10 @@ def test_reduction_within_groups_of_units_keeps_the_groups(how):
 def test_other_vector_norms_are_reported():
     model = Normalized(lambda h: h / torch.linalg.vector_norm(h, ord=1, dim=-1, keepdim=True)).eval()
     with pytest.raises(gc.UnsupportedOpsError, match="order 1"):
+        gc.compile(model, (torch.randn(3, 4),))
+
+
+def test_statistics_within_groups_are_reported():
+    model = Normalized(lambda h: h.view(-1, 5, 1).var(-1)).eval()
+    with pytest.raises(gc.CompileError, match="var over some but not all neuron axes"):
         gc.compile(model, (torch.randn(3, 4),))
