@@ -124,3 +124,59 @@ def test_cosine_attention_keeps_head_and_dim_symmetries():
     declared = " ".join(s["what"] for s in pg.symmetries)
     for claim in ("attention heads", "query/key dims within each head", "value dims within each head"):
         assert claim in declared
+
+
+# ------------------------------------------------------------------ a modern decoder block
+QH, QKV, QD, QC = 4, 2, 4, 12  # query heads, K/V heads, head dim, model width
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), -1)
+
+
+class QwenLikeBlock(nn.Module):
+    """Pre-norm decoder block as in Qwen3: RMSNorm, grouped-query attention with QK-norm and
+    rotary embeddings (cached non-persistent tables), SwiGLU MLP, residual stream; between an
+    input and an output projection."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(3, QC), nn.Linear(QC, 2)
+        self.n1, self.n2 = nn.RMSNorm(QC), nn.RMSNorm(QC)
+        self.q, self.o = nn.Linear(QC, QH * QD, bias=False), nn.Linear(QH * QD, QC, bias=False)
+        self.k, self.v = nn.Linear(QC, QKV * QD, bias=False), nn.Linear(QC, QKV * QD, bias=False)
+        self.q_norm, self.k_norm = nn.RMSNorm(QD), nn.RMSNorm(QD)
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, QD, 2).float() / QD))
+        angles = torch.outer(torch.arange(16).float(), inv_freq)
+        table = torch.cat((angles, angles), -1)
+        self.register_buffer("cos", table.cos(), persistent=False)
+        self.register_buffer("sin", table.sin(), persistent=False)
+        self.gate, self.up, self.down = (nn.Linear(QC, 16, bias=False), nn.Linear(QC, 16, bias=False),
+                                         nn.Linear(16, QC, bias=False))
+        with torch.no_grad():
+            for norm in (self.n1, self.n2, self.q_norm, self.k_norm):
+                norm.weight.copy_(torch.rand_like(norm.weight) + 0.5)
+
+    def forward(self, x):
+        x = self.inp(x)
+        b, t, c = x.shape
+        h = self.n1(x)
+        q = self.q_norm(self.q(h).view(b, t, QH, QD)).transpose(1, 2)
+        k = self.k_norm(self.k(h).view(b, t, QKV, QD)).transpose(1, 2)
+        v = self.v(h).view(b, t, QKV, QD).transpose(1, 2)
+        cos, sin = self.cos[:t], self.sin[:t]
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        k, v = k.repeat_interleave(QH // QKV, 1), v.repeat_interleave(QH // QKV, 1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, QH * QD)
+        x = x + self.o(y)
+        h = self.n2(x)
+        return self.out(x + self.down(F.silu(self.gate(h)) * self.up(h)))
+
+
+def test_qwen_like_decoder_block_passes_every_oracle():
+    torch.manual_seed(0)
+    pg = assert_oracles(QwenLikeBlock().eval(), (torch.randn(1, 5, 3),), trials=4)
+    declared = " ".join(s["what"] for s in pg.symmetries)
+    assert "attention heads (with their K/V head)" in declared and "value dims within each K/V head" in declared
+    assert "query/key dims" not in declared  # rotary and the shared QK-norm weights fix them
