@@ -241,7 +241,11 @@ class LoweringContext:
         # permutes the nodes the same way in every copy (as the shared values require).
         # A symmetry declared per copy (q/k dims permuted independently in each head) no
         # longer holds, so the nodes are anchored: no such symmetry is declared over them.
-        copies = [a for a in range(ndim) if ref.shape[a] == 1 and lay.ids.shape[a] > 1]
+        # (A parameter that varies along no neuron axis, a shared PReLU slope or temperature,
+        # is equal in all its copies whatever moves: one block.)
+        neuron_axes = [a for a in range(ndim) if lay.ids.shape[a] > 1]
+        varies = any(ref.shape[a] > 1 for a in neuron_axes)
+        copies = [a for a in neuron_axes if ref.shape[a] == 1] if varies else []
         if copies:
             self.anchor(lay.ids)
         block = tuple(1 if a in copies else g for a, g in enumerate(grid))

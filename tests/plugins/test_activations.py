@@ -254,6 +254,8 @@ def test_prelu_slopes_move_with_their_channels(num_parameters):
     assert int((pg.data.x[:, ACT] == S.code(S.ACTIVATIONS, "prelu")).sum()) == 4
     slopes = pg.data.edge_param == [p.name for p in pg.params].index("act.weight")
     assert bool((pg.data.edge_attr[slopes, ETYPE] == S.code(S.EDGE_TYPES, "param_mul")).all())
+    assert int(slopes.sum()) == 4  # one edge per channel; a shared slope needs no ties
+    assert int((pg.data.x[:, ROLE] == S.code(S.NODE_ROLES, "tie")).sum()) == 0
     p = torch.tensor([2, 0, 3, 1])
 
     def channels(m):
