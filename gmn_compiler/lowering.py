@@ -160,8 +160,9 @@ class LoweringContext:
         if rows.shape[0] < 2:
             return
         roots = self.root_nodes(rows)
+        present = torch.unique(roots)
         for sym in self.symmetries:
-            if sym.get("withdrawn"):
+            if sym.get("withdrawn") or not bool(torch.isin(sym["nodes"], present).any()):
                 continue
             blocks = sym["nodes"].view(sym["groups"], -1)
             block_of = {n: b for b, block in enumerate(blocks.tolist()) for n in block}
