@@ -25,6 +25,7 @@ from ..errors import CompileError
 from ..ir import IRGraph, Op, ParamRef, Value
 from ..ir_patterns import normalize
 from ..registry import Registry, target_name
+from .decompositions import trace_decomposition
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 _MAX_CONSTANT = 1 << 22  # entries; larger constants are not materialised
@@ -283,46 +284,20 @@ class _Converter:
         self.ops.append(Op(mapping.kind, inputs, out_values, attrs, location, name))
 
     def _convert_decomposed(self, node: torch.fx.Node) -> bool:
-        """Convert an op that has no rule through the ops PyTorch decomposes it into
-        (``einsum`` into permutes, views and batched matmuls; ``glu`` into slices, sigmoid
-        and mul; ``channel_shuffle`` into views), traced with ``make_fx`` and converted in
-        its place with its location. False (nothing converted) when it has no decomposition
-        or decomposes into ops that have no rules either."""
-        from torch._decomp import core_aten_decompositions, get_decompositions
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        if self._decomposing >= _MAX_DECOMPOSITION_DEPTH or not isinstance(node.target, torch._ops.OpOverload):
+        """Convert an op that has no rule through the ops PyTorch decomposes it into (see
+        :mod:`.decompositions`), in its place and with its location. False (nothing
+        converted) when it has no decomposition or decomposes into ops without rules."""
+        if self._decomposing >= _MAX_DECOMPOSITION_DEPTH:
             return False
-        leaves, spec = torch.utils._pytree.tree_flatten((node.args, node.kwargs))
-        slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.fx.Node)]
-        if not all(isinstance(leaves[i].meta.get("val"), torch.Tensor) for i in slots):
+        traced = trace_decomposition(node)
+        if traced is None:
             return False
-        table = get_decompositions([node.target])
-        core = core_aten_decompositions()
-        if not table and node.target in core:
-            table = {node.target: core[node.target]}
-
-        def run(*tensors):
-            filled = list(leaves)
-            for i, t in zip(slots, tensors):
-                filled[i] = t
-            args, kwargs = torch.utils._pytree.tree_unflatten(filled, spec)
-            return node.target(*args, **kwargs)
-
-        # CPU (never written, so never paged in), not meta: constants inside the
-        # decomposition (an ``arange`` of indices) must get values
-        examples = [torch.empty(leaves[i].meta["val"].shape, dtype=leaves[i].meta["val"].dtype) for i in slots]
-        try:
-            sub = make_fx(run, decomposition_table=table, tracing_mode="fake")(*examples)
-        except Exception:
-            return False
-        if any(n.target is node.target for n in sub.graph.nodes):
-            return False  # no decomposition: it traced to itself
-        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        sub, inputs = traced
         for n in sub.graph.nodes:
             n.name = f"{node.name}__{n.name}"  # apart from every name of the exported graph
-        for placeholder, i in zip(placeholders, slots):
-            self.env[placeholder.name] = self.env[leaves[i].name]
+        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        for placeholder, source in zip(placeholders, inputs):
+            self.env[placeholder.name] = self.env[source.name]
         start = len(self.ops)
         self._decomposing += 1
         try:

@@ -1,0 +1,50 @@
+"""Decompositions for ATen ops that have no lowering rule.
+
+``torch.export`` keeps composite ops such as ``einsum``, ``glu`` or ``channel_shuffle`` whole.
+Rather than a rule for each, the torch frontend converts such an op through the ops PyTorch
+itself decomposes it into: :func:`trace_decomposition` traces one call with ``make_fx`` —
+composite (CompositeImplicitAutograd) ops decompose on their own, others through the
+decomposition registered for them in ``torch._decomp`` — on empty CPU tensors of the call's
+shapes (never written, so never paged in; CPU rather than meta so that constants inside the
+decomposition, an ``arange`` of indices, get values).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def trace_decomposition(node: torch.fx.Node) -> tuple[torch.fx.GraphModule, list[torch.fx.Node]] | None:
+    """The decomposition of the call ``node`` as a graph whose placeholders stand, in order,
+    for the returned tensor arguments of ``node``; ``None`` when the op does not decompose
+    (it traces to itself, or tracing fails) or an argument is no tensor of known shape."""
+    from torch._decomp import core_aten_decompositions, get_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    if not isinstance(node.target, torch._ops.OpOverload):
+        return None
+    leaves, spec = torch.utils._pytree.tree_flatten((node.args, node.kwargs))
+    slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.fx.Node)]
+    if not all(isinstance(leaves[i].meta.get("val"), torch.Tensor) for i in slots):
+        return None
+    table = get_decompositions([node.target])
+    if not table:
+        core = core_aten_decompositions()
+        if node.target in core:
+            table = {node.target: core[node.target]}
+
+    def run(*tensors):
+        filled = list(leaves)
+        for i, t in zip(slots, tensors):
+            filled[i] = t
+        args, kwargs = torch.utils._pytree.tree_unflatten(filled, spec)
+        return node.target(*args, **kwargs)
+
+    examples = [torch.empty(leaves[i].meta["val"].shape, dtype=leaves[i].meta["val"].dtype) for i in slots]
+    try:
+        sub = make_fx(run, decomposition_table=table, tracing_mode="fake")(*examples)
+    except Exception:
+        return None
+    if any(n.target is node.target for n in sub.graph.nodes):
+        return None
+    return sub, [leaves[i] for i in slots]
