@@ -2,7 +2,7 @@
 tensor of the layout exactly as they transform the data (DESIGN §3).
 
 reshape / view / flatten / unflatten / squeeze / unsqueeze (one rule: from the input and
-output shapes), permute / transpose, select, slice, cat, stack, split / chunk / unbind,
+output shapes), permute / transpose, flip, select, slice, cat, stack, split / chunk / unbind,
 expand, and identities (clone, contiguous, dropout in eval mode, dtype casts).
 """
 
@@ -44,6 +44,16 @@ def lower_permute(ctx, op) -> None:
         return
     dims = [d % len(op.inputs[0].shape) for d in op.attrs["dims"]]
     ctx.set_layout(op.output, L.permute(ctx.layout(op.inputs[0]), dims))
+
+
+def lower_flip(ctx, op) -> None:
+    """attrs ``dims``: the entries along those axes in reverse order, a relabelling (along a
+    free axis, whose ids do not vary, nothing changes but merged positions)."""
+    if _keep_none(ctx, op):
+        return
+    layout = L.align(ctx.layout(op.inputs[0]), len(op.output.shape))
+    dims = [d % len(op.output.shape) for d in op.attrs["dims"]]
+    ctx.set_layout(op.output, layout.map(lambda t: t.flip(dims)))
 
 
 def _cuts_neurons(ctx, layout, dim: int) -> None:
@@ -308,13 +318,14 @@ def gmn_register(registry) -> None:
     for kind, rule in (("identity", lower_identity), ("reshape", lower_reshape),
                        ("permute", lower_permute), ("select", lower_select),
                        ("slice", lower_slice), ("cat", lower_cat), ("split", lower_split),
-                       ("expand", lower_expand)):
+                       ("expand", lower_expand), ("flip", lower_flip)):
         registry.add_rule(kind, rule, aliasing=True)
     for target in RESHAPE_TARGETS:
         registry.map_aten(target, "reshape", _x_only)
     for target in IDENTITY_TARGETS:
         registry.map_aten(target, "identity", _x_only)
     registry.map_aten("aten.permute.default", "permute", _permute)
+    registry.map_aten("aten.flip.default", "flip", _permute)
     registry.map_aten("aten.transpose.int", "permute", _transpose)
     registry.map_aten("aten.swapaxes.default", "permute", _transpose)
     registry.map_aten("aten.t.default", "permute", _t)

@@ -309,3 +309,36 @@ def test_dtype_casts_leave_the_graph_unchanged():
     inputs = (torch.randn(3, 4),)
     pg = assert_oracles(cast, inputs, trials=3)
     assert_isomorphic(pg, gc.compile(plain, inputs))
+
+
+class Flipped(nn.Module):
+    """Per-token MLP on [B, T, 3]: ``flip`` over the features between the layers (a
+    relabelling of the hidden units) or over the tokens (weights are shared across them);
+    ``reversed_columns`` writes the feature flip into l2's weight instead."""
+
+    def __init__(self, where: str):
+        super().__init__()
+        self.where = where
+        self.l1, self.l2 = nn.Linear(3, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.l1(x))
+        if self.where == "features":
+            h = h.flip(-1)
+        elif self.where == "tokens":
+            h = h.flip(1)
+        return self.l2(h).mean(1)
+
+
+@pytest.mark.parametrize("where", ["features", "tokens"])
+def test_flip_relabels_and_passes_the_oracles(where):
+    torch.manual_seed(0)
+    model, inputs = Flipped(where).eval(), (torch.randn(2, 4, 3),)
+    pg = assert_oracles(model, inputs)
+    plain = Flipped("none").eval()
+    plain.load_state_dict(model.state_dict())
+    if where == "features":  # the same function as l2 reading its columns in reverse
+        with torch.no_grad():
+            plain.l2.weight.copy_(plain.l2.weight.flip(1))
+    torch.testing.assert_close(model(*inputs), plain(*inputs))
+    assert_isomorphic(pg, gc.compile(plain, inputs))
