@@ -19,7 +19,6 @@ q/k dims inside a head jointly, permute v dims inside a head.
 
 from __future__ import annotations
 
-
 import torch
 
 from gmn_compiler import layout as L

@@ -8,8 +8,9 @@
   one auxiliary ``param_operand`` node with an edge per parameter entry into the nodes it
   meets (free positions in the ``spatial`` column).
 - With a constant tensor (a mask, a rotary cos/sin table; from ONNX, a ``Constant`` node or
-  a value folded from constants): like an activation without neurons; where the constant varies along a neuron axis, the new nodes get fixed positions
-  (their index along that axis), since the constant tells them apart.
+  a value folded from constants): like an activation without neurons; where the constant
+  varies along a neuron axis, the new nodes get fixed positions (their index along that
+  axis), since the constant tells them apart.
 - With a Python scalar (``x * 0.5``, ``x + 1``): fresh nodes one-to-one with the operand's,
   the edge carrying the scalar (``scalar_*`` types).
 - ``where`` / ``masked_fill`` with a mask and fill that carry no neurons: the nodes are marked

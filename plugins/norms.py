@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-
 from gmn_compiler import layout as L
 from gmn_compiler.ir import ParamRef
 from gmn_compiler.registry import hookimpl

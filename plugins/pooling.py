@@ -6,9 +6,9 @@ or ``sum_pool``. A reduction over *every* neuron axis (a mean over features, as 
 LayerNorm written out op by op) is invariant to permuting them: its result has no neurons.
 Variance, standard deviation and log-sum-exp are supported over every neuron axis at once
 (a LayerNorm written with ``var``). A reduction over some neuron axes (a sum or 2-norm per
-group of units, per head) gives one
-node per group, fed by the group's nodes (squared first for the 2-norm, which is marked
-``sqrt``); symmetries declared across the groups are withdrawn.
+group of units, per head) gives one node per group, fed by the group's nodes (squared first
+for the 2-norm, which is marked ``sqrt``); symmetries declared across the groups are
+withdrawn.
 """
 
 from __future__ import annotations
@@ -115,12 +115,14 @@ def _pool(mode: str, spatial_dims: int):
     return normalize
 
 
+def _dims(dim) -> list[int] | None:
+    """A reduction's ``dim`` argument (an int, a sequence, or None for all) as a list."""
+    return [dim] if isinstance(dim, int) else (list(dim) if dim is not None else None)
+
+
 def _reduce(mode: str):
     def normalize(x, dims=None, keepdim=False, *rest, **kwargs):
-        if isinstance(dims, int):
-            dims = [dims]
-        return [x], {"mode": mode, "dims": list(dims) if dims is not None else None,
-                     "keepdim": keepdim or kwargs.get("keepdim", False)}
+        return [x], {"mode": mode, "dims": _dims(dims), "keepdim": keepdim or kwargs.get("keepdim", False)}
     return normalize
 
 
@@ -131,8 +133,7 @@ def _statistic(mode: str):
             rest = rest[1:]
         if rest:
             keepdim = bool(rest[0])
-        dims = [dim] if isinstance(dim, int) else (list(dim) if dim is not None else None)
-        return [x], {"mode": mode, "dims": dims, "keepdim": keepdim}
+        return [x], {"mode": mode, "dims": _dims(dim), "keepdim": keepdim}
     return normalize
 
 
@@ -140,8 +141,7 @@ def _vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
     """``torch.linalg.vector_norm`` (``F.normalize``, ``x.norm(dim=...)``): the 2-norm only."""
     if ord != 2:
         return [x], {"unsupported": f"vector norm of order {ord} (only the 2-norm is supported)"}
-    dims = [dim] if isinstance(dim, int) else (list(dim) if dim is not None else None)
-    return [x], {"mode": "norm", "dims": dims, "keepdim": keepdim}
+    return [x], {"mode": "norm", "dims": _dims(dim), "keepdim": keepdim}
 
 
 def _onnx_pool(mode: str, global_pool: bool):

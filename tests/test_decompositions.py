@@ -60,6 +60,17 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(b, t, c))
 
 
+class LinearThen(nn.Module):
+    """Linear(3 -> ``width``) followed by ``fn``."""
+
+    def __init__(self, width: int, fn):
+        super().__init__()
+        self.l, self.fn = nn.Linear(3, width), fn
+
+    def forward(self, x):
+        return self.fn(self.l(x))
+
+
 def test_einsum_linear_layers_give_the_linear_graph():
     torch.manual_seed(0)
     einsum, linear = TwoLayers("einsum").eval(), TwoLayers("linear").eval()
@@ -90,16 +101,9 @@ def test_talking_heads_mixing_is_a_linear_layer_over_heads():
 
 
 def test_einsum_the_frontend_cannot_express_is_reported_with_its_location():
-    class Trace(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.l = nn.Linear(3, 9)
-
-        def forward(self, x):
-            return torch.einsum("bii->b", self.l(x).view(-1, 3, 3))
-
+    trace = LinearThen(9, lambda h: torch.einsum("bii->b", h.view(-1, 3, 3)))
     with pytest.raises(gc.UnsupportedOpsError, match=r"test_decompositions\.py"):
-        gc.compile(Trace(), (torch.randn(2, 3),))
+        gc.compile(trace, (torch.randn(2, 3),))
 
 
 class GatedAndShuffled(nn.Module):
@@ -133,14 +137,6 @@ def test_glu_and_channel_shuffle_give_the_written_out_graph():
 
 
 def test_an_op_whose_decomposition_has_no_rules_is_reported_as_itself():
-    class Spread(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.l = nn.Linear(3, 4)
-
-        def forward(self, x):
-            return self.l(x).cumsum(-1)
-
     with pytest.raises(gc.UnsupportedOpsError, match=r"aten\.cumsum\.default") as caught:
-        gc.compile(Spread(), (torch.randn(2, 3),))
+        gc.compile(LinearThen(4, lambda h: h.cumsum(-1)), (torch.randn(2, 3),))
     assert "prims" not in str(caught.value)
