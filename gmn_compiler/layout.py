@@ -24,8 +24,16 @@ import torch
 
 @dataclass(frozen=True, eq=False)
 class Layout:
+    """``ids`` (and ``pos``) as described above. ``sig`` is the *view signature*: the
+    selections and reorderings along free axes (``h[:, 0]``, a slice, a flip, a transpose
+    of two free axes) applied since the nodes were made, as a tuple of hashable entries.
+    Two values on the same nodes with different signatures hold different data, so a
+    consumer never reads a signed layout directly: the lowering context first copies it
+    into fresh nodes whose edges carry the signature (DESIGN §4, faithful by construction)."""
+
     ids: torch.Tensor
     pos: torch.Tensor | None = None
+    sig: tuple = ()
 
     def __post_init__(self) -> None:
         if self.pos is not None and self.pos.shape != self.ids.shape:
@@ -43,8 +51,24 @@ class Layout:
         return torch.unique(self.ids)
 
     def map(self, fn) -> "Layout":
-        """Apply a pure indexing function to ids and pos alike."""
-        return Layout(fn(self.ids), None if self.pos is None else fn(self.pos))
+        """Apply a pure indexing function to ids and pos alike (the signature is kept)."""
+        return Layout(fn(self.ids), None if self.pos is None else fn(self.pos), self.sig)
+
+    def signed(self, *entries) -> "Layout":
+        """This layout with ``entries`` appended to its view signature."""
+        return Layout(self.ids, self.pos, self.sig + tuple(entries))
+
+    def unsigned(self) -> "Layout":
+        return Layout(self.ids, self.pos)
+
+
+def signature_code(sig: tuple) -> float:
+    """A stable number identifying ``sig`` in [2, 3): the value of the edges into the nodes
+    that materialise a signed view. It is an identifier (equal signatures, equal codes), not
+    a magnitude; float32-exact."""
+    import zlib
+
+    return 2.0 + (zlib.crc32(repr(sig).encode()) % (1 << 20)) / float(1 << 20)
 
 
 def for_axis(ids: torch.Tensor, ndim: int, axis: int) -> Layout:

@@ -40,10 +40,30 @@ class LoweringContext:
 
     # ------------------------------------------------------------ layouts
     def layout(self, value: Value) -> Layout | None:
+        """The layout of ``value``. An op that changes values (not an aliasing one) never
+        sees a signed view (:class:`~gmn_compiler.layout.Layout`, ``sig``): the view is
+        first materialised into fresh nodes, once per value."""
         try:
-            return self.layouts[value.id]
+            found = self.layouts[value.id]
         except KeyError:
             raise self.error(f"value {value} has no layout (was its producer lowered?)") from None
+        if found is not None and found.sig and not self._in_aliasing_op():
+            found = self.materialize(value)
+        return found
+
+    def materialize(self, value: Value) -> Layout:
+        """Copy a signed view into fresh nodes, one-to-one with its nodes, fed by ``copy``
+        edges whose value identifies the signature; the value's layout is replaced, so
+        every later consumer shares the copy."""
+        layout = self.layouts[value.id]
+        if not layout.sig:
+            return layout
+        copied = self.fresh(value, layout.unsigned(), "copy", weight=L.signature_code(layout.sig))
+        self.layouts[value.id] = copied
+        return copied
+
+    def _in_aliasing_op(self) -> bool:
+        return self.op is not None and self.registry.is_aliasing(self.op.kind)
 
     def require_layout(self, value: Value) -> Layout:
         found = self.layout(value)
@@ -55,6 +75,13 @@ class LoweringContext:
     def set_layout(self, value: Value, layout: Layout | None) -> None:
         if layout is not None and layout.ndim != len(value.shape):
             raise self.error(f"layout of rank {layout.ndim} for {value} of rank {len(value.shape)}")
+        if layout is not None and self._in_aliasing_op():
+            # a view of a view: the output inherits its input's signature
+            inherited = [self.layouts[v.id].sig for v in self.op.values()
+                         if isinstance(v, Value) and self.layouts.get(v.id) is not None]
+            prefix = inherited[0] if len(inherited) == 1 else ()
+            if prefix and layout.sig[:len(prefix)] != prefix:  # not already carried by map()
+                layout = Layout(layout.ids, layout.pos, prefix + layout.sig)
         self.layouts[value.id] = layout
 
     def error(self, message: str) -> LoweringError:
@@ -174,8 +201,10 @@ class LoweringContext:
 
     def anchor(self, nodes: torch.Tensor) -> None:
         """Mark nodes that a constant tells apart (fixed positions), or that combine such
-        nodes elementwise: no symmetry is declared over them."""
+        nodes elementwise: no symmetry is declared over them, and declarations made
+        before (the layer that created them) are withdrawn."""
         self._anchored.update(nodes.reshape(-1).tolist())
+        self.withdraw_symmetries(nodes)
 
     def anchored(self, nodes: torch.Tensor) -> bool:
         """True when any of ``nodes``, or a node one of them copies, is anchored."""

@@ -43,7 +43,11 @@ def lower_permute(ctx, op) -> None:
     if _keep_none(ctx, op):
         return
     dims = [d % len(op.inputs[0].shape) for d in op.attrs["dims"]]
-    ctx.set_layout(op.output, L.permute(ctx.layout(op.inputs[0]), dims))
+    layout = L.permute(ctx.layout(op.inputs[0]), dims)
+    free = [d for d in dims if layout.ids.shape[dims.index(d)] == 1 and op.inputs[0].shape[d] > 1]
+    if free != sorted(free):  # free axes change their relative order: a different view
+        layout = layout.signed(("permute", tuple(free)))
+    ctx.set_layout(op.output, layout)
 
 
 def lower_flip(ctx, op) -> None:
@@ -53,7 +57,9 @@ def lower_flip(ctx, op) -> None:
         return
     layout = L.align(ctx.layout(op.inputs[0]), len(op.output.shape))
     dims = [d % len(op.output.shape) for d in op.attrs["dims"]]
-    ctx.set_layout(op.output, layout.map(lambda t: t.flip(dims)))
+    layout = layout.map(lambda t: t.flip(dims))
+    free = tuple(d for d in dims if layout.ids.shape[d] == 1 and op.output.shape[d] > 1)
+    ctx.set_layout(op.output, layout.signed(("flip", free)) if free else layout)
 
 
 def _cuts_neurons(ctx, layout, dim: int) -> None:
@@ -63,13 +69,25 @@ def _cuts_neurons(ctx, layout, dim: int) -> None:
         ctx.withdraw_symmetries(layout.ids)
 
 
+def _sign_free(before, shape, dim: int, after, entry: tuple):
+    """``after`` (a selection along ``dim`` of a value laid out as ``before``) with ``entry``
+    in its view signature when ``dim`` is a free axis: which positions it keeps is then not
+    recorded by the ids, and two such views of the same nodes hold different data."""
+    if before.ids.shape[dim] == 1 and shape[dim] > 1:
+        # dims counted from the end, so a batch axis in front does not change the signature
+        return after.signed((entry[0], dim - len(shape)) + tuple(entry[2:]) + (shape[dim],))
+    return after
+
+
 def lower_select(ctx, op) -> None:
     """attrs ``dim``, ``index``."""
     if _keep_none(ctx, op):
         return
     x = op.inputs[0]
-    _cuts_neurons(ctx, ctx.layout(x), op.attrs["dim"] % len(x.shape))
-    ctx.set_layout(op.output, L.select(ctx.layout(x), op.attrs["dim"], op.attrs["index"] % x.shape[op.attrs["dim"]]))
+    dim, index = op.attrs["dim"] % len(x.shape), op.attrs["index"] % x.shape[op.attrs["dim"]]
+    _cuts_neurons(ctx, ctx.layout(x), dim)
+    layout = L.select(ctx.layout(x), dim, index)
+    ctx.set_layout(op.output, _sign_free(ctx.layout(x), x.shape, dim, layout, ("select", dim, index)))
 
 
 def lower_slice(ctx, op) -> None:
@@ -81,7 +99,10 @@ def lower_slice(ctx, op) -> None:
     start, end, step = slice(op.attrs.get("start"), op.attrs.get("end"), op.attrs.get("step", 1)).indices(x.shape[dim])
     if (start, end, step) != (0, x.shape[dim], 1):
         _cuts_neurons(ctx, ctx.layout(x), dim)
-    ctx.set_layout(op.output, L.narrow(ctx.layout(x), dim, start, end, step))
+    layout = L.narrow(ctx.layout(x), dim, start, end, step)
+    if (start, end, step) != (0, x.shape[dim], 1):
+        layout = _sign_free(ctx.layout(x), x.shape, dim, layout, ("slice", dim, start, end, step))
+    ctx.set_layout(op.output, layout)
 
 
 def lower_cat(ctx, op) -> None:
@@ -92,7 +113,8 @@ def lower_cat(ctx, op) -> None:
     if any(isinstance(p, ParamRef) for p in parts):
         _cat_with_params(ctx, op, parts)
         return
-    layouts = [ctx.layout(v) for v in parts]
+    # parts that are different views of the same nodes get their own nodes first
+    layouts = [ctx.materialize(v) if ctx.layout(v) is not None else None for v in parts]
     if any(l is None for l in layouts):
         raise ctx.error("concatenating a value without neurons (a constant or an invariant "
                         "statistic) with one that has neurons is not supported")
@@ -148,12 +170,15 @@ def lower_split(ctx, op) -> None:
     start = 0
     for out in op.outputs:
         if op.attrs.get("squeeze"):
-            ctx.set_layout(out, L.select(layout, dim, start))
+            part = _sign_free(layout, x.shape, dim, L.select(layout, dim, start), ("select", dim, start))
             start += 1
         else:
             size = out.shape[dim]
-            ctx.set_layout(out, L.narrow(layout, dim, start, start + size))
+            part = L.narrow(layout, dim, start, start + size)
+            if size != x.shape[dim]:
+                part = _sign_free(layout, x.shape, dim, part, ("slice", dim, start, start + size, 1))
             start += size
+        ctx.set_layout(out, part)
 
 
 def lower_index_select(ctx, op) -> None:
@@ -165,7 +190,10 @@ def lower_index_select(ctx, op) -> None:
     index = torch.as_tensor(op.attrs["index"]).long() % x.shape[dim]
     if not torch.equal(index, torch.arange(x.shape[dim])):
         _cuts_neurons(ctx, ctx.layout(x), dim)
-    ctx.set_layout(op.output, L.index_select(ctx.layout(x), dim, index))
+    layout = L.index_select(ctx.layout(x), dim, index)
+    if not torch.equal(index, torch.arange(x.shape[dim])):
+        layout = _sign_free(ctx.layout(x), x.shape, dim, layout, ("index", dim, tuple(index.tolist())))
+    ctx.set_layout(op.output, layout)
 
 
 def lower_gather(ctx, op) -> None:

@@ -1,0 +1,133 @@
+"""Exact symmetry computations on parameter graphs with BLISS (python-igraph).
+
+The *structure* of a parameter graph is everything except the values of parameter edges:
+node feature rows, edge feature rows, and the values of structural (non-parameter) edges,
+which are constants of the computation (DESIGN §4, "faithful by construction"). Parallel
+edges ``u -> v`` are folded into one labelled pair whose label is the sorted multiset of
+their rows; BLISS colours vertices only, so each labelled pair becomes a middle vertex
+``u -> m -> v`` coloured by its label.
+
+Everything here is exact (no sampling, no time-out):
+
+- :func:`automorphism_generators`: generators of the structure's automorphism group. Every
+  automorphism is a product of them, so if each generator preserves the model's function
+  (at generic weights), every automorphism does.
+- :func:`extend_to_automorphism`: whether a given partial node mapping extends to an
+  automorphism, and one such automorphism (a proof either way).
+- :func:`isomorphic`: whether two graphs are isomorphic *including* parameter values, the
+  question behind the swap test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .graph import ParameterGraph
+
+
+@dataclass
+class _Coloured:
+    """A BLISS-ready digraph: ``n`` original vertices, then one middle vertex per labelled
+    node pair; ``colour`` per vertex."""
+
+    n: int
+    edges: list[tuple[int, int]]
+    colour: list[int]
+
+    def igraph(self):
+        import igraph
+
+        return igraph.Graph(n=len(self.colour), edges=self.edges, directed=True)
+
+
+def edge_rows(pg: ParameterGraph, with_values: bool = False) -> torch.Tensor:
+    """Per edge, the row that structure compares: features, plus the value where it is a
+    constant (structural edges) or where ``with_values``."""
+    d = pg.data
+    attr = d.edge_attr.double()
+    keep_value = torch.ones_like(attr[:, 0], dtype=torch.bool) if with_values else d.edge_param < 0
+    value = torch.where(keep_value, attr[:, 0], torch.full_like(attr[:, 0], float("nan")))
+    # NaN never equals NaN in unique(); use a sentinel flag column instead.
+    flag = keep_value.double()
+    return torch.cat([flag[:, None], torch.nan_to_num(value, nan=0.0)[:, None], attr[:, 1:]], dim=1)
+
+
+def _palette(rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Integer ids of rows, shared across the given tensors (same row -> same id)."""
+    sizes = [r.shape[0] for r in rows]
+    _, ids = torch.unique(torch.cat(rows), dim=0, return_inverse=True)
+    return list(torch.split(ids, sizes))
+
+
+def _coloured(pgs: list[ParameterGraph], with_values: bool) -> list[_Coloured]:
+    """Coloured digraphs of ``pgs`` with one palette, so colours compare across graphs."""
+    node_ids = _palette([pg.data.x.double() for pg in pgs])
+    edge_ids = _palette([edge_rows(pg, with_values) for pg in pgs])
+    pair_labels: list[dict[tuple[int, int], tuple[int, ...]]] = []
+    for pg, eid in zip(pgs, edge_ids):
+        labels: dict[tuple[int, int], list[int]] = {}
+        for (u, v), f in zip(pg.data.edge_index.t().tolist(), eid.tolist()):
+            labels.setdefault((u, v), []).append(f)
+        pair_labels.append({k: tuple(sorted(fs)) for k, fs in labels.items()})
+    label_code: dict[tuple[int, ...], int] = {}
+    for labels in pair_labels:
+        for lab in sorted(set(labels.values())):
+            label_code.setdefault(lab, len(label_code))
+    node_colours = int(max((int(i.max()) for i in node_ids if i.numel()), default=-1)) + 1
+    out = []
+    for pg, nid, labels in zip(pgs, node_ids, pair_labels):
+        n = int(pg.data.num_nodes)
+        colour = nid.tolist()
+        edges = []
+        for k, ((u, v), lab) in enumerate(sorted(labels.items())):
+            m = n + k
+            edges += [(u, m), (m, v)]
+            colour.append(node_colours + label_code[lab])
+        out.append(_Coloured(n, edges, colour))
+    return out
+
+
+def automorphism_generators(pg: ParameterGraph) -> list[torch.Tensor]:
+    """Generators of the automorphism group of ``pg``'s structure, each a node permutation
+    ``perm`` (node ``i`` maps to ``perm[i]``); identities are left out."""
+    (c,) = _coloured([pg], with_values=False)
+    gens = c.igraph().automorphism_group(color=c.colour)
+    out = []
+    for g in gens:
+        perm = torch.tensor(g[: c.n], dtype=torch.long)
+        if not torch.equal(perm, torch.arange(c.n)):
+            out.append(perm)
+    return out
+
+
+def extend_to_automorphism(pg: ParameterGraph, partial: dict[int, int]) -> torch.Tensor | None:
+    """An automorphism of ``pg``'s structure mapping each ``u`` of ``partial`` to
+    ``partial[u]`` (as a node permutation), or ``None`` when none exists (proved)."""
+    (c,) = _coloured([pg], with_values=False)
+    if sorted(partial) != sorted(partial.values()):
+        raise ValueError("the partial mapping must be a permutation of its own nodes")
+    top = max(c.colour) + 1
+    colour1, colour2 = list(c.colour), list(c.colour)
+    for k, (u, v) in enumerate(sorted(partial.items())):
+        if c.colour[u] != c.colour[v]:
+            return None
+        colour1[u] = top + k
+        colour2[v] = top + k
+    g = c.igraph()
+    same, mapping, _ = g.isomorphic_bliss(g, return_mapping_12=True, color1=colour1, color2=colour2)
+    if not same:
+        return None
+    return torch.tensor(mapping[: c.n], dtype=torch.long)
+
+
+def isomorphic(a: ParameterGraph, b: ParameterGraph, *, with_values: bool = True) -> bool:
+    """Whether ``a`` and ``b`` are isomorphic, comparing every feature and (by default) every
+    edge value exactly."""
+    if int(a.data.num_nodes) != int(b.data.num_nodes) or a.data.edge_index.shape != b.data.edge_index.shape:
+        return False
+    ca, cb = _coloured([a, b], with_values)
+    if sorted(ca.colour) != sorted(cb.colour) or len(ca.edges) != len(cb.edges):
+        return False
+    return bool(ca.igraph().isomorphic_bliss(cb.igraph(), color1=ca.colour, color2=cb.colour))
