@@ -17,8 +17,16 @@ through ``edge_param`` / ``edge_offset`` (one vectorised gather per model), whic
 to compiling the model itself. A model's values file is its "done" marker: a rerun with
 ``resume=True`` skips it. File ids include the model file's size and mtime and the compiler's
 schema and package version (after editing the compiler without a version bump, rerun with
-``resume=False``). Model files are read with safetensors, ``torch.export.load`` (.pt2) or onnx;
-nothing is unpickled.
+``resume=False``). Model files are read with safetensors, the compiler's .pt2 loader or onnx.
+``torch.export.load`` unpickles some archive entries with ``weights_only=False``, so .pt2 and
+.onnx files compile with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``: an archive holding pickled objects
+other than tensors and plain containers fails instead of running code.
+
+Model folders come from strangers: a row's file must lie inside the folder
+(:func:`gmn_models.datasets.model_file`) and its builder is looked up in
+:mod:`gmn_models.builders` (never imported from the name), in this process; a worker receives the
+registered callable itself (pickled by reference; one that does not pickle, e.g. a lambda,
+compiles its structure in this process).
 
 Command line: ``python -m gmn_models.compile_folder SOURCE OUT_DIR [--workers N] [--no-resume]``.
 """
@@ -26,8 +34,11 @@ Command line: ``python -m gmn_models.compile_folder SOURCE OUT_DIR [--workers N]
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing
+import os
+import pickle
 import sys
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
@@ -40,7 +51,8 @@ from torch_geometric.data import Data
 from gmn_compiler.fileio import write_atomically
 from gmn_compiler.graph import ParameterGraph
 
-from .datasets import ModelFolderError, ModelRow, build_module, example_input, read_model_table
+from .builders import get_builder
+from .datasets import ModelFolderError, ModelRow, build_module, example_input, model_file, read_model_table
 from .workers import usable_workers
 
 __all__ = ["compile_folder", "CompileReport", "CompiledFolder", "compile_row", "read_model_table",
@@ -85,7 +97,7 @@ def _save(path: Path, payload: dict) -> None:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     message = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-    return message if len(message) <= 300 else message[:297] + "..."
+    return message if len(message) <= 500 else message[:497] + "..."
 
 
 # ------------------------------------------------------------------ direct compilation
@@ -96,14 +108,37 @@ def compile_row(folder: str | Path, row: ModelRow) -> ParameterGraph:
     reference the shared-structure path of :func:`compile_folder` reproduces bit for bit."""
     import gmn_compiler as gc
 
-    path = Path(folder) / row.path
+    path = model_file(folder, row)
     if row.kind == "safetensors":
         from safetensors.torch import load_file
 
         module = build_module(row)
         module.load_state_dict(load_file(str(path)), strict=True)
         return gc.compile(module, (example_input(row),))
-    return gc.compile(str(path))
+    with _weights_only_loads():
+        return gc.compile(str(path))
+
+
+_FORCE, _FORCE_NO = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextlib.contextmanager
+def _weights_only_loads():
+    """Every ``torch.load`` inside runs with ``weights_only=True``, even one that asks for
+    ``False``: ``torch.export.load`` unpickles archive entries marked ``use_pickle`` (and falls
+    back from a refused restricted load) with ``weights_only=False``, which would let a .pt2
+    file of a model folder run code. Sets the process environment while it runs."""
+    saved = {k: os.environ.get(k) for k in (_FORCE, _FORCE_NO)}
+    os.environ[_FORCE] = "1"
+    os.environ.pop(_FORCE_NO, None)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class _Structure:
@@ -179,14 +214,15 @@ def _structure(out_dir: Path, arch: str) -> _Structure:
     return _CACHE[key]
 
 
-def _task_structure(out_dir: Path, row: ModelRow) -> str | None:
-    """Compile the architecture of ``row`` from a freshly built module; None or the reason."""
+def _task_structure(out_dir: Path, row: ModelRow, builder: Callable) -> str | None:
+    """Compile the architecture of ``row`` from a module freshly built by ``builder`` (the
+    registered builder of ``row.builder``, looked up by the caller); None or the reason."""
     import gmn_compiler as gc
 
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            module = build_module(row)
+            module = build_module(row, builder)
         shapes = {k: list(v.shape) for k, v in module.state_dict().items()}
         graph = gc.compile(module, (example_input(row),))
         _CACHE.pop((str(out_dir), row.arch()), None)
@@ -205,7 +241,7 @@ def _task_fill(folder: Path, out_dir: Path, rows: list[ModelRow]) -> list[tuple[
     for row in rows:
         try:
             structure = _structure(out_dir, row.arch())
-            values = structure.values(load_file(str(folder / row.path)))
+            values = structure.values(load_file(str(model_file(folder, row))))
             _save(values_path(out_dir, row), {"format": _VALUES_FORMAT, "path": row.path,
                                               "structure": row.arch(), "num_edges": structure.num_edges,
                                               "values": values})
@@ -271,9 +307,10 @@ def compile_folder(source: str | Path, out_dir: str | Path, workers: int = 2, re
 
     ``workers``: worker processes (forkserver, else spawn); 0 compiles in this process.
     ``resume``: skip models whose values file exists (an interrupted run continues where it
-    stopped); ``False`` recompiles everything. A bad model (unreadable file, missing builder,
-    unsupported op, state dict that does not fit) is skipped and reported: ``failures`` of the
-    returned :class:`CompileReport`, also printed on stderr and written to ``failures.json``.
+    stopped); ``False`` recompiles everything. A bad model (unreadable file, file outside the
+    folder, unregistered builder, unsupported op, state dict that does not fit) is skipped and
+    reported: ``failures`` of the returned :class:`CompileReport`, also printed on stderr and
+    written to ``failures.json``.
     ``progress``: tqdm bar on stderr (default: when stderr is a terminal).
     Raises :class:`ModelFolderError` for a folder without a readable ``models.csv``.
     """
@@ -325,8 +362,24 @@ def _run(pool: cf.Executor, folder: Path, out: Path, todo: list[ModelRow], error
     for arch, rows in groups.items():
         if resume and structure_path(out, arch).exists():
             submit_fills(rows)
+            continue
+        try:  # looked up here: workers never consult a registry, nor import a name from a row
+            builder = get_builder(rows[0].builder)
+        except ModelFolderError as exc:
+            for row in rows:
+                errors[row.index] = _one_line(exc)
+            bar.update(len(rows))
+            continue
+        if isinstance(pool, _InlineExecutor) or _pickles(builder):
+            submit("structure", rows, _task_structure, out, rows[0], builder)
+            continue
+        problem = _task_structure(out, rows[0], builder)  # a lambda or local function: here
+        if problem is None:
+            submit_fills(rows)
         else:
-            submit("structure", rows, _task_structure, out, rows[0])
+            for row in rows:
+                errors[row.index] = problem
+            bar.update(len(rows))
     while pending:
         done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
         for future in done:
@@ -344,6 +397,15 @@ def _run(pool: cf.Executor, folder: Path, out: Path, todo: list[ModelRow], error
                 if problem is not None:
                     errors[index] = problem
             bar.update(len(rows))
+
+
+def _pickles(fn: Callable) -> bool:
+    """Whether ``fn`` can be sent to a worker process (pickled by reference)."""
+    try:
+        pickle.dumps(fn)
+        return True
+    except Exception:
+        return False
 
 
 def _save_failures(out: Path, failures: list[tuple[str, str]]) -> None:

@@ -8,10 +8,14 @@ Model folder format (the contract the zoo generators write)::
 ``models.csv`` has a header and one row per model. Its first four columns are
 
 - ``path``: the model file relative to ``<folder>``: a ``.safetensors`` state dict, a ``.pt2``
-  file written by ``torch.export.save``, or an ``.onnx`` file;
-- ``builder``: for ``.safetensors``, ``"package.module:function"``, an importable callable that
-  returns the ``nn.Module`` whose ``load_state_dict(state, strict=True)`` accepts the file;
-  empty for ``.pt2`` / ``.onnx``;
+  file written by ``torch.export.save``, or an ``.onnx`` file. It must lie inside the folder
+  (symbolic links followed): an absolute path, ``..`` out of it or a link pointing outside is a
+  bad row;
+- ``builder``: for ``.safetensors``, ``"package.module:function"``, the name of a *registered*
+  builder (:mod:`gmn_models.builders`: the project's architectures, the ``gmn_models.builders``
+  entry points, :func:`~gmn_models.builders.register_builder`) that returns the ``nn.Module``
+  whose ``load_state_dict(state, strict=True)`` accepts the file; empty for ``.pt2`` / ``.onnx``.
+  The name is looked up, never imported: a folder cannot choose code to run;
 - ``builder_kwargs``: a JSON object, the keyword arguments of ``builder`` (``{}`` if none);
 - ``input_shape``: a JSON list, the shape of one example input used for tracing, e.g.
   ``[1, 64]`` (required for ``.safetensors``);
@@ -22,8 +26,8 @@ cell is ``None``); any other column stays strings.
 
 A missing ``models.csv``, a missing reserved column or an unknown label column is a
 :class:`ModelFolderError` (one line). A bad *row* (missing file, malformed JSON, unknown file
-type) and a bad *model* (corrupt file, unsupported op, missing builder) are skipped and listed
-in ``dataset.failures`` as ``(path, reason)``.
+type, a path outside the folder) and a bad *model* (corrupt file, unsupported op, unregistered
+builder) are skipped and listed in ``dataset.failures`` as ``(path, reason)``.
 
 Each graph is a schema-v1 ``Data`` (``x``, ``edge_index``, ``edge_attr``, ``edge_param``,
 ``edge_offset``, ``num_nodes``; float tensors stored as float32) plus ``y`` float ``[1, L]``
@@ -36,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -52,17 +55,17 @@ import gmn_compiler
 from gmn_compiler import schema
 from gmn_compiler.fileio import write_atomically
 
+from .builders import get_builder
+from .paths import ModelFolderError, confined_path
+
 __all__ = ["ModelGraphDataset", "OnDiskModelGraphDataset", "ModelFolderError", "ModelRow",
-           "read_model_table", "parse_metadata", "build_module", "example_input", "RESERVED_COLUMNS"]
+           "read_model_table", "parse_metadata", "build_module", "model_file", "example_input",
+           "RESERVED_COLUMNS"]
 
 RESERVED_COLUMNS: tuple[str, ...] = ("path", "builder", "builder_kwargs", "input_shape")
 MODEL_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt2", ".onnx")
 _CACHE_FORMAT = "gmn-models-dataset-v1"
 _COMPILER = [schema.SCHEMA_VERSION, gmn_compiler.__version__]  # compiled files depend on these
-
-
-class ModelFolderError(ValueError):
-    """The model folder (or its ``models.csv``) cannot be used; the message is one line."""
 
 
 @dataclass(eq=False)
@@ -110,7 +113,7 @@ def _digest(obj: Any) -> str:
 def read_model_table(folder: str | os.PathLike) -> list[ModelRow]:
     """Parse ``<folder>/models.csv`` into rows (row problems recorded, not raised)."""
     folder = Path(folder)
-    table = folder / "models.csv"
+    table = confined_path(folder, "models.csv", "models.csv", rule="it must be a file of the folder")
     if not table.is_file():
         raise ModelFolderError(f"{folder}: no models.csv (a model folder needs one; see "
                                "gmn_models.datasets for the format)")
@@ -136,6 +139,7 @@ def _parse_row(folder: Path, index: int, cells: dict) -> ModelRow:
     try:
         if None in cells:
             raise ValueError("the row has more cells than the header")
+        file = model_file(folder, row)
         if Path(row.path).suffix not in MODEL_SUFFIXES:
             raise ValueError(f"unknown model file type {row.path!r}; expected one of {MODEL_SUFFIXES}")
         kwargs = json.loads(text["builder_kwargs"] or "{}")
@@ -149,9 +153,8 @@ def _parse_row(folder: Path, index: int, cells: dict) -> ModelRow:
             row.input_shape = tuple(shape)
         if row.kind == "safetensors" and (not row.builder or row.input_shape is None):
             raise ValueError("a .safetensors model needs a builder and an input_shape")
-        file = folder / row.path
         if not file.is_file():
-            raise ValueError(f"no such file {file}")
+            raise ValueError(f"no such file {folder / row.path}")
         st = file.stat()
         row.stat = (st.st_size, st.st_mtime_ns)
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
@@ -159,18 +162,17 @@ def _parse_row(folder: Path, index: int, cells: dict) -> ModelRow:
     return row
 
 
-def build_module(row: ModelRow) -> nn.Module:
-    """Call the row's builder with its kwargs; ModelFolderError if it cannot be imported or
-    does not return an ``nn.Module``."""
-    module_name, _, attr = row.builder.partition(":")
-    if not module_name or not attr:
-        raise ModelFolderError(f"builder {row.builder!r} is not of the form 'package.module:function'")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise ModelFolderError(f"builder {row.builder!r} cannot be imported ({exc})") from None
+def model_file(folder: str | os.PathLike, row: ModelRow) -> Path:
+    """The row's model file, resolved and checked to lie inside ``folder``
+    (:func:`gmn_models.paths.confined_path`); open this path, not ``folder / row.path``."""
+    return confined_path(folder, row.path, f"row {row.index}: path")
+
+
+def build_module(row: ModelRow, builder: Callable[..., nn.Module] | None = None) -> nn.Module:
+    """Call the row's builder with its kwargs: ``builder`` if given (the caller looked it up),
+    else :func:`gmn_models.builders.get_builder` of the row's ``builder`` name. ModelFolderError
+    if that name is not registered (nothing is imported) or the result is not an ``nn.Module``."""
+    target = get_builder(row.builder) if builder is None else builder
     model = target(**row.builder_kwargs)
     if not isinstance(model, nn.Module):
         raise ModelFolderError(f"builder {row.builder!r} returned a {type(model).__name__}, not an nn.Module")

@@ -10,7 +10,8 @@ A model folder is::
 ``models.csv`` has one row per model and, in this order, the columns
 
 - ``path``: the model's state dict, a ``.safetensors`` file, relative to ``<folder>``;
-- ``builder``: ``"module:callable"``; ``importlib.import_module(module).callable(**kwargs)``
+- ``builder``: ``"module:callable"``, the name of a builder registered in
+  :mod:`gmn_models.builders` (readers look it up, never import it); ``builder(**kwargs)``
   returns the ``nn.Module`` whose ``load_state_dict(state, strict=True)`` accepts the file;
 - ``builder_kwargs``: a JSON object, the keyword arguments of ``builder``;
 - ``input_shape``: a JSON list, the shape of one example input with batch size 1;
@@ -34,6 +35,8 @@ from safetensors.torch import save_file
 
 from gmn_compiler.fileio import write_atomically
 
+from ..builders import is_builder_name
+
 RESERVED_COLUMNS: tuple[str, ...] = ("path", "builder", "builder_kwargs", "input_shape")
 
 
@@ -55,7 +58,8 @@ def write_model_folder(out: str | os.PathLike, entries: Iterable[ModelEntry], *,
     State dicts go to ``out/models/NNNNNN.safetensors`` in entry order. Extra columns are the
     union of every entry's ``columns`` keys, in first-seen order. Raises ``FileExistsError``
     if ``out/models.csv`` exists and ``overwrite`` is false, ``ValueError`` if an extra column
-    reuses a reserved name or no entry is given.
+    reuses a reserved name, a builder is not a ``"package.module:function"`` name (readers need
+    it registered in :mod:`gmn_models.builders`) or no entry is given.
     """
     out = Path(out)
     table = out / "models.csv"
@@ -70,6 +74,9 @@ def write_model_folder(out: str | os.PathLike, entries: Iterable[ModelEntry], *,
     try:
         with open(spool, "w", encoding="utf-8") as rows:
             for index, entry in enumerate(entries):
+                if not is_builder_name(entry.builder):
+                    raise ValueError(f"model {index}: builder {entry.builder!r} is not of the form "
+                                     "'package.module:function' (a name registered in gmn_models.builders)")
                 clash = set(entry.columns) & set(RESERVED_COLUMNS)
                 if clash:
                     raise ValueError(f"model {index}: column(s) {sorted(clash)} clash with the model "

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..paths import confined_path
 from ._folder import RESERVED_COLUMNS, ModelEntry, write_model_folder
 
 BUILDER = "gmn_models.public_zoos:Siren"
@@ -249,13 +250,19 @@ def nfn_label(path: PurePath) -> dict[str, Any]:
 
 
 def find_checkpoints(folder: str | os.PathLike) -> list[Path]:
-    """Every ``.pth``/``.pt``/``.safetensors`` file under ``folder``, sorted by relative path."""
+    """Every ``.pth``/``.pt``/``.safetensors`` file under ``folder``, sorted by relative path.
+
+    ``ValueError`` (:class:`~gmn_models.paths.ModelFolderError`) if one is a symbolic link
+    (or lies under one) that points outside ``folder``: nothing outside it is read."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder; pass the folder that holds the INR checkpoints")
     found = sorted(p for p in folder.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file())
     if not found:
         raise ValueError(f"{folder}: no {'/'.join(CHECKPOINT_SUFFIXES)} checkpoints found under it")
+    for path in found:
+        confined_path(folder, path.relative_to(folder), "checkpoint", kind="checkpoint folder",
+                      rule="checkpoints must live inside it (remove the link or copy the file in)")
     return found
 
 

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..paths import confined_path
 from ._folder import ModelEntry, write_model_folder
 
 BUILDER = "gmn_models.public_zoos:SmallCNN"
@@ -239,10 +240,16 @@ def _check_chain(path: Path, pairs: list, num_params: int) -> SmallCNNLayout:
     return SmallCNNLayout(tuple(convs), dense, num_params)
 
 
+def _own_file(folder: Path, name: str) -> Path:
+    """``folder / name``, refused if a symbolic link takes it outside the folder."""
+    return confined_path(folder, name, name, kind="Small CNN Zoo folder",
+                         rule="the zoo's files must live inside it")
+
+
 def _metrics_path(folder: Path) -> Path:
     for name in ("metrics.csv.gz", "metrics.csv"):
         if (folder / name).is_file():
-            return folder / name
+            return _own_file(folder, name)
     raise ValueError(f"{folder}: metrics.csv.gz not found; a Small CNN Zoo folder holds weights.npy, "
                      "layout.csv and metrics.csv.gz side by side")
 
@@ -282,8 +289,8 @@ def _open_zoo(folder: str | os.PathLike) -> _Zoo:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder; pass a Small CNN Zoo dataset folder (e.g. cifar10/)")
-    layout = read_small_cnn_layout(folder / "layout.csv")
-    weights_path = folder / "weights.npy"
+    layout = read_small_cnn_layout(_own_file(folder, "layout.csv"))
+    weights_path = _own_file(folder, "weights.npy")
     if not weights_path.is_file():
         raise ValueError(f"{weights_path}: weights.npy not found; a Small CNN Zoo folder holds weights.npy, "
                          "layout.csv and metrics.csv.gz side by side")

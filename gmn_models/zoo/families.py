@@ -7,8 +7,9 @@ Every builder takes JSON-serialisable keyword arguments only and returns a plain
 * ``torch.func.functional_call`` + ``vmap`` can train many copies at once
   (no in-place activations, no data-dependent Python control flow).
 
-The models' ``models.csv`` rows name them as ``"gmn_models.zoo.families:<function>"``;
-:func:`resolve_builder` turns such a string back into the callable.
+The models' ``models.csv`` rows name them as ``"gmn_models.zoo.families:<function>"``, the names
+under which :mod:`gmn_models.builders` registers them; :func:`resolve_builder` looks such a
+string up in that registry (it never imports what a string names).
 
 Input conventions (batch first): ``mlp`` takes ``[B, D]`` flat vectors, ``deepsets``
 ``[B, D, 1]`` sets of scalars, ``cnn2d``/``resnet`` ``[B, C, H, W]`` images, ``cnn1d``
@@ -17,7 +18,6 @@ Input conventions (batch first): ``mlp`` takes ``[B, D]`` flat vectors, ``deepse
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Callable
 
@@ -243,8 +243,9 @@ def builder_name(fn: Callable[..., nn.Module]) -> str:
 
 
 def resolve_builder(spec: str) -> Callable[..., nn.Module]:
-    """Import ``"package.module:function"`` and return the callable."""
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"builder {spec!r} is not of the form 'module:function'")
-    return getattr(importlib.import_module(module), name)
+    """The builder registered as ``spec`` (:func:`gmn_models.builders.get_builder`); a
+    ``ValueError`` (:class:`~gmn_models.paths.ModelFolderError`) if none is: a string from a
+    ``models.csv`` never chooses what is imported."""
+    from ..builders import get_builder
+
+    return get_builder(spec)

@@ -2,8 +2,11 @@
 
 ``<folder>/models.csv`` has one row per model with the columns :data:`COLUMNS`:
 
-* ``path``: the ``.safetensors`` file (relative to the folder) holding the state dict;
-* ``builder``: ``"module:function"``, an importable callable returning the ``nn.Module``;
+* ``path``: the ``.safetensors`` file (relative to the folder, and inside it: symbolic links
+  are followed and must not leave it) holding the state dict;
+* ``builder``: ``"module:function"``, the name of a builder registered in
+  :mod:`gmn_models.builders` (the zoo writes ``gmn_models.zoo.families:<family>``), returning
+  the ``nn.Module``; the name is looked up, never imported;
 * ``builder_kwargs``: a JSON object, the builder's keyword arguments;
 * ``input_shape``: a JSON list, an example input shape with batch 1 (for tracing);
 * labels and metadata: ``test_acc``, ``train_acc``, ``family``, ``dataset``, ``layout``,
@@ -14,7 +17,7 @@
 
 ``<folder>/manifest.sha256`` lists ``<sha256>  <relative path>`` (``sha256sum -c`` format)
 for every file of the zoo except itself. State dicts are read with ``safetensors`` only
-(nothing is unpickled).
+(nothing is unpickled), and only from inside the folder (:func:`gmn_models.paths.confined_path`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ..paths import confined_path
 from .families import resolve_builder
 
 COLUMNS = (
@@ -104,16 +108,25 @@ def load_rows(folder: str | os.PathLike) -> list[dict]:
     """Typed rows of ``<folder>/models.csv``, each with ``root`` (the folder, absolute) added
     so that :func:`load_state_dict` can find its file."""
     root = str(Path(folder).resolve())
-    return [{**r, "root": root} for r in read_csv_rows(Path(folder) / "models.csv")]
+    return [{**r, "root": root} for r in read_csv_rows(_own_file(folder, "models.csv"))]
+
+
+def _own_file(folder: str | os.PathLike, name: str) -> Path:
+    """``folder / name``, refused if a symbolic link takes it outside the folder."""
+    return confined_path(folder, name, name, rule="it must be a file of the folder")
 
 
 def load_state_dict(row: dict) -> dict[str, torch.Tensor]:
-    """The row's state dict, read with safetensors (no pickle)."""
-    return load_file(os.path.join(row["root"], row["path"]))
+    """The row's state dict, read with safetensors (no pickle) from ``row["path"]`` inside
+    ``row["root"]``; :class:`~gmn_models.paths.ModelFolderError` if the path leaves the folder
+    (absolute, ``..``, or a symbolic link pointing outside)."""
+    return load_file(str(confined_path(row["root"], row["path"])))
 
 
 def build_model(row: dict, load_weights: bool = True) -> nn.Module:
-    """``builder(**builder_kwargs)``, with the stored weights loaded (strict), in eval mode."""
+    """``builder(**builder_kwargs)``, with the stored weights loaded (strict), in eval mode.
+    The builder is the registered one of that name (:func:`gmn_models.builders.get_builder`):
+    an unregistered name is a :class:`~gmn_models.paths.ModelFolderError`."""
     model = resolve_builder(row["builder"])(**row["builder_kwargs"])
     if load_weights:
         model.load_state_dict(load_state_dict(row))
@@ -128,17 +141,25 @@ def write_manifest(folder: str | os.PathLike, entries: dict[str, str]) -> None:
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, str]:
     entries = {}
-    for line in (Path(folder) / MANIFEST).read_text().splitlines():
+    for line in _own_file(folder, MANIFEST).read_text().splitlines():
         h, p = line.split("  ", 1)
         entries[p] = h
     return entries
 
 
+def _matches(folder: Path, relative: str, digest: str) -> bool:
+    try:
+        path = confined_path(folder, relative, "manifest entry")
+    except ValueError:  # outside the folder: never read
+        return False
+    return path.is_file() and sha256_file(path) == digest
+
+
 def verify_manifest(folder: str | os.PathLike) -> list[str]:
-    """Paths whose file is missing or whose sha256 differs from the manifest (empty: all
-    good), plus ``models.csv`` paths missing from the manifest."""
+    """Paths whose file is missing or outside the folder or whose sha256 differs from the
+    manifest (empty: all good), plus ``models.csv`` paths missing from the manifest."""
     folder = Path(folder)
     entries = read_manifest(folder)
-    bad = [p for p, h in entries.items() if not (folder / p).is_file() or sha256_file(folder / p) != h]
-    listed = {r["path"] for r in read_csv_rows(folder / "models.csv")}
+    bad = [p for p, h in entries.items() if not _matches(folder, p, h)]
+    listed = {r["path"] for r in read_csv_rows(_own_file(folder, "models.csv"))}
     return bad + sorted(listed - set(entries))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from torch import nn
 import gmn_compiler as gc
 from gmn_compiler import schema
 from gmn_models import public_zoos as pz
+from gmn_models.builders import get_builder
 
 KERAS_NAMES = ["sequential/conv2d", "sequential/conv2d_1", "sequential/conv2d_2", "sequential/dense"]
 TORCH_ACT = {"relu": nn.ReLU, "tanh": nn.Tanh, "selu": nn.SELU, "sigmoid": nn.Sigmoid}
@@ -114,13 +114,13 @@ def numpy_keras_forward(tensors: list[tuple[str, np.ndarray]], x_nhwc: np.ndarra
 
 
 def load_model_folder(folder: Path) -> list[tuple[nn.Module, dict]]:
-    """A consumer of the model folder contract, written from its description only."""
+    """A consumer of the model folder contract, written from its description only: the builder
+    is the registered one of that name (gmn_models.builders), never an import of the string."""
     with open(folder / "models.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     out = []
     for row in rows:
-        module_name, attr = row["builder"].split(":")
-        model = getattr(importlib.import_module(module_name), attr)(**json.loads(row["builder_kwargs"]))
+        model = get_builder(row["builder"])(**json.loads(row["builder_kwargs"]))
         model.load_state_dict(load_file(str(folder / row["path"])), strict=True)
         out.append((model.eval(), row))
     return out
