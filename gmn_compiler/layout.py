@@ -62,6 +62,20 @@ class Layout:
         return Layout(self.ids, self.pos)
 
 
+def plain(a):
+    """An op attribute as a plain hashable for a signature: numbers as float32-rounded
+    floats (so torch's 1e-5 and ONNX's float32 epsilon agree, and 1 equals 1.0)."""
+    if isinstance(a, bool) or a is None or isinstance(a, str):
+        return a
+    if isinstance(a, (int, float)):
+        return float(torch.tensor(float(a), dtype=torch.float32))
+    if isinstance(a, (list, tuple)):
+        return tuple(plain(x) for x in a)
+    if isinstance(a, torch.Tensor) and a.numel() <= 64:
+        return tuple(plain(x) for x in a.reshape(-1).tolist())
+    return repr(a)
+
+
 def signature_code(sig: tuple) -> float:
     """A stable number identifying ``sig`` in [2, 3): the value of the edges into the nodes
     that materialise a signed view. It is an identifier (equal signatures, equal codes), not

@@ -125,10 +125,13 @@ class LoweringContext:
             return layout
         return self.fresh(value, layout, "activation")
 
-    def derive(self, value: Value, activation: str, etype: str = "activation") -> Layout | None:
+    def derive(self, value: Value, activation: str, etype: str = "activation",
+               sig: tuple | None = None) -> Layout | None:
         """Layout of an elementwise function of ``value``: its nodes marked with
         ``activation`` when exclusive and unmarked, else fresh nodes carrying it, fed by
-        one-to-one edges of type ``etype``."""
+        one-to-one edges of type ``etype``. ``sig`` holds what else decides the function
+        (a slope, the axis of a softmax, a pooling window): the fresh edges then carry its
+        code, so two functions of the same nodes that differ only there stay apart."""
         layout = self.layout(value)
         if layout is None:
             return None
@@ -136,7 +139,8 @@ class LoweringContext:
         if self.exclusive(value) and not self.builder.has_activation(nodes):
             self.builder.set_activation(nodes, activation)
             return layout
-        return self.fresh(value, layout, etype, activation)
+        weight = L.signature_code(sig) if sig else 1.0
+        return self.fresh(value, layout, etype, activation, weight=weight)
 
     def declare_symmetry(self, nodes: torch.Tensor, what: str, groups: int = 1,
                          permute_groups: bool = False) -> None:

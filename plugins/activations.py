@@ -44,9 +44,30 @@ def make_activation_rule(name: str):
             activation = "gelu_tanh"
         if name == "hardtanh" and [float(a) for a in op.attrs.get("args", [])] == [0.0, 6.0]:
             activation = "relu6"  # F.relu6 exports as hardtanh(x, 0, 6)
-        ctx.set_layout(op.output, ctx.derive(op.inputs[0], activation))
+        params = _activation_params(activation, op.attrs)
+        sig = (activation,) + params if params else None  # slopes, bounds, betas
+        ctx.set_layout(op.output, ctx.derive(op.inputs[0], activation, sig=sig))
     lower_activation.__doc__ = f"Elementwise {name}: keeps or copies the input's nodes."
     return lower_activation
+
+
+# the hyper-parameters of an activation, as (torch positional index, ONNX attribute, default)
+_PARAMS: dict[str, tuple[tuple[int, str, float | None], ...]] = {
+    "leaky_relu": ((0, "alpha", 0.01),), "elu": ((0, "alpha", 1.0),), "celu": ((0, "alpha", 1.0),),
+    "softplus": ((0, "beta", 1.0), (1, "threshold", 20.0)),
+    "hardtanh": ((0, "min", -1.0), (1, "max", 1.0)), "clamp": ((0, "min", None), (1, "max", None)),
+}
+
+
+def _activation_params(activation: str, attrs: dict) -> tuple:
+    """The activation's hyper-parameters in one form for both frontends (torch passes them
+    positionally in ``args``, ONNX as named attributes)."""
+    args = attrs.get("args", [])
+    out = []
+    for index, name, default in _PARAMS.get(activation, ()):
+        value = args[index] if index < len(args) else attrs.get(name, default)
+        out.append(L.plain(value))
+    return tuple(out)
 
 
 def lower_prelu(ctx, op) -> None:
@@ -65,8 +86,12 @@ def lower_prelu(ctx, op) -> None:
 
 
 def lower_softmax(ctx, op) -> None:
-    """inputs ``[x]``; attrs ``dim``, ``log``."""
-    ctx.set_layout(op.output, ctx.derive(op.inputs[0], "log_softmax" if op.attrs.get("log") else "softmax"))
+    """inputs ``[x]``; attrs ``dim``, ``log``. The axis it normalises over (counted from the
+    end) is part of its signature: over features and over tokens are different functions."""
+    x = op.inputs[0]
+    activation = "log_softmax" if op.attrs.get("log") else "softmax"
+    axis = op.attrs.get("dim", -1) % len(x.shape) - len(x.shape) if len(x.shape) else 0
+    ctx.set_layout(op.output, ctx.derive(x, activation, sig=(activation, axis)))
 
 
 def _unary(x, *args, **kwargs):
@@ -75,6 +100,14 @@ def _unary(x, *args, **kwargs):
 
 def _gelu(x, approximate="none"):
     return [x], {"approximate": approximate}
+
+
+def _clamp_min(x, bound):
+    return [x], {"min": bound}
+
+
+def _clamp_max(x, bound):
+    return [x], {"max": bound}
 
 
 def _softmax(x, dim, *rest, **kwargs):
@@ -113,7 +146,7 @@ def gmn_register(registry) -> None:
     for activation in sorted(set(ACTIVATION_OPS.values()) | {"gelu"}):
         registry.add_rule(activation, make_activation_rule(activation))
     for op_name, activation in sorted(ACTIVATION_OPS.items()) + [("gelu", "gelu")]:
-        normalize = _gelu if op_name == "gelu" else _unary
+        normalize = {"gelu": _gelu, "clamp_min": _clamp_min, "clamp_max": _clamp_max}.get(op_name, _unary)
         for suffix in ("", "_"):
             for overload in _OVERLOADS:
                 registry.map_aten(f"aten.{op_name}{suffix}.{overload}", activation, normalize)

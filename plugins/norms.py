@@ -69,10 +69,21 @@ def lower_instance_norm(ctx, op) -> None:
     _set_main_output(ctx, op, layout)
 
 
+def _norm_signature(ctx, op, kind: str) -> tuple:
+    """What decides a layer / RMS norm besides its parameters: how many trailing axes it
+    normalises, which of them carry neurons (features vs tokens), and eps."""
+    x = op.inputs[0]
+    k = len(op.attrs.get("normalized_shape") or [x.shape[-1]])
+    layout = ctx.layout(x)
+    neuron = tuple(bool(layout is not None and L.align(layout, len(x.shape)).ids.shape[a] > 1)
+                   for a in range(len(x.shape) - k, len(x.shape)))
+    return (kind, k, neuron, L.plain(op.attrs.get("eps")))
+
+
 def lower_layer_norm(ctx, op) -> None:
     """inputs ``[x, weight | None, bias | None]``; attrs ``normalized_shape``."""
     x, weight, bias = (list(op.inputs) + [None] * 3)[:3]
-    layout = ctx.derive(x, "layer_norm")
+    layout = ctx.derive(x, "layer_norm", sig=_norm_signature(ctx, op, "layer_norm"))
     if layout is None:
         raise ctx.error("layer norm input carries no neurons")
     for ref, etype, role in ((weight, "ln_weight", "norm_weight"), (bias, "ln_bias", "norm_bias")):
@@ -84,7 +95,7 @@ def lower_layer_norm(ctx, op) -> None:
 def lower_rms_norm(ctx, op) -> None:
     """inputs ``[x, weight | None]``; attrs ``normalized_shape``."""
     x, weight = (list(op.inputs) + [None, None])[:2]
-    layout = ctx.derive(x, "rms_norm")
+    layout = ctx.derive(x, "rms_norm", sig=_norm_signature(ctx, op, "rms_norm"))
     if layout is None:
         raise ctx.error("RMS norm input carries no neurons")
     if weight is not None:

@@ -33,7 +33,11 @@ def lower_pool(ctx, op) -> None:
         pooled = range(ndim - op.attrs["spatial_dims"], ndim)
         if any(a in layout.neuron_axes() for a in pooled):
             raise ctx.error("pooling over an axis that carries neurons is not supported")
-        ctx.set_layout(op.outputs[0], ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]], "pool"))
+        keys = ("window", "global", "adaptive", "auto_pad")
+        sig = ("pool", op.attrs["mode"], op.attrs["spatial_dims"]) + tuple(
+            (k, L.plain(tuple(sorted(op.attrs[k].items())) if isinstance(op.attrs[k], dict) else op.attrs[k]))
+            for k in keys if k in op.attrs)
+        ctx.set_layout(op.outputs[0], ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]], "pool", sig=sig))
     for extra in op.outputs[1:]:  # indices of max_pool_with_indices
         ctx.set_layout(extra, None)
 
@@ -70,7 +74,8 @@ def lower_reduce(ctx, op) -> None:
     if op.attrs["mode"] == "norm":
         raise ctx.error("a vector norm over axes without neurons (per-neuron norm over positions) "
                         "is not supported; write a plugin rule for it")
-    out = ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]], "pool")
+    sig = ("reduce", op.attrs["mode"], tuple(d - ndim for d in dims))  # axes from the end
+    out = ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]], "pool", sig=sig)
     if not keepdim:  # the reduced axes are free (size 1 in the id tensor): drop them
         kept = [i for i in range(ndim) if i not in dims]
         out = out.map(lambda t: t.reshape([t.shape[i] for i in kept]))
@@ -109,9 +114,41 @@ def _combine(ctx, op, layout, dims: list[int], keepdim: bool, mode: str | None =
     return L.compress(out, None)
 
 
+def _window(kernel, stride, padding, dilation, ceil_mode, count_include_pad, d: int) -> dict:
+    """Pooling hyper-parameters in one form for both frontends: tuples per spatial axis,
+    ``padding`` as ONNX's begin..., end... pads."""
+    def per_axis(v, default):
+        v = default if v is None or (isinstance(v, (list, tuple)) and len(v) == 0) else v
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        return tuple(int(a) for a in (v * d if len(v) == 1 else v))
+    kernel = per_axis(kernel, 1)
+    padding = per_axis(padding, 0)
+    if len(padding) == d:
+        padding = padding + padding
+    return {"window": {"kernel": kernel, "stride": per_axis(stride, kernel), "padding": padding,
+                       "dilation": per_axis(dilation, 1), "ceil_mode": bool(ceil_mode),
+                       "count_include_pad": count_include_pad}}
+
+
 def _pool(mode: str, spatial_dims: int):
-    def normalize(x, *args, **kwargs):
-        return [x], {"mode": mode, "spatial_dims": spatial_dims, "args": list(args)}
+    def normalize(x, kernel_size, stride=None, padding=0, *rest, **kwargs):
+        if mode == "max":  # max_pool(x, kernel, stride, padding, dilation, ceil_mode)
+            dilation, ceil_mode = (list(rest) + [1, False])[:2]
+            extra = _window(kernel_size, stride, padding, dilation, ceil_mode, None, spatial_dims)
+        else:  # avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+            ceil_mode, include, divisor = (list(rest) + [False, True, None])[:3]
+            if divisor is not None:
+                return [x], {"unsupported": "avg_pool with divisor_override"}
+            extra = _window(kernel_size, stride, padding, 1, ceil_mode, bool(include), spatial_dims)
+        return [x], {"mode": mode, "spatial_dims": spatial_dims, **extra}
+    return normalize
+
+
+def _adaptive(mode: str, spatial_dims: int):
+    def normalize(x, output_size, *rest, **kwargs):
+        size = tuple(int(s) for s in (output_size if isinstance(output_size, (list, tuple)) else [output_size]))
+        extra = {"global": True} if all(s == 1 for s in size) else {"adaptive": size}
+        return [x], {"mode": mode, "spatial_dims": spatial_dims, **extra}
     return normalize
 
 
@@ -146,7 +183,15 @@ def _vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
 
 def _onnx_pool(mode: str, global_pool: bool):
     def normalize(x, *rest, **attrs):
-        return [x], {"mode": mode, "spatial_dims": len(x.shape) - 2, "global": global_pool}
+        d = len(x.shape) - 2
+        out = {"mode": mode, "spatial_dims": d}
+        if global_pool:
+            return [x], {**out, "global": True}
+        if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            out["auto_pad"] = str(attrs["auto_pad"])
+        include = bool(attrs.get("count_include_pad", 0)) if mode == "avg" else None
+        return [x], {**out, **_window(attrs.get("kernel_shape"), attrs.get("strides"), attrs.get("pads"),
+                                      attrs.get("dilations"), attrs.get("ceil_mode", 0), include, d)}
     return normalize
 
 
@@ -169,9 +214,9 @@ def gmn_register(registry) -> None:
         registry.map_aten(f"aten.avg_pool{d}d.default", "pool", _pool("avg", d))
         registry.map_aten(f"aten.max_pool{d}d.default", "pool", _pool("max", d))
         registry.map_aten(f"aten.max_pool{d}d_with_indices.default", "pool", _pool("max", d))
-        registry.map_aten(f"aten.adaptive_avg_pool{d}d.default", "pool", _pool("avg", d))
-        registry.map_aten(f"aten.adaptive_max_pool{d}d.default", "pool", _pool("max", d))
-    registry.map_aten("aten._adaptive_avg_pool2d.default", "pool", _pool("avg", 2))
+        registry.map_aten(f"aten.adaptive_avg_pool{d}d.default", "pool", _adaptive("avg", d))
+        registry.map_aten(f"aten.adaptive_max_pool{d}d.default", "pool", _adaptive("max", d))
+    registry.map_aten("aten._adaptive_avg_pool2d.default", "pool", _adaptive("avg", 2))
     registry.map_aten("aten.mean.dim", "reduce", _reduce("mean"))
     registry.map_aten("aten.mean.default", "reduce", _reduce("mean"))
     registry.map_aten("aten.sum.dim_IntList", "reduce", _reduce("sum"))
