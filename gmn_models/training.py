@@ -11,6 +11,13 @@ val_kendall_tau, time_s; losses are MSEs of standardised targets), ``learning_cu
 Kendall tau), ``config.json`` and ``splits.json``. Every ``.pt`` holds plain tensors and
 numbers and loads with ``torch.load(..., weights_only=True)``.
 
+The run writes ``gmn-run.json`` first; ``out`` must be new or empty, or hold a previous run
+and ``resume`` or ``overwrite`` be set, or ``overwrite`` be set for any other folder (see
+:mod:`gmn_models.train_config`, which also holds :class:`TrainConfig` and its checks: a bad
+setting, model folder, label column or model is a :class:`ConfigError` before anything is
+written). A checkpoint that is truncated, corrupt, not ours or holds anything but tensors and
+plain data (``weights_only=True`` refuses it) is a one-line :class:`ConfigError` too.
+
 ``resume=True`` continues from ``checkpoint.pt`` and ends with the same weights and log as an
 uninterrupted run: each epoch reseeds from ``(seed, epoch, rank)`` and shuffles with
 ``DistributedSampler(seed).set_epoch``. Under ``torchrun`` (``WORLD_SIZE > 1``) training is
@@ -25,9 +32,11 @@ import io
 import json
 import math
 import os
+import pickle
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +50,7 @@ from gmn_compiler.fileio import write_atomically
 
 from .metrics import json_safe, kendall_tau, r2_score, regression_metrics
 from .plots import plot_learning_curves, plot_predictions
+from .train_config import ConfigError, TrainConfig, check_inputs, first_line, model_factory, prepare_out
 
 __all__ = ["TrainConfig", "TrainResult", "ConfigError", "train"]
 
@@ -48,81 +58,6 @@ _CHECKPOINT_FORMAT = "gmn-train-checkpoint-v1"
 # fields that may differ between a run and its resumption
 _RUNTIME_FIELDS = {"dataset", "out", "cache_dir", "compile_workers", "epochs", "patience", "resume",
                    "overwrite", "progress"}
-
-
-class ConfigError(ValueError):
-    """A training configuration is invalid; the message is one line."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on. Paths may be relative to the working directory
-    (:func:`gmn_models.train_cli.load_config` resolves those of a config file against the
-    file's folder)."""
-
-    dataset: str  # model folder (models.csv)
-    out: str = "gmn-run"  # output directory
-    label_columns: list[str] = field(default_factory=lambda: ["test_acc"])
-    cache_dir: str | None = None  # compiled dataset cache; default <out>/cache
-    on_disk: bool = False  # OnDiskModelGraphDataset (SQLite) instead of in-memory
-    compile_workers: int = 2
-    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train, val, test
-    split_seed: int = 0
-    model: str = "gmn_models.model:GMN"  # "module:callable" taking the keywords below
-    hidden: int = 64
-    num_blocks: int = 4
-    dropout: float = 0.0
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra keywords of `model`
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0  # max gradient norm; 0 disables
-    batch_size: int = 32
-    epochs: int = 100
-    patience: int = 10  # early stopping: epochs without a better validation loss
-    seed: int = 0
-    normalize_targets: bool = True  # standardise labels with the training split's mean/std
-    resume: bool = False  # continue from <out>/checkpoint.pt when it exists
-    overwrite: bool = False  # start over in an <out> that holds a previous run
-    progress: bool | None = None  # tqdm bars; default: when stderr is a terminal
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """Build and validate a config; unknown keys are a :class:`ConfigError`."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(names)}")
-        if "dataset" not in values:
-            raise ConfigError("the config needs 'dataset', the model folder to train on")
-        values = dict(values)
-        if isinstance(values.get("label_columns"), str):
-            values["label_columns"] = [values["label_columns"]]
-        config = cls(**values)
-        try:
-            config.validate()
-        except TypeError as exc:  # a comparison with a value of the wrong type
-            raise ConfigError(f"a config value has the wrong type ({exc})") from None
-        return config
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid setting."""
-        split = list(self.split)
-        if len(split) != 3 or any(not isinstance(f, (int, float)) or f < 0 for f in split) \
-                or abs(sum(split) - 1) > 1e-6 or split[1] <= 0:
-            raise ConfigError(f"split must be three non-negative fractions (train, val, test) summing "
-                              f"to 1 with val > 0, got {self.split}")
-        for name in ("epochs", "batch_size", "patience", "hidden"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not self.label_columns or not all(isinstance(c, str) for c in self.label_columns):
-            raise ConfigError(f"label_columns must name at least one column, got {self.label_columns!r}")
-        if self.lr < 0 or self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.dropout < 1:
-            raise ConfigError("lr, weight_decay and grad_clip must be >= 0 and dropout in [0, 1)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @dataclass
 class TrainResult:
     """``model``: the network with the best validation weights (eval mode); ``metrics``: what
@@ -197,19 +132,13 @@ def _labels(dataset, positions: list[int], columns: list[str]) -> torch.Tensor:
 
 
 def _make_model(cfg: TrainConfig, num_labels: int) -> nn.Module:
-    import importlib
-
-    module, _, name = cfg.model.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"model {cfg.model!r} cannot be imported ({exc})") from None
+    factory = model_factory(cfg)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
     try:
         return factory(hidden=cfg.hidden, num_blocks=cfg.num_blocks, graph_out=num_labels, edge_out=0,
                        dropout=cfg.dropout, **cfg.model_kwargs)
     except TypeError as exc:
-        raise ConfigError(f"model {cfg.model!r} rejected its settings ({exc})") from None
+        raise ConfigError(f"model {cfg.model!r} rejected its settings ({first_line(exc)})") from None
 
 
 @dataclass
@@ -294,18 +223,76 @@ def _checkpoint(out: Path, cfg: TrainConfig, model: nn.Module, optimizer, state:
         "target_mean": norm[0], "target_std": norm[1], "config": cfg.to_dict()})
 
 
-def _restore(out: Path, cfg: TrainConfig, model: nn.Module, optimizer) -> tuple[_State, tuple]:
-    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+_CHECKPOINT_TYPES = {"epoch": int, "model": dict, "optimizer": dict, "rng": torch.Tensor,
+                     "history": list, "best_val": float, "best_epoch": int, "best_model": (dict, type(None)),
+                     "bad_epochs": int, "stopped_early": bool, "target_mean": torch.Tensor,
+                     "target_std": torch.Tensor, "config": dict}
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """``path`` loaded with ``torch.load(weights_only=True)`` (never a full unpickling), its
+    entries type-checked; :class:`ConfigError` (one line) for anything else."""
+    try:
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4" of a file that is not ours
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ConfigError(f"{path}: refused by the weights-only loader: not just tensors and plain data "
+                          "(a corrupt file, or one holding code or objects); start over with --overwrite "
+                          "or use another --out") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or first_line(exc)}); start over with "
+                          "--overwrite or use another --out") from None
+    except Exception as exc:  # truncated zip, garbage, empty file: RuntimeError, OSError, EOFError, ...
+        raise ConfigError(f"{path}: truncated or corrupt checkpoint ({type(exc).__name__}); start over "
+                          "with --overwrite or use another --out") from None
     if not isinstance(ck, dict) or ck.get("format") != _CHECKPOINT_FORMAT:
-        raise ConfigError(f"{out / 'checkpoint.pt'} is not a gmn-train checkpoint")
+        raise ConfigError(f"{path} is not a gmn-train checkpoint; start over with --overwrite")
+    bad = [k for k, kind in _CHECKPOINT_TYPES.items() if not isinstance(ck.get(k), kind)]
+    if not bad and not all(isinstance(row, dict) and all(_is_real(row.get(c)) for c in _LOG_COLUMNS)
+                           for row in ck["history"]):
+        bad = ["history"]
+    if bad:
+        raise ConfigError(f"{path}: damaged gmn-train checkpoint (bad or missing {bad}); start over "
+                          "with --overwrite")
+    return ck
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _load_states(path: Path, ck: dict[str, Any], model: nn.Module, optimizer, num_labels: int) -> None:
+    """Checkpointed weights, optimizer state and RNG state into ``model`` / ``optimizer`` /
+    torch; :class:`ConfigError` when they do not fit."""
+    try:
+        model.load_state_dict(ck["model"])
+        if ck["best_model"] is not None:
+            shapes = {k: v.shape for k, v in model.state_dict().items()}
+            if {k: getattr(v, "shape", None) for k, v in ck["best_model"].items()} != shapes:
+                raise ValueError("best_model does not match the model's parameters")
+        optimizer.load_state_dict(ck["optimizer"])
+        for param, state in optimizer.state.items():
+            if any(isinstance(v, torch.Tensor) and v.dim() and v.shape != param.shape
+                   for v in state.values()):
+                raise ValueError("optimizer state does not match the model's parameters")
+        torch.set_rng_state(ck["rng"])
+        if ck["target_mean"].shape != (num_labels,) or ck["target_std"].shape != (num_labels,):
+            raise ValueError("target normalisation does not match label_columns")
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ConfigError(f"{path} does not fit this model ({first_line(exc)}); start over with "
+                          "--overwrite or use another --out") from None
+
+
+def _restore(out: Path, cfg: TrainConfig, model: nn.Module, optimizer) -> tuple[_State, tuple]:
+    path = out / "checkpoint.pt"
+    ck = _read_checkpoint(path)
     saved, now = ck["config"], cfg.to_dict()
     changed = sorted(k for k in now if k not in _RUNTIME_FIELDS and saved.get(k) != now[k])
     if changed:
         raise ConfigError(f"cannot resume {out}: the config changed in {changed}; use a new out "
                           "directory or overwrite")
-    model.load_state_dict(ck["model"])
-    optimizer.load_state_dict(ck["optimizer"])
-    torch.set_rng_state(ck["rng"])
+    _load_states(path, ck, model, optimizer, len(cfg.label_columns))
     state = _State(ck["epoch"], ck["history"], ck["best_val"], ck["best_epoch"], ck["best_model"],
                    ck["bad_epochs"], ck["stopped_early"])
     return state, (ck["target_mean"], ck["target_std"])
@@ -314,31 +301,22 @@ def _restore(out: Path, cfg: TrainConfig, model: nn.Module, optimizer) -> tuple[
 # ------------------------------------------------------------------ the run
 def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
     """Train as ``config`` says (see :class:`TrainConfig` and the module doc); return the best
-    model and its metrics. Raises :class:`ConfigError` for a bad config, an ``out`` directory
-    that holds another run (unless ``resume`` or ``overwrite``), or a resume whose config
-    differs in anything but runtime settings (epochs, patience, paths, progress). Seeds torch's
-    global RNG (model initialisation, then every epoch)."""
+    model and its metrics. Before writing anything, raises :class:`ConfigError` for a bad
+    config, a missing model folder or label column, a model that cannot be imported, or an
+    ``out`` folder it may not write into (see :mod:`gmn_models.train_config`: a previous run
+    needs ``resume`` or ``overwrite``, another non-empty folder ``overwrite``); later, for a
+    checkpoint that is unreadable, not ours, or whose config differs in anything but runtime
+    settings (epochs, patience, paths, progress). Seeds torch's global RNG (model
+    initialisation, then every epoch)."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.validate()
+    check_inputs(cfg)
     rank, world, created = _init_distributed()
     try:
         return _Run(cfg, rank, world).run()
     finally:
         if created:
             dist.destroy_process_group()
-
-
-def _prepare_out(cfg: TrainConfig, rank: int) -> Path:
-    out = Path(cfg.out)
-    if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.overwrite):
-        raise ConfigError(f"{out} already holds a training run (checkpoint.pt); resume it "
-                          "(--resume) or start over (--overwrite)")
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.overwrite and not cfg.resume:
-            for name in ("checkpoint.pt", "best.pt", "metrics.json", "log.csv"):
-                (out / name).unlink(missing_ok=True)
-    return out
 
 
 def _target_norm(dataset, positions: list[int], cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,7 +332,8 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, rank: int, world: int):
         self.cfg, self.rank, self.world = cfg, rank, world
-        self.out = _rank0_first(lambda: _prepare_out(cfg, rank), rank, world)
+        # rank 0 alone checks and prepares the folder (the others would see its marker)
+        self.out = _rank0_first(lambda: prepare_out(cfg) if rank == 0 else Path(cfg.out), rank, world)
         self.dataset = _rank0_first(lambda: _dataset(cfg), rank, world)
         self.splits = _splits(len(self.dataset), cfg)
         self.norm = _target_norm(self.dataset, self.splits["train"], cfg)

@@ -73,7 +73,8 @@ def test_json_config_and_bad_settings(project, tmp_path):
     wrong_label = runner.invoke(main, [str(config), "--out", str(tmp_path / "p"), "--set", "label_columns=nope"])
     assert wrong_label.exit_code == 1 and "label column 'nope' is not in" in wrong_label.output
     missing = runner.invoke(main, [str(tmp_path / "none.toml")])
-    assert missing.exit_code == 2
+    assert missing.exit_code == 1
+    assert missing.stderr == f"gmn-train: error: {tmp_path / 'none.toml'}: no such config file\n"
 
 
 def test_console_script_is_declared():

@@ -122,9 +122,9 @@ def test_early_stopping_on_validation_loss_on_disk(zoo, cache, tmp_path):
 def test_config_errors(zoo, cache, tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['epochz'\]"):
         train(_config(zoo, cache, tmp_path / "x", epochz=3))
-    with pytest.raises(ConfigError, match="split must be three"):
+    with pytest.raises(ConfigError, match=r"config key 'split' = \[0.5, 0.6, 0.1\] \(list\): expected three"):
         TrainConfig.from_dict(_config(zoo, cache, tmp_path / "x", split=[0.5, 0.6, 0.1]))
-    with pytest.raises(ConfigError, match="wrong type"):
+    with pytest.raises(ConfigError, match=r"config key 'lr' = 'fast' \(str\): expected a finite number"):
         TrainConfig.from_dict(_config(zoo, cache, tmp_path / "x", lr="fast"))
     with pytest.raises(ConfigError, match="rejected its settings"):
         train(_config(zoo, cache, tmp_path / "x", epochs=1, model_kwargs={"colour": "red"}))
@@ -145,5 +145,5 @@ def test_load_config_resolves_paths_against_the_file(tmp_path):
     assert cfg.epochs == 5 and cfg.label_columns == ["test_acc"] and cfg.split == [0.5, 0.25, 0.25]
     bad = tmp_path / "bad.json"
     bad.write_text("{oops")
-    with pytest.raises(ConfigError, match="not a valid config file"):
+    with pytest.raises(ConfigError, match=r"bad.json: invalid JSON at line 1, column 2"):
         load_config(bad)
