@@ -11,6 +11,7 @@ from torch_geometric.data import Data
 
 from .errors import CompileError
 from .frontends import onnx_frontend, torch_export
+from .frontends.checks import model_file_kind
 from .graph import ParameterGraph
 from .ir import IRGraph
 from .lowering import lower
@@ -21,36 +22,48 @@ def _is_onnx_proto(source: Any) -> bool:
     return type(source).__name__ == "ModelProto" and hasattr(source, "graph")
 
 
-def _onnx_ir(model, registry, input_neuron_axes, input_shapes) -> IRGraph:
+def _onnx_ir(source, registry, input_neuron_axes, input_shapes) -> IRGraph:
+    model = onnx_frontend.load_model(source, registry)
     ir = onnx_frontend.from_onnx(model, registry, input_neuron_axes, input_shapes)
     ir.onnx_model = model
     return ir
 
 
+def _torch_only(input_shapes: dict | None) -> None:
+    if input_shapes:
+        raise CompileError("input_shapes applies to ONNX models only; a torch model takes the "
+                           "shapes of its example inputs")
+
+
 def to_ir(source: Any, example_inputs: tuple | None = None, *, registry: Registry | None = None,
           input_neuron_axes: dict[str, int | None] | None = None,
-          input_shapes: dict[str, tuple[int, ...]] | None = None) -> IRGraph:
-    """Run the frontend that fits ``source`` and return the IR (no lowering)."""
+          input_shapes: dict[str, tuple[int, ...]] | None = None,
+          allow_pickle: bool = False) -> IRGraph:
+    """Run the frontend that fits ``source`` and return the IR (no lowering). Options as
+    for :func:`compile`; bad input is a one-line :class:`CompileError`."""
     registry = registry or default_registry()
     if isinstance(source, nn.Module):
+        _torch_only(input_shapes)
         if example_inputs is None:
             raise CompileError("compiling an nn.Module needs example_inputs, a tuple of tensors "
                                "shaped like a real batch, e.g. (torch.randn(1, 3, 32, 32),)")
         ep = torch_export.export_module(source, example_inputs)
         return torch_export.from_exported(ep, registry, input_neuron_axes)
     if isinstance(source, torch.export.ExportedProgram):
+        _torch_only(input_shapes)
         return torch_export.from_exported(source, registry, input_neuron_axes)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if path.endswith(".pt2"):
-            return torch_export.from_exported(torch_export.load_pt2(path), registry, input_neuron_axes)
-        if path.endswith(".onnx"):
-            return _onnx_ir(onnx_frontend.load_model(path), registry, input_neuron_axes, input_shapes)
-        raise CompileError(f"{path}: unknown model file type; expected .pt2 or .onnx")
+        if model_file_kind(path) == "pt2":
+            _torch_only(input_shapes)
+            ep = torch_export.load_pt2(path, allow_pickle=allow_pickle)
+            return torch_export.from_exported(ep, registry, input_neuron_axes)
+        return _onnx_ir(path, registry, input_neuron_axes, input_shapes)
     if _is_onnx_proto(source):
-        return _onnx_ir(onnx_frontend.load_model(source), registry, input_neuron_axes, input_shapes)
+        return _onnx_ir(source, registry, input_neuron_axes, input_shapes)
     raise CompileError(f"cannot compile a {type(source).__name__}; pass an nn.Module with "
-                       "example_inputs, a torch.export.ExportedProgram or a .pt2 path")
+                       "example_inputs, a torch.export.ExportedProgram, a .pt2 or .onnx path or "
+                       "an onnx.ModelProto")
 
 
 def compile(source: Any, example_inputs: tuple | None = None, **options: Any) -> ParameterGraph:
@@ -63,19 +76,25 @@ def compile(source: Any, example_inputs: tuple | None = None, **options: Any) ->
 
     Options: ``registry`` (a :class:`~gmn_compiler.registry.Registry`, default: built-ins plus
     installed plugins); ``input_neuron_axes`` (``{input_name: axis or None}``, overriding the
-    inferred neuron axis of a model input); ``input_shapes`` (``{input_name: shape}`` for ONNX
-    inputs with symbolic dimensions, which default to 1).
+    inferred neuron axis of a model input; negative axes count from the end); ``input_shapes``
+    (``{input_name: shape}`` for ONNX inputs with symbolic dimensions, which default to 1);
+    ``allow_pickle`` (default ``False``: a ``.pt2`` entry that needs unpickling, which can run
+    arbitrary code from the file, is refused; ``True`` only for files you trust). An option
+    naming an input the model does not have, an axis out of range, a shape of the wrong
+    rank or of more than :data:`~gmn_compiler.frontends.checks.MAX_INPUT_ELEMENTS` elements
+    is a one-line :class:`CompileError` naming the model's inputs.
     """
     registry = options.pop("registry", None) or default_registry()
     input_axes = options.pop("input_neuron_axes", None)
     input_shapes = options.pop("input_shapes", None)
+    allow_pickle = bool(options.pop("allow_pickle", False))
     if options:
         raise TypeError(f"unknown compile options: {sorted(options)}")
     if isinstance(source, IRGraph):  # already traced (gmn-compile --check reuses its IR)
         ir = source
     else:
         ir = to_ir(source, example_inputs, registry=registry, input_neuron_axes=input_axes,
-                   input_shapes=input_shapes)
+                   input_shapes=input_shapes, allow_pickle=allow_pickle)
     built, ctx = lower(ir, registry)
     data = Data(x=built.x, edge_index=built.edge_index, edge_attr=built.edge_attr,
                 edge_param=built.edge_param, edge_offset=built.edge_offset,

@@ -4,6 +4,13 @@ Contract: results go to stdout, progress and warnings to stderr. Exit status 0 o
 1 on an error (one line ``gmn-compile: error: <message>`` on stderr; ``--debug`` or
 ``GMN_COMPILER_DEBUG=1`` prints the traceback instead), 2 on bad usage. No output file
 (``-o``, ``--draw``) is created, not even partly, when the command fails.
+
+Start-up: torch, PyG, onnx and the compiler modules that import them are imported inside the
+command, only when it needs them; ``--help``, ``--version`` and usage errors import none of
+them. Warnings: unless ``--debug``, only those raised from ``gmn_compiler``/``gmn_plugins``
+code are shown (one line each, ``gmn-compile: warning: ...``); third-party warnings are
+hidden. This applies to this command's process only, never to the library. The
+``compiling MODEL ...`` progress line is printed when stderr is a terminal or with ``--verbose``.
 """
 
 from __future__ import annotations
@@ -12,26 +19,36 @@ import math
 import os
 import sys
 import traceback
+import warnings
 from typing import Sequence
 
 import click
-import torch
 
-from . import schema
-from .api import compile as compile_model, to_ir
-from .draw import DEFAULT_MAX_EDGES, DrawError, check_drawable, draw_graph, image_format
-from .errors import CompileError, DecompileError
-from .lowering import unsupported_ops
-from .registry import default_registry
+from . import __version__, schema
+from .errors import CompileError, DecompileError, UnsupportedOpsError
+from .frontends.checks import model_file_kind
 
 PROG = "gmn-compile"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CompileError, DecompileError, DrawError, OSError)
-"""Errors reported as one line; anything else is a bug and says how to get the traceback."""
+DRAW_MAX_EDGES = 2000
+"""Default of --draw-max-edges: ``gmn_compiler.draw.DEFAULT_MAX_EDGES``, repeated here so that
+--help needs no torch (a test checks the two agree)."""
+FIRST_PARTY_MODULES = r"(gmn_compiler|gmn_plugins)(\.|$)"
+"""Modules whose warnings the command shows without --debug (a regex on the module name)."""
+TRUST_PICKLE_HELP = ("Allow .pt2 entries that need unpickling. Risky: unpickling a .pt2 entry "
+                     "can run arbitrary code from the file; use only for files you trust.")
 
 
 def _debug_from_env() -> bool:
     return os.environ.get("GMN_COMPILER_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors reported as one line; anything else is a bug and says how to get the traceback.
+    (DrawError counts once the drawing module is loaded: it cannot be raised before.)"""
+    found: tuple[type[BaseException], ...] = (CompileError, DecompileError, OSError)
+    draw = sys.modules.get("gmn_compiler.draw")
+    return found + ((draw.DrawError,) if draw is not None else ())
 
 
 @click.command(name=PROG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,33 +64,47 @@ def _debug_from_env() -> bool:
               "its rule and the frontends that reach it (MODEL not needed).")
 @click.option("--draw", "draw_path", metavar="GRAPH.png", help="Draw a small graph (layered by "
               "depth; format from the extension).")
-@click.option("--draw-max-edges", type=click.IntRange(min=1), default=DEFAULT_MAX_EDGES,
+@click.option("--draw-max-edges", type=click.IntRange(min=1), default=DRAW_MAX_EDGES,
               show_default=True, help="Refuse to draw graphs with more edges than this.")
-@click.option("--debug", is_flag=True, help="Show the traceback of errors (also GMN_COMPILER_DEBUG=1).")
+@click.option("--trust-pickle", is_flag=True, help=TRUST_PICKLE_HELP)
+@click.option("--verbose", is_flag=True, help="Print progress on stderr even when it is not a terminal.")
+@click.option("--debug", is_flag=True, help="Show the traceback of errors and every warning, "
+              "third-party ones included (also GMN_COMPILER_DEBUG=1).")
+@click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s",
+                      help="Print the version and exit.")
 @click.pass_context
 def command(ctx: click.Context, model: str | None, output: str | None, summary: bool, check: bool,
-            list_rules: bool, draw_path: str | None, draw_max_edges: int, debug: bool) -> int:
+            list_rules: bool, draw_path: str | None, draw_max_edges: int, trust_pickle: bool,
+            verbose: bool, debug: bool) -> int:
     """Compile MODEL, a .pt2 file written by torch.export.save or an .onnx file, into a
     parameter graph."""
     ctx.obj["debug"] = ctx.obj["debug"] or debug
+    _configure_warnings(ctx.obj["debug"])
     if list_rules:
+        from .registry import default_registry
+
         click.echo(format_rules(default_registry()))
         if model is None:
             return EXIT_OK
     if model is None:
         raise click.UsageError("missing argument MODEL (a .pt2 or .onnx file); only --list-rules runs without one")
     _check_paths(model, output, draw_path)
+    model_file_kind(model)  # a missing, unreadable or foreign file fails before torch loads
     if draw_path:
+        from .draw import image_format
+
         image_format(draw_path)
     source = model
     if check:
-        source = _run_check(model)
+        source = _run_check(model, trust_pickle)
         if source is None:
             return EXIT_ERROR
         if not (output or summary or draw_path):
             return EXIT_OK
-    pg = _compile(model, source)
+    pg = _compile(model, source, trust_pickle, verbose)
     if draw_path:
+        from .draw import check_drawable
+
         check_drawable(pg, draw_max_edges)  # refuse before anything is written
     _write_outputs(pg, output, draw_path, draw_max_edges)
     if summary:
@@ -81,6 +112,20 @@ def command(ctx: click.Context, model: str | None, output: str | None, summary: 
     elif not (output or draw_path):
         click.echo(_one_line_result(model, pg))
     return EXIT_OK
+
+
+def _configure_warnings(debug: bool) -> None:
+    """Without ``debug``: hide warnings from third-party modules, show ours on one line each.
+    Call inside ``warnings.catch_warnings()`` (as :func:`main` does): it changes global state."""
+    if debug:
+        return
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=FIRST_PARTY_MODULES)
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"{PROG}: warning: {_one_line(str(message))}", err=True)
 
 
 def _check_paths(model: str, output: str | None, draw_path: str | None) -> None:
@@ -97,24 +142,42 @@ def _check_paths(model: str, output: str | None, draw_path: str | None) -> None:
             raise CompileError(f"{path}: folder {folder} does not exist")
 
 
-def _run_check(model: str):
+def _run_check(model: str, allow_pickle: bool):
     """Print every unsupported op of ``model`` grouped by kind (stdout); returns the IR when
-    every op is supported, else ``None``."""
+    every op is supported, else ``None``. (An ONNX model's unsupported kinds are found
+    before tracing, so its report has no total op count.)"""
+    from .api import to_ir
+    from .lowering import unsupported_ops
+    from .registry import default_registry
+
     registry = default_registry()
-    ir = to_ir(model, registry=registry)
-    missing = unsupported_ops(ir, registry)
+    try:
+        ir = to_ir(model, registry=registry, allow_pickle=allow_pickle)
+        missing, total = unsupported_ops(ir, registry), len(ir.ops)
+    except UnsupportedOpsError as exc:
+        ir, missing, total = None, exc.ops, None
     if not missing:
-        click.echo(f"{model}: all {len(ir.ops)} ops supported")
+        click.echo(f"{model}: all {total} ops supported")
         return ir
-    click.echo(format_unsupported(model, missing, len(ir.ops)))
+    click.echo(format_unsupported(model, missing, total))
     kinds = len(group_unsupported(missing))
     click.echo(f"{PROG}: error: {len(missing)} unsupported ops of {kinds} kinds in {model}", err=True)
     return None
 
 
-def _compile(model: str, source):
-    click.echo(f"compiling {model} ...", err=True)
-    return compile_model(source)
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+def _compile(model: str, source, allow_pickle: bool, verbose: bool):
+    from .api import compile as compile_model
+
+    if verbose or _stderr_is_terminal():
+        click.echo(f"compiling {model} ...", err=True)
+    return compile_model(source, allow_pickle=allow_pickle)
 
 
 def _write_outputs(pg, output: str | None, draw_path: str | None, max_edges: int) -> None:
@@ -124,6 +187,8 @@ def _write_outputs(pg, output: str | None, draw_path: str | None, max_edges: int
     created = False
     try:
         if draw_path:
+            from .draw import draw_graph
+
             created = not os.path.exists(draw_path)
             _writing(draw_path, "drawing", lambda: draw_graph(pg, draw_path, max_edges=max_edges))
         if output:
@@ -172,6 +237,8 @@ def format_summary(pg) -> str:
     the entries of the represented parameters and buffers (lifted constants excluded) with
     the edges that carry them: equal unless a parameter is used several times.
     """
+    import torch
+
     data = pg.data
     nodes, edges = int(data.num_nodes), int(data.edge_index.shape[1])
     rows = [[kind, r["ops"], r["nodes"], r["edges"]] for kind, r in pg.summary.items()]
@@ -224,10 +291,12 @@ def group_unsupported(missing: list[tuple[str, str]]) -> dict[str, list[str]]:
     return groups
 
 
-def format_unsupported(model: str, missing: list[tuple[str, str]], total_ops: int) -> str:
-    """The --check report: every unsupported kind with the location of each of its ops."""
+def format_unsupported(model: str, missing: list[tuple[str, str]], total_ops: int | None) -> str:
+    """The --check report: every unsupported kind with the location of each of its ops
+    (``total_ops``: how many ops the model has, ``None`` when not known)."""
     groups = group_unsupported(missing)
-    lines = [f"{model}: {len(missing)} of {total_ops} ops unsupported ({len(groups)} kinds)"]
+    of = f" of {total_ops}" if total_ops is not None else ""
+    lines = [f"{model}: {len(missing)}{of} ops unsupported ({len(groups)} kinds)"]
     for kind, places in groups.items():
         lines.append(f"  {kind}  ({len(places)} op{'s' if len(places) > 1 else ''})")
         lines += [f"      {where}" for where in places]
@@ -248,37 +317,42 @@ def _error(message: str) -> None:
     click.echo(f"{PROG}: error: {message}", err=True)
 
 
+def _report(exc: Exception, debug: bool) -> None:
+    """One line for ``exc`` on stderr (the traceback when ``debug``)."""
+    if debug:
+        traceback.print_exc()
+    elif isinstance(exc, expected_errors()):
+        _error(_one_line(exc))
+    elif isinstance(exc, MemoryError):
+        _error("out of memory: the model or its inputs are too large for this machine")
+    else:  # a bug: still one line unless debugging
+        _error(f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug "
+               "or GMN_COMPILER_DEBUG=1 for the traceback, and please report it)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``gmn-compile`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status
-    (0 ok, 1 error, 2 usage) instead of exiting, so it can be called from tests."""
+    (0 ok, 1 error, 2 usage) instead of exiting, so it can be called from tests. The warning
+    filters it sets are restored on return."""
     args = list(sys.argv[1:] if argv is None else argv)
     state = {"debug": _debug_from_env()}
-    try:
-        result = command.main(args, prog_name=PROG, standalone_mode=False, obj=state)
-    except click.exceptions.UsageError as exc:
-        _error(f"{_one_line(exc.format_message())} (see {PROG} --help)")
-        return EXIT_USAGE
-    except click.ClickException as exc:
-        _error(_one_line(exc.format_message()))
-        return exc.exit_code
-    except click.exceptions.Abort:
-        _error("aborted")
-        return EXIT_ERROR
-    except EXPECTED_ERRORS as exc:
-        if state["debug"]:
-            traceback.print_exc()
-        else:
-            _error(_one_line(exc))
-        return EXIT_ERROR
-    except SystemExit as exc:  # click exits this way on a broken pipe
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
-    except Exception as exc:  # a bug: still one line unless debugging
-        if state["debug"]:
-            traceback.print_exc()
-        else:
-            _error(f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug "
-                   "or GMN_COMPILER_DEBUG=1 for the traceback, and please report it)")
-        return EXIT_ERROR
+    with warnings.catch_warnings():
+        try:
+            result = command.main(args, prog_name=PROG, standalone_mode=False, obj=state)
+        except click.exceptions.UsageError as exc:
+            _error(f"{_one_line(exc.format_message())} (see {PROG} --help)")
+            return EXIT_USAGE
+        except click.ClickException as exc:
+            _error(_one_line(exc.format_message()))
+            return exc.exit_code
+        except click.exceptions.Abort:
+            _error("aborted")
+            return EXIT_ERROR
+        except SystemExit as exc:  # click exits this way on a broken pipe
+            return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+        except Exception as exc:
+            _report(exc, state["debug"])
+            return EXIT_ERROR
     return result if isinstance(result, int) else EXIT_OK
 
 

@@ -18,9 +18,9 @@ to compiling the model itself. A model's values file is its "done" marker: a rer
 ``resume=True`` skips it. File ids include the model file's size and mtime and the compiler's
 schema and package version (after editing the compiler without a version bump, rerun with
 ``resume=False``). Model files are read with safetensors, the compiler's .pt2 loader or onnx.
-``torch.export.load`` unpickles some archive entries with ``weights_only=False``, so .pt2 and
-.onnx files compile with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``: an archive holding pickled objects
-other than tensors and plain containers fails instead of running code.
+The compiler reads .pt2 archives without unpickling (:mod:`gmn_compiler.frontends.pt2_safe`); as a
+second layer, .pt2 and .onnx files compile with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``, so no
+``torch.load`` in the process can run code either.
 
 Model folders come from strangers: a row's file must lie inside the folder
 (:func:`gmn_models.datasets.model_file`) and its builder is looked up in

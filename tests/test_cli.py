@@ -79,7 +79,7 @@ def error_lines(err: str) -> list[str]:
 
 
 def assert_one_line_error(err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("compiling ")]
+    lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("gmn-compile: error: "), err
     for needle in needles:
         assert needle in lines[0], (needle, err)
@@ -330,6 +330,134 @@ def test_usage_errors_exit_2(args, capfd):
 def test_help_exits_0(capfd):
     code, stdout, _ = run(capfd, "--help")
     assert code == 0 and "MODEL" in stdout and "--list-rules" in stdout
+    help_text = " ".join(stdout.split())  # click wraps the option help
+    assert "unpickling a .pt2 entry can run arbitrary code from the file" in help_text
+    assert f"[default: {cli.DRAW_MAX_EDGES};" in help_text
+
+
+def test_version(capfd):
+    code, stdout, err = run(capfd, "--version")
+    assert code == 0 and stdout == f"gmn-compile {gc.__version__}\n" and err == ""
+
+
+def test_draw_max_edges_default_agrees_with_the_drawing_module():
+    from gmn_compiler.draw import DEFAULT_MAX_EDGES
+
+    assert cli.DRAW_MAX_EDGES == DEFAULT_MAX_EDGES
+
+
+_HEAVY = ("torch", "torch_geometric", "onnx", "onnxruntime")
+
+
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["--version"], 0), ([], 2),
+                                        (["--no-such-option"], 2), (["a.pt2", "b.pt2"], 2),
+                                        (["missing.onnx"], 1)])
+def test_help_version_and_usage_errors_do_not_import_torch(args, code):
+    script = ("import sys\nfrom gmn_compiler import cli\n"
+              f"code = cli.main({args!r})\n"
+              f"loaded = [m for m in {_HEAVY!r} if m in sys.modules]\n"
+              f"assert code == {code} and not loaded, (code, loaded)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_package_names_load_lazily_and_work():
+    script = """
+import sys
+import gmn_compiler as gc
+assert "torch" not in sys.modules
+assert gc.__version__ == "0.1.0" and gc.schema.NODE_ROLES and issubclass(gc.UnsupportedOpsError, gc.CompileError)
+assert "torch" not in sys.modules
+from gmn_compiler import *
+import gmn_compiler
+for name in gmn_compiler.__all__:
+    assert getattr(gmn_compiler, name) is globals()[name], name
+    exec(f"from gmn_compiler import {name}")
+import torch
+pg = gc.compile(torch.nn.Linear(3, 2), (torch.randn(1, 3),))
+assert isinstance(pg, gc.ParameterGraph) and callable(gc.load) and callable(gc.check_symmetry)
+assert gc.registry.default_registry().rules and gc.to_ir is gmn_compiler.api.to_ir
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------- stderr: progress and warnings
+def test_progress_line_only_when_verbose(cnn, capfd):
+    code, _, err = run(capfd, cnn[1])
+    assert code == 0 and err == ""  # stderr is no terminal here
+    code, _, err = run(capfd, cnn[1], "--verbose")
+    assert code == 0 and err == f"compiling {cnn[1]} ...\n"
+
+
+def _warning_compile(original):
+    """api.compile, but warning once from a third-party module and once from ours first."""
+    import warnings
+
+    def compile_with_warnings(*args, **kwargs):
+        warnings.warn_explicit("theirs", FutureWarning, "thirdparty.py", 1, module="thirdparty")
+        warnings.warn_explicit("ours\nsecond line", UserWarning, "plugins/x.py", 1, module="gmn_plugins.x")
+        return original(*args, **kwargs)
+    return compile_with_warnings
+
+
+def test_third_party_warnings_hidden_unless_debug(cnn, capfd, monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(api, "compile", _warning_compile(api.compile))
+    filters, show = list(warnings.filters), warnings.showwarning
+    code, _, err = run(capfd, cnn[1])
+    assert code == 0 and err.splitlines() == ["gmn-compile: warning: ours second line"]
+    assert warnings.filters == filters and warnings.showwarning is show  # restored: library untouched
+    with pytest.warns(FutureWarning, match="theirs"):  # --debug leaves warnings alone
+        code, _, _ = run(capfd, cnn[1], "--debug")
+    assert code == 0
+
+
+def test_error_is_exactly_one_line_with_third_party_warnings(cnn, tmp_path, capfd, monkeypatch):
+    original = api.compile
+
+    def failing(*args, **kwargs):
+        _warning_compile(lambda *a, **k: None)()
+        raise gc.CompileError("it broke")
+
+    monkeypatch.setattr(api, "compile", failing)
+    code, stdout, err = run(capfd, cnn[1], "-o", tmp_path / "g.pt")
+    assert code == 1 and stdout == ""
+    assert err.splitlines()[-1] == "gmn-compile: error: it broke"
+    assert [line for line in err.splitlines() if "theirs" in line] == []
+    assert original is not api.compile
+
+
+# ---------------------------------------------------------------- --trust-pickle
+@pytest.mark.parametrize("flags, allowed", [([], False), (["--trust-pickle"], True),
+                                            (["--trust-pickle", "--check"], True), (["--check"], False)])
+def test_trust_pickle_reaches_the_loader(flags, allowed, cnn, capfd, monkeypatch):
+    from gmn_compiler.frontends import torch_export
+
+    seen = []
+    original = torch_export.load_pt2
+
+    def load(path, *, allow_pickle=False):
+        seen.append(allow_pickle)
+        return original(path, allow_pickle=allow_pickle)
+
+    monkeypatch.setattr(torch_export, "load_pt2", load)
+    code, _, err = run(capfd, cnn[1], *flags)
+    assert code == 0, err
+    assert seen == [allowed]
+
+
+def test_allow_pickle_compile_option(cnn, monkeypatch):
+    from gmn_compiler.frontends import torch_export
+
+    seen = []
+    monkeypatch.setattr(torch_export, "load_pt2", lambda path, *, allow_pickle=False:
+                        seen.append(allow_pickle) or torch.export.load(path))
+    gc.compile(cnn[1])
+    gc.compile(cnn[1], allow_pickle=True)
+    gc.to_ir(cnn[1], allow_pickle=True)
+    assert seen == [False, True, True]
 
 
 def test_internal_error_is_one_line_unless_debugging(cnn, capfd, monkeypatch):
@@ -386,7 +514,7 @@ def test_console_script_entry_point(tmp_path):
     done = subprocess.run([script, str(junk), "-o", str(tmp_path / "g.pt")], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 1 and done.stdout == ""
-    lines = [line for line in done.stderr.splitlines() if not line.startswith("compiling ")]
+    lines = done.stderr.splitlines()  # no progress line (no terminal), no third-party warnings
     assert len(lines) == 1 and lines[0].startswith("gmn-compile: error: "), done.stderr
     assert os.listdir(tmp_path) == ["junk.pt2"]
 

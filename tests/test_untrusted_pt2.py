@@ -430,3 +430,19 @@ def test_several_models_with_one_named_model(tmp_path):
     other = _save(tmp_path, "tied")
     path = _rewrite(src, str(tmp_path / "two.pt2"), {"models/other.json": _read(other, "models/model.json")})
     assert str(load_exported_program(path).graph) == str(torch.export.load(src).graph)
+
+
+@pytest.mark.parametrize("kind", sorted(_PICKLED_ENTRIES))
+def test_compile_and_cli_never_unpickle(tmp_path, kind):
+    """The public entry points (``gmn_compiler.compile(path)`` and ``gmn-compile``) go through
+    the safe reader: one-line error naming the opt-in, no marker, no output file."""
+    from gmn_compiler.cli import main
+
+    marker = tmp_path / "marker"
+    src = _save(tmp_path, "constants")
+    hostile = _rewrite(src, str(tmp_path / "hostile.pt2"), _PICKLED_ENTRIES[kind](src, marker))
+    with pytest.raises(CompileError, match="needs pickle"):
+        gmn_compiler.compile(hostile)
+    out = tmp_path / "graph.pt"
+    assert main([hostile, "-o", str(out)]) == 1
+    assert not marker.exists() and not out.exists()

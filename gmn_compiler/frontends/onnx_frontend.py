@@ -10,11 +10,13 @@ Unsqueeze, Slice, Gather, Split, Cast, Identity) keep them parameters seen throu
 Two exporter patterns are fused before lowering so that torch and ONNX give the same graph:
 ``MatMul`` + ``Add`` with a 1-D initializer (a linear layer with bias), and the Erf-based GELU
 subgraph.
+
+Reading and the checks that need no shapes (opset, topology, unsupported kinds, the ONNX
+checker, ``input_shapes``) live in :mod:`.onnx_checks`; ``load_model`` is re-exported here.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -27,86 +29,9 @@ from ..ir import IRGraph, Op, ParamRef, Value
 from ..ir_patterns import normalize
 from ..registry import Registry
 from . import onnx_patterns
-
-MIN_OPSET, MAX_OPSET = 11, 23
-# inputs that only give a dtype or shape: a node whose other inputs are constants is constant
-_TYPE_ONLY_INPUTS = {"CastLike": (1,), "Expand": (1,), "ConstantOfShape": (0,)}
-
-
-def load_model(source: Any) -> onnx.ModelProto:
-    """Read and validate an ONNX model (path or proto); one-line CompileError on bad input."""
-    if isinstance(source, onnx.ModelProto):
-        model = source
-    else:
-        path = os.fspath(source)
-        if not os.path.exists(path):
-            raise CompileError(f"{path}: no such file")
-        try:
-            model = onnx.load(path, load_external_data=False)
-        except Exception as exc:
-            raise CompileError(f"{path}: not a readable ONNX model ({type(exc).__name__}); "
-                               "is the file truncated or of another format?") from None
-        if not model.graph.node and not model.graph.input:
-            raise CompileError(f"{path}: not an ONNX model (no graph)")
-        _load_external_data(model, path)
-    _check_opset(model)
-    _check_topology(model.graph)
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CompileError(f"invalid ONNX model: {first}") from None
-    return model
-
-
-def _load_external_data(model: onnx.ModelProto, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    for tensor in onnx.external_data_helper._get_all_tensors(model):
-        if onnx.external_data_helper.uses_external_data(tensor):
-            info = onnx.external_data_helper.ExternalDataInfo(tensor)
-            if not os.path.isfile(os.path.join(folder, info.location)):
-                raise CompileError(f"{path}: external data file {info.location!r} is missing; keep "
-                                   "it next to the .onnx file")
-    try:
-        onnx.external_data_helper.load_external_data_for_model(model, folder)
-    except Exception as exc:
-        raise CompileError(f"{path}: cannot read external data ({type(exc).__name__})") from None
-
-
-def _check_opset(model: onnx.ModelProto) -> None:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx") and not MIN_OPSET <= entry.version <= MAX_OPSET:
-            raise CompileError(f"ONNX opset {entry.version} is not handled (supported: "
-                               f"{MIN_OPSET}-{MAX_OPSET}); convert with onnx.version_converter")
-
-
-def _check_topology(graph: onnx.GraphProto) -> None:
-    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    produced_later = {o: n for n in graph.node for o in n.output}
-    for node in graph.node:
-        for name in node.input:
-            if name not in known:
-                kind = "a cycle" if name in produced_later else "a dangling input"
-                raise CompileError(f"ONNX graph has {kind}: node {node.name or node.op_type!r} "
-                                   f"reads {name!r} before anything produces it")
-        known.update(node.output)
-    for out in graph.output:
-        if out.name not in known:
-            raise CompileError(f"ONNX graph output {out.name!r} is produced by no node")
-
-
-def _input_shapes(graph: onnx.GraphProto, overrides: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    init = {i.name for i in graph.initializer}
-    shapes = {}
-    for value in graph.input:
-        if value.name in init:
-            continue
-        if value.name in overrides:
-            shapes[value.name] = tuple(overrides[value.name])
-            continue
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
-    return shapes
+from .checks import check_input_axes
+from .onnx_checks import (CONSTANT_OP_TYPES, MAX_OPSET, MIN_OPSET, TYPE_ONLY_INPUTS,  # noqa: F401
+                          load_model, model_inputs, node_location, op_key, resolve_input_shapes)
 
 
 def run_all_values(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
@@ -183,7 +108,10 @@ _NP_TO_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch
 def from_onnx(model: onnx.ModelProto, registry: Registry,
               input_neuron_axes: dict[str, int | None] | None = None,
               input_shapes: dict[str, tuple[int, ...]] | None = None) -> IRGraph:
-    return _Converter(model, registry).convert(input_neuron_axes or {}, input_shapes or {})
+    """The IR of ``model`` (read and checked by :func:`load_model`). ``input_shapes`` and
+    ``input_neuron_axes`` are checked against the model inputs (names, ranks, sizes; see
+    :mod:`.checks`) before anything is allocated; one-line CompileError otherwise."""
+    return _Converter(model, registry).convert(input_neuron_axes, input_shapes)
 
 
 class _Converter:
@@ -196,8 +124,10 @@ class _Converter:
         self.tensors: dict[str, torch.Tensor] = {}
         self.kinds: dict[str, str] = {}
 
-    def convert(self, input_axes: dict[str, int | None], input_shapes: dict) -> IRGraph:
+    def convert(self, input_axes: dict[str, int | None] | None, input_shapes: dict | None) -> IRGraph:
         graph = self.model.graph
+        shapes = resolve_input_shapes(graph, input_shapes)
+        input_axes = check_input_axes(input_axes, {name: len(shape) for name, shape in shapes.items()})
         for init in graph.initializer:
             tensor = torch.from_numpy(numpy_helper.to_array(init).copy())
             if not tensor.dtype.is_floating_point:  # shapes, axes, indices: constants
@@ -206,13 +136,10 @@ class _Converter:
             self.tensors[init.name] = tensor
             self.kinds[init.name] = "parameter"
             self.env[init.name] = ParamRef(init.name, tensor, None, "parameter")
-        values = run_all_values(self.model, _input_shapes(graph, input_shapes))
+        values = run_all_values(self.model, shapes)
         self.values = values
         inputs, axes = [], {}
-        init_names = set(self.tensors)
-        for value in graph.input:
-            if value.name in init_names:
-                continue
+        for value in model_inputs(graph):
             v = self._new_value(value.name, values[value.name])
             inputs.append(v)
             self.env[value.name] = v
@@ -236,16 +163,16 @@ class _Converter:
         return torch.from_numpy(np.array(self.values[name]))
 
     def _convert_node(self, node: onnx.NodeProto, index: int) -> None:
-        location = f"{node.name or node.op_type + '#' + str(index)} ({node.op_type})"
+        location = node_location(node, index)
         args = [self.env.get(name) if name else None for name in node.input]
         for name, arg in zip(node.input, args):
             if name and arg is None and name not in self.env:
                 raise CompileError(f"node {location} reads unknown value {name!r}")
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        data_args = [a for i, a in enumerate(args) if i not in _TYPE_ONLY_INPUTS.get(node.op_type, ())]
+        data_args = [a for i, a in enumerate(args) if i not in TYPE_ONLY_INPUTS.get(node.op_type, ())]
         has_value = any(isinstance(a, Value) for a in data_args)
         has_param = any(isinstance(a, ParamRef) for a in args)
-        if node.op_type == "Constant" or node.op_type in ("Shape", "Size") or (not has_value and not has_param):
+        if node.op_type in CONSTANT_OP_TYPES or (not has_value and not has_param):
             for out in node.output:
                 self._bind_constant(out)
             return
@@ -263,7 +190,7 @@ class _Converter:
         if not has_value:
             self.ops.append(Op(f"param_transform[onnx.{node.op_type}]", operands, outs, attrs, location, node.op_type))
             return
-        key = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        key = op_key(node)
         mapping = self.registry.onnx.get(key)
         if mapping is None:
             self.ops.append(Op(f"onnx.{key}", operands, outs, attrs, location, node.op_type))

@@ -19,6 +19,13 @@ from onnx import helper
 
 from ..ir import ParamRef
 
+FUSABLE_OP_TYPES = frozenset({"Erf", "Div", "Mul", "Add"})
+"""Op types :func:`fuse` may merge into ``Gelu`` (whether each one stays is known only then)."""
+PARAM_LAYOUT_OPS = frozenset({"Identity", "Dropout", "CastLike", "Cast", "Reshape", "Flatten",
+                              "Squeeze", "Unsqueeze", "Transpose", "Gather", "Slice", "Split"})
+"""Op types :func:`transform_params` turns into views of a parameter."""
+
+
 def _consumers(nodes: list[onnx.NodeProto], protected: set[str]) -> dict[str, list[int]]:
     uses: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
@@ -110,7 +117,7 @@ def transform_params(node: onnx.NodeProto, args: list, attrs: dict, shape_of: Ca
     """The node's outputs as views of its (single) initializer input, or ``None`` if the
     node is not a pure layout op on one parameter."""
     refs = [a for a in args if isinstance(a, ParamRef)]
-    if len(refs) != 1 or not isinstance(args[0], ParamRef):
+    if node.op_type not in PARAM_LAYOUT_OPS or len(refs) != 1 or not isinstance(args[0], ParamRef):
         return None
     ref = args[0]
     op = node.op_type

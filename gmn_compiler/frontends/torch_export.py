@@ -25,7 +25,10 @@ from ..errors import CompileError
 from ..ir import IRGraph, Op, ParamRef, Value
 from ..ir_patterns import normalize
 from ..registry import Registry, target_name
+from .checks import check_input_axes
 from .decompositions import trace_decomposition
+from .pt2_safe import load_exported_program
+from .torch_inputs import export_error, quiet_loggers, user_input_ranks
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 _MAX_CONSTANT = 1 << 22  # entries; larger constants are not materialised
@@ -67,24 +70,37 @@ _LAYOUT_TARGETS = {
 
 
 def export_module(model: nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model`` in eval mode (its training flags are restored after)."""
+    """``torch.export`` of ``model`` in eval mode (its training flags are restored after).
+
+    When export fails, the model is run once eagerly on ``example_inputs``: if that fails
+    too, the inputs do not fit the model and the CompileError says so, with the given shapes
+    and PyTorch's own (eager, short) message, which names the expected shape when it can;
+    otherwise it is an export limitation, reported with torch.export's first line. The
+    tracebacks torch logs while tracing are kept off stderr."""
     if not isinstance(example_inputs, tuple):
         raise CompileError("example_inputs must be a tuple of tensors, e.g. (torch.randn(1, 3, 32, 32),)")
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        return torch.export.export(model, example_inputs)
+        with quiet_loggers("torch._subclasses.fake_tensor", "torch.export", "torch._dynamo"):
+            return torch.export.export(model, example_inputs)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CompileError(f"torch.export could not trace {type(model).__name__}: {first}") from exc
+        raise export_error(model, example_inputs, exc) from exc
     finally:
         for module, mode in modes.items():
             module.training = mode
 
 
-def load_pt2(path: str | os.PathLike) -> torch.export.ExportedProgram:
+def load_pt2(path: str | os.PathLike, *, allow_pickle: bool = False) -> torch.export.ExportedProgram:
+    """The ExportedProgram saved at ``path``, read without running code from the file
+    (:mod:`.pt2_safe`: JSON checked first, raw tensors, weights-only loads); a one-line
+    CompileError for a broken archive or one that would need unpickling. ``allow_pickle=True``
+    (the user trusts the file's author) uses ``torch.export.load``, which unpickles entries
+    and can run arbitrary code from the file."""
     if not os.path.exists(path):
         raise CompileError(f"{path}: no such file")
+    if not allow_pickle:
+        return load_exported_program(path)
     logger = logging.getLogger("torch.export")  # it logs a traceback before raising
     level = logger.level
     logger.setLevel(logging.CRITICAL)
@@ -99,7 +115,11 @@ def load_pt2(path: str | os.PathLike) -> torch.export.ExportedProgram:
 
 def from_exported(ep: torch.export.ExportedProgram, registry: Registry,
                   input_neuron_axes: dict[str, int | None] | None = None) -> IRGraph:
-    return _Converter(ep, registry).convert(input_neuron_axes or {})
+    """The IR of ``ep``. ``input_neuron_axes`` is keyed by the model's input names (the
+    exported placeholders, e.g. ``x`` for ``forward(self, x)``) and checked against them:
+    unknown names and out-of-range axes are a one-line CompileError, negative axes count
+    from the end."""
+    return _Converter(ep, registry).convert(input_neuron_axes)
 
 
 def _location(node: torch.fx.Node) -> str:
@@ -171,10 +191,11 @@ class _Converter:
                     for i, v in enumerate(val)]
         return val
 
-    def convert(self, input_axes: dict[str, int | None]) -> IRGraph:
+    def convert(self, input_axes: dict[str, int | None] | None) -> IRGraph:
         sig = self.ep.graph_signature
         sources = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
                    **sig.inputs_to_lifted_tensor_constants}
+        input_axes = check_input_axes(input_axes, user_input_ranks(self.ep))
         inputs: list[Value] = []
         axes: dict[int, int | None] = {}
         for node in self.ep.graph.nodes:
