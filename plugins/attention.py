@@ -19,6 +19,8 @@ q/k dims inside a head jointly, permute v dims inside a head.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from gmn_compiler import layout as L
@@ -32,10 +34,12 @@ def _operand_ids(ctx, value: Value, ndim: int) -> torch.Tensor:
     return L.align(ctx.require_layout(value), ndim).ids
 
 
-def contract_neurons(ctx, a_ids: torch.Tensor, b_ids: torch.Tensor) -> torch.Tensor:
+def contract_neurons(ctx, a_ids: torch.Tensor, b_ids: torch.Tensor, sig: tuple | None = None) -> torch.Tensor:
     """``a @ b`` where the contracted axis (a: -1, b: -2) carries neurons in both and the
     other matrix axes are free. One head node per distinct pair of (a row, b row) over the
-    batch positions. Returns the result's id tensor (batch shape + (1, 1))."""
+    batch positions. Returns the result's id tensor (batch shape + (1, 1)). ``sig``: what
+    else decides the attention (causal flag, scale, a constant mask); the ``contract`` edges
+    carry its code, so two attentions over the same keys that differ only there stay apart."""
     if a_ids.shape[-2] != 1 or b_ids.shape[-1] != 1:
         raise ctx.error("contracting two activations whose row/column axes also carry "
                         "neurons is not supported")
@@ -48,7 +52,7 @@ def contract_neurons(ctx, a_ids: torch.Tensor, b_ids: torch.Tensor) -> torch.Ten
     builder = ctx.builder
     heads = builder.add_nodes(pairs.shape[0], "head", builder.depth_of(pairs.reshape(-1)) + 1)
     grid = (pairs.shape[0], k)
-    builder.add_edges(grid, q, kk, "contract")
+    builder.add_edges(grid, q, kk, "contract", value=L.signature_code(sig) if sig else 1.0)
     builder.add_edges(grid, heads.view(-1, 1), q, "head_member")
     builder.add_edges(grid, heads.view(-1, 1), kk, "head_member")
     _declare_head_symmetries(ctx, heads, q, kk)
@@ -158,13 +162,24 @@ def lower_sdpa(ctx, op) -> None:
         index = torch.arange(heads_q) // (heads_q // heads_kv)
         k_ids = k_ids.index_select(-3, index) if k_ids.shape[-3] > 1 else k_ids
         v_ids = v_ids.index_select(-3, index) if v_ids.shape[-3] > 1 else v_ids
-    scores = contract_neurons(ctx, q_ids, k_ids.transpose(-1, -2))
+    scale = op.attrs.get("scale") or q.shape[-1] ** -0.5
+    sig = ("sdpa", bool(op.attrs.get("is_causal")), L.plain(scale), _mask_signature(op.inputs[3]))
+    scores = contract_neurons(ctx, q_ids, k_ids.transpose(-1, -2), sig=sig)
     _apply_mask(ctx, op.inputs[3], scores, op.output.shape)
     ctx.builder.set_activation(torch.unique(scores), "softmax")
     out = weighted_sum(ctx, scores, v, v_ids, ndim)
     ctx.set_layout(op.output, L.compress(out.ids, None))
     for extra in op.outputs[1:]:
         ctx.set_layout(extra, None)
+
+
+def _mask_signature(mask) -> tuple | None:
+    """The content of a constant attention mask (a causal and an anti-causal mask differ)."""
+    constant = getattr(mask, "constant", None) if isinstance(mask, Value) else None
+    if constant is None:
+        return None if mask is None else ("mask", type(mask).__name__)
+    data = constant.detach().to(torch.float64).contiguous().numpy().tobytes()
+    return ("mask", tuple(constant.shape), hashlib.sha1(data).hexdigest())
 
 
 def _apply_mask(ctx, mask, scores: torch.Tensor, out_shape) -> None:

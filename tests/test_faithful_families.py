@@ -87,6 +87,15 @@ class Causal(nn.Module):
         q, k, v = s.q(x), s.k(x), s.v(x)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True) + F.scaled_dot_product_attention(s.q2(x), k, v)
 
+class MaskedPair(nn.Module):  # E: constant masks that differ only in content
+    def __init__(s): super().__init__(); s.q = nn.Linear(D, D); s.k = nn.Linear(D, D); s.v = nn.Linear(D, D); s.q2 = nn.Linear(D, D)
+    def forward(s, x):
+        n = x.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        q, k, v = s.q(x), s.k(x), s.v(x)
+        return (F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+                + F.scaled_dot_product_attention(s.q2(x), k, v, attn_mask=causal.T.contiguous()))
+
 cases = {  # family letter (issue 19) _ pattern"A_token_select": (TokSel(), (torch.randn(2, 3, 4),)), "A_slices": (Slices(), (torch.randn(2, 3, 4),)),
          "A_flip": (Flip(), (torch.randn(2, 3, 4),)), "A_roll": (Roll(), (torch.randn(2, 3, 4),)),
          "A_corner": (Corner(), (torch.randn(1, 2, 5, 5),)), "A_spatial_T": (SpatialT(), (torch.randn(1, 2, 5, 5),)),
@@ -95,7 +104,7 @@ cases = {  # family letter (issue 19) _ pattern"A_token_select": (TokSel(), (tor
          "C_mean_hw": (MeanHW(), (torch.randn(1, 2, 5, 6),)), "C_mean_hw2": (MeanHW2(), (torch.randn(1, 2, 5, 6),)),
          "D_leaky": (Leaky(), (torch.randn(2, 4),)), "D_dilation": (Dil(), (torch.randn(1, 2, 6, 6),)),
          "D_pools": (Pools(), (torch.randn(1, 2, 6, 6),)), "D_ln_eps": (LNEps(), (torch.randn(2, 3, 4),)),
-         "D_causal": (Causal(), (torch.randn(2, 4, D),)),
+         "D_causal": (Causal(), (torch.randn(2, 4, D),)), "E_causal_anticausal_mask": (MaskedPair(), (torch.randn(2, 4, D),)),
          "E_const_tokens": (ConstTok(), (torch.randn(2, 3, 4),)), "E_scalar_add": (ScalarAdd(), (torch.randn(2, 4),)),
          "E_chan_const": (ChanConst(), (torch.randn(2, 4),)),
          "F_reduce": (Reduce(), (torch.randn(2, 4),)),
@@ -105,7 +114,6 @@ cases = {  # family letter (issue 19) _ pattern"A_token_select": (TokSel(), (tor
 
 OPEN = {  # family -> why it still fails (issue 19)
     "D_dilation": "conv stride/padding/dilation are not in the graph",
-    "D_causal": "sdpa's is_causal is not in the graph",
     "E_const_tokens": "constants varying along free axes leave no trace of their values",
     "E_chan_const": "a tensor constant multiplying activations is refused (param_transform)",
     "F_reduce": "a reduction over all features leaves no node",
