@@ -43,6 +43,8 @@ NODE_ROLES: tuple[str, ...] = (
     "tie",  # ties the node sets of the uses of a shared parameter
     "head",  # one per attention head
     "token",  # one per vocabulary entry of an embedding table (fixed position = its index)
+    "signature",  # one per op whose hyper-parameters (conv stride/padding/dilation) are not
+    # visible otherwise; its ``signature`` edges into the op's output nodes carry their code
 )
 
 ACTIVATIONS: tuple[str, ...] = (
@@ -75,6 +77,7 @@ EDGE_TYPES: tuple[str, ...] = (
     "embedding",  # token -> embedding dim, carrying the table entry
     "rms_weight",
     "param_cat",  # a parameter concatenated to an activation along a free axis (class token)
+    "signature",  # signature node -> output node; value: a code identifying the op's hyper-parameters
 )
 
 

@@ -5,7 +5,10 @@ A convolution creates one node per output channel and one edge per kernel entry
 ``W[o, i, k...]`` from input channel node to output channel node, with the kernel position in
 the ``kernel0..2`` columns. With groups, edges exist only inside a group, so the graph's
 automorphisms are the true ones: channels permuted within a group, whole groups permuted.
-Stride, padding and dilation do not change the symmetry and are not encoded as features.
+Stride, padding, dilation and output padding decide which inputs each weight meets: a
+convolution whose window is not the plain one (stride 1, dilation 1, no padding) gets one
+``signature`` node with ``signature`` edges into its output channels carrying a code of them,
+so parallel branches that differ only there (ASPP's dilations) are told apart.
 """
 
 from __future__ import annotations
@@ -70,11 +73,51 @@ def lower_conv(ctx, op) -> None:
             raise ctx.error("convolution bias must be a parameter")
         bias_node = builder.add_nodes(1, "bias", depth)
         builder.add_edges((c_out,), bias_node, out_ids, etype + "_bias", param=bias)
+    window = _window(op.attrs, kernel_shape)
+    if window is not None:
+        sig_node = builder.add_nodes(1, "signature", depth)
+        builder.add_edges((c_out,), sig_node, out_ids, "signature",
+                          value=L.signature_code(("conv", transposed) + window))
     ctx.declare_symmetry(out_ids, "output channels of conv" + (f" (within {groups} groups)" if groups > 1 else ""),
                          groups=groups)
     if groups > 1:  # input channels only move within their group
         ctx.refine_symmetry(ids, groups, f"grouped conv at {op.location}", permute_groups=False)
     ctx.set_layout(op.output, L.for_axis(out_ids, len(op.output.shape), channel_axis))
+
+
+def _per_axis(value, n: int, default: int) -> tuple[int, ...]:
+    value = default if value is None or (isinstance(value, (list, tuple)) and not value) else value
+    value = list(value) if isinstance(value, (list, tuple)) else [value]
+    return tuple(int(v) for v in (value * n if len(value) == 1 else value))
+
+
+def _window(attrs: dict, kernel: tuple[int, ...]) -> tuple | None:
+    """``(stride, pads (begin..., end...), dilation, output_padding)`` in one form for torch
+    (``stride``, ``padding`` incl. "same"/"valid", ``dilation``) and ONNX (``strides``,
+    ``pads``, ``dilations``, ``auto_pad``); None for the plain window."""
+    n = len(kernel)
+    stride = _per_axis(attrs.get("stride", attrs.get("strides")), n, 1)
+    dilation = _per_axis(attrs.get("dilation", attrs.get("dilations")), n, 1)
+    padding = attrs.get("padding", attrs.get("pads"))
+    auto = attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    extra: tuple = ()
+    if padding == "same" or (auto in ("SAME_UPPER", "SAME_LOWER") and set(stride) == {1}):
+        total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        lower = auto == "SAME_LOWER"
+        begin = tuple((t + 1) // 2 if lower else t // 2 for t in total)
+        pads = begin + tuple(t - b for t, b in zip(total, begin))
+    elif padding == "valid" or auto == "VALID":
+        pads = (0,) * (2 * n)
+    else:
+        pads = _per_axis(padding, n, 0)
+        pads = pads + pads if len(pads) == n else pads
+        if auto not in ("NOTSET", "None"):
+            extra = (auto,)
+    out_pad = _per_axis(attrs.get("output_padding"), n, 0)
+    if set(stride) == {1} and set(dilation) == {1} and set(pads) == {0} and set(out_pad) == {0} and not extra:
+        return None
+    return (stride, pads, dilation, out_pad) + extra
 
 
 def _conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

@@ -111,7 +111,7 @@ def conv_bn_model(auto_pad: str = "SAME_UPPER") -> onnx.ModelProto:
 def test_conv_same_upper_with_unfused_batch_norm():
     model = conv_bn_model()
     pg = gc.compile(model)
-    assert pg.summary["conv"]["edges"] == 4 * 3 * 9 + 4
+    assert pg.summary["conv"]["edges"] == 4 * 3 * 9 + 4 + 4  # weights, biases, signature (padding)
     assert pg.summary["batch_norm"]["edges"] == 4 * 4
     report = gc.check_symmetry(model, trials=4)
     assert any("conv" in s for s in report.symmetries_checked)
@@ -282,7 +282,7 @@ def test_missing_external_data(tmp_path):
     path = tmp_path / "ext.onnx"
     onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
               location="weights.bin", size_threshold=0)
-    assert gc.compile(str(path)).summary["conv"]["edges"] == 112  # loads with its data
+    assert gc.compile(str(path)).summary["conv"]["edges"] == 112 + 4  # loads with its data (+ padding signature)
     (tmp_path / "weights.bin").unlink()
     with pytest.raises(gc.CompileError, match="external data file 'weights.bin' is missing"):
         gc.compile(str(path))

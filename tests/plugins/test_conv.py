@@ -60,7 +60,14 @@ def test_conv_configurations(name):
     inputs = (torch.randn(*shape),)
     pg = assert_oracles(model, inputs, trials=3)
     d = pg.data
-    assert d.edge_index.shape[1] == sum(p.numel() for p in model.parameters())
+    assert int((d.edge_param >= 0).sum()) == sum(p.numel() for p in model.parameters())
+    # a window other than the plain one (stride 1, dilation 1, no padding) gets a signature
+    # node per conv, with one edge into each output channel
+    plain = all(config.get(k, v) in (v, (v,) * dims, [v] * dims) for k, v in
+                (("stride", 1), ("dilation", 1), ("padding", 0)))
+    signature = int((d.edge_attr[:, 1] == S.code(S.EDGE_TYPES, "signature")).sum())
+    assert signature == (0 if plain else model.a.out_channels)  # b is a plain 1x1 conv
+    assert d.edge_index.shape[1] == int((d.edge_param >= 0).sum()) + signature
 
     # every weight edge of the first conv records its kernel position; unused columns are -1
     names = [p.name for p in pg.params]
@@ -253,7 +260,7 @@ def test_transposed_conv2d_with_groups():
     pos = d.x[:, S.node_column("position")].long()
     in_channel = pos[d.edge_index[0, sel]]
     assert torch.equal(in_channel, d.edge_offset[sel] // (3 * 9))
-    assert d.edge_index.shape[1] == sum(p.numel() for p in model.parameters())
+    assert int((d.edge_param >= 0).sum()) == sum(p.numel() for p in model.parameters())
 
     q = torch.tensor([2, 0, 1])  # the same within-group permutation in both groups
     p = torch.cat([q, q + 3])
@@ -297,7 +304,7 @@ def test_transposed_conv_after_conv(dims, shape):
     model = Decoder(dims).eval()
     inputs = (torch.randn(*shape),)
     pg = assert_oracles(model, inputs, trials=3)
-    assert pg.data.edge_index.shape[1] == sum(p.numel() for p in model.parameters())
+    assert int((pg.data.edge_param >= 0).sum()) == sum(p.numel() for p in model.parameters())
 
     p = torch.tensor([1, 3, 0, 2])  # a's channels = rows (dim 0) of t's weight
     q = torch.tensor([2, 0, 1])  # t's output channels = dim 1 of its weight
