@@ -101,7 +101,12 @@ def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
     nodes_in = torch.cat([src_a[src_a >= 0], src_b[src_b >= 0]])
     new = ctx.builder.add_nodes(uniq.numel(), "neuron", ctx.builder.depth_of(nodes_in) + 1)
     type_a, type_b = PAIR_TYPES[op.kind]
-    for src, etype, weight in ((src_a, type_a, 1.0), (src_b, type_b, float(alpha))):
+    weights = [1.0, float(alpha)]
+    for side, constant in enumerate((a, b)):  # the constant's content is the op's signature
+        if isinstance(constant, torch.Tensor) or constant.id in ctx.constants:
+            sig = ("constant", op.kind, side, float(alpha), _content(ctx, constant))
+            weights[1 - side] = L.signature_code(sig)
+    for src, etype, weight in ((src_a, type_a, weights[0]), (src_b, type_b, weights[1])):
         keep = src >= 0
         ctx.builder.add_edges((int(keep.sum()),), src[keep], new[keep], etype, value=weight)
     if la is None or lb is None:  # the other operand has no neurons: one-to-one copies
@@ -113,6 +118,21 @@ def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
     if varying:
         _pin_along(ctx, ids, varying)
     ctx.set_layout(out, L.compress(ids, pos))
+
+
+def _content(ctx, constant: Value | torch.Tensor) -> tuple:
+    """A constant operand by value (shape and digest); one of unknown value (too large to
+    materialise) by the op that reads it, so it is never taken for another."""
+    import hashlib
+
+    known = constant if isinstance(constant, torch.Tensor) else constant.constant
+    if known is None:
+        return ("unknown", ctx.op.location)
+    shape = list(known.shape)
+    while shape and shape[0] == 1:  # [1, T, 1] and [T, 1] broadcast alike
+        shape.pop(0)
+    data = known.detach().to(torch.float64).contiguous().numpy().tobytes()
+    return (tuple(shape), hashlib.sha1(data).hexdigest())
 
 
 def _merged_pos(ctx, la, lb, ndim, shape):

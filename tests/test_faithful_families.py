@@ -113,8 +113,6 @@ cases = {  # family letter (issue 19) _ pattern"A_token_select": (TokSel(), (tor
          }
 
 OPEN = {  # family -> why it still fails (issue 19)
-    "E_const_tokens": "constants varying along free axes leave no trace of their values",
-    "E_chan_const": "a tensor constant multiplying activations is refused (param_transform)",
     "F_reduce": "a reduction over all features leaves no node",
 }
 

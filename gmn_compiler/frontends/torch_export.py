@@ -61,7 +61,7 @@ _LAYOUT_TARGETS = {
     "aten.permute.default", "aten.transpose.int", "aten.t.default", "aten.slice.Tensor",
     "aten.select.int", "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims",
     "aten.squeeze.default", "aten.expand.default", "aten.contiguous.default",
-    "aten.clone.default", "aten.alias.default", "aten.detach.default",
+    "aten.clone.default", "aten.alias.default", "aten.detach.default", "aten.detach_.default",
     "aten.flatten.using_ints", "aten.unflatten.int", "aten.split.Tensor",
     "aten.split_with_sizes.default", "aten.chunk.default", "aten.unbind.int",
     "aten.lift_fresh_copy.default", "aten.movedim.int", "aten.index_select.default",
