@@ -3,7 +3,8 @@
 Pooling (avg / max / adaptive / global) and reductions over free axes act on each neuron
 separately, so they keep or copy the input's nodes and mark them ``avg_pool``, ``max_pool``
 or ``sum_pool``. A reduction over *every* neuron axis (a mean over features, as in a
-LayerNorm written out op by op) is invariant to permuting them: its result has no neurons.
+LayerNorm written out op by op) is invariant to permuting them: its result is one node fed by
+every unit, its edges carrying a code of the reduction (a max and a sum differ).
 Variance, standard deviation and log-sum-exp are supported over every neuron axis at once
 (a LayerNorm written with ``var``). A reduction over some neuron axes (a sum or 2-norm per
 group of units, per head) gives one node per group, fed by the group's nodes (squared first
@@ -57,7 +58,7 @@ def lower_reduce(ctx, op) -> None:
     neuron = set(layout.neuron_axes())
     reduced_neuron = neuron & set(dims)
     if reduced_neuron == neuron and neuron:
-        ctx.set_layout(op.outputs[0], None)  # invariant to every permutation of its inputs
+        ctx.set_layout(op.outputs[0], _invariant_node(ctx, op, layout, dims))
         return
     if op.attrs["mode"] in _INVARIANT_ONLY:
         raise ctx.error(f"{op.attrs['mode']} over some but not all neuron axes, or over axes without "
@@ -80,6 +81,23 @@ def lower_reduce(ctx, op) -> None:
         kept = [i for i in range(ndim) if i not in dims]
         out = out.map(lambda t: t.reshape([t.shape[i] for i in kept]))
     ctx.set_layout(op.outputs[0], out)
+
+
+def _invariant_node(ctx, op, layout, dims: list[int]):
+    """A reduction over every neuron axis: invariant to permuting them, it gets one node, fed
+    by every node it reduces through ``pool`` edges carrying a code of the reduction (mode,
+    axes from the end), so a max and a sum of the same units stay apart. Broadcast back
+    (``x - x.mean(-1, keepdim=True)``), that one node meets every unit alike."""
+    ndim = len(op.inputs[0].shape)
+    mode = op.attrs["mode"]
+    nodes = layout.nodes()
+    stat = ctx.builder.add_nodes(1, "neuron", ctx.builder.depth_of(nodes) + 1,
+                                 _MODE_ACTIVATION.get(mode, "none"))
+    sig = ("statistic", mode, tuple(d - ndim for d in dims), L.plain(op.attrs.get("correction")))
+    ctx.builder.add_edges((nodes.numel(),), nodes, stat.expand(nodes.numel()), "pool",
+                          value=L.signature_code(sig))
+    out_ndim = len(op.outputs[0].shape)
+    return L.Layout(stat.view((1,) * out_ndim) if out_ndim else stat.view(()))
 
 
 # statistics supported only over every neuron axis at once (then invariant, no neurons)

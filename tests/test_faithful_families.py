@@ -112,9 +112,7 @@ cases = {  # family letter (issue 19) _ pattern"A_token_select": (TokSel(), (tor
          "G_two_embeddings_b": (Emb2b(), (torch.randint(0, 5, (2, 3)), torch.randint(0, 5, (2, 3)))),
          }
 
-OPEN = {  # family -> why it still fails (issue 19)
-    "F_reduce": "a reduction over all features leaves no node",
-}
+OPEN: dict[str, str] = {}  # family -> why it still fails (issue 19); all listed ones pass now
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=OPEN[n]))
