@@ -37,6 +37,8 @@ class LoweringContext:
         self.io_nodes: set[int] = set()  # nodes of model inputs and outputs
         self._anchored: set[int] = set()  # nodes a constant tells apart, and nodes mixing them
         self.summary: dict[str, dict[str, int]] = {}
+        self.integer_inputs: dict[int, int] = {}  # value id of an integer model input -> its node
+        self._sources: dict[int, frozenset[int]] | None = None
 
     # ------------------------------------------------------------ layouts
     def layout(self, value: Value) -> Layout | None:
@@ -83,6 +85,18 @@ class LoweringContext:
             if prefix and layout.sig[:len(prefix)] != prefix:  # not already carried by map()
                 layout = Layout(layout.ids, layout.pos, prefix + layout.sig)
         self.layouts[value.id] = layout
+
+    def integer_sources(self, value: Value) -> list[int]:
+        """Nodes of the integer model inputs (token ids) that ``value`` is computed from, so a
+        lookup can say which input it reads: two tables read by two id inputs differ."""
+        if self._sources is None:
+            sources: dict[int, frozenset[int]] = {v: frozenset([n]) for v, n in self.integer_inputs.items()}
+            for op in self.ir.ops:
+                found = frozenset().union(*(sources.get(v.id, frozenset()) for v in op.values()))
+                for out in op.outputs:
+                    sources[out.id] = found
+            self._sources = sources
+        return sorted(self._sources.get(value.id, frozenset()))
 
     def error(self, message: str) -> LoweringError:
         where = f"{self.op.kind} at {self.op.location}" if self.op else "lowering"
@@ -432,6 +446,12 @@ def _create_inputs(ctx: LoweringContext) -> None:
         axis = infer_input_axis(ctx.ir, value)
         if axis is None:
             ctx.set_layout(value, None)
+            if value.dtype in (torch.long, torch.int32, torch.int64) and len(value.shape) > 0:
+                node = ctx.builder.add_nodes(1, "input", depth=0)  # token ids: one node says which input
+                ctx.builder.pin(node, torch.tensor([position]))
+                ctx.io_nodes.add(int(node))
+                ctx.integer_inputs[value.id] = int(node)
+                position += 1
             continue
         size = value.shape[axis]
         ids = ctx.builder.add_nodes(size, "input", depth=0)

@@ -3,7 +3,9 @@
 A lookup with token ids that come from the model's input (``nn.Embedding``, ONNX ``Gather``
 on an initializer) is a linear layer from a one-hot vocabulary: one ``token`` node per
 vocabulary entry, pinned at its index, and one edge per table entry ``E[v, d]`` into one new
-node per embedding dimension. A lookup with *constant* indices (learned positional
+node per embedding dimension. Each integer model input has one pinned ``input`` node, with a
+``copy`` edge to every token node of the lookups it feeds, so two tables read by two id
+inputs are told apart. A lookup with *constant* indices (learned positional
 embeddings indexed by ``arange``) never reaches this rule: the frontend turns it into a view
 of the table, which then meets the activations as a parameter operand. An output head tied
 to the table (``lm_head.weight = wte.weight``) uses the same parameter twice, so the two
@@ -31,6 +33,8 @@ def lower_embedding(ctx, op) -> None:
     builder.pin(tokens, torch.arange(vocab))
     out = builder.add_nodes(dims, "neuron", depth=1)
     builder.add_edges((vocab, dims), tokens.view(vocab, 1), out.view(1, dims), "embedding", param=weight)
+    for source in ctx.integer_sources(op.inputs[1]):  # which id input the lookup reads
+        builder.add_edges((vocab,), torch.tensor([source]), tokens, "copy")
     ctx.declare_symmetry(out, "embedding dimensions")
     ctx.set_layout(op.output, L.for_axis(out, len(op.output.shape), -1))
 

@@ -81,6 +81,9 @@ class Emb2(nn.Module):  # G
 class Emb2b(nn.Module):  # G
     def __init__(s): super().__init__(); s.a = nn.Embedding(5, 3); s.b = nn.Embedding(5, 3); s.l = nn.Linear(3, 2); s.m = nn.Linear(3, 2)
     def forward(s, i, j): return s.l(s.a(i)) + s.m(s.b(j)) * i[..., None]
+class Emb2c(nn.Module):  # G: two equal tables read by two id inputs, nothing else differs
+    def __init__(s): super().__init__(); s.a = nn.Embedding(5, 3); s.b = nn.Embedding(5, 3); s.l = nn.Linear(3, 2)
+    def forward(s, i, j): return s.l(s.a(i) + s.b(j))
 class Causal(nn.Module):
     def __init__(s): super().__init__(); s.q = nn.Linear(D, D); s.k = nn.Linear(D, D); s.v = nn.Linear(D, D); s.q2 = nn.Linear(D, D)
     def forward(s, x):
@@ -110,6 +113,7 @@ cases = {  # family letter (issue 19) _ pattern"A_token_select": (TokSel(), (tor
          "F_reduce": (Reduce(), (torch.randn(2, 4),)),
          "G_two_embeddings": (Emb2(), (torch.randint(0, 5, (2, 3)), torch.randint(0, 5, (2, 3)))),
          "G_two_embeddings_b": (Emb2b(), (torch.randint(0, 5, (2, 3)), torch.randint(0, 5, (2, 3)))),
+         "G_two_id_inputs": (Emb2c(), (torch.randint(0, 5, (2, 3)), torch.randint(0, 5, (2, 3)))),
          }
 
 OPEN: dict[str, str] = {}  # family -> why it still fails (issue 19); all listed ones pass now
