@@ -14,6 +14,7 @@ import torch
 from . import layout as L
 from . import schema
 from .builder import BuiltGraph, GraphBuilder
+from .declarations import Partition, UnitClasses, reconcile
 from .errors import LoweringError, UnsupportedOpsError
 from .ir import IRGraph, Op, ParamRef, Value
 from .layout import Layout
@@ -38,6 +39,8 @@ class LoweringContext:
         self._anchored: set[int] = set()  # nodes a constant tells apart, and nodes mixing them
         self.summary: dict[str, dict[str, int]] = {}
         self.integer_inputs: dict[int, int] = {}  # value id of an integer model input -> its node
+        self.unit_classes = UnitClasses()  # nodes tied one-to-one (copies, elementwise pairs)
+        self.partitions: list[Partition] = []  # groupings later ops impose on units
         self._sources: dict[int, frozenset[int]] | None = None
 
     # ------------------------------------------------------------ layouts
@@ -174,6 +177,9 @@ class LoweringContext:
         reading them (only within-block moves). Declarations over these nodes are narrowed,
         never widened: conflicting groupings keep their common refinement, within blocks."""
         roots = torch.tensor([self._root(n) for n in nodes.tolist()])
+        size = roots.numel() // groups
+        self.partitions.append(Partition(roots.tolist(), [k // size for k in range(roots.numel())],
+                                         permute_groups, what))
         for sym in self.symmetries:
             if sym["nodes"].numel() != roots.numel() or not torch.equal(sym["nodes"], roots):
                 continue
@@ -235,6 +241,12 @@ class LoweringContext:
         """Record that nodes ``new`` are one-to-one copies of ``old`` (same function of the
         same neuron, e.g. after an activation), so symmetries and heads follow them."""
         self._origin.update(zip(new.tolist(), old.tolist()))
+        self.unit_classes.tie(new, old)
+
+    def tie_units(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Nodes ``a[k]`` and ``b[k]`` must move together (an elementwise op pairs them one
+        to one): declarations over either are reconciled with partitions of the other."""
+        self.unit_classes.tie(a, b)
 
     def root_nodes(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids`` with every one-to-one copy (activation, scaling, masking) replaced by the
@@ -435,6 +447,7 @@ def lower(ir: IRGraph, registry: Registry) -> tuple[BuiltGraph, LoweringContext]
         row["edges"] += sum(b.count for b in builder.blocks[blocks_before:])
     ctx.op = None
     ctx.summary = summary
+    reconcile(ctx.symmetries, ctx.partitions, ctx.unit_classes)
     ctx.symmetries = [s for s in ctx.symmetries if not s.pop("withdrawn", False)]
     _pin_outputs(ctx)
     return builder.finalize(), ctx

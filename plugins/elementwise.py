@@ -111,6 +111,10 @@ def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
         ctx.builder.add_edges((int(keep.sum()),), src[keep], new[keep], etype, value=weight)
     if la is None or lb is None:  # the other operand has no neurons: one-to-one copies
         ctx.note_copies(new, src_a if lb is None else src_b)
+    else:  # units paired one to one (a residual add, a gate) must move together
+        for src in (src_a, src_b):
+            if bool((src >= 0).all()) and torch.unique(src).numel() == src.numel():
+                ctx.tie_units(src, new)
     if ctx.anchored(nodes_in):
         ctx.anchor(new)
     pos = _merged_pos(ctx, la, lb, ndim, keys.shape)

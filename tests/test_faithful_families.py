@@ -99,6 +99,28 @@ class MaskedPair(nn.Module):  # E: constant masks that differ only in content
         return (F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
                 + F.scaled_dot_product_attention(s.q2(x), k, v, attn_mask=causal.T.contiguous()))
 
+# I: declarations narrowed by later ops on tied units (residual add, cat, gate, then groups)
+class ResGN(nn.Module):  # residual add then GroupNorm
+    def __init__(s): super().__init__(); s.c0 = nn.Conv2d(2, 4, 1); s.c1 = nn.Conv2d(4, 4, 1); s.gn = nn.GroupNorm(2, 4); s.out = nn.Conv2d(4, 2, 1)
+    def forward(s, x): h = s.c0(x); y = h + s.c1(torch.relu(h)); return s.out(s.gn(y))
+class CatGN(nn.Module):  # UNet skip cat then GroupNorm
+    def __init__(s): super().__init__(); s.a = nn.Conv2d(2, 4, 1); s.b = nn.Conv2d(2, 2, 1); s.gn = nn.GroupNorm(3, 6); s.out = nn.Conv2d(6, 2, 1)
+    def forward(s, x): return s.out(s.gn(torch.cat([s.a(x), s.b(x)], 1)))
+class Partial(nn.Module):  # FasterNet partial conv
+    def __init__(s): super().__init__(); s.a = nn.Conv2d(2, 6, 1); s.p = nn.Conv2d(2, 2, 3, padding=1); s.out = nn.Conv2d(6, 2, 1)
+    def forward(s, x):
+        h = s.a(x); y = torch.cat([s.p(h[:, :2]), h[:, 2:]], 1); return s.out(y)
+class Inception(nn.Module):  # split into branches
+    def __init__(s): super().__init__(); s.a = nn.Conv2d(2, 6, 1); s.b1 = nn.Conv2d(2, 2, 3, padding=1); s.b2 = nn.Conv2d(2, 2, (1, 3), padding=(0, 1)); s.out = nn.Conv2d(6, 2, 1)
+    def forward(s, x):
+        h = s.a(x); u, v, w = torch.split(h, [2, 2, 2], 1); return s.out(torch.cat([s.b1(u), s.b2(v), w], 1))
+class SEGrouped(nn.Module):  # RegNetY SE over grouped conv
+    def __init__(s): super().__init__(); s.a = nn.Conv2d(2, 4, 1); s.g = nn.Conv2d(4, 4, 3, padding=1, groups=2); s.se1 = nn.Conv2d(4, 2, 1); s.se2 = nn.Conv2d(2, 4, 1); s.out = nn.Conv2d(4, 2, 1)
+    def forward(s, x):
+        h = torch.relu(s.g(s.a(x))); g = torch.sigmoid(s.se2(torch.relu(s.se1(h.mean((2, 3), keepdim=True))))); return s.out(h * g)
+class ResGroupedConv(nn.Module):  # residual add then grouped conv
+    def __init__(s): super().__init__(); s.a = nn.Conv2d(2, 4, 1); s.b = nn.Conv2d(4, 4, 1); s.g = nn.Conv2d(4, 4, 1, groups=2); s.out = nn.Conv2d(4, 2, 1)
+    def forward(s, x): h = s.a(x); y = h + s.b(h); return s.out(s.g(y))
 cases = {  # family letter (issue 19) _ pattern"A_token_select": (TokSel(), (torch.randn(2, 3, 4),)), "A_slices": (Slices(), (torch.randn(2, 3, 4),)),
          "A_flip": (Flip(), (torch.randn(2, 3, 4),)), "A_roll": (Roll(), (torch.randn(2, 3, 4),)),
          "A_corner": (Corner(), (torch.randn(1, 2, 5, 5),)), "A_spatial_T": (SpatialT(), (torch.randn(1, 2, 5, 5),)),
@@ -115,6 +137,12 @@ cases = {  # family letter (issue 19) _ pattern"A_token_select": (TokSel(), (tor
          "G_two_embeddings_b": (Emb2b(), (torch.randint(0, 5, (2, 3)), torch.randint(0, 5, (2, 3)))),
          "G_two_id_inputs": (Emb2c(), (torch.randint(0, 5, (2, 3)), torch.randint(0, 5, (2, 3)))),
          }
+
+cases.update({"I_res_gn": (ResGN(), (torch.randn(1, 2, 4, 4),)), "I_cat_gn": (CatGN(), (torch.randn(1, 2, 4, 4),)),
+              "I_partial_conv": (Partial(), (torch.randn(1, 2, 4, 4),)),
+              "I_inception_split": (Inception(), (torch.randn(1, 2, 4, 4),)),
+              "I_se_over_grouped_conv": (SEGrouped(), (torch.randn(1, 2, 4, 4),)),
+              "I_res_grouped_conv": (ResGroupedConv(), (torch.randn(1, 2, 4, 4),))})
 
 OPEN: dict[str, str] = {}  # family -> why it still fails (issue 19); all listed ones pass now
 

@@ -1,0 +1,112 @@
+"""Making declared symmetries consistent with every later op that constrains the same units.
+
+A rule declares a symmetry when it makes units (the hidden units of a linear layer: freely
+permutable). Later ops may tie those units one-to-one to others (a residual add, a gate, an
+activation copy) and partition them (a GroupNorm, a grouped conv reading them, another
+declaration over the tied units). Units tied one-to-one must move together, so a declaration
+holds only as far as every partition of the tied units allows.
+
+:func:`reconcile` runs after lowering: units are grouped into *classes* (union-find over the
+one-to-one ties), every declaration and every recorded partition becomes a partition of
+classes, and each declaration is narrowed to its meet with every partition it overlaps, until
+nothing changes. A meet that is not a set of equal blocks cannot be declared: the declaration
+is withdrawn (a symmetry left undeclared is never wrong; a declared one that is missing is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class UnitClasses:
+    """Union-find over nodes tied one-to-one (copies, elementwise pairs)."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, n: int) -> int:
+        self.parent.setdefault(n, n)
+        while self.parent[n] != n:
+            self.parent[n] = self.parent[self.parent[n]]
+            n = self.parent[n]
+        return n
+
+    def tie(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Nodes ``a[k]`` and ``b[k]`` are the same unit seen twice."""
+        for u, v in zip(a.reshape(-1).tolist(), b.reshape(-1).tolist()):
+            ru, rv = self.find(u), self.find(v)
+            if ru != rv:
+                self.parent[ru] = rv
+
+
+@dataclass
+class Partition:
+    """Units (node ids) split into blocks: ``block[k]`` is the block of ``nodes[k]``;
+    ``movable``: whole blocks may be exchanged."""
+
+    nodes: list[int]
+    block: list[int]
+    movable: bool
+    what: str = ""
+
+
+def _as_partition(sym: dict) -> Partition:
+    nodes = sym["nodes"].tolist()
+    size = len(nodes) // sym["groups"]
+    return Partition(nodes, [k // size for k in range(len(nodes))], sym.get("permute_groups", False))
+
+
+def _meet(target: Partition, other: Partition, classes: UnitClasses) -> tuple[list[tuple], bool] | None:
+    """Keys of ``target``'s units after meeting ``other`` (None when they share no unit),
+    and whether whole blocks may still move."""
+    where = {classes.find(n): b for n, b in zip(other.nodes, other.block)}
+    induced = [where.get(classes.find(n), "outside") for n in target.nodes]
+    if all(k == "outside" for k in induced):
+        return None
+    keys = list(zip(target.block, induced))
+    # blocks may move only if the meet keeps one of the two partitions unchanged and the
+    # other is a single block, or both agree and both allow it
+    target_whole = len(set(target.block)) == 1
+    other_whole = len(set(b for b in induced if b != "outside")) == 1 and "outside" not in induced
+    same = len(set(keys)) == len(set(target.block)) == len(set(induced))
+    movable = ((target_whole and other.movable) or (other_whole and target.movable)
+               or (same and target.movable and other.movable))
+    return keys, movable and "outside" not in induced
+
+
+def _apply(sym: dict, keys: list[tuple], movable: bool) -> bool:
+    """Narrow ``sym`` to the blocks ``keys`` (reordering its nodes so blocks are consecutive);
+    withdraw it when the blocks differ in size. Returns whether it changed."""
+    order = sorted(range(len(keys)), key=lambda k: (str(keys[k]), k))
+    counts: dict[tuple, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    groups = len(counts)
+    if len(set(counts.values())) != 1 or groups == len(keys) and not movable:
+        sym["withdrawn"] = True
+        return True
+    if groups == sym["groups"] and movable == sym.get("permute_groups", False):
+        return False
+    sym["nodes"] = sym["nodes"][torch.tensor(order)]
+    sym["groups"], sym["permute_groups"] = groups, movable
+    return True
+
+
+def reconcile(symmetries: list[dict], partitions: list[Partition], classes: UnitClasses) -> None:
+    """Narrow every live declaration of ``symmetries`` (in place; withdrawn ones get
+    ``"withdrawn": True``) to its meet with every overlapping declaration and partition."""
+    for _ in range(16):  # declarations only get finer: this settles in a few rounds
+        changed = False
+        live = [s for s in symmetries if not s.get("withdrawn")]
+        for sym in live:
+            others = [_as_partition(o) for o in live if o is not sym and not o.get("withdrawn")] + partitions
+            for other in others:
+                if sym.get("withdrawn"):
+                    break
+                met = _meet(_as_partition(sym), other, classes)
+                if met is not None and _apply(sym, *met):
+                    changed = True
+        if not changed:
+            return
