@@ -52,6 +52,9 @@ class Partition:
     what: str = ""
 
 
+_CONFLICT = object()
+
+
 def _as_partition(sym: dict) -> Partition:
     nodes = sym["nodes"].tolist()
     size = len(nodes) // sym["groups"]
@@ -61,8 +64,14 @@ def _as_partition(sym: dict) -> Partition:
 def _meet(target: Partition, other: Partition, classes: UnitClasses) -> tuple[list[tuple], bool] | None:
     """Keys of ``target``'s units after meeting ``other`` (None when they share no unit),
     and whether whole blocks may still move."""
-    where = {classes.find(n): b for n, b in zip(other.nodes, other.block)}
+    where: dict[int, object] = {}
+    for n, b in zip(other.nodes, other.block):
+        c = classes.find(n)
+        where[c] = b if where.get(c, b) == b else _CONFLICT
+    # a class met in two blocks (units tied through a fixed rearrangement, as rotary pairs
+    # are) is told apart from everything: each of its units becomes a block of its own
     induced = [where.get(classes.find(n), "outside") for n in target.nodes]
+    induced = [("conflict", n) if b is _CONFLICT else b for n, b in zip(target.nodes, induced)]
     if all(k == "outside" for k in induced):
         return None
     keys = list(zip(target.block, induced))

@@ -243,6 +243,15 @@ class LoweringContext:
         self._origin.update(zip(new.tolist(), old.tolist()))
         self.unit_classes.tie(new, old)
 
+    def partition_units(self, ids: torch.Tensor, block: torch.Tensor, what: str) -> None:
+        """An op treats the units ``ids`` (any shape) by blocks ``block`` (same shape): a
+        slice keeps some and drops others, a split sends them to different places. Blocks
+        never move as a whole; declarations over units tied to these are narrowed."""
+        nodes, index = torch.unique(ids.reshape(-1), return_inverse=True)
+        blocks = torch.zeros(nodes.numel(), dtype=torch.long)
+        blocks[index] = block.expand(ids.shape).reshape(-1)
+        self.partitions.append(Partition(self.root_nodes(nodes).tolist(), blocks.tolist(), False, what))
+
     def tie_units(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Nodes ``a[k]`` and ``b[k]`` must move together (an elementwise op pairs them one
         to one): declarations over either are reconciled with partitions of the other."""

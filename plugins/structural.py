@@ -62,11 +62,24 @@ def lower_flip(ctx, op) -> None:
     ctx.set_layout(op.output, layout.signed(("flip", free)) if free else layout)
 
 
-def _cuts_neurons(ctx, layout, dim: int) -> None:
+def _cuts_neurons(ctx, layout, dim: int, part: torch.Tensor | None = None) -> None:
     """Cutting a neuron axis (split, slice, select): the parts may play different roles
-    downstream, so the nodes are no longer declared freely permutable."""
+    downstream, so the nodes are no longer declared freely permutable; ``part`` (one entry
+    per index along ``dim``: which part it goes to) is recorded as a partition of the units,
+    so declarations made later over units tied to them are narrowed too."""
     if layout.ids.shape[dim] > 1:
         ctx.withdraw_symmetries(layout.ids)
+        if part is not None:
+            shape = [1] * layout.ids.dim()
+            shape[dim] = part.numel()
+            ctx.partition_units(layout.ids, part.view(shape), f"cut along axis {dim}")
+
+
+def _part(size: int, selected) -> torch.Tensor:
+    """1 for the indices ``selected`` (an int, a slice or an index tensor), else 0."""
+    part = torch.zeros(size, dtype=torch.long)
+    part[selected] = 1
+    return part
 
 
 def _sign_free(before, shape, dim: int, after, entry: tuple):
@@ -85,7 +98,7 @@ def lower_select(ctx, op) -> None:
         return
     x = op.inputs[0]
     dim, index = op.attrs["dim"] % len(x.shape), op.attrs["index"] % x.shape[op.attrs["dim"]]
-    _cuts_neurons(ctx, ctx.layout(x), dim)
+    _cuts_neurons(ctx, ctx.layout(x), dim, _part(x.shape[dim], index))
     layout = L.select(ctx.layout(x), dim, index)
     ctx.set_layout(op.output, _sign_free(ctx.layout(x), x.shape, dim, layout, ("select", dim, index)))
 
@@ -98,7 +111,7 @@ def lower_slice(ctx, op) -> None:
     dim = op.attrs["dim"] % len(x.shape)
     start, end, step = slice(op.attrs.get("start"), op.attrs.get("end"), op.attrs.get("step", 1)).indices(x.shape[dim])
     if (start, end, step) != (0, x.shape[dim], 1):
-        _cuts_neurons(ctx, ctx.layout(x), dim)
+        _cuts_neurons(ctx, ctx.layout(x), dim, _part(x.shape[dim], slice(start, end, step)))
     layout = L.narrow(ctx.layout(x), dim, start, end, step)
     if (start, end, step) != (0, x.shape[dim], 1):
         layout = _sign_free(ctx.layout(x), x.shape, dim, layout, ("slice", dim, start, end, step))
@@ -166,7 +179,8 @@ def lower_split(ctx, op) -> None:
     layout = ctx.layout(x)
     dim = op.attrs["dim"] % len(x.shape)
     if len(op.outputs) > 1:
-        _cuts_neurons(ctx, layout, dim)
+        sizes = [1 if op.attrs.get("squeeze") else out.shape[dim] for out in op.outputs]
+        _cuts_neurons(ctx, layout, dim, torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)))
     start = 0
     for out in op.outputs:
         if op.attrs.get("squeeze"):
@@ -189,7 +203,7 @@ def lower_index_select(ctx, op) -> None:
     dim = op.attrs["dim"] % len(x.shape)
     index = torch.as_tensor(op.attrs["index"]).long() % x.shape[dim]
     if not torch.equal(index, torch.arange(x.shape[dim])):
-        _cuts_neurons(ctx, ctx.layout(x), dim)
+        _cuts_neurons(ctx, ctx.layout(x), dim, _part(x.shape[dim], index))
     layout = L.index_select(ctx.layout(x), dim, index)
     if not torch.equal(index, torch.arange(x.shape[dim])):
         layout = _sign_free(ctx.layout(x), x.shape, dim, layout, ("index", dim, tuple(index.tolist())))

@@ -121,6 +121,44 @@ class SEGrouped(nn.Module):  # RegNetY SE over grouped conv
 class ResGroupedConv(nn.Module):  # residual add then grouped conv
     def __init__(s): super().__init__(); s.a = nn.Conv2d(2, 4, 1); s.b = nn.Conv2d(4, 4, 1); s.g = nn.Conv2d(4, 4, 1, groups=2); s.out = nn.Conv2d(4, 2, 1)
     def forward(s, x): h = s.a(x); y = h + s.b(h); return s.out(s.g(y))
+# H: GPT-J rotary (a constant sin/cos table split in two, interleaved pairs, partial rotary)
+def sinusoidal(num_pos, dim):
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.int64) / dim))
+    inp = torch.einsum("i , j -> i j", torch.arange(num_pos, dtype=torch.int64).float(), inv_freq).float()
+    return torch.cat((torch.sin(inp), torch.cos(inp)), dim=1)
+
+def rotate_every_two(x):
+    x1 = x[:, :, :, ::2]; x2 = x[:, :, :, 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+def apply_rotary(t, sin, cos):
+    sin = torch.repeat_interleave(sin[:, :, None, :], 2, 3)
+    cos = torch.repeat_interleave(cos[:, :, None, :], 2, 3)
+    return (t * cos) + (rotate_every_two(t) * sin)
+
+class GPTJAttn(nn.Module):
+    def __init__(s, d=8, heads=2, rotary_dim=None):
+        super().__init__()
+        s.h, s.hd = heads, d // heads
+        s.rot = rotary_dim or s.hd
+        s.q = nn.Linear(d, d, bias=False); s.k = nn.Linear(d, d, bias=False); s.v = nn.Linear(d, d, bias=False); s.o = nn.Linear(d, d)
+        s.register_buffer("embed_positions", sinusoidal(16, s.rot), persistent=False)
+    def forward(s, x):
+        B, T, D = x.shape
+        q = s.q(x).view(B, T, s.h, s.hd); k = s.k(x).view(B, T, s.h, s.hd); v = s.v(x).view(B, T, s.h, s.hd).permute(0, 2, 1, 3)
+        pos = torch.arange(T).unsqueeze(0)
+        sincos = s.embed_positions[pos]
+        sin, cos = torch.split(sincos, sincos.shape[-1] // 2, dim=-1)
+        if s.rot < s.hd:
+            q = torch.cat([apply_rotary(q[..., :s.rot], sin, cos), q[..., s.rot:]], -1)
+            k = torch.cat([apply_rotary(k[..., :s.rot], sin, cos), k[..., s.rot:]], -1)
+        else:
+            q = apply_rotary(q, sin, cos); k = apply_rotary(k, sin, cos)
+        q, k = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3)
+        a = torch.softmax(q @ k.transpose(-1, -2) / s.hd ** 0.5, -1) @ v
+        return s.o(a.transpose(1, 2).reshape(B, T, D))
+
+
 cases = {  # family letter (issue 19) _ pattern"A_token_select": (TokSel(), (torch.randn(2, 3, 4),)), "A_slices": (Slices(), (torch.randn(2, 3, 4),)),
          "A_flip": (Flip(), (torch.randn(2, 3, 4),)), "A_roll": (Roll(), (torch.randn(2, 3, 4),)),
          "A_corner": (Corner(), (torch.randn(1, 2, 5, 5),)), "A_spatial_T": (SpatialT(), (torch.randn(1, 2, 5, 5),)),
@@ -143,6 +181,9 @@ cases.update({"I_res_gn": (ResGN(), (torch.randn(1, 2, 4, 4),)), "I_cat_gn": (Ca
               "I_inception_split": (Inception(), (torch.randn(1, 2, 4, 4),)),
               "I_se_over_grouped_conv": (SEGrouped(), (torch.randn(1, 2, 4, 4),)),
               "I_res_grouped_conv": (ResGroupedConv(), (torch.randn(1, 2, 4, 4),))})
+
+cases.update({"H_gptj_rotary": (GPTJAttn(), (torch.randn(2, 5, 8),)),
+              "H_gptj_partial_rotary": (GPTJAttn(rotary_dim=2), (torch.randn(2, 5, 8),))})
 
 OPEN: dict[str, str] = {}  # family -> why it still fails (issue 19); all listed ones pass now
 

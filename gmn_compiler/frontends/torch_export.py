@@ -358,7 +358,7 @@ class _Converter:
     def _evaluate_constant(self, node, args, kwargs, out_values: list[Value]) -> None:
         """Record the concrete value of an op computed from constants only (``arange`` for
         position ids, a causal mask), when it is deterministic and cheap to run."""
-        if name_is_random(node.target) or len(out_values) != 1:
+        if name_is_random(node.target) or not out_values:
             return
         unwrap = lambda a: a.constant if isinstance(a, Value) else a
         try:
@@ -366,8 +366,12 @@ class _Converter:
                                  **torch.utils._pytree.tree_map(unwrap, kwargs))
         except Exception:
             return
-        if isinstance(result, torch.Tensor) and result.numel() <= _MAX_CONSTANT:
-            out_values[0].constant = result
+        results = [result] if isinstance(result, torch.Tensor) else list(result) if isinstance(result, (list, tuple)) else []
+        if len(results) != len(out_values):  # a split of a table (GPT-J's sin/cos) has several outputs
+            return
+        for value, tensor in zip(out_values, results):
+            if isinstance(tensor, torch.Tensor) and tensor.numel() <= _MAX_CONSTANT:
+                value.constant = tensor
 
     def _lookup(self, ref: ParamRef, index: torch.Tensor) -> ParamRef:
         """``weight[index]`` along axis 0 with constant indices (learned positional tables)."""
