@@ -76,6 +76,18 @@ def plain(a):
     return repr(a)
 
 
+def content_digest(t: torch.Tensor) -> str:
+    """A digest of a constant's values, rounded to 2^-16 relative to its largest magnitude,
+    so the same table computed by torch and by an exporter's constant folding (values an ulp
+    apart) agrees."""
+    import hashlib
+
+    x = t.detach().to(torch.float64)
+    scale = float(x.abs().max()) if x.numel() else 0.0
+    q = torch.round(x / scale * 65536) if scale > 0 else x
+    return hashlib.sha1(q.contiguous().numpy().tobytes()).hexdigest()
+
+
 def signature_code(sig: tuple) -> float:
     """A stable number identifying ``sig`` in [2, 3): the value of the edges into the nodes
     that materialise a signed view. It is an identifier (equal signatures, equal codes), not

@@ -148,7 +148,10 @@ def onnx_runner(pg: ParameterGraph, inputs: dict | None = None, seed: int = 0):
         inputs = {}
         for i in base.get_inputs():
             shape = [d if isinstance(d, int) and d > 0 else 2 for d in i.shape]
-            inputs[i.name] = rng.standard_normal(shape).astype(np.float64 if "double" in i.type else np.float32)
+            if "int" in i.type:  # token ids: small, valid for any vocabulary of two or more
+                inputs[i.name] = rng.integers(0, 2, shape).astype(np.int32 if "int32" in i.type else np.int64)
+            else:
+                inputs[i.name] = rng.standard_normal(shape).astype(np.float64 if "double" in i.type else np.float32)
 
     def run(model_session):
         return [torch.from_numpy(np.asarray(o)).double() for o in model_session.run(None, inputs)]

@@ -19,8 +19,6 @@ q/k dims inside a head jointly, permute v dims inside a head.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from gmn_compiler import layout as L
@@ -178,8 +176,7 @@ def _mask_signature(mask) -> tuple | None:
     constant = getattr(mask, "constant", None) if isinstance(mask, Value) else None
     if constant is None:
         return None if mask is None else ("mask", type(mask).__name__)
-    data = constant.detach().to(torch.float64).contiguous().numpy().tobytes()
-    return ("mask", tuple(constant.shape), hashlib.sha1(data).hexdigest())
+    return ("mask", tuple(constant.shape), L.content_digest(constant))
 
 
 def _apply_mask(ctx, mask, scores: torch.Tensor, out_shape) -> None:

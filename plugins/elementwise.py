@@ -127,16 +127,13 @@ def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
 def _content(ctx, constant: Value | torch.Tensor) -> tuple:
     """A constant operand by value (shape and digest); one of unknown value (too large to
     materialise) by the op that reads it, so it is never taken for another."""
-    import hashlib
-
     known = constant if isinstance(constant, torch.Tensor) else constant.constant
     if known is None:
         return ("unknown", ctx.op.location)
     shape = list(known.shape)
     while shape and shape[0] == 1:  # [1, T, 1] and [T, 1] broadcast alike
         shape.pop(0)
-    data = known.detach().to(torch.float64).contiguous().numpy().tobytes()
-    return (tuple(shape), hashlib.sha1(data).hexdigest())
+    return (tuple(shape), L.content_digest(known))
 
 
 def _merged_pos(ctx, la, lb, ndim, shape):

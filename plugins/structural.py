@@ -57,9 +57,12 @@ def lower_flip(ctx, op) -> None:
         return
     layout = L.align(ctx.layout(op.inputs[0]), len(op.output.shape))
     dims = [d % len(op.output.shape) for d in op.attrs["dims"]]
-    layout = layout.map(lambda t: t.flip(dims))
-    free = tuple(d for d in dims if layout.ids.shape[d] == 1 and op.output.shape[d] > 1)
-    ctx.set_layout(op.output, layout.signed(("flip", free)) if free else layout)
+    flipped = layout.map(lambda t: t.flip(dims))
+    for d in dims:  # along a free axis a flip is a take of the positions in reverse
+        n = op.output.shape[d]
+        flipped = _take(layout, op.output.shape, d, flipped, torch.arange(n - 1, -1, -1))
+        layout = flipped
+    ctx.set_layout(op.output, flipped)
 
 
 def _cuts_neurons(ctx, layout, dim: int, part: torch.Tensor | None = None) -> None:
@@ -77,19 +80,35 @@ def _cuts_neurons(ctx, layout, dim: int, part: torch.Tensor | None = None) -> No
 
 def _part(size: int, selected) -> torch.Tensor:
     """1 for the indices ``selected`` (an int, a slice or an index tensor), else 0."""
+    if isinstance(selected, slice):  # tensors cannot be sliced with a negative step
+        selected = torch.arange(*selected.indices(size))
     part = torch.zeros(size, dtype=torch.long)
     part[selected] = 1
     return part
 
 
-def _sign_free(before, shape, dim: int, after, entry: tuple):
-    """``after`` (a selection along ``dim`` of a value laid out as ``before``) with ``entry``
-    in its view signature when ``dim`` is a free axis: which positions it keeps is then not
-    recorded by the ids, and two such views of the same nodes hold different data."""
-    if before.ids.shape[dim] == 1 and shape[dim] > 1:
-        # dims counted from the end, so a batch axis in front does not change the signature
-        return after.signed((entry[0], dim - len(shape)) + tuple(entry[2:]) + (shape[dim],))
-    return after
+def _take(before, shape, dim: int, after, indices, squeeze: bool = False):
+    """``after`` (entries ``indices`` along ``dim`` of a value laid out as ``before``) with a
+    ``take`` entry in its view signature when ``dim`` is a free axis: which positions it
+    keeps is then not recorded by the ids, and two such views of the same nodes hold
+    different data. One canonical form for select, slice, flip, index_select and split, so
+    torch and ONNX spellings of a view agree; consecutive takes along one axis compose, and
+    a take that gives back every position in order is no view at all."""
+    if not (before.ids.shape[dim] == 1 and shape[dim] > 1):
+        return after
+    ndim = len(shape)
+    indices = tuple(int(i) for i in torch.as_tensor(indices).reshape(-1).tolist())
+    last = before.sig[-1] if before.sig else None
+    if last is not None and last[0] == "take" and last[1] == dim - ndim and not last[4] and not squeeze:
+        indices = tuple(last[3][i] for i in indices)  # a view of a view along the same axis
+        base = L.Layout(after.ids, after.pos, before.sig[:-1])
+        n = last[2]
+        if indices == tuple(range(n)):
+            return base
+        return base.signed(("take", dim - ndim, n, indices, False))
+    if indices == tuple(range(shape[dim])) and not squeeze:
+        return after
+    return after.signed(("take", dim - ndim, shape[dim], indices, squeeze))
 
 
 def lower_select(ctx, op) -> None:
@@ -100,7 +119,7 @@ def lower_select(ctx, op) -> None:
     dim, index = op.attrs["dim"] % len(x.shape), op.attrs["index"] % x.shape[op.attrs["dim"]]
     _cuts_neurons(ctx, ctx.layout(x), dim, _part(x.shape[dim], index))
     layout = L.select(ctx.layout(x), dim, index)
-    ctx.set_layout(op.output, _sign_free(ctx.layout(x), x.shape, dim, layout, ("select", dim, index)))
+    ctx.set_layout(op.output, _take(ctx.layout(x), x.shape, dim, layout, [index], squeeze=True))
 
 
 def lower_slice(ctx, op) -> None:
@@ -114,7 +133,7 @@ def lower_slice(ctx, op) -> None:
         _cuts_neurons(ctx, ctx.layout(x), dim, _part(x.shape[dim], slice(start, end, step)))
     layout = L.narrow(ctx.layout(x), dim, start, end, step)
     if (start, end, step) != (0, x.shape[dim], 1):
-        layout = _sign_free(ctx.layout(x), x.shape, dim, layout, ("slice", dim, start, end, step))
+        layout = _take(ctx.layout(x), x.shape, dim, layout, torch.arange(start, end, step))
     ctx.set_layout(op.output, layout)
 
 
@@ -125,6 +144,9 @@ def lower_cat(ctx, op) -> None:
     parts = op.inputs[0]
     if any(isinstance(p, ParamRef) for p in parts):
         _cat_with_params(ctx, op, parts)
+        return
+    dim = op.attrs.get("dim", 0) % len(op.output.shape)
+    if not op.attrs.get("stack") and _views_along_free_axis(ctx, op, parts, dim):
         return
     # parts that are different views of the same nodes get their own nodes first
     layouts = [ctx.materialize(v) if ctx.layout(v) is not None else None for v in parts]
@@ -139,6 +161,37 @@ def lower_cat(ctx, op) -> None:
     else:
         shapes = [tuple(v.shape) for v in parts]
     ctx.set_layout(op.output, L.cat([L.align(l, ndim) for l in layouts], shapes, dim))
+
+
+def _views_along_free_axis(ctx, op, parts, dim: int) -> bool:
+    """``cat([h[:, 1:], h[:, :1]], dim=tokens)`` (a roll written with slices, ONNX's
+    spelling): every part is a view of the same nodes and ``dim`` is free in all of them.
+    The result is one more view of those nodes, its signature made of the parts'; True when
+    handled."""
+    layouts = [ctx.layout(v) for v in parts]
+    if any(l is None for l in layouts) or not any(l.sig for l in layouts):
+        return False
+    ndim = len(op.output.shape)
+    aligned = [L.align(l, ndim) for l in layouts]
+    base = aligned[0]
+    if any(l.ids.shape[dim] > 1 or l.ids.shape != base.ids.shape or not torch.equal(l.ids, base.ids)
+           or (l.pos is None) != (base.pos is None) or (l.pos is not None and not torch.equal(l.pos, base.pos))
+           for l in aligned):
+        return False
+    sizes = [v.shape[dim - ndim + len(v.shape)] for v in parts]
+    takes = [l.sig[-1] if l.sig and l.sig[-1][0] == "take" and l.sig[-1][1] == dim - ndim
+             and not l.sig[-1][4] else None for l in aligned]
+    prefixes = {l.sig[:-1] if t is not None else l.sig for l, t in zip(aligned, takes)}
+    ns = {t[2] for t in takes if t is not None}
+    if len(prefixes) == 1 and len(ns) == 1 and all(t is not None or s == next(iter(ns)) for t, s in zip(takes, sizes)):
+        indices = sum((t[3] if t is not None else tuple(range(s)) for t, s in zip(takes, sizes)), ())
+        base = L.Layout(base.ids, base.pos, next(iter(prefixes)))  # roll, spelled with slices
+        layout = base if indices == tuple(range(next(iter(ns)))) else base.signed(
+            ("take", dim - ndim, next(iter(ns)), indices, False))
+    else:
+        layout = L.Layout(base.ids, base.pos, (("cat", dim - ndim, tuple(zip((l.sig for l in aligned), sizes))),))
+    ctx.set_layout(op.output, layout)
+    return True
 
 
 def _cat_with_params(ctx, op, parts) -> None:
@@ -184,13 +237,13 @@ def lower_split(ctx, op) -> None:
     start = 0
     for out in op.outputs:
         if op.attrs.get("squeeze"):
-            part = _sign_free(layout, x.shape, dim, L.select(layout, dim, start), ("select", dim, start))
+            part = _take(layout, x.shape, dim, L.select(layout, dim, start), [start], squeeze=True)
             start += 1
         else:
             size = out.shape[dim]
             part = L.narrow(layout, dim, start, start + size)
             if size != x.shape[dim]:
-                part = _sign_free(layout, x.shape, dim, part, ("slice", dim, start, start + size, 1))
+                part = _take(layout, x.shape, dim, part, torch.arange(start, start + size))
             start += size
         ctx.set_layout(out, part)
 
@@ -206,7 +259,7 @@ def lower_index_select(ctx, op) -> None:
         _cuts_neurons(ctx, ctx.layout(x), dim, _part(x.shape[dim], index))
     layout = L.index_select(ctx.layout(x), dim, index)
     if not torch.equal(index, torch.arange(x.shape[dim])):
-        layout = _sign_free(ctx.layout(x), x.shape, dim, layout, ("index", dim, tuple(index.tolist())))
+        layout = _take(ctx.layout(x), x.shape, dim, layout, index)
     ctx.set_layout(op.output, layout)
 
 
