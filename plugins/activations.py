@@ -12,6 +12,8 @@ PReLU marks its nodes ``prelu`` and brings its learned slopes on ``param_mul`` e
 
 from __future__ import annotations
 
+import torch
+
 from gmn_compiler import layout as L
 from gmn_compiler.ir import ParamRef
 from gmn_compiler.registry import hookimpl
@@ -129,11 +131,37 @@ def _onnx_unary(x, *rest, **attrs):
     return [x], dict(attrs)
 
 
-def _onnx_softmax(x, axis=-1):
+def _bound(value):
+    """A Clip bound given as an input: a number, a one-element initializer or constant."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    tensor = getattr(value, "tensor", None)
+    if tensor is None:
+        tensor = getattr(value, "constant", None)
+    if isinstance(tensor, torch.Tensor) and tensor.numel() == 1:
+        return float(tensor)
+    return "computed"
+
+
+def _onnx_clip(x, lo=None, hi=None, **attrs):
+    """Clip: bounds are inputs from opset 11 (attributes before); both reach the rule as
+    ``min`` / ``max`` like torch's clamp."""
+    lo, hi = _bound(lo), _bound(hi)
+    attrs = {"min": attrs.get("min", lo), "max": attrs.get("max", hi)}
+    if "computed" in attrs.values():
+        return [x], {"unsupported": "Clip with bounds computed in the model"}
+    return [x], attrs
+
+
+def _onnx_softmax(x, axis=-1, unsupported=None):
+    if unsupported:
+        return [x], {"unsupported": unsupported}
     return [x], {"dim": axis, "log": False}
 
 
-def _onnx_log_softmax(x, axis=-1):
+def _onnx_log_softmax(x, axis=-1, unsupported=None):
+    if unsupported:
+        return [x], {"unsupported": unsupported}
     return [x], {"dim": axis, "log": True}
 
 
@@ -161,6 +189,6 @@ def gmn_register(registry) -> None:
     for target in ("aten.log_softmax.int", "aten._log_softmax.default"):
         registry.map_aten(target, "softmax", _log_softmax)
     for op_type, activation in ONNX_ACTIVATIONS.items():
-        registry.map_onnx(op_type, activation, _onnx_unary)
+        registry.map_onnx(op_type, activation, _onnx_clip if op_type == "Clip" else _onnx_unary)
     registry.map_onnx("Softmax", "softmax", _onnx_softmax)
     registry.map_onnx("LogSoftmax", "softmax", _onnx_log_softmax)

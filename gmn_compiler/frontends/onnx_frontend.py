@@ -195,11 +195,28 @@ class _Converter:
         if mapping is None:
             self.ops.append(Op(f"onnx.{key}", operands, outs, attrs, location, node.op_type))
             return
+        attrs = self._opset_semantics(node, attrs)
         if mapping.normalize is None:
             inputs, norm_attrs = operands, attrs
         else:
             inputs, norm_attrs = mapping.normalize(*operands, **attrs)
         self.ops.append(Op(mapping.kind, inputs, outs, norm_attrs, location, node.op_type))
+
+    def _opset_semantics(self, node, attrs: dict) -> dict:
+        """Attributes whose meaning changed across opsets, in today's meaning. Softmax,
+        LogSoftmax before opset 13 flatten the input at ``axis`` (default 1) and normalise
+        over everything after it: the same as today's only when ``axis`` is the last one."""
+        if node.op_type not in ("Softmax", "LogSoftmax") or node.domain not in ("", "ai.onnx"):
+            return attrs
+        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        if opset >= 13:
+            return attrs
+        rank = len(np.shape(self.values[node.input[0]])) if node.input[0] in self.values else None
+        axis = int(attrs.get("axis", 1))
+        if rank is None or axis % rank != rank - 1:
+            return {**attrs, "unsupported": f"{node.op_type} before opset 13 over axes {axis}.. "
+                    "(flattened); re-export with opset 13 or later"}
+        return {**attrs, "axis": -1}
 
     def _bind_constant(self, name: str) -> None:
         if name:
