@@ -84,16 +84,17 @@ def swap_candidates(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def swap_test(model: nn.Module, inputs: tuple, *, max_pairs: int = 16, seed: int = 0,
-              rtol: float = 1e-6, atol: float = 1e-8, **options) -> SwapReport:
+              pairs: list[tuple[str, str]] | None = None, rtol: float = 1e-6, atol: float = 1e-8,
+              **options) -> SwapReport:
     """Oracle 5. ``model`` is randomized (:func:`randomized`); for up to ``max_pairs`` pairs
-    of state entries of equal shape, the two are exchanged. When that changes the outputs
-    (float64), the graphs compiled before and after must not be isomorphic with values —
-    otherwise a GNN would have to give one answer for two functions. Raises
-    :class:`SymmetryError` naming the pair."""
+    of state entries of equal shape (or the given ``pairs``), the two are exchanged. When
+    that changes the outputs (float64), the graphs compiled before and after must not be
+    isomorphic with values — otherwise a GNN would have to give one answer for two
+    functions. Raises :class:`SymmetryError` naming the pair."""
     from .api import compile as compile_model
 
     base = randomized(model, seed)
-    pairs = swap_candidates(base)
+    pairs = list(pairs) if pairs is not None else swap_candidates(base)
     if len(pairs) > max_pairs:
         pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:max_pairs]
         pairs = [pairs[i] for i in sorted(pick.tolist())]

@@ -85,3 +85,25 @@ def test_small_timm_config_passes_the_oracles(name):
     report = gc.check_symmetry(model, (x,), trials=3, graph=pg, timeout=300)
     assert report.automorphisms_checked == 3
     assert report.symmetries_checked, "no declared symmetry was checked"
+
+
+def test_deit_distilled_small_config_is_sound_and_passes_the_swap_test():
+    """DeiT-distilled averages a head on the cls token and a head on the distillation token:
+    before issue 19's view signatures ``h[:, 0]`` and ``h[:, 1]`` shared nodes and the two
+    heads were swappable."""
+    from gmn_compiler.testing import swap_test
+
+    torch.manual_seed(0)
+    model = _timm().create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=16,
+                                 patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    model = randomize_buffers(model).eval()
+    x = torch.randn(1, 3, 16, 16)
+    pg = assert_round_trip(model, (x,))
+    gc.check_symmetry(model, (x,), trials=3, graph=pg)
+    heads = [("head.weight", "head_dist.weight"), ("head.bias", "head_dist.bias")]
+    assert swap_test(model, (x,), pairs=heads).changed == 2  # each swap changed the function
+    assert swap_test(model, (x,), max_pairs=24).pairs

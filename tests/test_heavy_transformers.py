@@ -192,3 +192,19 @@ def test_transformer_decoder_with_explicit_input_axes():
     tgt, memory = torch.randn(1, SEQ - 2, WIDTH), torch.randn(1, SEQ, WIDTH)
     pg = assert_round_trip(model, (tgt, memory), input_neuron_axes={"tgt": 2, "memory": 2})
     _sound(model, (tgt, memory), pg)
+
+
+def test_gptj_tiny_is_sound_and_passes_the_swap_test():
+    """GPT-J's rotary (a sin/cos table split in two, interleaved pairs, partial rotary_dim):
+    issue 19 found its graph unsound and its q/k-dim declaration wrong."""
+    from gmn_compiler.testing import swap_test
+
+    tf = _transformers()
+    config = tf.GPTJConfig(n_layer=1, n_head=2, n_embd=WIDTH, rotary_dim=4, vocab_size=VOCAB,
+                           n_positions=POSITIONS, use_cache=False, attn_implementation="eager")
+    model = _randomize(tf.GPTJModel(config))
+    inputs = (_ids(),)
+    pg = assert_round_trip(model, inputs)
+    _sound(model, inputs, pg)
+    report = swap_test(model, inputs, max_pairs=12)
+    assert report.pairs
