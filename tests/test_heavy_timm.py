@@ -105,5 +105,5 @@ def test_deit_distilled_small_config_is_sound_and_passes_the_swap_test():
     pg = assert_round_trip(model, (x,))
     gc.check_symmetry(model, (x,), trials=3, graph=pg)
     heads = [("head.weight", "head_dist.weight"), ("head.bias", "head_dist.bias")]
-    assert swap_test(model, (x,), pairs=heads).changed == 2  # each swap changed the function
+    assert swap_test(model, (x,), pairs=heads).changed == 1  # the weights; swapped biases add alike
     assert swap_test(model, (x,), max_pairs=24).pairs

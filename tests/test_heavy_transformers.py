@@ -205,6 +205,9 @@ def test_gptj_tiny_is_sound_and_passes_the_swap_test():
     model = _randomize(tf.GPTJModel(config))
     inputs = (_ids(),)
     pg = assert_round_trip(model, inputs)
-    _sound(model, inputs, pg)
-    report = swap_test(model, inputs, max_pairs=12)
+    # GPT-J computes attention in float32 even in a float64 model: noise of ~1e-8, where a
+    # false symmetry changes the outputs by O(1)
+    report = gc.check_symmetry(model, inputs, trials=3, graph=pg, rtol=1e-5, atol=1e-6)
+    assert report.automorphisms_checked == 3 and report.symmetries_checked
+    report = swap_test(model, inputs, max_pairs=12, rtol=1e-5, atol=1e-6)
     assert report.pairs
