@@ -131,31 +131,36 @@ class LoweringContext:
         mapping[old] = new
         return layout.map(lambda t: mapping[t]) if layout.pos is None else Layout(mapping[layout.ids], layout.pos)
 
-    def own(self, value: Value) -> Layout | None:
+    def own(self, value: Value, sig: tuple | None = None) -> Layout | None:
         """Nodes this op may attach edges to (norm statistics, parameter operands): the
         input's own nodes when it is exclusive and carries no activation yet, else fresh
-        copies."""
+        copies. ``sig`` (a hyper-parameter that differs from the usual one, a
+        norm's eps) forces fresh copies whose edges carry its code."""
         layout = self.layout(value)
         if layout is None:
             return None
-        if self.exclusive(value) and not self.builder.has_activation(layout.nodes()):
+        if not sig and self.exclusive(value) and not self.builder.has_activation(layout.nodes()):
             return layout
-        return self.fresh(value, layout, "activation")
+        return self.fresh(value, layout, "activation", weight=L.signature_code(sig) if sig else 1.0)
 
     def derive(self, value: Value, activation: str, etype: str = "activation",
-               sig: tuple | None = None) -> Layout | None:
+               sig: tuple | None = None, default: tuple | None = None) -> Layout | None:
         """Layout of an elementwise function of ``value``: its nodes marked with
         ``activation`` when exclusive and unmarked, else fresh nodes carrying it, fed by
         one-to-one edges of type ``etype``. ``sig`` holds what else decides the function
-        (a slope, the axis of a softmax, a pooling window): the fresh edges then carry its
-        code, so two functions of the same nodes that differ only there stay apart."""
+        (a slope, the axis of a softmax, a pooling window): unless it is ``default`` (the
+        usual one, which the activation code alone stands for), the nodes are always fresh
+        and their edges carry its code, so two functions that differ only there (of the same
+        nodes, or of two branches' nodes) stay apart."""
         layout = self.layout(value)
         if layout is None:
             return None
         nodes = layout.nodes()
-        if self.exclusive(value) and not self.builder.has_activation(nodes):
+        if (not sig or sig == default) and self.exclusive(value) and not self.builder.has_activation(nodes):
             self.builder.set_activation(nodes, activation)
             return layout
+        # with an unusual signature, always fresh nodes: marking the input's nodes would
+        # record the op's kind but not its signature (two branches' clamps, other bounds)
         weight = L.signature_code(sig) if sig else 1.0
         return self.fresh(value, layout, etype, activation, weight=weight)
 

@@ -48,7 +48,8 @@ def make_activation_rule(name: str):
             activation = "relu6"  # F.relu6 exports as hardtanh(x, 0, 6)
         params = _activation_params(activation, op.attrs)
         sig = (activation,) + params if params else None  # slopes, bounds, betas
-        ctx.set_layout(op.output, ctx.derive(op.inputs[0], activation, sig=sig))
+        default = (activation,) + tuple(L.plain(d) for _, _, d in _PARAMS.get(activation, ()))
+        ctx.set_layout(op.output, ctx.derive(op.inputs[0], activation, sig=sig, default=default))
     lower_activation.__doc__ = f"Elementwise {name}: keeps or copies the input's nodes."
     return lower_activation
 
@@ -93,7 +94,7 @@ def lower_softmax(ctx, op) -> None:
     x = op.inputs[0]
     activation = "log_softmax" if op.attrs.get("log") else "softmax"
     axis = op.attrs.get("dim", -1) % len(x.shape) - len(x.shape) if len(x.shape) else 0
-    ctx.set_layout(op.output, ctx.derive(x, activation, sig=(activation, axis)))
+    ctx.set_layout(op.output, ctx.derive(x, activation, sig=(activation, axis), default=(activation, -1)))
 
 
 def _unary(x, *args, **kwargs):

@@ -42,7 +42,7 @@ def lower_batch_norm(ctx, op) -> None:
     """inputs ``[x, weight, bias, running_mean, running_var]`` (any may be None)."""
     x = op.inputs[0]
     weight, bias, mean, var = (list(op.inputs[1:5]) + [None] * 4)[:4]
-    layout = ctx.own(x)
+    layout = ctx.own(x, sig=_eps_signature(op, "batch_norm"))
     if layout is None:
         raise ctx.error("batch norm input carries no neurons")
     if mean is None or var is None:
@@ -58,7 +58,7 @@ def lower_instance_norm(ctx, op) -> None:
     """inputs ``[x, weight, bias, running_mean, running_var]``; attrs ``use_input_stats``."""
     x = op.inputs[0]
     weight, bias, mean, var = (list(op.inputs[1:5]) + [None] * 4)[:4]
-    layout = ctx.derive(x, "instance_norm")
+    layout = ctx.derive(x, "instance_norm", sig=_eps_signature(op, "instance_norm"))
     if layout is None:
         raise ctx.error("instance norm input carries no neurons")
     if op.attrs.get("use_input_stats", True):
@@ -67,6 +67,13 @@ def lower_instance_norm(ctx, op) -> None:
         (weight, "in_weight", "norm_weight"), (bias, "in_bias", "norm_bias"),
         (mean, "in_mean", "running_mean"), (var, "in_var", "running_var")])
     _set_main_output(ctx, op, layout)
+
+
+def _eps_signature(op, kind: str) -> tuple | None:
+    """A batch / group / instance norm's eps when it is not the usual 1e-5 (then the graph
+    records it; the usual one leaves the graph as it always was)."""
+    eps = L.plain(op.attrs.get("eps", op.attrs.get("epsilon", 1e-5)))
+    return None if eps in (None, L.plain(1e-5)) else (kind, eps)
 
 
 def _norm_signature(ctx, op, kind: str) -> tuple:
@@ -83,7 +90,8 @@ def _norm_signature(ctx, op, kind: str) -> tuple:
 def lower_layer_norm(ctx, op) -> None:
     """inputs ``[x, weight | None, bias | None]``; attrs ``normalized_shape``."""
     x, weight, bias = (list(op.inputs) + [None] * 3)[:3]
-    layout = ctx.derive(x, "layer_norm", sig=_norm_signature(ctx, op, "layer_norm"))
+    layout = ctx.derive(x, "layer_norm", sig=_norm_signature(ctx, op, "layer_norm"),
+                        default=("layer_norm", 1, (True,), L.plain(1e-5)))
     if layout is None:
         raise ctx.error("layer norm input carries no neurons")
     for ref, etype, role in ((weight, "ln_weight", "norm_weight"), (bias, "ln_bias", "norm_bias")):
@@ -95,7 +103,8 @@ def lower_layer_norm(ctx, op) -> None:
 def lower_rms_norm(ctx, op) -> None:
     """inputs ``[x, weight | None]``; attrs ``normalized_shape``."""
     x, weight = (list(op.inputs) + [None, None])[:2]
-    layout = ctx.derive(x, "rms_norm", sig=_norm_signature(ctx, op, "rms_norm"))
+    layout = ctx.derive(x, "rms_norm", sig=_norm_signature(ctx, op, "rms_norm"),
+                        default=("rms_norm", 1, (True,), None))
     if layout is None:
         raise ctx.error("RMS norm input carries no neurons")
     if weight is not None:
@@ -107,7 +116,7 @@ def lower_group_norm(ctx, op) -> None:
     """inputs ``[x, weight | None, bias | None]``; attrs ``num_groups``."""
     x, weight, bias = (list(op.inputs) + [None] * 3)[:3]
     groups = int(op.attrs["num_groups"])
-    layout = ctx.derive(x, "group_norm")
+    layout = ctx.derive(x, "group_norm", sig=_eps_signature(op, "group_norm"))
     if layout is None:
         raise ctx.error("group norm input carries no neurons")
     try:

@@ -38,7 +38,9 @@ def lower_pool(ctx, op) -> None:
         sig = ("pool", op.attrs["mode"], op.attrs["spatial_dims"]) + tuple(
             (k, L.plain(tuple(sorted(op.attrs[k].items())) if isinstance(op.attrs[k], dict) else op.attrs[k]))
             for k in keys if k in op.attrs)
-        ctx.set_layout(op.outputs[0], ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]], "pool", sig=sig))
+        default = ("pool", op.attrs["mode"], op.attrs["spatial_dims"], ("global", True))  # global pooling
+        ctx.set_layout(op.outputs[0], ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]], "pool", sig=sig,
+                                                 default=default))
     for extra in op.outputs[1:]:  # indices of max_pool_with_indices
         ctx.set_layout(extra, None)
 

@@ -22,16 +22,6 @@ from gmn_compiler.fuzz_program import Program, Step, build
 # there, so that it fails at once today and runs 40 programs once the family is fixed. All
 # other families form the default suite.
 OPEN: dict[str, tuple[str, int]] = {
-    # an op that keeps its input's nodes (its only consumer) drops its signature
-    "pair_act_pre": ("activation hyper-parameters: clamp(a(x), min=0) + clamp(b(x), min=-0.5) swaps a and b", 1),
-    "pair_softmax_pre": ("softmax axis: softmax(a(x), 2) + softmax(b(x), 1) swaps a and b", 1),
-    "pair_pool_pre": ("pooling window: max_pool1d(a(x), 3, 2, 1) + max_pool1d(b(x), 2, 2, 1) swaps a and b", 48),
-    "pair_reduce_pre": ("reduction axes: a(x).mean(2, keepdim=True) * b(x).mean(3, keepdim=True) swaps a and b; also "
-                        "lin(cat([conv(x).flatten(1), x.flatten(1)], 1)) with one channel loses the flattened "
-                        "positions (the identity is not function-preserving)", 135),
-    "pair_layernorm": ("layer norm eps: ln(a(x), eps=0.5) + ln(b(x), eps=0.01) swaps a and b", 2),
-    "pair_norm": ("norm eps: bn(x, eps=0.01) + bn'(x, eps=1e-5), gn(x, 1, eps=1e-5) + gn'(x, 1, eps=0.5), "
-                  "rms(a(x), eps=0.01) + rms(b(x), eps=1e-5) swap the two norms' parameters", 0),
     # constant masks: their content is not in the graph
     "pair_mask": ("conv_c(where(causal, x, -1)) + conv_d(where(anti, x, -1)) over (H, W) swaps c and d", 1),
     "pair_mask_pre": ("where(causal, conv_a(x), -1) + where(anti, conv_b(x), -1) over (H, W) swaps a and b", 1),
@@ -39,15 +29,13 @@ OPEN: dict[str, tuple[str, int]] = {
     "const_vector": ("c = conv(x); conv((c + c) * vec) declares c's channels permutable (over-declared); "
                      "lin2(lin1(x) + self.vec) with vec a plain tensor attribute or a torch.tensor literal is "
                      "taken for a parameter operand: lin1's units swap (unsound)", 24),
-    "pair_const_vector": ("c = conv_a(x) + conv_b(x); conv(c + vec) declares the channels permutable", 29),
+    "pair_const_vector": ("a per-channel constant vector in one of two branches, with a softmax after (found at "
+                          "#98 of seed 0, not shrunk yet): a generator moving one branch's units onto the other's "
+                          "changes the outputs", 98),
     "pair_const_vector_pre": ("lin2(lin1(x) + self.vec), vec a plain tensor attribute: lin1's units swap", 0),
     "mask_features": ("where(mask[T, F], lin(x) + emb(ids), 1) declares the embedding dims permutable", 123),
     "pair_reduce_features_pre": ("c = conv(x); conv(c * cat([c.sum(1, keepdim=True), c.amax(1, keepdim=True)], 1)) "
                                  "declares c's channels permutable", 6),
-    "pair_conv": ("h = cat([conv_a(x).flatten(1), conv_b(x).flatten(1)], 1); lin2(h + lin1(h)) declares lin1's "
-                  "hidden units permutable", 3),
-    "pair_attention": ("nn.MultiheadAttention(10, 1)(h, k, k) with h = cat([g, g], -1), k = lin(h): lin's hidden "
-                       "units are declared permutable but are no automorphism", 28),
 }
 PASSING = sorted(set(FAMILIES) - set(OPEN))
 

@@ -41,7 +41,7 @@ ACTIVATIONS = {
     "sigmoid": (lambda: nn.Sigmoid(), "sigmoid"),
     "sin": (lambda: Lambda(torch.sin), "sin"),
     "cos": (lambda: Lambda(torch.cos), "cos"),
-    "leaky_relu": (lambda: nn.LeakyReLU(0.1), "leaky_relu"),
+    "leaky_relu": (lambda: nn.LeakyReLU(), "leaky_relu"),  # the usual slope: a slope of its own gets fresh nodes
     "hardswish": (lambda: nn.Hardswish(), "hardswish"),
     "hardsigmoid": (lambda: nn.Hardsigmoid(), "hardsigmoid"),
     "elu": (lambda: nn.ELU(), "elu"),
