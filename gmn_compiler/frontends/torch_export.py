@@ -12,7 +12,6 @@ local name.
 
 from __future__ import annotations
 
-import logging
 import operator
 import os
 import re
@@ -92,25 +91,10 @@ def export_module(model: nn.Module, example_inputs: tuple) -> torch.export.Expor
 
 
 def load_pt2(path: str | os.PathLike, *, allow_pickle: bool = False) -> torch.export.ExportedProgram:
-    """The ExportedProgram saved at ``path``, read without running code from the file
-    (:mod:`.pt2_safe`: JSON checked first, raw tensors, weights-only loads); a one-line
-    CompileError for a broken archive or one that would need unpickling. ``allow_pickle=True``
-    (the user trusts the file's author) uses ``torch.export.load``, which unpickles entries
-    and can run arbitrary code from the file."""
-    if not os.path.exists(path):
-        raise CompileError(f"{path}: no such file")
-    if not allow_pickle:
-        return load_exported_program(path)
-    logger = logging.getLogger("torch.export")  # it logs a traceback before raising
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        return torch.export.load(path)
-    except Exception as exc:
-        raise CompileError(f"{path}: not a readable torch.export (.pt2) archive ({type(exc).__name__}); "
-                           "save one with torch.export.save(torch.export.export(model, inputs), path)") from exc
-    finally:
-        logger.setLevel(level)
+    """The ExportedProgram saved at ``path``, read without running code from the file unless
+    ``allow_pickle`` (see :func:`.pt2_safe.load_exported_program`, which also gives the
+    one-line errors)."""
+    return load_exported_program(path, allow_pickle=allow_pickle)
 
 
 def from_exported(ep: torch.export.ExportedProgram, registry: Registry,
