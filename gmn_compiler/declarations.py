@@ -61,6 +61,17 @@ def _as_partition(sym: dict) -> Partition:
     return Partition(nodes, [k // size for k in range(len(nodes))], sym.get("permute_groups", False))
 
 
+def _is_fixed(sym: dict) -> bool:
+    """Every unit its own block and blocks not movable: no unit may move."""
+    return sym.get("fixed", False) or (sym["groups"] == sym["nodes"].numel()
+                                        and not sym.get("permute_groups", False))
+
+
+def _fixed(sym: dict) -> Partition:
+    nodes = sym["nodes"].tolist()
+    return Partition(nodes, list(range(len(nodes))), False)
+
+
 def _meet(target: Partition, other: Partition, classes: UnitClasses) -> tuple[list[tuple], bool] | None:
     """Keys of ``target``'s units after meeting ``other`` (None when they share no unit),
     and whether whole blocks may still move."""
@@ -93,7 +104,10 @@ def _apply(sym: dict, keys: list[tuple], movable: bool) -> bool:
     for k in keys:
         counts[k] = counts.get(k, 0) + 1
     groups = len(counts)
-    if len(set(counts.values())) != 1 or groups == len(keys) and not movable:
+    if groups == len(keys) and not movable:
+        sym["withdrawn"] = sym["fixed"] = True
+        return True
+    if len(set(counts.values())) != 1:
         sym["withdrawn"] = True
         return True
     if groups == sym["groups"] and movable == sym.get("permute_groups", False):
@@ -110,7 +124,12 @@ def reconcile(symmetries: list[dict], partitions: list[Partition], classes: Unit
         changed = False
         live = [s for s in symmetries if not s.get("withdrawn")]
         for sym in live:
-            others = [_as_partition(o) for o in live if o is not sym and not o.get("withdrawn")] + partitions
+            # a declaration narrowed to single fixed units still constrains: units tied to
+            # them are fixed too (a declaration withdrawn for other reasons may be re-declared
+            # finer by a later rule, so it says nothing)
+            others = [_fixed(o) if _is_fixed(o) else _as_partition(o)
+                      for o in symmetries if o is not sym and (_is_fixed(o) or not o.get("withdrawn"))]
+            others += partitions
             for other in others:
                 if sym.get("withdrawn"):
                     break

@@ -34,9 +34,15 @@ def _is_constant(ref, value: float) -> bool:
     return ref is None or (isinstance(ref, ParamRef) and bool((ref.tensor == value).all()))
 
 
+def _is_weight(ref) -> bool:
+    """A parameter or buffer, not a lifted constant: a constant stays an operand read by its
+    value (fused into a layer, it would become parameter edges whose values are not structure)."""
+    return isinstance(ref, ParamRef) and ref.kind != "constant"
+
+
 def _channel_param(ref, channels: int, ndim: int) -> ParamRef | None:
     """``ref`` if it broadcasts as one value per channel (axis 1) of a rank-``ndim`` value."""
-    if not isinstance(ref, ParamRef) or ref.tensor.numel() != channels:
+    if not _is_weight(ref) or ref.tensor.numel() != channels:
         return None
     shape = (1,) * (ndim - ref.tensor.dim()) + tuple(ref.shape)
     if len(shape) != ndim or shape[1] != channels:
@@ -102,7 +108,7 @@ def fuse_linear_bias(ir: IRGraph) -> IRGraph:
         if add is None or add.kind != "add" or add.attrs.get("alpha", 1) != 1:
             continue
         bias = add.inputs[1] if add.inputs[0] is last else add.inputs[0]
-        if not isinstance(bias, ParamRef) or bias.tensor.numel() != out_features:
+        if not _is_weight(bias) or bias.tensor.numel() != out_features:
             continue
         aligned = (1,) * (len(last.shape) - bias.tensor.dim()) + tuple(bias.shape)
         if len(aligned) != len(last.shape) or aligned[axis] != out_features:

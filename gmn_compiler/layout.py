@@ -77,15 +77,20 @@ def plain(a):
 
 
 def content_digest(t: torch.Tensor) -> str:
-    """A digest of a constant's values, rounded to 2^-16 relative to its largest magnitude,
-    so the same table computed by torch and by an exporter's constant folding (values an ulp
-    apart) agrees."""
+    """A digest of a constant's values and largest magnitude, each rounded to 2^-16 relative
+    to that magnitude, so the same table computed by torch and by an exporter's constant
+    folding (values an ulp apart) agrees."""
     import hashlib
+    import math
 
     x = t.detach().to(torch.float64)
-    scale = float(x.abs().max()) if x.numel() else 0.0
-    q = torch.round(x / scale * 65536) if scale > 0 else x
-    return hashlib.sha1(q.contiguous().numpy().tobytes()).hexdigest()
+    finite = x[torch.isfinite(x)]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
+    q = torch.round(x / scale * 65536) if scale > 0 else x  # ±inf stay themselves
+    q = torch.where(torch.isnan(q), torch.full_like(q, 0.5), q)  # one NaN, whatever its payload
+    mantissa, exponent = math.frexp(scale)  # the magnitude too: [0.7] and [1.3] differ
+    head = f"{round(mantissa * 65536)}e{exponent}".encode()
+    return hashlib.sha1(head + q.contiguous().numpy().tobytes()).hexdigest()
 
 
 def signature_code(sig: tuple) -> float:
@@ -128,6 +133,33 @@ def compress(ids: torch.Tensor, pos: torch.Tensor | None) -> Layout:
         if bool((pos == 0).all()):
             pos = None
     return Layout(ids.contiguous(), None if pos is None else pos.contiguous())
+
+
+def compress_selection(ids: torch.Tensor, pos: torch.Tensor | None) -> Layout:
+    """:func:`compress` for entries selected from a value (slice, index, cat), where no entry
+    may lose its identity. Along a free axis of size ``n`` an entry's position is
+    ``base * n + coordinate`` (as :func:`axis_entries` reads it), so an axis along which the
+    positions vary is collapsed only when they have that form (``h[:, 3:6]`` of a flattened
+    3-position channel), never when they are other positions of the node (``h[:, 1:4]``, or
+    its positions in another order): that axis stays explicit."""
+    if pos is None:
+        return compress(ids, None)
+    pos = pos.expand(ids.shape)
+    for axis in reversed(range(ids.dim())):
+        n = ids.shape[axis]
+        if n == 1 or not bool((ids == ids.narrow(axis, 0, 1)).all()):
+            continue
+        view = [1] * ids.dim()
+        view[axis] = n
+        shifted = pos - torch.arange(n).view(view)
+        base = torch.div(shifted, n, rounding_mode="floor")
+        if bool((pos == pos.narrow(axis, 0, 1)).all()):
+            ids, pos = ids.narrow(axis, 0, 1), pos.narrow(axis, 0, 1)
+        elif bool((shifted % n == 0).all()) and bool((base == base.narrow(axis, 0, 1)).all()):
+            ids, pos = ids.narrow(axis, 0, 1), base.narrow(axis, 0, 1)
+    if bool((pos == 0).all()):
+        return Layout(ids.contiguous(), None)
+    return Layout(ids.contiguous(), pos.contiguous())
 
 
 def materialize(layout: Layout, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +211,7 @@ def narrow(layout: Layout, dim: int, start: int, end: int, step: int = 1) -> Lay
     if layout.ids.shape[dim] == 1:
         return layout
     index = torch.arange(start, end, step)
-    return compress_layout(layout.map(lambda t: t.index_select(dim, index)))
+    return compress_selection(*_pair(layout.map(lambda t: t.index_select(dim, index))))
 
 
 def index_select(layout: Layout, dim: int, index: torch.Tensor) -> Layout:
@@ -187,11 +219,15 @@ def index_select(layout: Layout, dim: int, index: torch.Tensor) -> Layout:
     if layout.ids.shape[dim] == 1:
         shape = list(layout.ids.shape)
         return layout if index.numel() == 1 else layout.map(lambda t: t.expand(shape))
-    return compress_layout(layout.map(lambda t: t.index_select(dim, index)))
+    return compress_selection(*_pair(layout.map(lambda t: t.index_select(dim, index))))
 
 
 def compress_layout(layout: Layout) -> Layout:
     return compress(layout.ids, layout.pos)
+
+
+def _pair(layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return layout.ids, layout.pos
 
 
 def cat(layouts: list[Layout], shapes: list[tuple[int, ...]], dim: int) -> Layout:
@@ -211,10 +247,16 @@ def cat(layouts: list[Layout], shapes: list[tuple[int, ...]], dim: int) -> Layou
         ids_parts.append(layout.ids.expand(target))
         if any_pos:
             pos = layout.pos if layout.pos is not None else torch.zeros_like(layout.ids)
+            if layout.ids.shape[dim] == 1 and shape[dim] > 1:
+                # one node at free positions along dim: spell its positions out
+                # (base * n + coordinate, as axis_entries reads them)
+                view = [1] * len(target)
+                view[dim] = shape[dim]
+                pos = pos * shape[dim] + torch.arange(shape[dim]).view(view)
             pos_parts.append(pos.expand(target))
     ids = torch.cat(ids_parts, dim)
     pos = torch.cat(pos_parts, dim) if any_pos else None
-    return compress(ids, pos)
+    return compress_selection(ids, pos)
 
 
 def expand_to(layout: Layout, shape: tuple[int, ...]) -> Layout:

@@ -170,8 +170,10 @@ class LoweringContext:
         blocks (and, with ``permute_groups``, permuting whole blocks) preserves the model's
         function; the completeness oracle checks that the graph has these automorphisms."""
         where = f" at {self.op.location}" if self.op else ""
-        if self.anchored(nodes):
-            return  # e.g. rotary-embedded q/k dims: a constant fixes them, nothing to permute
+        if self.anchored(nodes):  # e.g. rotary-embedded q/k dims: a constant fixes them
+            self.partitions.append(Partition(self.root_nodes(nodes).tolist(), list(range(nodes.numel())),
+                                             False, what + where + " (fixed)"))
+            return
         self.symmetries.append({"nodes": nodes.clone(), "groups": groups,
                                 "permute_groups": permute_groups, "what": what + where})
 
@@ -432,6 +434,8 @@ def _pin_outputs(ctx: LoweringContext) -> None:
         first.scatter_reduce_(0, inverse, torch.arange(ids.numel()), "amin")
         order = uniq[torch.argsort(first)]
         ctx.io_nodes.update(order.tolist())
-        free = order[(positions[order] < 0) & (roles[order] != 0)]
+        # every output unit is told apart, including units a constant pinned to one
+        # position shared by several of them (a table over tokens two blocks hold)
+        free = order[roles[order] != 0]
         positions[free] = torch.arange(position, position + free.numel())
         position += free.numel()

@@ -42,6 +42,7 @@ SCALAR_TYPES = {"add": ("scalar_add", "scalar_add"), "sub": ("scalar_sub", "scal
 def lower_binary(ctx, op) -> None:
     """inputs ``[a, b]``; attrs ``alpha`` (``a + alpha * b`` for add/sub)."""
     a, b = _constant_tensor(op.inputs[0]), _constant_tensor(op.inputs[1])
+    a, b = _one_element_as_scalar(a, b, op.output.shape), _one_element_as_scalar(b, a, op.output.shape)
     alpha = op.attrs.get("alpha", 1)
     a_const, b_const = _as_scalar(ctx, a), _as_scalar(ctx, b)
     if isinstance(a, (Value, torch.Tensor)) and isinstance(b, (Value, torch.Tensor)) and \
@@ -65,6 +66,16 @@ def _constant_tensor(operand):
     treated as torch treats a constant tensor — by its value, not as edges carrying it."""
     if isinstance(operand, ParamRef) and operand.kind == "constant":
         return operand.tensor
+    return operand
+
+
+def _one_element_as_scalar(operand, other, out_shape):
+    """A one-element constant that does not widen the result (``x * torch.tensor([0.7])``,
+    an exporter's ``Constant``) is the scalar it holds, so torch and ONNX spellings agree."""
+    known = operand.constant if isinstance(operand, Value) else operand
+    if (isinstance(known, torch.Tensor) and known.numel() == 1 and known.is_floating_point()
+            and isinstance(other, Value) and other.constant is None and tuple(other.shape) == tuple(out_shape)):
+        return float(known.reshape(-1)[0])
     return operand
 
 
@@ -174,11 +185,20 @@ def _pin_along(ctx, ids: torch.Tensor, axes: list[int]) -> None:
         shape = [1] * ids.dim()
         shape[axis] = ids.shape[axis]
         index = index * ids.shape[axis] + torch.arange(ids.shape[axis]).view(shape)
-    nodes = ids.reshape(-1)
-    positions = torch.full((int(nodes.max()) + 1,), -1, dtype=torch.long)
-    positions[nodes] = index.expand(ids.shape).reshape(-1)
-    uniq = torch.unique(nodes)
-    ctx.builder.pin(uniq, positions[uniq])
+    nodes, index = ids.reshape(-1), index.expand(ids.shape).reshape(-1)
+    # a node met at several indices (a unit shared by tokens that a table tells apart from
+    # another block's) is pinned by its set of indices: equal sets, equal positions
+    where: dict[int, set[int]] = {}
+    for n, i in zip(nodes.tolist(), index.tolist()):
+        where.setdefault(n, set()).add(i)
+    keys = {n: tuple(sorted(found)) for n, found in where.items()}
+    rank = {key: r for r, key in enumerate(sorted(set(keys.values())))}
+    single = all(len(key) == 1 for key in keys.values())
+    uniq = torch.tensor(sorted(keys), dtype=torch.long)
+    positions = torch.tensor([keys[n][0] if single else rank[keys[n]] for n in uniq.tolist()], dtype=torch.long)
+    ctx.builder.pin(uniq, positions)
+    # units tied one to one to these (a residual add before) are told apart as well
+    ctx.partition_units(uniq, positions, "positions a constant fixes")
     ctx.withdraw_symmetries(uniq)
     ctx.anchor(uniq)
 
@@ -223,6 +243,10 @@ def lower_where(ctx, op) -> None:
         return
     ndim = len(op.output.shape)
     varying: set[int] = set()
+    # the mask's and the fill's content, and the branch x is on, decide the function:
+    # ``where(causal, x, -inf)`` and ``where(anti_causal, x, -inf)`` must not look alike
+    sig = ("where", bool(op.attrs.get("x_if_false", False)),
+           *(_operand_content(ctx, other) for other in rest))
     for other in rest:
         if isinstance(other, Value) and ctx.layout(other) is not None:
             raise ctx.error("where() between two activations is not supported")
@@ -234,22 +258,35 @@ def lower_where(ctx, op) -> None:
                                 "is not supported; write a plugin rule for this layer")
         elif isinstance(other, (Value, torch.Tensor)):
             varying.update(_varying_neuron_axes(ctx, other, x, ndim))
-    masked = L.align(ctx.derive(x, "masked"), ndim)
+    masked = L.align(ctx.derive(x, "masked", sig=sig), ndim)
     if varying:
         _pin_along(ctx, masked.ids, sorted(varying))
     ctx.set_layout(op.output, masked)
+
+
+def _operand_content(ctx, operand) -> tuple:
+    """A mask or fill operand of ``where`` by value: a scalar as itself, a parameter by name
+    (its values are edge values), a constant by shape and digest."""
+    operand = _constant_tensor(operand)
+    if isinstance(operand, ParamRef):
+        return ("param", operand.name)
+    if isinstance(operand, (Value, torch.Tensor)):
+        return _content(ctx, operand)
+    return ("scalar", repr(operand))
 
 
 def _where(condition, a, b):
     active = [t for t in (a, b) if isinstance(t, Value) and t.constant is None]
     if len(active) != 1:
         return [a, condition, b], {"unsupported": "where() whose branches are not one activation and a constant"}
-    other = b if active[0] is a else a
-    return [active[0], condition, other], {}
+    if active[0] is a:
+        return [a, condition, b], {}
+    return [b, condition, a], {"x_if_false": True}
 
 
 def _masked_fill(x, mask, value):
-    return [x, mask, value], {}
+    """``masked_fill(mask, v)`` is ``where(mask, v, x)``: x is the false branch."""
+    return [x, mask, value], {"x_if_false": True}
 
 
 def _binary(a, b, alpha=1, **kwargs):

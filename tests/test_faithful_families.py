@@ -121,6 +121,47 @@ class SEGrouped(nn.Module):  # RegNetY SE over grouped conv
 class ResGroupedConv(nn.Module):  # residual add then grouped conv
     def __init__(s): super().__init__(); s.a = nn.Conv2d(2, 4, 1); s.b = nn.Conv2d(4, 4, 1); s.g = nn.Conv2d(4, 4, 1, groups=2); s.out = nn.Conv2d(4, 2, 1)
     def forward(s, x): h = s.a(x); y = h + s.b(h); return s.out(s.g(y))
+# K: found by the fuzzer (gmn_compiler.fuzz) after the families above were fixed
+class WherePair(nn.Module):  # constant masks over (H, W) that differ only in content
+    def __init__(s):
+        super().__init__(); s.c = nn.Conv2d(2, 3, 1); s.d = nn.Conv2d(2, 3, 1)
+        s.register_buffer("causal", torch.ones(4, 4, dtype=torch.bool).tril())
+    def forward(s, x): return s.c(torch.where(s.causal, x, -1.0)) + s.d(torch.where(s.causal.T.contiguous(), x, -1.0))
+class MaskedFillSide(nn.Module):  # masked_fill(m, v) is where(m, v, x): not where(m, x, v)
+    def __init__(s):
+        super().__init__(); s.c = nn.Conv2d(2, 3, 1); s.d = nn.Conv2d(2, 3, 1)
+        s.register_buffer("m", torch.ones(4, 4, dtype=torch.bool).tril())
+    def forward(s, x): return s.c(x.masked_fill(s.m, 0.5)) + s.d(torch.where(s.m, x, 0.5))
+class ConstBias(nn.Module):  # a plain tensor attribute added after a bias-free linear
+    def __init__(s):
+        super().__init__(); s.e = nn.Linear(4, 2); s.a = nn.Linear(2, 2, bias=False); s.b = nn.Linear(2, 2, bias=False)
+        s.o = nn.Linear(2, 1); s.va, s.vb = torch.tensor([-0.5, 1.5]), torch.tensor([-1.0, -1.5])
+    def forward(s, x): h = s.e(x); return s.o((s.a(h) + s.va) + (s.b(h) + s.vb))
+class TiedThenConst(nn.Module):  # units tied by a residual add, then told apart by a constant
+    def __init__(s): super().__init__(); s.a = nn.Linear(2, 3); s.o = nn.Linear(3, 1); s.v = torch.tensor([1.0, 2.0, 3.0])
+    def forward(s, x): c = s.a(x); return s.o((c + c) + s.v)
+class GroupedTied(nn.Module):  # a grouped conv over fixed channels fixes the units a residual add ties to it
+    def __init__(s): super().__init__(); s.g = nn.Conv1d(2, 2, 3, padding=1, groups=2, bias=False); s.f = nn.Conv1d(2, 2, 3, padding=1, bias=False); s.o = nn.Conv1d(2, 1, 1)
+    def forward(s, x): h = x.transpose(1, 2); return s.o(s.g(h) + s.f(h))
+class TokenTableCat(nn.Module):  # a table over tokens after a cat of two blocks along tokens
+    def __init__(s): super().__init__(); s.e = nn.Linear(2, 5, bias=False); s.a = nn.Linear(5, 5); s.b = nn.Linear(5, 5)
+    def forward(s, x):
+        h = s.e(x); t = torch.sin(torch.arange(5.0))[None, :, None]
+        return torch.cat([s.a(h[:, 0:2]), s.b(h)], 1) * t
+class OneElementConsts(nn.Module):  # constants of one element that differ only in magnitude
+    def __init__(s): super().__init__(); s.a = nn.Conv2d(1, 3, 1); s.b = nn.Conv2d(1, 3, 1); s.u, s.v = torch.tensor([0.7]), torch.tensor([1.3])
+    def forward(s, x): return s.a(x * s.u.view(1, 1, 1, 1)) + s.b(x * s.v.view(1, 1, 1, 1))
+class FlatSlices(nn.Module):  # two slices of one flattened channel's positions
+    def __init__(s): super().__init__(); s.c = nn.Conv2d(2, 2, 3, stride=2, padding=1, bias=False); s.a = nn.Linear(3, 2); s.b = nn.Linear(3, 2)
+    def forward(s, x): h = s.c(x).flatten(1); return s.a(h[:, 0:3]) + s.b(h[:, 3:6])
+class FlatRotate(nn.Module):  # split and re-cat of flattened features in another order
+    def __init__(s): super().__init__(); s.c = nn.Conv2d(2, 2, 3, stride=2, padding=1, bias=False); s.l = nn.Linear(42, 1, bias=False)
+    def forward(s, x):
+        a, b = torch.cat([s.c(x).flatten(1), x.flatten(1)], 1).split([3, 39], 1)
+        return s.l(torch.cat([b, a], 1))
+class FlatRoll(nn.Module):  # the positions of one flattened channel, rolled
+    def __init__(s): super().__init__(); s.c = nn.Conv2d(2, 2, 3, stride=2, padding=1, bias=False); s.a = nn.Linear(6, 2); s.b = nn.Linear(6, 2)
+    def forward(s, x): h = s.c(x).flatten(1); return s.a(h[:, 0:6]) + s.b(torch.cat([h[:, 1:6], h[:, 0:1]], 1))
 # H: GPT-J rotary (a constant sin/cos table split in two, interleaved pairs, partial rotary)
 def sinusoidal(num_pos, dim):
     inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.int64) / dim))
@@ -182,6 +223,17 @@ cases.update({"I_res_gn": (ResGN(), (torch.randn(1, 2, 4, 4),)), "I_cat_gn": (Ca
               "I_inception_split": (Inception(), (torch.randn(1, 2, 4, 4),)),
               "I_se_over_grouped_conv": (SEGrouped(), (torch.randn(1, 2, 4, 4),)),
               "I_res_grouped_conv": (ResGroupedConv(), (torch.randn(1, 2, 4, 4),))})
+
+cases.update({"K_where_pair": (WherePair(), (torch.randn(2, 2, 4, 4),)),
+              "K_masked_fill_side": (MaskedFillSide(), (torch.randn(2, 2, 4, 4),)),
+              "K_const_bias": (ConstBias(), (torch.randn(2, 4),)),
+              "K_tied_then_const": (TiedThenConst(), (torch.randn(2, 2),)),
+              "K_grouped_tied": (GroupedTied(), (torch.randn(2, 3, 2),)),
+              "K_token_table_cat": (TokenTableCat(), (torch.randn(2, 3, 2),)),
+              "K_one_element_consts": (OneElementConsts(), (torch.randn(2, 1, 3, 3),)),
+              "K_flat_slices": (FlatSlices(), (torch.randn(2, 2, 3, 5),)),
+              "K_flat_rotate": (FlatRotate(), (torch.randn(2, 2, 3, 5),)),
+              "K_flat_roll": (FlatRoll(), (torch.randn(2, 2, 3, 5),))})
 
 cases.update({"H_gptj_rotary": (GPTJAttn(), (torch.randn(2, 5, 8),)),
               "H_gptj_partial_rotary": (GPTJAttn(rotary_dim=2), (torch.randn(2, 5, 8),))})

@@ -1,8 +1,7 @@
 """The soundness fuzzer (gmn_compiler.fuzz): its grammar draws valid, replayable programs; its
-shrinker finds minimal programs; a fixed-seed run over the families that pass today finds no
-unsound, over-declared or crashing program; each family still failing today is an
-``xfail(strict=True)`` fuzz of programs containing that family (with blocks of the passing
-ones), so that it passes loudly once fixed."""
+shrinker finds minimal programs; a fixed-seed run over every family finds no unsound,
+over-declared or crashing program, and so do fuzzes of the families that failed before
+(from the program where they first failed)."""
 
 from __future__ import annotations
 
@@ -17,27 +16,25 @@ from gmn_compiler.fuzz_families import FAMILIES
 from gmn_compiler.fuzz_grammar import draw
 from gmn_compiler.fuzz_program import Program, Step, build
 
-# Families with a known false (or over-declared) symmetry today: family -> (the minimal program
-# the fuzzer found, the first program index of seed 0 that fails). Their xfail fuzz starts
-# there, so that it fails at once today and runs 40 programs once the family is fixed. All
-# other families form the default suite.
-OPEN: dict[str, tuple[str, int]] = {
-    # constant masks: their content is not in the graph
-    "pair_mask": ("conv_c(where(causal, x, -1)) + conv_d(where(anti, x, -1)) over (H, W) swaps c and d", 1),
-    "pair_mask_pre": ("where(causal, conv_a(x), -1) + where(anti, conv_b(x), -1) over (H, W) swaps a and b", 1),
-    # constants varying along a neuron axis pin it, but declarations made before stay
-    "const_vector": ("c = conv(x); conv((c + c) * vec) declares c's channels permutable (over-declared); "
-                     "lin2(lin1(x) + self.vec) with vec a plain tensor attribute or a torch.tensor literal is "
-                     "taken for a parameter operand: lin1's units swap (unsound)", 24),
-    "pair_const_vector": ("a per-channel constant vector in one of two branches, with a softmax after (found at "
-                          "#98 of seed 0, not shrunk yet): a generator moving one branch's units onto the other's "
-                          "changes the outputs", 98),
-    "pair_const_vector_pre": ("lin2(lin1(x) + self.vec), vec a plain tensor attribute: lin1's units swap", 0),
-    "mask_features": ("where(mask[T, F], lin(x) + emb(ids), 1) declares the embedding dims permutable", 123),
+# Families that had a false (or over-declared) symmetry, with the minimal program the fuzzer
+# found and the first failing program index of seed 0: each keeps a fuzz of its own, starting
+# there. (A family found failing gets an ``xfail(strict=True)`` fuzz of the same form until fixed.)
+FIXED: dict[str, tuple[str, int]] = {
+    # constant masks: their content was not in the graph
+    "pair_mask": ("conv_c(where(causal, x, -1)) + conv_d(where(anti, x, -1)) over (H, W) swapped c and d", 1),
+    "pair_mask_pre": ("where(causal, conv_a(x), -1) + where(anti, conv_b(x), -1) over (H, W) swapped a and b", 1),
+    # a constant bias was fused into the linear as a parameter; pins did not reach tied units
+    "const_vector": ("c = conv(x); conv((c + c) * vec) declared c's channels permutable; "
+                     "lin2(lin1(x) + self.vec) swapped lin1's units", 24),
+    "pair_const_vector": ("a per-channel constant vector in one of two branches, with a softmax after", 98),
+    "pair_const_vector_pre": ("lin2(lin1(x) + self.vec), vec a plain tensor attribute: lin1's units swapped", 0),
+    "mask_features": ("where(mask[T, F], lin(x) + emb(ids), 1) declared the embedding dims permutable", 123),
     "pair_reduce_features_pre": ("c = conv(x); conv(c * cat([c.sum(1, keepdim=True), c.amax(1, keepdim=True)], 1)) "
-                                 "declares c's channels permutable", 6),
+                                 "declared c's channels permutable", 6),
+    # flattened positions: a split part lost its positions when concatenated again
+    "catsplit": ("lin(cat(split(cat(flatten(conv(x)), flatten(x)), [3, 39]) reversed)) swapped entries", 223),
 }
-PASSING = sorted(set(FAMILIES) - set(OPEN))
+PASSING = sorted(FAMILIES)
 
 
 def test_generator_is_deterministic_and_every_program_runs():
@@ -143,16 +140,15 @@ def _assert_clean(report: fuzz.FuzzReport) -> None:
     assert report.failing == 0, report.summary()
 
 
-def test_fixed_seed_fuzz_of_the_families_that_pass_today():
+def test_fixed_seed_fuzz_of_every_family():
     report = fuzz.fuzz(200, seed=0, families=PASSING, workers=2, shrink_failures=0)
     _assert_clean(report)
     assert report.counts["passed"] >= 120, report.summary()
 
 
-@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=OPEN[f][0]))
-                                    for f in sorted(OPEN)])
-def test_open_family(family):
-    """Programs with a block of ``family`` and blocks of the passing families."""
-    _assert_clean(fuzz.fuzz(40, seed=0, families=PASSING, require=family, start=OPEN[family][1],
+@pytest.mark.parametrize("family", sorted(FIXED))
+def test_family_fixed_in_issue_19(family):
+    """Programs with a block of ``family`` and blocks of the others, from the first program
+    index that failed before the fix."""
+    _assert_clean(fuzz.fuzz(20, seed=0, families=PASSING, require=family, start=FIXED[family][1],
                             shrink_failures=0, stop_on_failure=True))
-
