@@ -44,10 +44,13 @@ class _Coloured:
 
 def edge_rows(pg: ParameterGraph, with_values: bool = False) -> torch.Tensor:
     """Per edge, the row that structure compares: features, plus the value where it is a
-    constant (structural edges) or where ``with_values``."""
+    constant (structural edges, and edges carrying a lifted constant rather than a weight)
+    or where ``with_values``."""
     d = pg.data
     attr = d.edge_attr.double()
-    keep_value = torch.ones_like(attr[:, 0], dtype=torch.bool) if with_values else d.edge_param < 0
+    # one flag per parameter table entry; structural edges (edge_param -1) read the last one
+    constant = torch.tensor([p.kind == "constant" for p in pg.params] + [True], dtype=torch.bool)
+    keep_value = torch.ones_like(attr[:, 0], dtype=torch.bool) if with_values else constant[d.edge_param]
     value = torch.where(keep_value, attr[:, 0], torch.full_like(attr[:, 0], float("nan")))
     # NaN never equals NaN in unique(); use a sentinel flag column instead.
     flag = keep_value.double()

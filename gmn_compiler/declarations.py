@@ -61,7 +61,7 @@ def _as_partition(sym: dict) -> Partition:
     return Partition(nodes, [k // size for k in range(len(nodes))], sym.get("permute_groups", False))
 
 
-def _is_fixed(sym: dict) -> bool:
+def is_fixed(sym: dict) -> bool:
     """Every unit its own block and blocks not movable: no unit may move."""
     return sym.get("fixed", False) or (sym["groups"] == sym["nodes"].numel()
                                         and not sym.get("permute_groups", False))
@@ -127,8 +127,8 @@ def reconcile(symmetries: list[dict], partitions: list[Partition], classes: Unit
             # a declaration narrowed to single fixed units still constrains: units tied to
             # them are fixed too (a declaration withdrawn for other reasons may be re-declared
             # finer by a later rule, so it says nothing)
-            others = [_fixed(o) if _is_fixed(o) else _as_partition(o)
-                      for o in symmetries if o is not sym and (_is_fixed(o) or not o.get("withdrawn"))]
+            others = [_fixed(o) if is_fixed(o) else _as_partition(o)
+                      for o in symmetries if o is not sym and (is_fixed(o) or not o.get("withdrawn"))]
             others += partitions
             for other in others:
                 if sym.get("withdrawn"):

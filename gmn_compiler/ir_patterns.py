@@ -8,6 +8,11 @@ every spelling compiles to the same graph.
 - GroupNorm as written by the TorchScript ONNX exporter: ``reshape [N, C, ...] -> [N, G, -1]``
   → ``instance_norm`` with unit scale and zero shift → ``reshape`` back → ``mul`` by the
   weight → ``add`` the bias  ⇒  one ``group_norm`` op.
+- Attention written out (``softmax(q·s1 @ (kᵀ·s2) [+ constant mask]) @ v``, as exporters
+  decompose ``scaled_dot_product_attention`` and as hand-written attention reads)  ⇒  one
+  ``sdpa`` op with scale ``s1·s2``.
+- ``x * sigmoid(x)``  ⇒  ``silu``; ``x * tanh(softplus(x))``  ⇒  ``mish`` (how exporters
+  write SiLU and Mish before the opsets that have them).
 """
 
 from __future__ import annotations
@@ -77,6 +82,12 @@ def fuse_group_norm(ir: IRGraph) -> IRGraph:
             if nxt is None or nxt.kind != kind or nxt.attrs.get("alpha", 1) != 1:
                 break
             other = nxt.inputs[1] if nxt.inputs[0] is last.output else nxt.inputs[0]
+            identity = 1.0 if kind == "mul" else 0.0
+            if (isinstance(other, ParamRef) and other.kind == "constant" and _is_constant(other, identity)) \
+                    or (isinstance(other, (int, float)) and float(other) == identity):
+                chain.append(nxt)  # an exporter's ones / zeros for GroupNorm(affine=False)
+                last = nxt
+                continue
             ref = _channel_param(other, channels, len(x.shape))
             if ref is None:
                 break
@@ -150,6 +161,145 @@ def _through_feature_views(value: Value, consumer: dict[int, Op], features: int)
         value, axis = out, moved
 
 
+def fuse_gated_activations(ir: IRGraph) -> IRGraph:
+    consumer = _single_consumer(ir)
+    producer = {v.id: op for op in ir.ops for v in op.outputs}
+    replace: dict[int, Op] = {}
+    drop: set[int] = set()
+    for mul in ir.ops:
+        if mul.kind != "mul" or len(mul.inputs) != 2 or not all(isinstance(v, Value) for v in mul.inputs):
+            continue
+        for x, gate in (mul.inputs, mul.inputs[::-1]):
+            chain = _gate_chain(x, gate, producer, consumer)
+            if chain is not None:
+                kind, ops = chain
+                replace[id(mul)] = Op(kind, [x], [mul.output], {}, mul.location, kind)
+                drop.update(id(op) for op in ops)
+                break
+    if replace:
+        ir.ops = [replace.get(id(op), op) for op in ir.ops if id(op) not in drop]
+    return ir
+
+
+def _gate_chain(x: Value, gate: Value, producer: dict, consumer: dict) -> tuple[str, list[Op]] | None:
+    """(``silu`` or ``mish``, the ops computing ``gate`` from ``x``) when ``gate`` is
+    ``sigmoid(x)`` or ``tanh(softplus(x))`` read only by the product."""
+    last = producer.get(gate.id)
+    if last is None or consumer.get(gate.id) is None or last.attrs.get("args"):
+        return None
+    if last.kind == "sigmoid" and last.inputs[0] is x:
+        return "silu", [last]
+    if last.kind == "tanh" and isinstance(last.inputs[0], Value):
+        inner = producer.get(last.inputs[0].id)
+        if (inner is not None and inner.kind == "softplus" and inner.inputs[0] is x
+                and consumer.get(inner.output.id) is last and _default_softplus(inner)):
+            return "mish", [inner, last]
+    return None
+
+
+def _default_softplus(op: Op) -> bool:
+    args = [float(a) for a in op.attrs.get("args", [])]
+    beta = args[0] if args else float(op.attrs.get("beta", 1.0))
+    threshold = args[1] if len(args) > 1 else float(op.attrs.get("threshold", 20.0))
+    return beta == 1.0 and threshold == 20.0
+
+
+def fuse_attention(ir: IRGraph) -> IRGraph:
+    consumer = _single_consumer(ir)
+    producer = {v.id: op for op in ir.ops for v in op.outputs}
+    replace: dict[int, Op] = {}
+    drop: set[int] = set()
+    for soft in ir.ops:
+        if soft.kind != "softmax" or soft.attrs.get("log") or not isinstance(soft.inputs[0], Value):
+            continue
+        ndim = len(soft.output.shape)
+        if ndim < 2 or not isinstance(soft.attrs.get("dim"), int) or soft.attrs["dim"] % ndim != ndim - 1:
+            continue
+        probs, chain = soft.output, [soft]
+        guard = _nan_guard(ir, soft.output, consumer)
+        if guard is not None:  # the exporter's where(isnan(p), 0, p) after a boolean mask
+            chain += guard
+            probs = guard[-1].output
+        out = consumer.get(probs.id)
+        if not _is_contract(out) or out.inputs[0] is not probs:
+            continue
+        scores, mask = soft.inputs[0], None
+        add = producer.get(scores.id)
+        if add is not None and add.kind == "add" and add.attrs.get("alpha", 1) == 1 and consumer.get(scores.id) is soft:
+            left, right = add.inputs
+            found = _constant_mask(right) if isinstance(left, Value) else None
+            if found is None and isinstance(right, Value):
+                found, left = _constant_mask(left), right
+            if found is not None:
+                scores, mask = left, found
+                chain.append(add)
+        first = producer.get(scores.id)
+        if not _is_contract(first) or consumer.get(scores.id) not in chain:
+            continue
+        q, s1, q_ops = _scaled(first.inputs[0], producer, consumer)
+        kt, s2, k_ops = _scaled(first.inputs[1], producer, consumer)
+        transpose = producer.get(kt.id)
+        if transpose is None or consumer.get(kt.id) is None or not _swaps_last_two(transpose, len(kt.shape)):
+            continue
+        k, v = transpose.inputs[0], out.inputs[1]
+        if not (isinstance(k, Value) and isinstance(v, Value) and len(q.shape) == len(k.shape) == len(v.shape)):
+            continue
+        replace[id(out)] = Op("sdpa", [q, k, v, mask], [out.output],
+                              {"is_causal": False, "scale": s1 * s2, "enable_gqa": False}, out.location, "attention")
+        drop.update(id(op) for op in chain + [first, transpose] + q_ops + k_ops)
+    if replace:
+        ir.ops = [replace.get(id(op), op) for op in ir.ops if id(op) not in drop]
+    return ir
+
+
+def _nan_guard(ir: IRGraph, probs: Value, consumer: dict) -> list[Op] | None:
+    """``[isnan, where]`` when ``probs`` is read only by ``where(isnan(probs), 0, probs)``."""
+    readers = [op for op in ir.ops if any(v is probs for v in op.inputs)]
+    if len(readers) != 2:
+        return None
+    isnan = next((op for op in readers if op.kind == "isnan"), None)
+    where = next((op for op in readers if op.kind == "where"), None)
+    if isnan is None or where is None or consumer.get(isnan.output.id) is not where:
+        return None
+    x, cond, fill = (where.inputs + [None] * 3)[:3]
+    if x is probs and cond is isnan.output and where.attrs.get("x_if_false") and fill == 0:
+        return [isnan, where]
+    return None
+
+
+def _is_contract(op: Op | None) -> bool:
+    return (op is not None and op.kind == "matmul" and op.attrs.get("between_activations", False)
+            and len(op.inputs) == 2 and all(isinstance(v, Value) for v in op.inputs))
+
+
+def _constant_mask(operand):
+    """An additive attention mask known by value (a constant, or a folded ONNX constant)."""
+    if isinstance(operand, Value) and operand.constant is not None:
+        return operand
+    if isinstance(operand, ParamRef) and operand.kind == "constant":
+        return operand
+    return None
+
+
+def _scaled(value: Value, producer: dict, consumer: dict) -> tuple[Value, float, list[Op]]:
+    """``value`` as ``x * s`` with a Python scalar ``s`` read only there: ``(x, s, [mul])``."""
+    op = producer.get(value.id)
+    if op is not None and op.kind == "mul" and consumer.get(value.id) is not None and len(op.inputs) == 2:
+        a, b = op.inputs
+        if isinstance(a, Value) and isinstance(b, (int, float)) and not isinstance(b, bool):
+            return a, float(b), [op]
+        if isinstance(b, Value) and isinstance(a, (int, float)) and not isinstance(a, bool):
+            return b, float(a), [op]
+    return value, 1.0, []
+
+
+def _swaps_last_two(op: Op, ndim: int) -> bool:
+    if op.kind != "permute" or not isinstance(op.inputs[0], Value):
+        return False
+    dims = [d % ndim for d in op.attrs.get("dims", [])]
+    return dims == list(range(ndim - 2)) + [ndim - 1, ndim - 2]
+
+
 def normalize(ir: IRGraph) -> IRGraph:
     """Every rewrite above, in order; run by both frontends."""
-    return fuse_group_norm(fuse_linear_bias(ir))
+    return fuse_attention(fuse_gated_activations(fuse_group_norm(fuse_linear_bias(ir))))

@@ -13,7 +13,7 @@ import torch
 
 from . import layout as L
 from .builder import BuiltGraph, GraphBuilder
-from .declarations import Partition, UnitClasses, reconcile
+from .declarations import Partition, UnitClasses, is_fixed, reconcile
 from .ir_analysis import AliasFamilies, infer_input_axis
 from .errors import LoweringError, UnsupportedOpsError
 from .ir import IRGraph, Op, ParamRef, Value
@@ -40,6 +40,7 @@ class LoweringContext:
         self.summary: dict[str, dict[str, int]] = {}
         self.integer_inputs: dict[int, int] = {}  # value id of an integer model input -> its node
         self.unit_classes = UnitClasses()  # nodes tied one-to-one (copies, elementwise pairs)
+        self.derived: set[int] = set()  # nodes made as one-to-one functions of tied nodes
         self.partitions: list[Partition] = []  # groupings later ops impose on units
         self._sources: dict[int, frozenset[int]] | None = None
 
@@ -249,20 +250,28 @@ class LoweringContext:
         same neuron, e.g. after an activation), so symmetries and heads follow them."""
         self._origin.update(zip(new.tolist(), old.tolist()))
         self.unit_classes.tie(new, old)
+        self.derived.update(new.reshape(-1).tolist())
 
     def partition_units(self, ids: torch.Tensor, block: torch.Tensor, what: str) -> None:
         """An op treats the units ``ids`` (any shape) by blocks ``block`` (same shape): a
         slice keeps some and drops others, a split sends them to different places. Blocks
         never move as a whole; declarations over units tied to these are narrowed."""
-        nodes, index = torch.unique(ids.reshape(-1), return_inverse=True)
-        blocks = torch.zeros(nodes.numel(), dtype=torch.long)
-        blocks[index] = block.expand(ids.shape).reshape(-1)
-        self.partitions.append(Partition(self.root_nodes(nodes).tolist(), blocks.tolist(), False, what))
+        found: dict[int, set[int]] = {}
+        for n, b in zip(ids.reshape(-1).tolist(), block.expand(ids.shape).reshape(-1).tolist()):
+            found.setdefault(n, set()).add(b)
+        # a node met in several blocks is told apart by the set of them
+        keys = {n: tuple(sorted(bs)) for n, bs in found.items()}
+        rank = {k: r for r, k in enumerate(sorted(set(keys.values())))}
+        nodes = torch.tensor(sorted(keys), dtype=torch.long)
+        blocks = [rank[keys[n]] for n in nodes.tolist()]
+        self.partitions.append(Partition(self.root_nodes(nodes).tolist(), blocks, False, what))
 
     def tie_units(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        """Nodes ``a[k]`` and ``b[k]`` must move together (an elementwise op pairs them one
-        to one): declarations over either are reconciled with partitions of the other."""
+        """Nodes ``b[k]`` are made from ``a[k]`` one to one (an elementwise op pairing its
+        operand's units with new nodes): they must move together, so declarations over
+        either are reconciled with partitions of the other."""
         self.unit_classes.tie(a, b)
+        self.derived.update(b.reshape(-1).tolist())
 
     def root_nodes(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids`` with every one-to-one copy (activation, scaling, masking) replaced by the
@@ -392,10 +401,22 @@ def lower(ir: IRGraph, registry: Registry) -> tuple[BuiltGraph, LoweringContext]
         row["edges"] += sum(b.count for b in builder.blocks[blocks_before:])
     ctx.op = None
     ctx.summary = summary
+    ctx.partitions.append(_fixed_originals(ctx))
     reconcile(ctx.symmetries, ctx.partitions, ctx.unit_classes)
     ctx.symmetries = [s for s in ctx.symmetries if not s.pop("withdrawn", False)]
     _pin_outputs(ctx)
     return builder.finalize(), ctx
+
+
+def _fixed_originals(ctx: LoweringContext) -> Partition:
+    """Nodes tied to units that no declaration lets move (a model input, a reduction over all
+    features, a constant's node) and not made from other tied nodes: each fixes the units
+    tied to it (``h * cat([h.sum(1), h.mean(1)])`` tells h's two units apart)."""
+    # a declaration withdrawn because a later op cut its units (a split) still says they are
+    # units that may move; the cut is recorded as a partition of its own
+    covered = {n for s in ctx.symmetries if not is_fixed(s) for n in s["nodes"].tolist()}
+    fixed = sorted(n for n in ctx.unit_classes.parent if n not in ctx.derived and n not in covered)
+    return Partition(fixed, list(range(len(fixed))), False, "units tied to fixed nodes")
 
 
 def _create_inputs(ctx: LoweringContext) -> None:

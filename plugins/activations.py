@@ -47,6 +47,8 @@ def make_activation_rule(name: str):
         if name == "hardtanh" and [float(a) for a in op.attrs.get("args", [])] == [0.0, 6.0]:
             activation = "relu6"  # F.relu6 exports as hardtanh(x, 0, 6)
         params = _activation_params(activation, op.attrs)
+        if activation in ("clamp", "hardtanh"):  # one name per function, whatever the spelling
+            activation, params = _CLAMP_NAMES.get(params, (activation, params))
         sig = (activation,) + params if params else None  # slopes, bounds, betas
         default = (activation,) + tuple(L.plain(d) for _, _, d in _PARAMS.get(activation, ()))
         ctx.set_layout(op.output, ctx.derive(op.inputs[0], activation, sig=sig, default=default))
@@ -60,6 +62,11 @@ _PARAMS: dict[str, tuple[tuple[int, str, float | None], ...]] = {
     "softplus": ((0, "beta", 1.0), (1, "threshold", 20.0)),
     "hardtanh": ((0, "min", -1.0), (1, "max", 1.0)), "clamp": ((0, "min", None), (1, "max", None)),
 }
+
+
+# clamp bounds that are a named activation (an exporter writes relu6 and hardtanh as Clip)
+_CLAMP_NAMES = {(L.plain(0.0), None): ("relu", ()), (L.plain(0.0), L.plain(6.0)): ("relu6", ()),
+                (L.plain(-1.0), L.plain(1.0)): ("hardtanh", (L.plain(-1.0), L.plain(1.0)))}
 
 
 def _activation_params(activation: str, attrs: dict) -> tuple:

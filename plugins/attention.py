@@ -161,9 +161,16 @@ def lower_sdpa(ctx, op) -> None:
         k_ids = k_ids.index_select(-3, index) if k_ids.shape[-3] > 1 else k_ids
         v_ids = v_ids.index_select(-3, index) if v_ids.shape[-3] > 1 else v_ids
     scale = op.attrs.get("scale") or q.shape[-1] ** -0.5
-    sig = ("sdpa", bool(op.attrs.get("is_causal")), L.plain(scale), _mask_signature(op.inputs[3]))
+    mask = op.inputs[3]
+    if isinstance(mask, ParamRef) and mask.kind == "constant":  # a folded ONNX constant
+        mask = mask.tensor
+    if op.attrs.get("is_causal"):
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+    # scale to 6 significant digits: an exporter's sqrt(scale) on q and on k, multiplied
+    # back, is an ulp away from torch's
+    sig = ("sdpa", float(f"{scale:.6g}"), _mask_signature(mask))
     scores = contract_neurons(ctx, q_ids, k_ids.transpose(-1, -2), sig=sig)
-    _apply_mask(ctx, op.inputs[3], scores, op.output.shape)
+    _apply_mask(ctx, mask, scores, op.output.shape)
     ctx.builder.set_activation(torch.unique(scores), "softmax")
     out = weighted_sum(ctx, scores, v, v_ids, ndim)
     ctx.set_layout(op.output, L.compress(out.ids, None))
@@ -172,19 +179,26 @@ def lower_sdpa(ctx, op) -> None:
 
 
 def _mask_signature(mask) -> tuple | None:
-    """The content of a constant attention mask (a causal and an anti-causal mask differ)."""
-    constant = getattr(mask, "constant", None) if isinstance(mask, Value) else None
+    """The content of a constant attention mask (a causal and an anti-causal mask differ),
+    in one form for every spelling: additive (a boolean mask ``m`` is ``0`` where ``m``,
+    ``-inf`` elsewhere), leading unit axes dropped."""
+    constant = mask if isinstance(mask, torch.Tensor) else getattr(mask, "constant", None)
     if constant is None:
         return None if mask is None else ("mask", type(mask).__name__)
-    return ("mask", tuple(constant.shape), L.content_digest(constant))
+    if constant.dtype == torch.bool:
+        constant = torch.zeros(constant.shape).masked_fill(~constant, float("-inf"))
+    shape = list(constant.shape)
+    while shape and shape[0] == 1:
+        shape.pop(0)
+    return ("mask", tuple(shape), L.content_digest(constant.reshape(shape)))
 
 
 def _apply_mask(ctx, mask, scores: torch.Tensor, out_shape) -> None:
     """An ``attn_mask`` tensor: a parameter or buffer is attached to the head nodes like an
     additive operand; a computed constant must be the same for every head (it is then not
     encoded: it does not change the symmetries)."""
-    if mask is None:
-        return
+    if mask is None or isinstance(mask, torch.Tensor) and mask.dim() < 3:
+        return  # a constant [L, S] table (causal): the same for every head
     shape = tuple(out_shape[:-1]) + (mask.shape[-1],)
     if isinstance(mask, ParamRef):
         ref = mask if mask.tensor.is_floating_point() else mask.apply(lambda t: t.float())
@@ -200,8 +214,19 @@ def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, e
     return [q, k, v, attn_mask], {"is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
 
 
+def lower_isnan(ctx, op) -> None:
+    """``isnan`` of activations: only the guard ``where(isnan(p), 0, p)`` that exporters put
+    after an attention softmax is supported, and it is folded into the attention op before
+    lowering; anywhere else this raises."""
+    raise ctx.error("isnan() of activations is supported only as where(isnan(p), 0, p) after an "
+                    "attention softmax; write a plugin rule for this use")
+
+
 @hookimpl
 def gmn_register(registry) -> None:
+    registry.add_rule("isnan", lower_isnan)
+    registry.map_onnx("IsNaN", "isnan", lambda x: ([x], {}))
+    registry.map_aten("aten.isnan.default", "isnan", lambda x: ([x], {}))
     registry.add_rule("contract", lower_contract)
     registry.add_rule("sdpa", lower_sdpa)
     registry.map_aten("aten.scaled_dot_product_attention.default", "sdpa", _sdpa)

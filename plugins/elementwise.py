@@ -130,6 +130,10 @@ def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
         ctx.anchor(new)
     pos = _merged_pos(ctx, la, lb, ndim, keys.shape)
     ids = new[inverse].view(keys.shape)
+    if pos is not None:  # entries of one node at several positions meet other units: each
+        # new unit is told apart (a joint move with the node's own permutation is not a
+        # declaration of these units)
+        ctx.partition_units(ids, ids, "positions of the entries they combine")
     if varying:
         _pin_along(ctx, ids, varying)
     ctx.set_layout(out, L.compress(ids, pos))

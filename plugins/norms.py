@@ -168,7 +168,7 @@ def _rms_norm(x, normalized_shape, weight=None, eps=None):
 
 
 def _onnx_rms_norm(x, scale, axis=-1, epsilon=1e-5, stash_type=1):
-    return [x, scale], {"normalized_shape": list(x.shape[axis:]), "eps": epsilon}
+    return [x, _identity_constant(scale, 1.0)], {"normalized_shape": list(x.shape[axis:]), "eps": epsilon}
 
 
 def _native_group_norm(x, weight, bias, n, c, hxw, group, eps):
@@ -182,8 +182,17 @@ def _onnx_batch_norm(x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, trai
     return [x, scale, bias, mean, var], attrs
 
 
+def _identity_constant(ref, fill: float):
+    """None for an exporter's constant scale of ones or bias of zeros (``F.layer_norm``
+    without an affine exports them as ``Constant`` nodes): torch has no such operand."""
+    if isinstance(ref, ParamRef) and ref.kind == "constant" and bool((ref.tensor == fill).all()):
+        return None
+    return ref
+
+
 def _onnx_layer_norm(x, scale, bias=None, axis=-1, epsilon=1e-5, stash_type=1):
-    return [x, scale, bias], {"normalized_shape": list(x.shape[axis:]), "eps": epsilon}
+    return ([x, _identity_constant(scale, 1.0), _identity_constant(bias, 0.0)],
+            {"normalized_shape": list(x.shape[axis:]), "eps": epsilon})
 
 
 def _onnx_group_norm(x, scale, bias, num_groups, epsilon=1e-5, stash_type=1):
@@ -197,7 +206,8 @@ def _onnx_group_norm(x, scale, bias, num_groups, epsilon=1e-5, stash_type=1):
 
 
 def _onnx_instance_norm(x, scale, bias, epsilon=1e-5):
-    return [x, scale, bias, None, None], {"eps": epsilon, "use_input_stats": True}
+    return ([x, _identity_constant(scale, 1.0), _identity_constant(bias, 0.0), None, None],
+            {"eps": epsilon, "use_input_stats": True})
 
 
 @hookimpl
