@@ -11,15 +11,18 @@ every spelling compiles to the same graph.
 - Attention written out (``softmax(q·s1 @ (kᵀ·s2) [+ constant mask]) @ v``, as exporters
   decompose ``scaled_dot_product_attention`` and as hand-written attention reads)  ⇒  one
   ``sdpa`` op with scale ``s1·s2``.
-- ``x * sigmoid(x)``  ⇒  ``silu``; ``x * tanh(softplus(x))``  ⇒  ``mish`` (how exporters
-  write SiLU and Mish before the opsets that have them).
+- Activations written out as elementwise arithmetic (``x * sigmoid(x)``, an exporter's GELU)
+  ⇒  the activation's own op (:mod:`gmn_compiler.ir_elementwise`).
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
+
 from .ir import IRGraph, Op, ParamRef, Value
+from .ir_elementwise import fuse_written_activations
 
 
 def _single_consumer(ir: IRGraph) -> dict[int, Op]:
@@ -63,7 +66,7 @@ def fuse_group_norm(ir: IRGraph) -> IRGraph:
         if first.kind != "reshape" or not isinstance(first.inputs[0], Value):
             continue
         x, grouped = first.inputs[0], first.output
-        if len(x.shape) < 3 or len(grouped.shape) != 3 or grouped.shape[0] != x.shape[0]:
+        if len(x.shape) < 2 or len(grouped.shape) != 3 or grouped.shape[0] != x.shape[0]:
             continue
         channels, groups = x.shape[1], grouped.shape[1]
         if groups == 0 or channels % groups:
@@ -161,51 +164,9 @@ def _through_feature_views(value: Value, consumer: dict[int, Op], features: int)
         value, axis = out, moved
 
 
-def fuse_gated_activations(ir: IRGraph) -> IRGraph:
-    consumer = _single_consumer(ir)
-    producer = {v.id: op for op in ir.ops for v in op.outputs}
-    replace: dict[int, Op] = {}
-    drop: set[int] = set()
-    for mul in ir.ops:
-        if mul.kind != "mul" or len(mul.inputs) != 2 or not all(isinstance(v, Value) for v in mul.inputs):
-            continue
-        for x, gate in (mul.inputs, mul.inputs[::-1]):
-            chain = _gate_chain(x, gate, producer, consumer)
-            if chain is not None:
-                kind, ops = chain
-                replace[id(mul)] = Op(kind, [x], [mul.output], {}, mul.location, kind)
-                drop.update(id(op) for op in ops)
-                break
-    if replace:
-        ir.ops = [replace.get(id(op), op) for op in ir.ops if id(op) not in drop]
-    return ir
-
-
-def _gate_chain(x: Value, gate: Value, producer: dict, consumer: dict) -> tuple[str, list[Op]] | None:
-    """(``silu`` or ``mish``, the ops computing ``gate`` from ``x``) when ``gate`` is
-    ``sigmoid(x)`` or ``tanh(softplus(x))`` read only by the product."""
-    last = producer.get(gate.id)
-    if last is None or consumer.get(gate.id) is None or last.attrs.get("args"):
-        return None
-    if last.kind == "sigmoid" and last.inputs[0] is x:
-        return "silu", [last]
-    if last.kind == "tanh" and isinstance(last.inputs[0], Value):
-        inner = producer.get(last.inputs[0].id)
-        if (inner is not None and inner.kind == "softplus" and inner.inputs[0] is x
-                and consumer.get(inner.output.id) is last and _default_softplus(inner)):
-            return "mish", [inner, last]
-    return None
-
-
-def _default_softplus(op: Op) -> bool:
-    args = [float(a) for a in op.attrs.get("args", [])]
-    beta = args[0] if args else float(op.attrs.get("beta", 1.0))
-    threshold = args[1] if len(args) > 1 else float(op.attrs.get("threshold", 20.0))
-    return beta == 1.0 and threshold == 20.0
-
-
 def fuse_attention(ir: IRGraph) -> IRGraph:
     consumer = _single_consumer(ir)
+    next_id = [max([v.id for op in ir.ops for v in op.outputs] + [v.id for v in ir.inputs] + [0])]
     producer = {v.id: op for op in ir.ops for v in op.outputs}
     replace: dict[int, Op] = {}
     drop: set[int] = set()
@@ -233,20 +194,30 @@ def fuse_attention(ir: IRGraph) -> IRGraph:
             if found is not None:
                 scores, mask = left, found
                 chain.append(add)
+        scores, s0, post = _scaled(scores, producer, consumer)  # (q @ kᵀ) * s
+        if post and consumer.get(post[0].output.id) not in chain:
+            continue
+        chain += post
         first = producer.get(scores.id)
         if not _is_contract(first) or consumer.get(scores.id) not in chain:
             continue
         q, s1, q_ops = _scaled(first.inputs[0], producer, consumer)
         kt, s2, k_ops = _scaled(first.inputs[1], producer, consumer)
         transpose = producer.get(kt.id)
-        if transpose is None or consumer.get(kt.id) is None or not _swaps_last_two(transpose, len(kt.shape)):
+        if (transpose is None or transpose.kind != "permute" or consumer.get(kt.id) is None
+                or not isinstance(transpose.inputs[0], Value)):
             continue
-        k, v = transpose.inputs[0], out.inputs[1]
-        if not (isinstance(k, Value) and isinstance(v, Value) and len(q.shape) == len(k.shape) == len(v.shape)):
+        v = out.inputs[1]
+        if not (isinstance(v, Value) and len(q.shape) == len(kt.shape) == len(v.shape)):
             continue
+        k, k_op = _untransposed(transpose, kt, next_id)
         replace[id(out)] = Op("sdpa", [q, k, v, mask], [out.output],
-                              {"is_causal": False, "scale": s1 * s2, "enable_gqa": False}, out.location, "attention")
-        drop.update(id(op) for op in chain + [first, transpose] + q_ops + k_ops)
+                              {"is_causal": False, "scale": s0 * s1 * s2, "enable_gqa": False}, out.location, "attention")
+        drop.update(id(op) for op in chain + [first] + q_ops + k_ops)
+        if k_op is None:
+            drop.add(id(transpose))
+        else:  # kᵀ was one permute of an earlier value: k is that permute with the last two swapped
+            replace[id(transpose)] = k_op
     if replace:
         ir.ops = [replace.get(id(op), op) for op in ir.ops if id(op) not in drop]
     return ir
@@ -273,7 +244,10 @@ def _is_contract(op: Op | None) -> bool:
 
 
 def _constant_mask(operand):
-    """An additive attention mask known by value (a constant, or a folded ONNX constant)."""
+    """An additive attention mask known by value (a constant, a folded ONNX constant, or a
+    number: the same for every score, which softmax ignores)."""
+    if isinstance(operand, (int, float)) and not isinstance(operand, bool):
+        return torch.tensor(float(operand))
     if isinstance(operand, Value) and operand.constant is not None:
         return operand
     if isinstance(operand, ParamRef) and operand.kind == "constant":
@@ -282,24 +256,36 @@ def _constant_mask(operand):
 
 
 def _scaled(value: Value, producer: dict, consumer: dict) -> tuple[Value, float, list[Op]]:
-    """``value`` as ``x * s`` with a Python scalar ``s`` read only there: ``(x, s, [mul])``."""
+    """``value`` as ``x * s`` (or ``x / s``) with a Python scalar ``s``, the product read only
+    once: ``(x, s, [mul])``; else ``(value, 1.0, [])``."""
     op = producer.get(value.id)
-    if op is not None and op.kind == "mul" and consumer.get(value.id) is not None and len(op.inputs) == 2:
-        a, b = op.inputs
-        if isinstance(a, Value) and isinstance(b, (int, float)) and not isinstance(b, bool):
-            return a, float(b), [op]
-        if isinstance(b, Value) and isinstance(a, (int, float)) and not isinstance(a, bool):
-            return b, float(a), [op]
+    if op is None or op.kind not in ("mul", "div") or consumer.get(value.id) is None or len(op.inputs) != 2:
+        return value, 1.0, []
+    if op.kind == "div" and op.attrs.get("rounding_mode"):
+        return value, 1.0, []
+    a, b = op.inputs
+    number = lambda t: isinstance(t, (int, float)) and not isinstance(t, bool) and t != 0
+    if isinstance(a, Value) and number(b):
+        return a, float(b) if op.kind == "mul" else 1.0 / float(b), [op]
+    if op.kind == "mul" and isinstance(b, Value) and number(a):
+        return b, float(a), [op]
     return value, 1.0, []
 
 
-def _swaps_last_two(op: Op, ndim: int) -> bool:
-    if op.kind != "permute" or not isinstance(op.inputs[0], Value):
-        return False
-    dims = [d % ndim for d in op.attrs.get("dims", [])]
-    return dims == list(range(ndim - 2)) + [ndim - 1, ndim - 2]
+def _untransposed(transpose: Op, kt: Value, next_id: list[int]) -> tuple[Value, Op | None]:
+    """``k`` for ``kt = permute(x, dims)``: ``x`` itself when ``dims`` swaps the last two axes
+    (no new op), else a new ``permute`` of ``x`` whose result is ``kt`` with its last two
+    axes swapped (exporters merge ``k.transpose(-2, -1)`` into the permute that made k)."""
+    ndim = len(kt.shape)
+    dims = [d % ndim for d in transpose.attrs.get("dims", [])]
+    if dims == list(range(ndim - 2)) + [ndim - 1, ndim - 2]:
+        return transpose.inputs[0], None
+    next_id[0] += 1
+    k = Value(next_id[0], tuple(kt.shape[:-2]) + (kt.shape[-1], kt.shape[-2]), kt.dtype, kt.name + "_untransposed")
+    return k, Op("permute", [transpose.inputs[0]], [k], {"dims": dims[:-2] + [dims[-1], dims[-2]]},
+                 transpose.location, transpose.target)
 
 
 def normalize(ir: IRGraph) -> IRGraph:
     """Every rewrite above, in order; run by both frontends."""
-    return fuse_attention(fuse_gated_activations(fuse_group_norm(fuse_linear_bias(ir))))
+    return fuse_attention(fuse_written_activations(fuse_group_norm(fuse_linear_bias(ir))))

@@ -41,6 +41,7 @@ class LoweringContext:
         self.integer_inputs: dict[int, int] = {}  # value id of an integer model input -> its node
         self.unit_classes = UnitClasses()  # nodes tied one-to-one (copies, elementwise pairs)
         self.derived: set[int] = set()  # nodes made as one-to-one functions of tied nodes
+        self._copies: dict[tuple, Layout] = {}  # signed view -> the nodes materialising it
         self.partitions: list[Partition] = []  # groupings later ops impose on units
         self._sources: dict[int, frozenset[int]] | None = None
 
@@ -64,7 +65,15 @@ class LoweringContext:
         layout = self.layouts[value.id]
         if not layout.sig:
             return layout
-        copied = self.fresh(value, layout.unsigned(), "copy", weight=L.signature_code(layout.sig))
+        # the same view of the same nodes, taken twice (one transpose per reader, where an
+        # exporter keeps one), holds the same data: one copy
+        key = (tuple(layout.ids.shape), tuple(layout.ids.reshape(-1).tolist()),
+               None if layout.pos is None else (tuple(layout.pos.shape), tuple(layout.pos.reshape(-1).tolist())),
+               layout.sig)
+        copied = self._copies.get(key)
+        if copied is None:
+            copied = self.fresh(value, layout.unsigned(), "copy", weight=L.signature_code(layout.sig))
+            self._copies[key] = copied
         self.layouts[value.id] = copied
         return copied
 

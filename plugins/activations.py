@@ -48,7 +48,7 @@ def make_activation_rule(name: str):
             activation = "relu6"  # F.relu6 exports as hardtanh(x, 0, 6)
         params = _activation_params(activation, op.attrs)
         if activation in ("clamp", "hardtanh"):  # one name per function, whatever the spelling
-            activation, params = _CLAMP_NAMES.get(params, (activation, params))
+            activation, params = _CLAMP_NAMES.get(params, ("clamp", params))
         sig = (activation,) + params if params else None  # slopes, bounds, betas
         default = (activation,) + tuple(L.plain(d) for _, _, d in _PARAMS.get(activation, ()))
         ctx.set_layout(op.output, ctx.derive(op.inputs[0], activation, sig=sig, default=default))

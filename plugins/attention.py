@@ -187,6 +187,17 @@ def _mask_signature(mask) -> tuple | None:
         return None if mask is None else ("mask", type(mask).__name__)
     if constant.dtype == torch.bool:
         constant = torch.zeros(constant.shape).masked_fill(~constant, float("-inf"))
+    # softmax ignores what a mask adds to a whole row: rows are shifted to a maximum of 0,
+    # so that a mask adding the same to every key (a number, a causal mask over one query)
+    # is no mask at all
+    constant = constant.to(torch.float64)
+    if constant.dim() > 0:
+        top = constant.amax(-1, keepdim=True)
+        constant = constant - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    elif bool(torch.isfinite(constant)):
+        constant = torch.zeros(())
+    if bool((constant == 0).all()):
+        return None
     shape = list(constant.shape)
     while shape and shape[0] == 1:
         shape.pop(0)

@@ -58,6 +58,11 @@ def lower_instance_norm(ctx, op) -> None:
     """inputs ``[x, weight, bias, running_mean, running_var]``; attrs ``use_input_stats``."""
     x = op.inputs[0]
     weight, bias, mean, var = (list(op.inputs[1:5]) + [None] * 4)[:4]
+    found = ctx.layout(x)
+    if found is not None and any(a >= 2 for a in L.align(found, len(x.shape)).neuron_axes()):
+        # the statistics would mix units that the nodes do not show mixed
+        raise ctx.error("instance norm over an axis that carries neurons (a group norm written "
+                        "as reshape + instance norm that the compiler did not recognise) is not supported")
     layout = ctx.derive(x, "instance_norm", sig=_eps_signature(op, "instance_norm"))
     if layout is None:
         raise ctx.error("instance norm input carries no neurons")
@@ -179,7 +184,7 @@ def _onnx_batch_norm(x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, trai
     attrs = {"eps": epsilon, "training": bool(training_mode)}
     if training_mode:
         attrs["unsupported"] = "BatchNormalization in training mode"
-    return [x, scale, bias, mean, var], attrs
+    return [x, _identity_constant(scale, 1.0), _identity_constant(bias, 0.0), mean, var], attrs
 
 
 def _identity_constant(ref, fill: float):
@@ -187,6 +192,8 @@ def _identity_constant(ref, fill: float):
     without an affine exports them as ``Constant`` nodes): torch has no such operand."""
     if isinstance(ref, ParamRef) and ref.kind == "constant" and bool((ref.tensor == fill).all()):
         return None
+    if isinstance(ref, (int, float)) and not isinstance(ref, bool) and float(ref) == fill:
+        return None  # a one-element constant, already a number
     return ref
 
 

@@ -81,7 +81,13 @@ def test_einsum_linear_layers_give_the_linear_graph():
     assert sum("hidden units" in s["what"] for s in pg.symmetries) == 2
 
 
-def test_einsum_attention_gives_the_matmul_attention_graph():
+def test_einsum_attention_gives_the_matmul_attention_graph(monkeypatch):
+    """The einsum trace (batched matmuls between views) is the written-out computation. The
+    matmul spelling would be recognised as one attention op (``fuse_attention``), which the
+    einsum views hide from the pattern, so that recognition is switched off here."""
+    from gmn_compiler import ir_patterns
+
+    monkeypatch.setattr(ir_patterns, "fuse_attention", lambda ir: ir)
     torch.manual_seed(0)
     einsum, matmul = Attention("einsum").eval(), Attention("matmul").eval()
     matmul.load_state_dict(einsum.state_dict())
@@ -140,3 +146,82 @@ def test_an_op_whose_decomposition_has_no_rules_is_reported_as_itself():
     with pytest.raises(gc.UnsupportedOpsError, match=r"aten\.cumsum\.default") as caught:
         gc.compile(LinearThen(4, lambda h: h.cumsum(-1)), (torch.randn(2, 3),))
     assert "prims" not in str(caught.value)
+
+
+# Spellings of one function compile to one graph: activations written out as arithmetic are
+# recognised by evaluation (gmn_compiler.ir_elementwise), attention written out is one sdpa op.
+def _new_gelu(x):  # Hugging Face's NewGELUActivation
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+WRITTEN_ACTIVATIONS = {
+    "gelu_tanh": (lambda h: F.gelu(h, approximate="tanh"), _new_gelu),
+    "gelu_erf": (F.gelu, lambda h: 0.5 * h * (1.0 + torch.erf(h / math.sqrt(2.0)))),
+    "silu": (F.silu, lambda h: h * torch.sigmoid(h)),
+    "mish": (F.mish, lambda h: h * torch.tanh(F.softplus(h))),
+}
+
+
+class Mlp(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.act, self.a, self.b = act, nn.Linear(3, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.b(self.act(self.a(x)))
+
+
+@pytest.mark.parametrize("name", sorted(WRITTEN_ACTIVATIONS))
+def test_activation_written_out_gives_the_activation_graph(name):
+    native, written = WRITTEN_ACTIVATIONS[name]
+    x = (torch.randn(4, 3),)
+    torch.manual_seed(0)
+    a = Mlp(native)
+    torch.manual_seed(0)
+    b = Mlp(written)
+    pg = assert_oracles(b, x)
+    assert_isomorphic(gc.compile(a, x), pg)
+    assert pg.data.num_nodes == gc.compile(a, x).data.num_nodes
+
+
+def test_arithmetic_that_is_no_known_activation_stays_written_out():
+    """``h * sigmoid(1.5 h)`` is close to SiLU but not SiLU: it must not be taken for it."""
+    x = (torch.randn(4, 3),)
+    torch.manual_seed(0)
+    near = Mlp(lambda h: h * torch.sigmoid(1.5 * h))
+    torch.manual_seed(0)
+    silu = Mlp(F.silu)
+    pg = assert_oracles(near, x)
+    assert pg.data.num_nodes > gc.compile(silu, x).data.num_nodes
+
+
+class WrittenAttention(nn.Module):
+    def __init__(self, written: bool, causal: bool):
+        super().__init__()
+        self.written, self.causal = written, causal
+        self.q, self.k, self.v, self.o = (nn.Linear(D, D) for _ in range(4))
+
+    def forward(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if not self.written:
+            return self.o(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal))
+        scores = q @ k.transpose(-2, -1) * D ** -0.5
+        if self.causal:
+            n = x.shape[1]
+            scores = scores + torch.zeros(n, n).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+        return self.o(scores.softmax(-1) @ v)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_written_out_gives_the_sdpa_graph(causal):
+    x = (torch.randn(2, T, D),)
+    torch.manual_seed(0)
+    native = WrittenAttention(False, causal)
+    torch.manual_seed(0)
+    written = WrittenAttention(True, causal)
+    pg = assert_oracles(written, x)
+    assert_isomorphic(gc.compile(native, x), pg)
+    # and the causal mask is not dropped: causal and full attention differ
+    torch.manual_seed(0)
+    other = WrittenAttention(True, not causal)
+    assert not gc.canonical.isomorphic(pg, gc.compile(other, x))

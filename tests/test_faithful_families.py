@@ -157,6 +157,9 @@ class GateByStats(nn.Module):  # units times a cat of two different reductions o
 class FlatResidual(nn.Module):  # a linear's units added to positions of flattened channels
     def __init__(s): super().__init__(); s.c = nn.Conv1d(1, 2, 3, padding=1, bias=False); s.l = nn.Linear(10, 10, bias=False); s.o = nn.Linear(10, 1, bias=False)
     def forward(s, x): h = s.c(x).flatten(1); return s.o(h + s.l(h))
+class GroupNorm2d(nn.Module):  # GroupNorm over [N, C] (the exporter writes reshape + InstanceNorm)
+    def __init__(s): super().__init__(); s.a = nn.Linear(4, 6); s.g = nn.GroupNorm(3, 6, eps=0.01); s.o = nn.Linear(6, 2)
+    def forward(s, x): return s.o(s.g(s.a(x)))
 class FlatSlices(nn.Module):  # two slices of one flattened channel's positions
     def __init__(s): super().__init__(); s.c = nn.Conv2d(2, 2, 3, stride=2, padding=1, bias=False); s.a = nn.Linear(3, 2); s.b = nn.Linear(3, 2)
     def forward(s, x): h = s.c(x).flatten(1); return s.a(h[:, 0:3]) + s.b(h[:, 3:6])
@@ -239,6 +242,7 @@ cases.update({"K_where_pair": (WherePair(), (torch.randn(2, 2, 4, 4),)),
               "K_one_element_consts": (OneElementConsts(), (torch.randn(2, 1, 3, 3),)),
               "K_gate_by_stats": (GateByStats(), (torch.randn(2, 1),)),
               "K_flat_residual": (FlatResidual(), (torch.randn(2, 1, 5),)),
+              "K_group_norm_2d": (GroupNorm2d(), (torch.randn(3, 4),)),
               "K_flat_slices": (FlatSlices(), (torch.randn(2, 2, 3, 5),)),
               "K_flat_rotate": (FlatRotate(), (torch.randn(2, 2, 3, 5),)),
               "K_flat_roll": (FlatRoll(), (torch.randn(2, 2, 3, 5),))})

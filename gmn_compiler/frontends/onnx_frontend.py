@@ -168,7 +168,8 @@ class _Converter:
         for name, arg in zip(node.input, args):
             if name and arg is None and name not in self.env:
                 raise CompileError(f"node {location} reads unknown value {name!r}")
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        # string attributes come as bytes (Gelu's approximate=b"tanh"): rules see str, as from torch
+        attrs = {a.name: _text(helper.get_attribute_value(a)) for a in node.attribute}
         data_args = [a for i, a in enumerate(args) if i not in TYPE_ONLY_INPUTS.get(node.op_type, ())]
         has_value = any(isinstance(a, Value) for a in data_args)
         has_param = any(isinstance(a, ParamRef) for a in args)
@@ -243,3 +244,11 @@ class _ConstantTensor:
 
     def __init__(self, name: str, tensor: torch.Tensor):
         self.name, self.tensor = name, tensor
+
+
+def _text(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, list) and value and all(isinstance(v, bytes) for v in value):
+        return [v.decode("utf-8", errors="replace") for v in value]
+    return value

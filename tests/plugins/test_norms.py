@@ -343,3 +343,23 @@ def test_group_norm_after_grouped_conv(norm_groups):
     crossed = apply(torch.tensor([2, 1, 0, 3]))
     assert functions_differ(model, crossed, inputs)
     assert_not_isomorphic(pg, gc.compile(crossed, inputs))
+
+
+def test_instance_norm_over_an_axis_of_units_is_refused():
+    """Normalising over an axis that carries neurons would mix units the graph does not show
+    mixed (a group norm written out in a way the compiler does not recognise): refused."""
+    import torch.nn.functional as F
+
+    from gmn_compiler.errors import CompileError
+
+    class Written(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.o = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.o(F.instance_norm(h.view(x.shape[0], 2, 3).transpose(1, 2)).transpose(1, 2).reshape(x.shape[0], 6))
+
+    with pytest.raises(CompileError, match="instance norm over an axis that carries neurons"):
+        gc.compile(Written(), (torch.randn(3, 4),))
