@@ -152,3 +152,11 @@ def test_family_fixed_in_issue_19(family):
     index that failed before the fix."""
     _assert_clean(fuzz.fuzz(20, seed=0, families=PASSING, require=family, start=FIXED[family][1],
                             shrink_failures=0, stop_on_failure=True))
+
+
+def test_fixed_seed_fuzz_through_onnx():
+    """Programs exported to ONNX: sound through onnxruntime and isomorphic to the torch graph
+    (an export that changes the parameters, e.g. folds a BatchNorm, is no failure)."""
+    report = fuzz.fuzz(60, seed=0, onnx=True, workers=2, shrink_failures=0)
+    _assert_clean(report)
+    assert report.counts["passed"] >= 40, report.summary()
