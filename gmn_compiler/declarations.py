@@ -138,3 +138,14 @@ def reconcile(symmetries: list[dict], partitions: list[Partition], classes: Unit
                     changed = True
         if not changed:
             return
+
+
+def fixed_units(symmetries: list[dict], classes: UnitClasses, derived: set[int]) -> Partition:
+    """Nodes tied to units that no declaration lets move (a model input, a reduction over all
+    features, a constant's node), not made from other tied nodes (``derived``): each a block
+    of its own, so that units tied to them are fixed too (``h * cat([h.sum(1), h.mean(1)])``
+    tells h's two units apart). A declaration withdrawn because a later op cut its units (a
+    split) still says they may move; the cut is a partition of its own."""
+    covered = {n for s in symmetries if not is_fixed(s) for n in s["nodes"].tolist()}
+    fixed = sorted(n for n in classes.parent if n not in derived and n not in covered)
+    return Partition(fixed, list(range(len(fixed))), False, "units tied to fixed nodes")

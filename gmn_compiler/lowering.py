@@ -13,11 +13,12 @@ import torch
 
 from . import layout as L
 from .builder import BuiltGraph, GraphBuilder
-from .declarations import Partition, UnitClasses, is_fixed, reconcile
-from .ir_analysis import AliasFamilies, infer_input_axis
+from .declarations import Partition, UnitClasses, fixed_units, reconcile
+from .ir_analysis import AliasFamilies
 from .errors import LoweringError, UnsupportedOpsError
 from .ir import IRGraph, Op, ParamRef, Value
 from .layout import Layout
+from .lowering_io import create_inputs, pin_outputs
 from .registry import Registry
 
 
@@ -390,7 +391,7 @@ def lower(ir: IRGraph, registry: Registry) -> tuple[BuiltGraph, LoweringContext]
         raise UnsupportedOpsError(missing)
     builder = GraphBuilder(ir.params, ir.aliases)
     ctx = LoweringContext(ir, registry, builder)
-    _create_inputs(ctx)
+    create_inputs(ctx)
     summary: dict[str, dict[str, int]] = {}
     for op in ir.ops:
         ctx.op = op
@@ -410,62 +411,8 @@ def lower(ir: IRGraph, registry: Registry) -> tuple[BuiltGraph, LoweringContext]
         row["edges"] += sum(b.count for b in builder.blocks[blocks_before:])
     ctx.op = None
     ctx.summary = summary
-    ctx.partitions.append(_fixed_originals(ctx))
+    ctx.partitions.append(fixed_units(ctx.symmetries, ctx.unit_classes, ctx.derived))
     reconcile(ctx.symmetries, ctx.partitions, ctx.unit_classes)
     ctx.symmetries = [s for s in ctx.symmetries if not s.pop("withdrawn", False)]
-    _pin_outputs(ctx)
+    pin_outputs(ctx)
     return builder.finalize(), ctx
-
-
-def _fixed_originals(ctx: LoweringContext) -> Partition:
-    """Nodes tied to units that no declaration lets move (a model input, a reduction over all
-    features, a constant's node) and not made from other tied nodes: each fixes the units
-    tied to it (``h * cat([h.sum(1), h.mean(1)])`` tells h's two units apart)."""
-    # a declaration withdrawn because a later op cut its units (a split) still says they are
-    # units that may move; the cut is recorded as a partition of its own
-    covered = {n for s in ctx.symmetries if not is_fixed(s) for n in s["nodes"].tolist()}
-    fixed = sorted(n for n in ctx.unit_classes.parent if n not in ctx.derived and n not in covered)
-    return Partition(fixed, list(range(len(fixed))), False, "units tied to fixed nodes")
-
-
-def _create_inputs(ctx: LoweringContext) -> None:
-    position = 0
-    for value in ctx.ir.inputs:
-        axis = infer_input_axis(ctx.ir, value)
-        if axis is None:
-            ctx.set_layout(value, None)
-            if value.dtype in (torch.long, torch.int32, torch.int64) and len(value.shape) > 0:
-                node = ctx.builder.add_nodes(1, "input", depth=0)  # token ids: one node says which input
-                ctx.builder.pin(node, torch.tensor([position]))
-                ctx.io_nodes.add(int(node))
-                ctx.integer_inputs[value.id] = int(node)
-                position += 1
-            continue
-        size = value.shape[axis]
-        ids = ctx.builder.add_nodes(size, "input", depth=0)
-        ctx.builder.pin(ids, torch.arange(position, position + size))
-        ctx.io_nodes.update(ids.tolist())
-        position += size
-        ctx.set_layout(value, L.for_axis(ids, len(value.shape), axis))
-
-
-def _pin_outputs(ctx: LoweringContext) -> None:
-    position = 0
-    positions = ctx.builder.node_column("position")
-    roles = ctx.builder.node_column("role")
-    for value in ctx.ir.outputs:
-        layout = ctx.layouts.get(value.id)
-        if layout is None:
-            continue
-        ids = layout.ids.reshape(-1)
-        # first occurrence of each node, in entry order
-        uniq, inverse = torch.unique(ids, return_inverse=True)
-        first = torch.full((uniq.numel(),), ids.numel(), dtype=torch.long)
-        first.scatter_reduce_(0, inverse, torch.arange(ids.numel()), "amin")
-        order = uniq[torch.argsort(first)]
-        ctx.io_nodes.update(order.tolist())
-        # every output unit is told apart, including units a constant pinned to one
-        # position shared by several of them (a table over tokens two blocks hold)
-        free = order[roles[order] != 0]
-        positions[free] = torch.arange(position, position + free.numel())
-        position += free.numel()

@@ -150,13 +150,18 @@ def _window(kernel, stride, padding, dilation, ceil_mode, count_include_pad, d: 
                        "count_include_pad": count_include_pad}}
 
 
+def _fill(given, defaults: list) -> list:
+    """Trailing positional arguments ``given``, the omitted ones taken from ``defaults``."""
+    return list(given)[:len(defaults)] + defaults[len(given):]
+
+
 def _pool(mode: str, spatial_dims: int):
     def normalize(x, kernel_size, stride=None, padding=0, *rest, **kwargs):
         if mode == "max":  # max_pool(x, kernel, stride, padding, dilation, ceil_mode)
-            dilation, ceil_mode = (list(rest) + [1, False])[:2]
+            dilation, ceil_mode = _fill(rest, [1, False])
             extra = _window(kernel_size, stride, padding, dilation, ceil_mode, None, spatial_dims)
         else:  # avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
-            ceil_mode, include, divisor = (list(rest) + [False, True, None])[:3]
+            ceil_mode, include, divisor = _fill(rest, [False, True, None])
             if divisor is not None:
                 return [x], {"unsupported": "avg_pool with divisor_override"}
             extra = _window(kernel_size, stride, padding, 1, ceil_mode, bool(include), spatial_dims)

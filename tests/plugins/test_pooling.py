@@ -245,3 +245,29 @@ def test_statistics_within_groups_are_reported():
     model = Normalized(lambda h: h.view(-1, 5, 1).var(-1)).eval()
     with pytest.raises(gc.CompileError, match="var over some but not all neuron axes"):
         gc.compile(model, (torch.randn(3, 4),))
+
+
+class _Pooled(nn.Module):
+    def __init__(self, pool):
+        super().__init__()
+        self.pool, self.c, self.o = pool, nn.Conv2d(2, 3, 1), nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return self.o(self.pool(self.c(x)))
+
+
+def test_pooling_arguments_left_out_take_their_defaults():
+    """``avg_pool2d(..., count_include_pad=False)`` traces with five positional arguments and
+    no divisor; ``max_pool2d(x, 3, 1, 1, 2)`` gives a dilation and no ceil_mode: the omitted
+    trailing arguments are their defaults (not the next argument's)."""
+    x = (torch.randn(1, 2, 6, 6),)
+    torch.manual_seed(0)
+    excluded = assert_oracles(_Pooled(lambda h: F.avg_pool2d(h, 3, 1, 1, count_include_pad=False)), x)
+    torch.manual_seed(0)
+    included = gc.compile(_Pooled(lambda h: F.avg_pool2d(h, 3, 1, 1)), x)
+    assert_not_isomorphic(excluded, included)
+    torch.manual_seed(0)
+    short = gc.compile(_Pooled(lambda h: F.max_pool2d(h, 3, 1, 1, 2)), x)
+    torch.manual_seed(0)
+    explicit = gc.compile(_Pooled(lambda h: F.max_pool2d(h, 3, 1, 1, 2, ceil_mode=False)), x)
+    assert_isomorphic(short, explicit)
