@@ -83,6 +83,19 @@ def p_pool(d: Draft, h: str, where: str) -> str:
     return pair(d, d.to_channels(h), "pool", *_vary(d, base, options), where=where)
 
 
+def p_pad(d: Draft, h: str, where: str) -> str:
+    """Two paddings of the spatial axes with equal totals, differing in mode, side or value."""
+    c = d.to_channels(h)
+    spatial = d.rank(c) - 2
+    totals = [d.pick([1, 2]) for _ in range(spatial)]
+    base = {"pads": [v for t in totals for v in (t, 0)], "mode": d.pick(["constant", "reflect", "replicate", "circular"]),
+            "value": 0.0}
+    sides = [[v for t in totals for v in (t - k, k)] for k in (0, 1)]
+    options = {"mode": ["constant", "reflect", "replicate", "circular"], "pads": sides, "value": [0.0, 1.0]}
+    a, b = _vary(d, base, options)
+    return pair(d, c, "pad", a, b, where=where)
+
+
 def p_reduce(d: Draft, h: str, where: str) -> str:
     free = d.free_axes(h)
     keep, fn = d.chance(0.5), d.pick(["mean", "sum", "amax"])
@@ -191,7 +204,7 @@ FAMILIES: dict[str, tuple[tuple[str, ...], Callable]] = {
 # pairs whose branch parameters sit after the op (``pair_X``: the op acts on a shared input)
 # or before it (``pair_X_pre``: the op acts on each branch's own linear map)
 for _name, _kinds, _block in [("act", ALL, p_act), ("softmax", RANK3, p_softmax), ("view", RANK3, p_view),
-                              ("pool", CHANNELS, p_pool), ("reduce", RANK3, p_reduce),
+                              ("pool", CHANNELS, p_pool), ("pad", CHANNELS, p_pad), ("reduce", RANK3, p_reduce),
                               ("reduce_features", ALL, p_reduce_features), ("mask", ("image",), p_mask),
                               ("const", ALL, p_const), ("const_vector", ALL, p_const_vector),
                               ("const_tokens", RANK3, p_const_tokens)]:

@@ -291,6 +291,13 @@ def _pool(m, x, a):
     return getattr(F, kind)(t, a["k"], a.get("stride") or a["k"], a.get("padding", 0))
 
 
+@op("pad")
+def _pad(m, x, a):
+    """``F.pad`` of the spatial axes: ``pads`` as F.pad lists them (last axis first)."""
+    mode = a.get("mode", "constant")
+    return F.pad(x[0], a["pads"], mode=mode, value=a.get("value", 0.0) if mode == "constant" else None)
+
+
 def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, e = t.shape
     return t.reshape(b, n, heads, e // heads).transpose(1, 2)

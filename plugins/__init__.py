@@ -5,7 +5,7 @@ exactly the path a third-party plugin uses; :data:`DEFAULT_PLUGINS` lists them i
 """
 
 from . import (activations, attention, constants, conv, elementwise, embedding, linear, norms,
-               pooling, structural)
+               padding, pooling, structural)
 
-DEFAULT_PLUGINS = [linear, conv, norms, activations, elementwise, structural, pooling, constants,
-                   attention, embedding]
+DEFAULT_PLUGINS = [linear, conv, norms, activations, elementwise, structural, padding, pooling,
+                   constants, attention, embedding]

@@ -1,0 +1,116 @@
+"""Padding along free axes: ``F.pad`` (constant, reflect, replicate, circular), what
+``nn.Conv2d(padding_mode=...)`` traces to, and ONNX ``Pad``.
+
+Padding moves entries along positions and adds constant (or reflected, repeated, wrapped)
+ones, so it is a view with a signature: the output keeps its input's nodes, with a ``pad``
+entry (axes, amounts, fill value) in its view signature — or, for reflect, replicate and
+circular padding, which only select entries, the ``take`` entries a slice-and-concat spelling
+of it gets — and the op that reads it gets
+its own copy nodes whose edges carry the signature's code (DESIGN §4). Two convolutions that
+differ only in their padding mode therefore read different nodes. Padding an axis that carries
+neurons would add units that are no neuron: refused.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gmn_compiler import layout as L
+from gmn_compiler.ir import ParamRef, Value
+from gmn_compiler.registry import hookimpl
+
+from .structural import _take
+
+# ONNX Pad modes in torch's names
+_ONNX_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+
+
+def lower_pad(ctx, op) -> None:
+    """inputs ``[x]``; attrs ``pads`` ({axis >= 0: (begin, end)}), ``mode``, ``value``."""
+    x = op.inputs[0]
+    layout = ctx.layout(x)
+    if layout is None:
+        ctx.set_layout(op.output, None)
+        return
+    ndim = len(x.shape)
+    aligned = L.align(layout, ndim)
+    pads = {a: p for a, p in op.attrs["pads"].items() if tuple(p) != (0, 0)}
+    for axis in pads:
+        if aligned.ids.shape[axis] > 1:
+            raise ctx.error(f"padding axis {axis}, which carries neurons, is not supported")
+    if not pads:
+        ctx.set_layout(op.output, aligned)
+        return
+    mode = op.attrs.get("mode", "constant")
+    if mode != "constant" and all(b >= 0 and e >= 0 for b, e in pads.values()):
+        # reflect / replicate / circular only select entries: one take per axis, in the form
+        # a slice-and-concat spelling of the same padding gets (exporters write it so)
+        shape, layout = list(x.shape), aligned
+        for axis, (b, e) in sorted(pads.items()):
+            layout = _take(layout, tuple(shape), axis, layout, _indices(mode, shape[axis], b, e))
+            shape[axis] += b + e
+        ctx.set_layout(op.output, layout)
+        return
+    value = L.plain(op.attrs.get("value") or 0.0) if mode == "constant" else None
+    sig = ("pad", tuple((a - ndim, int(b), int(e)) for a, (b, e) in sorted(pads.items())), mode, value)
+    ctx.set_layout(op.output, aligned.signed(sig))
+
+
+def _indices(mode: str, n: int, begin: int, end: int) -> list[int]:
+    """The input positions that a ``mode`` padding of ``begin`` / ``end`` entries reads."""
+    inner = list(range(n))
+    if mode == "circular":
+        return [(n - begin + i) % n for i in range(begin)] + inner + [i % n for i in range(end)]
+    if mode == "reflect":
+        return [begin - i for i in range(begin)] + inner + [n - 2 - i for i in range(end)]
+    return [0] * begin + inner + [n - 1] * end  # replicate
+
+
+def _torch_pad(x, pad, mode="constant", value=None):
+    """``pad`` lists (begin, end) pairs from the last axis backwards."""
+    ndim = len(x.shape)
+    pads = {ndim - 1 - i: (int(pad[2 * i]), int(pad[2 * i + 1])) for i in range(len(pad) // 2)}
+    return [x], {"pads": pads, "mode": mode, "value": value}
+
+
+def _constant_pad_nd(x, pad, value=0):
+    return _torch_pad(x, pad, "constant", value)
+
+
+def _numbers(operand) -> list | None:
+    if operand is None:
+        return None
+    if isinstance(operand, torch.Tensor):  # an integer constant the ONNX frontend folded
+        return operand.reshape(-1).tolist()
+    if isinstance(operand, ParamRef):
+        return operand.tensor.reshape(-1).tolist()
+    if isinstance(operand, Value) and operand.constant is not None:
+        return operand.constant.reshape(-1).tolist()
+    if isinstance(operand, (int, float)):
+        return [operand]
+    if isinstance(operand, (list, tuple)):
+        return list(operand)
+    return None
+
+
+def _onnx_pad(x, pads=None, constant_value=None, axes=None, mode="constant"):
+    ndim = len(x.shape)
+    amounts, fill, chosen = _numbers(pads), _numbers(constant_value), _numbers(axes)
+    if amounts is None or mode not in _ONNX_MODES:
+        return [x], {"unsupported": f"Pad with pads computed in the model or mode {mode!r}"}
+    axes_list = [int(a) % ndim for a in chosen] if chosen is not None else list(range(ndim))
+    k = len(axes_list)
+    found = {a: (int(amounts[i]), int(amounts[k + i])) for i, a in enumerate(axes_list)}
+    return [x], {"pads": found, "mode": _ONNX_MODES[mode], "value": fill[0] if fill else 0.0}
+
+
+@hookimpl
+def gmn_register(registry) -> None:
+    registry.add_rule("pad", lower_pad, aliasing=True)
+    registry.map_aten("aten.pad.default", "pad", _torch_pad)
+    registry.map_aten("aten.constant_pad_nd.default", "pad", _constant_pad_nd)
+    for dims in (1, 2, 3):
+        for kind, mode in (("reflection", "reflect"), ("replication", "replicate")):
+            registry.map_aten(f"aten.{kind}_pad{dims}d.default",
+                              "pad", lambda x, pad, mode=mode: _torch_pad(x, pad, mode))
+    registry.map_onnx("Pad", "pad", _onnx_pad)

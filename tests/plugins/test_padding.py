@@ -1,0 +1,75 @@
+"""Padding along free axes (``F.pad``, ``nn.Conv2d(padding_mode=...)``, ONNX ``Pad``): a view
+with a signature, so padding modes and amounts stay apart in the graph."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gmn_compiler as gc
+from gmn_compiler import canonical
+from gmn_compiler.errors import CompileError
+from gmn_compiler.testing import check_all, randomized
+from oracles import assert_not_isomorphic, assert_oracles
+
+MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _conv(mode: str) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, padding_mode=mode), nn.ReLU(), nn.Conv2d(3, 2, 1))
+
+
+def test_each_padding_mode_is_sound_and_its_own_graph():
+    x = (torch.randn(1, 2, 5, 5),)
+    graphs = {mode: assert_oracles(_conv(mode), x) for mode in MODES}
+    for i, a in enumerate(MODES):
+        for b in MODES[i + 1:]:
+            assert_not_isomorphic(graphs[a], graphs[b])
+
+
+class TwoPaddings(nn.Module):
+    """Two branches that differ only in padding (mode, or which side)."""
+
+    def __init__(self, pad_a, pad_b):
+        super().__init__()
+        self.pad_a, self.pad_b = pad_a, pad_b
+        self.a, self.b = nn.Conv2d(2, 3, 3), nn.Conv2d(2, 3, 3)
+
+    def forward(self, x):
+        return self.a(self.pad_a(x)) + self.b(self.pad_b(x))
+
+
+@pytest.mark.parametrize("pad_a, pad_b", [
+    (lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"), lambda x: F.pad(x, (1, 1, 1, 1), mode="replicate")),
+    (lambda x: F.pad(x, (2, 0, 1, 1)), lambda x: F.pad(x, (0, 2, 1, 1))),
+    (lambda x: F.pad(x, (1, 1, 1, 1), value=1.0), lambda x: F.pad(x, (1, 1, 1, 1))),
+])
+def test_branches_that_differ_only_in_padding_are_not_swappable(pad_a, pad_b):
+    torch.manual_seed(0)
+    check_all(TwoPaddings(pad_a, pad_b), (torch.randn(2, 2, 5, 5),))
+
+
+def test_padding_an_axis_of_units_is_refused():
+    class PadChannels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.b(F.pad(self.a(x), (1, 1)))
+
+    with pytest.raises(CompileError, match="padding axis 1, which carries neurons"):
+        gc.compile(PadChannels(), (torch.randn(2, 3),))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_onnx_pad_gives_the_torch_graph(mode, tmp_path):
+    model, x = randomized(_conv(mode)), (torch.randn(1, 2, 5, 5),)
+    path = str(tmp_path / "pad.onnx")
+    torch.onnx.export(model, x, path, dynamo=False, opset_version=17)
+    pg = gc.compile(path)
+    gc.check_symmetry(path)
+    assert canonical.isomorphic(pg, gc.compile(model, x))
