@@ -49,11 +49,16 @@ def fuse_written_activations(ir: IRGraph) -> IRGraph:
     for root in reversed(ir.ops):
         if id(root) in drop or root.kind not in _EVAL or len(root.outputs) != 1:
             continue
-        cluster = _cluster(root, producer, readers, outputs)
-        if cluster is None:
-            continue
-        ops, x = cluster
-        found = _recognise(sorted(ops, key=lambda o: position[id(o)]), root, x)
+        found = None
+        # the widest cluster first; then one that stops at values read twice inside it
+        # (``silu(a + b)`` is ``(a + b) * sigmoid(a + b)``: its input is the sum)
+        for stop_at_shared in (False, True):
+            cluster = _cluster(root, producer, readers, outputs, stop_at_shared)
+            if cluster is not None:
+                ops, x = cluster
+                found = _recognise(sorted(ops, key=lambda o: position[id(o)]), root, x)
+                if found is not None:
+                    break
         if found is not None:
             kind, attrs = found
             replace[id(root)] = Op(kind, [x], [root.output], dict(attrs), root.location, kind)
@@ -71,7 +76,8 @@ def _readers(ir: IRGraph) -> dict[int, set[int]]:
     return found
 
 
-def _cluster(root: Op, producer: dict, readers: dict, outputs: set) -> tuple[list[Op], Value] | None:
+def _cluster(root: Op, producer: dict, readers: dict, outputs: set,
+             stop_at_shared: bool = False) -> tuple[list[Op], Value] | None:
     """The ops computing ``root`` from one activation ``x`` through ops of :data:`_EVAL`
     whose results are read only inside (and are no model output), if there are two or
     more; else None."""
@@ -82,7 +88,8 @@ def _cluster(root: Op, producer: dict, readers: dict, outputs: set) -> tuple[lis
         v = frontier.pop()
         op = producer.get(v.id)
         inside = (op is not None and op.kind in _EVAL and len(op.outputs) == 1 and v.constant is None
-                  and v.id not in outputs and readers.get(v.id, set()) <= members | {id(op)})
+                  and v.id not in outputs and readers.get(v.id, set()) <= members | {id(op)}
+                  and not (stop_at_shared and len(readers.get(v.id, ())) > 1))
         if inside and id(op) not in members:
             ops.append(op)
             members.add(id(op))

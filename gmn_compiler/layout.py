@@ -241,6 +241,11 @@ def cat(layouts: list[Layout], shapes: list[tuple[int, ...]], dim: int) -> Layou
         s[dim] = 1  # parts differ along the concatenation axis; broadcast the others only
         others.append(tuple(s))
     common = list(torch.broadcast_shapes(*others))
+    ids = torch.cat([l.ids.expand(common[:dim] + [s[dim]] + common[dim + 1:]) for l, s in zip(layouts, shapes)], dim)
+    # once the parts' nodes differ along dim, dim is no free axis any more: the entries of a
+    # part that was free there need their positions spelled out (else a node's entries at two
+    # positions would look alike to whatever contracts dim)
+    any_pos = any_pos or not bool((ids == ids.narrow(dim, 0, 1)).all())
     for layout, shape in zip(layouts, shapes):
         target = list(common)
         target[dim] = shape[dim]

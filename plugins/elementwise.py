@@ -230,6 +230,11 @@ def _lower_scalar(ctx, op, x: Value, scalar: float, scalar_is_lhs: bool, alpha=1
     if scalar_is_lhs and op.kind in ("add", "sub") and alpha != 1:
         raise ctx.error("scalar - alpha * x with alpha != 1 is not supported")
     etype = SCALAR_TYPES[op.kind][1 if scalar_is_lhs else 0]
+    identity = {"scalar_add": 0.0, "scalar_sub": 0.0, "scalar_mul": 1.0, "scalar_div": 1.0, "scalar_pow": 1.0}
+    if identity.get(etype) == float(scalar) and tuple(op.output.shape) == tuple(x.shape):
+        # x + 0, x * 1 (an exporter folds them away): the identity, no nodes
+        ctx.set_layout(op.output, L.align(layout, len(op.output.shape)))
+        return
     fresh = ctx.fresh(x, L.align(layout, len(op.output.shape)), etype, weight=scalar)
     ctx.set_layout(op.output, fresh)
 

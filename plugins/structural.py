@@ -169,7 +169,7 @@ def _views_along_free_axis(ctx, op, parts, dim: int) -> bool:
     The result is one more view of those nodes, its signature made of the parts'; True when
     handled."""
     layouts = [ctx.layout(v) for v in parts]
-    if any(l is None for l in layouts) or not any(l.sig for l in layouts):
+    if any(l is None for l in layouts):
         return False
     ndim = len(op.output.shape)
     aligned = [L.align(l, ndim) for l in layouts]
@@ -183,6 +183,8 @@ def _views_along_free_axis(ctx, op, parts, dim: int) -> bool:
              and not l.sig[-1][4] else None for l in aligned]
     prefixes = {l.sig[:-1] if t is not None else l.sig for l, t in zip(aligned, takes)}
     ns = {t[2] for t in takes if t is not None}
+    if not ns and len(set(sizes)) == 1:  # cat([h, h]) along a free axis: h's positions twice
+        ns = {sizes[0]}
     if len(prefixes) == 1 and len(ns) == 1 and all(t is not None or s == next(iter(ns)) for t, s in zip(takes, sizes)):
         indices = sum((t[3] if t is not None else tuple(range(s)) for t, s in zip(takes, sizes)), ())
         base = L.Layout(base.ids, base.pos, next(iter(prefixes)))  # roll, spelled with slices

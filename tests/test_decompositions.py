@@ -225,3 +225,22 @@ def test_attention_written_out_gives_the_sdpa_graph(causal):
     torch.manual_seed(0)
     other = WrittenAttention(True, not causal)
     assert not gc.canonical.isomorphic(pg, gc.compile(other, x))
+
+
+def test_silu_of_a_sum_written_out_is_silu():
+    """``(a + b) * sigmoid(a + b)``: the widest arithmetic cluster reads a and b (no known
+    activation of one input); the cluster that stops at the shared sum is SiLU."""
+    class Gated(nn.Module):
+        def __init__(self, written):
+            super().__init__()
+            self.written, self.a, self.b, self.o = written, nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            s = self.a(x) + self.b(x)
+            return self.o(s * torch.sigmoid(s) if self.written else F.silu(s))
+
+    x = (torch.randn(4, 3),)
+    torch.manual_seed(0)
+    written = assert_oracles(Gated(True), x)
+    torch.manual_seed(0)
+    assert_isomorphic(gc.compile(Gated(False), x), written)

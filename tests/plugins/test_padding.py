@@ -73,3 +73,22 @@ def test_onnx_pad_gives_the_torch_graph(mode, tmp_path):
     pg = gc.compile(path)
     gc.check_symmetry(path)
     assert canonical.isomorphic(pg, gc.compile(model, x))
+
+
+def test_circular_padding_by_the_whole_length_matches_its_onnx_spelling(tmp_path):
+    """Circular padding by the whole axis exports as ``Concat(x, x)``: a cat of two whole views
+    of the same nodes along a free axis is a take of every position twice."""
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.o = nn.Conv1d(2, 3, 1), nn.Conv1d(3, 2, 3)
+
+        def forward(self, x):
+            return self.o(F.pad(self.c(x), (2, 0), mode="circular"))
+
+    torch.manual_seed(0)
+    model, x = randomized(Wrap()), (torch.randn(2, 2, 2),)
+    pg = assert_oracles(model, x)
+    path = str(tmp_path / "wrap.onnx")
+    torch.onnx.export(model, x, path, dynamo=False, opset_version=17)
+    assert canonical.isomorphic(pg, gc.compile(path))
