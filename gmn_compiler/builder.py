@@ -184,9 +184,13 @@ class GraphBuilder:
         for block in self.blocks:
             if block.param >= 0:
                 uses.setdefault(block.param, []).append(block)
-        for index, blocks in uses.items():
-            if len(blocks) < 2:
-                continue
+        for index, all_blocks in uses.items():
+            for blocks in _sharing_groups(all_blocks, math.prod(self.params[index].shape)):
+                self._tie_uses(index, blocks)
+
+    def _tie_uses(self, index: int, blocks: list[EdgeBlock]) -> None:
+        """Tie the uses ``blocks`` of parameter ``index`` (see :meth:`tie_shared_params`)."""
+        if len(blocks) >= 2:
             shape = self.params[index].shape
             strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
             for axis, (size, stride) in enumerate(zip(shape, strides)):
@@ -255,6 +259,34 @@ def _compact(t: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
 def _memory_order(t: torch.Tensor) -> torch.Tensor:
     """``t`` with its axes permuted into memory order (a transposed view becomes contiguous)."""
     return t.permute(sorted(range(t.dim()), key=lambda a: -t.stride(a)))
+
+
+def _sharing_groups(blocks: list[EdgeBlock], numel: int) -> list[list[EdgeBlock]]:
+    """The uses of one parameter, grouped by the entries they share (connected by overlap).
+    Uses of disjoint parts (the q, k and v rows of one in-projection) share no value, so
+    nothing ties their nodes; a use of the whole tensor shares entries with every other."""
+    if len(blocks) < 2 or any(b.offsets is None for b in blocks):
+        return [blocks]
+    masks = []
+    for b in blocks:
+        mask = torch.zeros(numel, dtype=torch.bool)
+        mask[b.offsets.reshape(-1)] = True
+        masks.append(mask)
+    group = list(range(len(blocks)))
+
+    def find(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    for i in range(len(blocks)):
+        for j in range(i + 1, len(blocks)):
+            if find(i) != find(j) and bool((masks[i] & masks[j]).any()):
+                group[find(i)] = find(j)
+    found: dict[int, list[EdgeBlock]] = {}
+    for i, b in enumerate(blocks):
+        found.setdefault(find(i), []).append(b)
+    return list(found.values())
 
 
 def _axis_position(block: EdgeBlock, shape: tuple[int, ...], axis: int, stride: int) -> torch.Tensor:

@@ -160,6 +160,11 @@ class FlatResidual(nn.Module):  # a linear's units added to positions of flatten
 class GroupNorm2d(nn.Module):  # GroupNorm over [N, C] (the exporter writes reshape + InstanceNorm)
     def __init__(s): super().__init__(); s.a = nn.Linear(4, 6); s.g = nn.GroupNorm(3, 6, eps=0.01); s.o = nn.Linear(6, 2)
     def forward(s, x): return s.o(s.g(s.a(x)))
+class CrossAttnPinnedQuery(nn.Module):  # q/k/v rows of one in_proj read different inputs
+    def __init__(s):
+        super().__init__(); s.a = nn.Linear(1, 4, bias=False); s.b = nn.Linear(4, 4, bias=False)
+        s.m = nn.MultiheadAttention(4, 2, bias=False, batch_first=True); s.v = torch.tensor([0.5, -1.0, 2.0, 0.25])
+    def forward(s, x): h = s.a(x) + s.v; return s.m(h, s.b(h), s.b(h), need_weights=False)[0]
 class FlatSlices(nn.Module):  # two slices of one flattened channel's positions
     def __init__(s): super().__init__(); s.c = nn.Conv2d(2, 2, 3, stride=2, padding=1, bias=False); s.a = nn.Linear(3, 2); s.b = nn.Linear(3, 2)
     def forward(s, x): h = s.c(x).flatten(1); return s.a(h[:, 0:3]) + s.b(h[:, 3:6])
@@ -243,6 +248,7 @@ cases.update({"K_where_pair": (WherePair(), (torch.randn(2, 2, 4, 4),)),
               "K_gate_by_stats": (GateByStats(), (torch.randn(2, 1),)),
               "K_flat_residual": (FlatResidual(), (torch.randn(2, 1, 5),)),
               "K_group_norm_2d": (GroupNorm2d(), (torch.randn(3, 4),)),
+              "K_cross_attention_pinned_query": (CrossAttnPinnedQuery(), (torch.randn(2, 3, 1),)),
               "K_flat_slices": (FlatSlices(), (torch.randn(2, 2, 3, 5),)),
               "K_flat_rotate": (FlatRotate(), (torch.randn(2, 2, 3, 5),)),
               "K_flat_roll": (FlatRoll(), (torch.randn(2, 2, 3, 5),))})
@@ -266,6 +272,7 @@ def test_family(name):
 ONNX_OPEN: dict[str, str] = {}  # name -> why its ONNX spelling still fails (none does)
 PARITY_DIFFERS = {
     "G_two_embeddings_b": "an integer input used in arithmetic is a Cast the ONNX frontend treats as a constant",
+    "K_cross_attention_pinned_query": "the exporter cuts in_proj_weight into new initializers (q, and k/v)",
 }
 
 
