@@ -137,7 +137,29 @@ def reconcile(symmetries: list[dict], partitions: list[Partition], classes: Unit
                 if met is not None and _apply(sym, *met):
                     changed = True
         if not changed:
-            return
+            break
+    _check_moved_blocks(symmetries, partitions, classes)
+
+
+def _check_moved_blocks(symmetries: list[dict], partitions: list[Partition], classes: UnitClasses) -> None:
+    """A declaration whose block swaps move other units' blocks (heads move their value dims,
+    ``sym["moves"]``) stops allowing whole-block swaps once a partition or a fixed
+    declaration cuts or fixes those blocks."""
+    fixed = [_fixed(s) for s in symmetries if is_fixed(s)]
+    for sym in symmetries:
+        if sym.get("withdrawn") or not sym.get("permute_groups"):
+            continue
+        for link in sym.get("moves", []):
+            blocks = len(set(link.block))
+            for other in partitions + fixed:
+                met = _meet(link, other, classes)
+                if met is not None and (not met[1] or len(set(met[0])) != blocks):
+                    sym["permute_groups"] = False
+                    if sym["groups"] == sym["nodes"].numel():
+                        sym["withdrawn"] = sym["fixed"] = True
+                    break
+            if not sym.get("permute_groups"):
+                break
 
 
 def fixed_units(symmetries: list[dict], classes: UnitClasses, derived: set[int]) -> Partition:

@@ -188,6 +188,17 @@ class LoweringContext:
         self.symmetries.append({"nodes": nodes.clone(), "groups": groups,
                                 "permute_groups": permute_groups, "what": what + where})
 
+    def link_to_heads(self, heads: torch.Tensor, members: torch.Tensor) -> None:
+        """``members[k]`` (value dims) belong to head ``heads[k]``: a declaration that swaps
+        these heads moves the members' blocks too, so it holds only while nothing fixes or
+        cuts those blocks (checked in :func:`~gmn_compiler.declarations.reconcile`)."""
+        present = set(heads.tolist())
+        order = {h: i for i, h in enumerate(sorted(present))}
+        link = Partition(self.root_nodes(members).tolist(), [order[h] for h in heads.tolist()], True, "value dims")
+        for sym in self.symmetries:
+            if sym.get("permute_groups") and present <= set(sym["nodes"].tolist()):
+                sym.setdefault("moves", []).append(link)
+
     def refine_symmetry(self, nodes: torch.Tensor, groups: int, what: str,
                         permute_groups: bool) -> None:
         """A later op splits ``nodes`` (or the nodes they copy) into ``groups`` consecutive

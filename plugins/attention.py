@@ -124,6 +124,7 @@ def _declare_shared_value_dims(ctx, heads: torch.Tensor, sources: torch.Tensor) 
 
 def _declare_value_dims(ctx, heads: torch.Tensor, nodes: torch.Tensor) -> None:
     """Value dims move freely inside each head (``nodes`` sorted by head)."""
+    ctx.link_to_heads(heads, nodes)
     counts = torch.bincount(torch.unique(heads, return_inverse=True)[1])
     if counts.numel() and bool((counts == counts[0]).all()) and int(counts[0]) > 1:
         ctx.declare_symmetry(nodes[torch.argsort(heads, stable=True)], "value dims within each head",

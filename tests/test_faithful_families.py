@@ -165,6 +165,15 @@ class CrossAttnPinnedQuery(nn.Module):  # q/k/v rows of one in_proj read differe
         super().__init__(); s.a = nn.Linear(1, 4, bias=False); s.b = nn.Linear(4, 4, bias=False)
         s.m = nn.MultiheadAttention(4, 2, bias=False, batch_first=True); s.v = torch.tensor([0.5, -1.0, 2.0, 0.25])
     def forward(s, x): h = s.a(x) + s.v; return s.m(h, s.b(h), s.b(h), need_weights=False)[0]
+class HeadsThenPinned(nn.Module):  # a constant over features after attention fixes the heads' value dims
+    def __init__(s):
+        super().__init__(); s.q, s.k, s.v = nn.Linear(2, 4), nn.Linear(2, 4), nn.Linear(2, 4); s.o = nn.Linear(4, 1)
+        s.c = torch.tensor([0.5, -1.0, 2.0, 0.25])
+    def forward(s, x):
+        b, t, _ = x.shape
+        q, k, v = (f(x).view(b, t, 2, 2).transpose(1, 2) for f in (s.q, s.k, s.v))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 4)
+        return s.o(y + s.c)
 class FlatSlices(nn.Module):  # two slices of one flattened channel's positions
     def __init__(s): super().__init__(); s.c = nn.Conv2d(2, 2, 3, stride=2, padding=1, bias=False); s.a = nn.Linear(3, 2); s.b = nn.Linear(3, 2)
     def forward(s, x): h = s.c(x).flatten(1); return s.a(h[:, 0:3]) + s.b(h[:, 3:6])
@@ -249,6 +258,7 @@ cases.update({"K_where_pair": (WherePair(), (torch.randn(2, 2, 4, 4),)),
               "K_flat_residual": (FlatResidual(), (torch.randn(2, 1, 5),)),
               "K_group_norm_2d": (GroupNorm2d(), (torch.randn(3, 4),)),
               "K_cross_attention_pinned_query": (CrossAttnPinnedQuery(), (torch.randn(2, 3, 1),)),
+              "K_heads_then_pinned": (HeadsThenPinned(), (torch.randn(2, 3, 2),)),
               "K_flat_slices": (FlatSlices(), (torch.randn(2, 2, 3, 5),)),
               "K_flat_rotate": (FlatRotate(), (torch.randn(2, 2, 3, 5),)),
               "K_flat_roll": (FlatRoll(), (torch.randn(2, 2, 3, 5),))})
