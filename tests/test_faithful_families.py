@@ -174,6 +174,9 @@ class HeadsThenPinned(nn.Module):  # a constant over features after attention fi
         q, k, v = (f(x).view(b, t, 2, 2).transpose(1, 2) for f in (s.q, s.k, s.v))
         y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 4)
         return s.o(y + s.c)
+class InputPlusEmbeddingMean(nn.Module):  # fuzz seed 3 #254: still unsound (OPEN)
+    def __init__(s): super().__init__(); s.e = nn.Embedding(5, 2); s.o = nn.Linear(2, 1, bias=False)
+    def forward(s, x, ids): return s.o((x + s.e(ids)).mean(1, keepdim=True))
 class FlatSlices(nn.Module):  # two slices of one flattened channel's positions
     def __init__(s): super().__init__(); s.c = nn.Conv2d(2, 2, 3, stride=2, padding=1, bias=False); s.a = nn.Linear(3, 2); s.b = nn.Linear(3, 2)
     def forward(s, x): h = s.c(x).flatten(1); return s.a(h[:, 0:3]) + s.b(h[:, 3:6])
@@ -259,6 +262,7 @@ cases.update({"K_where_pair": (WherePair(), (torch.randn(2, 2, 4, 4),)),
               "K_group_norm_2d": (GroupNorm2d(), (torch.randn(3, 4),)),
               "K_cross_attention_pinned_query": (CrossAttnPinnedQuery(), (torch.randn(2, 3, 1),)),
               "K_heads_then_pinned": (HeadsThenPinned(), (torch.randn(2, 3, 2),)),
+              "K_input_plus_embedding_mean": (InputPlusEmbeddingMean(), (torch.randn(2, 3, 2), torch.randint(0, 5, (2, 3)))),
               "K_flat_slices": (FlatSlices(), (torch.randn(2, 2, 3, 5),)),
               "K_flat_rotate": (FlatRotate(), (torch.randn(2, 2, 3, 5),)),
               "K_flat_roll": (FlatRoll(), (torch.randn(2, 2, 3, 5),))})
@@ -266,7 +270,10 @@ cases.update({"K_where_pair": (WherePair(), (torch.randn(2, 2, 4, 4),)),
 cases.update({"H_gptj_rotary": (GPTJAttn(), (torch.randn(2, 5, 8),)),
               "H_gptj_partial_rotary": (GPTJAttn(rotary_dim=2), (torch.randn(2, 5, 8),))})
 
-OPEN: dict[str, str] = {}  # family -> why it still fails (issue 19); all listed ones pass now
+OPEN: dict[str, str] = {  # family -> why it still fails (issue 19)
+    "K_input_plus_embedding_mean": "x + embedding(ids) averaged over tokens: a generator of the graph's "
+                                   "automorphism group changes the output (found by fuzz seed 3, not yet diagnosed)",
+}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=OPEN[n]))
@@ -279,7 +286,9 @@ def test_family(name):
 
 # ONNX spellings of the same models (TorchScript exporter): sound through onnxruntime, and
 # isomorphic to the torch graph unless the exporter changes the program
-ONNX_OPEN: dict[str, str] = {}  # name -> why its ONNX spelling still fails (none does)
+ONNX_OPEN: dict[str, str] = {  # name -> why its ONNX spelling still fails
+    "K_input_plus_embedding_mean": OPEN["K_input_plus_embedding_mean"],
+}
 PARITY_DIFFERS = {
     "G_two_embeddings_b": "an integer input used in arithmetic is a Cast the ONNX frontend treats as a constant",
     "K_cross_attention_pinned_query": "the exporter cuts in_proj_weight into new initializers (q, and k/v)",
