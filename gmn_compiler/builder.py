@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - numpy comes with torch_geometric
     _np = None
 
 from . import schema
+from .declarations import UnitClasses
 from .ir import ParamInfo, ParamRef
 
 _ROLE = schema.node_column("role")
@@ -272,20 +273,14 @@ def _sharing_groups(blocks: list[EdgeBlock], numel: int) -> list[list[EdgeBlock]
         mask = torch.zeros(numel, dtype=torch.bool)
         mask[b.offsets.reshape(-1)] = True
         masks.append(mask)
-    group = list(range(len(blocks)))
-
-    def find(i: int) -> int:
-        while group[i] != i:
-            i = group[i]
-        return i
-
+    groups = UnitClasses()
     for i in range(len(blocks)):
         for j in range(i + 1, len(blocks)):
-            if find(i) != find(j) and bool((masks[i] & masks[j]).any()):
-                group[find(i)] = find(j)
+            if bool((masks[i] & masks[j]).any()):
+                groups.union(i, j)
     found: dict[int, list[EdgeBlock]] = {}
     for i, b in enumerate(blocks):
-        found.setdefault(find(i), []).append(b)
+        found.setdefault(groups.find(i), []).append(b)
     return list(found.values())
 
 

@@ -33,12 +33,15 @@ class UnitClasses:
             n = self.parent[n]
         return n
 
+    def union(self, u: int, v: int) -> None:
+        ru, rv = self.find(u), self.find(v)
+        if ru != rv:
+            self.parent[ru] = rv
+
     def tie(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Nodes ``a[k]`` and ``b[k]`` are the same unit seen twice."""
         for u, v in zip(a.reshape(-1).tolist(), b.reshape(-1).tolist()):
-            ru, rv = self.find(u), self.find(v)
-            if ru != rv:
-                self.parent[ru] = rv
+            self.union(u, v)
 
 
 @dataclass

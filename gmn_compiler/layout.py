@@ -93,6 +93,21 @@ def content_digest(t: torch.Tensor) -> str:
     return hashlib.sha1(head + q.contiguous().numpy().tobytes()).hexdigest()
 
 
+def keys_per_node(ids: torch.Tensor, values: torch.Tensor) -> dict[int, tuple[int, ...]]:
+    """For every node in ``ids``, the sorted set of ``values`` (same shape) it meets: a node
+    met at several indices or blocks is told apart by the set of them."""
+    found: dict[int, set[int]] = {}
+    for n, v in zip(ids.reshape(-1).tolist(), values.expand(ids.shape).reshape(-1).tolist()):
+        found.setdefault(n, set()).add(v)
+    return {n: tuple(sorted(vs)) for n, vs in sorted(found.items())}
+
+
+def rank_keys(keys: dict[int, tuple[int, ...]]) -> dict[int, int]:
+    """Each node's key replaced by its rank among the distinct keys."""
+    rank = {k: r for r, k in enumerate(sorted(set(keys.values())))}
+    return {n: rank[k] for n, k in keys.items()}
+
+
 def signature_code(sig: tuple) -> float:
     """A stable number identifying ``sig`` in [2, 3): the value of the edges into the nodes
     that materialise a signed view. It is an identifier (equal signatures, equal codes), not

@@ -277,15 +277,9 @@ class LoweringContext:
         """An op treats the units ``ids`` (any shape) by blocks ``block`` (same shape): a
         slice keeps some and drops others, a split sends them to different places. Blocks
         never move as a whole; declarations over units tied to these are narrowed."""
-        found: dict[int, set[int]] = {}
-        for n, b in zip(ids.reshape(-1).tolist(), block.expand(ids.shape).reshape(-1).tolist()):
-            found.setdefault(n, set()).add(b)
-        # a node met in several blocks is told apart by the set of them
-        keys = {n: tuple(sorted(bs)) for n, bs in found.items()}
-        rank = {k: r for r, k in enumerate(sorted(set(keys.values())))}
-        nodes = torch.tensor(sorted(keys), dtype=torch.long)
-        blocks = [rank[keys[n]] for n in nodes.tolist()]
-        self.partitions.append(Partition(self.root_nodes(nodes).tolist(), blocks, False, what))
+        ranks = L.rank_keys(L.keys_per_node(ids, block))
+        nodes = torch.tensor(list(ranks), dtype=torch.long)
+        self.partitions.append(Partition(self.root_nodes(nodes).tolist(), list(ranks.values()), False, what))
 
     def tie_units(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Nodes ``b[k]`` are made from ``a[k]`` one to one (an elementwise op pairing its

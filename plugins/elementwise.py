@@ -38,6 +38,9 @@ SCALAR_TYPES = {"add": ("scalar_add", "scalar_add"), "sub": ("scalar_sub", "scal
                 "mul": ("scalar_mul", "scalar_mul"), "div": ("scalar_div", "scalar_rdiv"),
                 "pow": ("scalar_pow", None)}
 
+# scalar edge types whose scalar leaves the value as it is (x + 0, x * 1)
+_IDENTITY_SCALARS = {"scalar_add": 0.0, "scalar_sub": 0.0, "scalar_mul": 1.0, "scalar_div": 1.0, "scalar_pow": 1.0}
+
 
 def lower_binary(ctx, op) -> None:
     """inputs ``[a, b]``; attrs ``alpha`` (``a + alpha * b`` for add/sub)."""
@@ -189,17 +192,13 @@ def _pin_along(ctx, ids: torch.Tensor, axes: list[int]) -> None:
         shape = [1] * ids.dim()
         shape[axis] = ids.shape[axis]
         index = index * ids.shape[axis] + torch.arange(ids.shape[axis]).view(shape)
-    nodes, index = ids.reshape(-1), index.expand(ids.shape).reshape(-1)
     # a node met at several indices (a unit shared by tokens that a table tells apart from
     # another block's) is pinned by its set of indices: equal sets, equal positions
-    where: dict[int, set[int]] = {}
-    for n, i in zip(nodes.tolist(), index.tolist()):
-        where.setdefault(n, set()).add(i)
-    keys = {n: tuple(sorted(found)) for n, found in where.items()}
-    rank = {key: r for r, key in enumerate(sorted(set(keys.values())))}
+    keys = L.keys_per_node(ids, index)
     single = all(len(key) == 1 for key in keys.values())
-    uniq = torch.tensor(sorted(keys), dtype=torch.long)
-    positions = torch.tensor([keys[n][0] if single else rank[keys[n]] for n in uniq.tolist()], dtype=torch.long)
+    uniq = torch.tensor(list(keys), dtype=torch.long)
+    positions = torch.tensor([k[0] for k in keys.values()] if single else list(L.rank_keys(keys).values()),
+                             dtype=torch.long)
     ctx.builder.pin(uniq, positions)
     # units tied one to one to these (a residual add before) are told apart as well
     ctx.partition_units(uniq, positions, "positions a constant fixes")
@@ -230,8 +229,7 @@ def _lower_scalar(ctx, op, x: Value, scalar: float, scalar_is_lhs: bool, alpha=1
     if scalar_is_lhs and op.kind in ("add", "sub") and alpha != 1:
         raise ctx.error("scalar - alpha * x with alpha != 1 is not supported")
     etype = SCALAR_TYPES[op.kind][1 if scalar_is_lhs else 0]
-    identity = {"scalar_add": 0.0, "scalar_sub": 0.0, "scalar_mul": 1.0, "scalar_div": 1.0, "scalar_pow": 1.0}
-    if identity.get(etype) == float(scalar) and tuple(op.output.shape) == tuple(x.shape):
+    if _IDENTITY_SCALARS.get(etype) == float(scalar) and tuple(op.output.shape) == tuple(x.shape):
         # x + 0, x * 1 (an exporter folds them away): the identity, no nodes
         ctx.set_layout(op.output, L.align(layout, len(op.output.shape)))
         return
