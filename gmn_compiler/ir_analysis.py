@@ -54,6 +54,40 @@ INPUT_AXIS_BY_FIRST_USE = {"conv": 1, "conv_transpose": 1, "batch_norm": 1, "gro
                            "instance_norm": 1, "linear": -1, "layer_norm": -1}
 
 
+_POINTWISE_KINDS = {"add", "sub", "mul", "div", "identity", "maximum", "minimum", "pow"} | set(schema.ACTIVATIONS)
+
+
+def broadcast_axes(ir: IRGraph) -> dict[int, frozenset[int]]:
+    """For each value, axes of size > 1 along which all its entries are equal because an
+    ``expand`` broadcast them from size 1 (``h / norm.expand_as(h)``), followed through
+    permutes and pointwise ops. An axis missing from the set may still hold equal entries:
+    callers may only rely on the axes listed."""
+    found: dict[int, frozenset[int]] = {}
+
+    def aligned(operand, ndim: int) -> tuple[tuple[int, ...], frozenset[int]]:
+        shape = tuple(getattr(operand, "shape", ()))
+        extra = ndim - len(shape)
+        equal = found.get(operand.id, frozenset()) if isinstance(operand, Value) else frozenset()
+        return (1,) * extra + shape, frozenset(a + extra for a in equal)
+
+    for op in ir.ops:
+        if len(op.outputs) != 1:
+            continue
+        out = op.output
+        ndim = len(out.shape)
+        if op.kind == "expand" and isinstance(op.inputs[0], Value):
+            shape, equal = aligned(op.inputs[0], ndim)
+            found[out.id] = equal | {a for a in range(ndim) if shape[a] == 1 and out.shape[a] > 1}
+        elif op.kind == "permute" and isinstance(op.inputs[0], Value):
+            equal = found.get(op.inputs[0].id, frozenset())
+            found[out.id] = frozenset(j for j, d in enumerate(op.attrs["dims"]) if d % ndim in equal)
+        elif op.kind in _POINTWISE_KINDS:
+            operands = [aligned(x, ndim) for x in op.inputs if hasattr(x, "shape")]
+            found[out.id] = frozenset(a for a in range(ndim) if out.shape[a] > 1 and
+                                      all(shape[a] == 1 or a in equal for shape, equal in operands))
+    return {v: axes for v, axes in found.items() if axes}
+
+
 def infer_input_axis(ir: IRGraph, value: Value) -> int | None:
     """The neuron axis of a model input: given by the user, else from its first consumer
     (channels for conv/norm layers, the last axis for linear/layer norm), else axis 1 for

@@ -14,7 +14,7 @@ import torch
 from . import layout as L
 from .builder import BuiltGraph, GraphBuilder
 from .declarations import Partition, UnitClasses, fixed_units, reconcile
-from .ir_analysis import AliasFamilies
+from .ir_analysis import AliasFamilies, broadcast_axes
 from .errors import LoweringError, UnsupportedOpsError
 from .ir import IRGraph, Op, ParamRef, Value
 from .layout import Layout
@@ -45,6 +45,7 @@ class LoweringContext:
         self._copies: dict[tuple, Layout] = {}  # signed view -> the nodes materialising it
         self.partitions: list[Partition] = []  # groupings later ops impose on units
         self._sources: dict[int, frozenset[int]] | None = None
+        self._broadcast: dict[int, frozenset[int]] | None = None
 
     # ------------------------------------------------------------ layouts
     def layout(self, value: Value) -> Layout | None:
@@ -111,6 +112,13 @@ class LoweringContext:
                     sources[out.id] = found
             self._sources = sources
         return sorted(self._sources.get(value.id, frozenset()))
+
+    def broadcast_axes(self, value: Value) -> frozenset[int]:
+        """Axes along which ``value``'s entries are known to be equal (broadcast by an
+        ``expand``; :func:`~gmn_compiler.ir_analysis.broadcast_axes`)."""
+        if self._broadcast is None:
+            self._broadcast = broadcast_axes(self.ir)
+        return self._broadcast.get(value.id, frozenset())
 
     def error(self, message: str) -> LoweringError:
         where = f"{self.op.kind} at {self.op.location}" if self.op else "lowering"

@@ -107,6 +107,7 @@ def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
     if la is None and lb is None:
         ctx.set_layout(out, None)
         return
+    varying += _free_axes_spelled_out(ctx, a, la, b, lb, ndim)
     ta, tb = L.broadcast_pair(la, lb, ndim)
     n = ctx.builder.num_nodes + 1
     keys = ta * n + (tb + 1)
@@ -181,6 +182,24 @@ def _varying_neuron_axes(ctx, constant: Value | torch.Tensor, other: Value, ndim
             continue  # equal along the axis: no neuron is told apart
         axes.append(axis)
     return axes
+
+
+def _free_axes_spelled_out(ctx, a, la, b, lb, ndim: int) -> list[int]:
+    """Axes along which one operand holds data at several free positions (its layout is
+    free there, its entries are not known to be equal copies) while the other operand has
+    neurons: each new node reads that operand's entry at one position, which no
+    permutation of nodes may move (``x + emb(ids)`` where ``x``'s neuron axis is its tokens
+    and the embedding's its features), so the new nodes get fixed positions along the axis."""
+    axes = []
+    for value, layout, other in ((a, la, lb), (b, lb, la)):
+        if layout is None or other is None or isinstance(value, torch.Tensor):
+            continue
+        shift = ndim - len(value.shape)
+        shape = (1,) * shift + tuple(value.shape)
+        copies = {k + shift for k in ctx.broadcast_axes(value)}  # ``norm.expand_as(h)``
+        mine, theirs = L.align(layout, ndim).ids.shape, L.align(other, ndim).ids.shape
+        axes += [k for k in range(ndim) if shape[k] > 1 and k not in copies and mine[k] == 1 and theirs[k] > 1]
+    return sorted(set(axes))
 
 
 def _pin_along(ctx, ids: torch.Tensor, axes: list[int]) -> None:

@@ -174,7 +174,7 @@ class HeadsThenPinned(nn.Module):  # a constant over features after attention fi
         q, k, v = (f(x).view(b, t, 2, 2).transpose(1, 2) for f in (s.q, s.k, s.v))
         y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 4)
         return s.o(y + s.c)
-class InputPlusEmbeddingMean(nn.Module):  # fuzz seed 3 #254: still unsound (OPEN)
+class InputPlusEmbeddingMean(nn.Module):  # fuzz seed 3 #254: x's free features meet the embedding's units
     def __init__(s): super().__init__(); s.e = nn.Embedding(5, 2); s.o = nn.Linear(2, 1, bias=False)
     def forward(s, x, ids): return s.o((x + s.e(ids)).mean(1, keepdim=True))
 class FlatSlices(nn.Module):  # two slices of one flattened channel's positions
@@ -270,10 +270,7 @@ cases.update({"K_where_pair": (WherePair(), (torch.randn(2, 2, 4, 4),)),
 cases.update({"H_gptj_rotary": (GPTJAttn(), (torch.randn(2, 5, 8),)),
               "H_gptj_partial_rotary": (GPTJAttn(rotary_dim=2), (torch.randn(2, 5, 8),))})
 
-OPEN: dict[str, str] = {  # family -> why it still fails (issue 19)
-    "K_input_plus_embedding_mean": "x + embedding(ids) averaged over tokens: a generator of the graph's "
-                                   "automorphism group changes the output (found by fuzz seed 3, not yet diagnosed)",
-}
+OPEN: dict[str, str] = {}  # family -> why it still fails (issue 19)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=OPEN[n]))
@@ -286,9 +283,7 @@ def test_family(name):
 
 # ONNX spellings of the same models (TorchScript exporter): sound through onnxruntime, and
 # isomorphic to the torch graph unless the exporter changes the program
-ONNX_OPEN: dict[str, str] = {  # name -> why its ONNX spelling still fails
-    "K_input_plus_embedding_mean": OPEN["K_input_plus_embedding_mean"],
-}
+ONNX_OPEN: dict[str, str] = {}  # name -> why its ONNX spelling still fails
 PARITY_DIFFERS = {
     "G_two_embeddings_b": "an integer input used in arithmetic is a Cast the ONNX frontend treats as a constant",
     "K_cross_attention_pinned_query": "the exporter cuts in_proj_weight into new initializers (q, and k/v)",
