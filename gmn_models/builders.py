@@ -56,6 +56,7 @@ BUILTIN_BUILDERS: dict[str, tuple[str, str]] = {
     "gmn_models.public_zoos.small_cnn_zoo:SmallCNN": ("gmn_models.public_zoos.small_cnn_zoo", "SmallCNN"),
     "gmn_models.public_zoos.siren:Siren": ("gmn_models.public_zoos.siren", "Siren"),
     "gmn_models.architectures:resnet": ("gmn_models.architectures", "resnet"),
+    "gmn_models.inr.families:inr": ("gmn_models.inr.families", "inr"),
 }
 
 _NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*", re.ASCII)

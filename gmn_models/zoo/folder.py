@@ -69,13 +69,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
-def rows_to_csv(rows: Iterable[dict]) -> str:
-    """CSV text with header :data:`COLUMNS`; ``None`` becomes an empty cell."""
+def rows_to_csv(rows: Iterable[dict], columns: tuple[str, ...] = COLUMNS) -> str:
+    """CSV text with header ``columns`` (the classifier zoo's :data:`COLUMNS` by default);
+    ``None`` becomes an empty cell."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: "" if r.get(k) is None else r[k] for k in COLUMNS})
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
     return buf.getvalue()
 
 

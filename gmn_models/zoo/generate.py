@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from ..workers import usable_workers
 from . import data as zdata
 from .families import resolve_builder
-from .folder import atomic_write_text, rows_to_csv, sha256_file, write_manifest
+from .folder import COLUMNS, atomic_write_text, rows_to_csv, sha256_file, write_manifest
 from .plan import ChunkPlan, ZooSpec, chunk_plan
 from .train_vmap import train_group
 
@@ -93,9 +93,9 @@ def run_chunk(folder: str | os.PathLike, plan: ChunkPlan) -> dict:
             "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3)}
 
 
-def finalize(folder: str | os.PathLike, spec: ZooSpec) -> int:
-    """Rewrite ``models.csv`` from the finished chunks and ``manifest.sha256``; returns the
-    number of rows."""
+def finalize(folder: str | os.PathLike, spec: ZooSpec, columns: tuple[str, ...] = COLUMNS) -> int:
+    """Rewrite ``models.csv`` (header ``columns``) from the finished chunks of ``spec`` (any
+    spec with a ``chunks`` count) and ``manifest.sha256``; returns the number of rows."""
     folder = Path(folder)
     lines: list[str] = []
     hashes: dict[str, str] = {}
@@ -109,7 +109,7 @@ def finalize(folder: str | os.PathLike, spec: ZooSpec) -> int:
             hashes[p] = h
         hashes[f"chunks/{chunk_name(i)}.csv"] = sha256_file(f"{base}.csv")
         hashes[f"chunks/{chunk_name(i)}.sha256"] = sha256_file(f"{base}.sha256")
-    atomic_write_text(folder / "models.csv", rows_to_csv([]) + "".join(lines))
+    atomic_write_text(folder / "models.csv", rows_to_csv([], columns) + "".join(lines))
     hashes["models.csv"] = sha256_file(folder / "models.csv")
     hashes["zoo.json"] = sha256_file(folder / "zoo.json")
     write_manifest(folder, hashes)
