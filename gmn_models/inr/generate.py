@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..workers import usable_workers
+from ..zoo import folder as zfolder
 from ..zoo.folder import atomic_write_text, rows_to_csv, sha256_file
 from ..zoo.generate import chunk_name, finalize, is_done
 from . import data as idata
@@ -135,6 +136,18 @@ def run_chunk(folder: str | os.PathLike, spec: INRZooSpec, index: int) -> dict:
     atomic_write_text(folder / "chunks" / f"{name}.csv", rows_to_csv(rows, COLUMNS))
     return {"chunk": index, "arch": kwargs, "fitted": len(results), "saved": len(rows),
             "refused": len(results) - len(rows), "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3)}
+
+
+def load_rows(folder: str | os.PathLike) -> list[dict]:
+    """Typed rows of an INR zoo's ``models.csv`` (numbers parsed, ``builder_kwargs`` decoded),
+    each with the folder as ``root``."""
+    rows = zfolder.load_rows(folder)
+    for r in rows:
+        for key in ("label", "signal"):
+            r[key] = None if r.get(key) is None else int(r[key])
+        for key in ("amplitude", "phase", "psnr", "w0"):
+            r[key] = None if r.get(key) is None else float(r[key])
+    return rows
 
 
 def _prepare(folder: Path, spec: INRZooSpec) -> None:

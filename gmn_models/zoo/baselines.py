@@ -148,20 +148,21 @@ statnn = _gbt(statnn_features)
 class ParamDeepSets(nn.Module):
     """φ([value, emb(index), emb(index from end), emb(kind)]) → mean per network → ρ."""
 
-    def __init__(self, hidden: int = 64, emb: int = 8):
+    def __init__(self, hidden: int = 64, emb: int = 8, out: int = 1):
         super().__init__()
         self.index_emb = nn.Embedding(MAX_LAYER, emb)
         self.rev_emb = nn.Embedding(MAX_LAYER, emb)
         self.kind_emb = nn.Embedding(len(KINDS), emb)
         self.phi = nn.Sequential(nn.Linear(1 + 3 * emb, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.rho = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.rho = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
 
     def forward(self, value, index, rev, kind, segment, n_nets: int) -> torch.Tensor:
         h = torch.cat([value[:, None], self.index_emb(index), self.rev_emb(rev), self.kind_emb(kind)], 1)
         h = self.phi(h)
         pooled = torch.zeros(n_nets, h.shape[1]).index_add_(0, segment, h)
         counts = torch.zeros(n_nets).index_add_(0, segment, torch.ones(len(segment)))
-        return self.rho(pooled / counts[:, None]).squeeze(-1)
+        out = self.rho(pooled / counts[:, None])
+        return out.squeeze(-1) if out.shape[-1] == 1 else out
 
 
 def value_scale(rows: Rows) -> float:
@@ -170,7 +171,7 @@ def value_scale(rows: Rows) -> float:
     return math.sqrt(total / max(1, sum(_params(r)[0].size for r in rows))) or 1.0
 
 
-def _set_batch(rows: Rows, max_elements: int, gen: np.random.Generator | None, scale: float):
+def set_batch(rows: Rows, max_elements: int, gen: np.random.Generator | None, scale: float):
     """Packed elements of ``rows`` (at most ``max_elements`` per network, a random subset
     from ``gen`` or evenly spaced ones when ``gen`` is None); values divided by ``scale``."""
     parts = []
@@ -253,14 +254,14 @@ def deepsets(train_rows: Rows, test_rows: Rows, seed: int, target: str = "test_a
 
     def forward(idx, _epoch):
         rows = [train_rows[i] for i in idx.tolist()]
-        return model(*_set_batch(rows, max_elements, rng, scale), len(rows))
+        return model(*set_batch(rows, max_elements, rng, scale), len(rows))
 
     _train_regressor(model, forward, len(train_rows), (y - mu) / sd, seed, epochs, batch_size, lr)
     preds = []
     with torch.no_grad():
         for s in range(0, len(test_rows), 64):
             rows = test_rows[s:s + 64]
-            preds.append(model(*_set_batch(rows, 4 * max_elements, None, scale), len(rows)))
+            preds.append(model(*set_batch(rows, 4 * max_elements, None, scale), len(rows)))
     return (torch.cat(preds) * sd + mu).numpy()
 
 

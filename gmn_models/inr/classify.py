@@ -1,0 +1,288 @@
+"""INR classification: the digit an MNIST INR draws, predicted from its weights alone.
+
+    python -m gmn_models.inr.classify --zoo inr_std --methods mlp,deepsets,statnn,nfn_np,nfn_hnp,gmn \\
+        --seeds 3 --out results_classify.json
+
+Splits (:func:`split`): ``random`` — a seeded 20 % test set, train on the rest; ``ood`` (a zoo
+of several architectures only) — every INR of a fixed quarter of the architectures (builder
+kwargs) is a test INR, so test architectures are never seen in training.
+
+Methods (each ``fn(train_rows, test_rows, seed, epochs) -> predicted classes``; all trained for
+the same number of epochs, no early stopping, values divided by the training rows' RMS):
+
+* ``mlp`` — an MLP on the flattened parameters, zero-padded to the longest INR;
+* ``deepsets`` — DeepSets over parameters (:class:`gmn_models.zoo.baselines.ParamDeepSets`);
+* ``statnn`` — StatNN statistics, ``HistGradientBoostingClassifier``;
+* ``nfn_np`` / ``nfn_hnp`` — neural functionals from the ``nfn`` package (Zhou et al. 2023):
+  two NP / HNP layers, pooling, a linear head. They need every INR to be one plain MLP shape
+  (the standard setting) and refuse other zoos;
+* ``gmn`` — :class:`gmn_models.model.GMN` on the compiled parameter graphs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..zoo.baselines import ParamDeepSets, flat_parameters, set_batch, statnn_features, value_scale
+from .families import linear_weights
+from .generate import load_rows
+
+CLASSES = 10
+SPLITS = ("random", "ood")
+TEST_FRACTION = 0.2
+Rows = Sequence[dict]
+
+
+def split(rows: Rows, how: str, seed: int) -> tuple[list[int], list[int]]:
+    """Train and test row indices (module docstring)."""
+    n = len(rows)
+    if how == "random":
+        order = np.random.default_rng([seed, 21]).permutation(n)
+        cut = int(round(n * TEST_FRACTION))
+        return sorted(order[cut:].tolist()), sorted(order[:cut].tolist())
+    if how == "ood":
+        archs = sorted({json.dumps(r["builder_kwargs"], sort_keys=True) for r in rows})
+        if len(archs) < 4:
+            raise ValueError(f"the ood split needs a zoo of at least 4 architectures, this one has {len(archs)}")
+        held = set(np.random.default_rng(0).permutation(archs)[: len(archs) // 4].tolist())
+        test = [i for i, r in enumerate(rows) if json.dumps(r["builder_kwargs"], sort_keys=True) in held]
+        return [i for i in range(n) if i not in set(test)], test
+    raise ValueError(f"unknown split {how!r}; expected one of {list(SPLITS)}")
+
+
+def _labels(rows: Rows) -> torch.Tensor:
+    return torch.tensor([int(r["label"]) for r in rows])
+
+
+def _train(model: nn.Module, logits: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, seed: int,
+           epochs: int, batch_size: int = 64, lr: float = 1e-3) -> None:
+    """AdamW on cross-entropy, cosine schedule; ``logits(indices)`` for those training rows."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(y) / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=gen)
+        for s in range(0, len(y), batch_size):
+            idx = perm[s:s + batch_size]
+            loss = nn.functional.cross_entropy(logits(idx), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+
+
+def _predict(logits: Callable[[torch.Tensor], torch.Tensor], n: int, batch_size: int = 256) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([logits(torch.arange(s, min(n, s + batch_size))).argmax(-1)
+                          for s in range(0, n, batch_size)]).numpy()
+
+
+def _flat(rows: Rows, length: int, scale: float) -> torch.Tensor:
+    out = torch.zeros(len(rows), length)
+    for i, r in enumerate(rows):
+        values = flat_parameters(r["root"], r["path"])[0]
+        out[i, : values.size] = torch.from_numpy(values / scale)
+    return out
+
+
+def mlp(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 50, hidden: int = 256) -> np.ndarray:
+    """An MLP on the flattened parameters, zero-padded to the longest INR of either set."""
+    torch.manual_seed(seed)
+    scale = value_scale(train_rows)
+    length = max(flat_parameters(r["root"], r["path"])[0].size for r in [*train_rows, *test_rows])
+    x_tr, x_te = _flat(train_rows, length, scale), _flat(test_rows, length, scale)
+    model = nn.Sequential(nn.Linear(length, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                          nn.Linear(hidden, CLASSES))
+    _train(model, lambda idx: model(x_tr[idx]), _labels(train_rows), seed, epochs)
+    return _predict(lambda idx: model(x_te[idx]), len(test_rows))
+
+
+def deepsets(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 50, max_elements: int = 512) -> np.ndarray:
+    """DeepSets over the parameters (``max_elements`` random ones per INR and step)."""
+    torch.manual_seed(seed)
+    scale, rng = value_scale(train_rows), np.random.default_rng(seed)
+    model = ParamDeepSets(out=CLASSES)
+
+    def train_logits(idx):
+        rows = [train_rows[i] for i in idx.tolist()]
+        return model(*set_batch(rows, max_elements, rng, scale), len(rows))
+
+    def test_logits(idx):
+        rows = [test_rows[i] for i in idx.tolist()]
+        return model(*set_batch(rows, 4 * max_elements, None, scale), len(rows))
+
+    _train(model, train_logits, _labels(train_rows), seed, epochs, batch_size=32)
+    return _predict(test_logits, len(test_rows), batch_size=64)
+
+
+def statnn(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 0) -> np.ndarray:
+    """StatNN features, gradient-boosted trees (``epochs`` unused)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    x_tr = np.array([statnn_features(r) for r in train_rows])
+    x_te = np.array([statnn_features(r) for r in test_rows])
+    empty = np.isnan(x_tr).all(0)
+    x_tr[:, empty], x_te[:, empty] = 0.0, 0.0
+    model = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, random_state=seed)
+    return model.fit(x_tr, _labels(train_rows).numpy()).predict(x_te)
+
+
+def _wsfeat(rows: Rows, scale: float):
+    """NFN's weight-space features of plain MLP INRs of one shape: weights ``[B, 1, out, in]``,
+    biases ``[B, 1, out]``."""
+    from nfn.common import WeightSpaceFeatures
+
+    from ..zoo.folder import load_state_dict
+
+    per_row = []
+    for r in rows:
+        try:
+            per_row.append(linear_weights(load_state_dict(r)))
+        except ValueError as e:
+            raise ValueError(f"NFN needs every INR to have one MLP shape; {r['path']} is {e}") from None
+    shapes = {tuple(tuple(w.shape) for w in ws) for ws, _ in per_row}
+    if len(shapes) != 1:
+        raise ValueError(f"NFN needs every INR to have one MLP shape; this zoo has {len(shapes)} "
+                         "(run it on the standard setting)")
+    weights = [torch.stack([ws[i] for ws, _ in per_row])[:, None] / scale for i in range(len(per_row[0][0]))]
+    biases = [torch.stack([bs[i] for _, bs in per_row])[:, None] / scale for i in range(len(per_row[0][1]))]
+    return WeightSpaceFeatures(weights, biases)
+
+
+def _nfn(kind: str):
+    def method(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 50, hidden: int = 64) -> np.ndarray:
+        from nfn.common import network_spec_from_wsfeat
+        from nfn.layers import HNPLinear, HNPPool, NPLinear, NPPool, TupleOp
+
+        torch.manual_seed(seed)
+        scale = value_scale(train_rows)
+        tr, te = _wsfeat(train_rows, scale), _wsfeat(test_rows, scale)
+        spec = network_spec_from_wsfeat(tr, set_all_dims=True)
+        layer, pool = (NPLinear, NPPool) if kind == "np" else (HNPLinear, HNPPool)
+        model = nn.Sequential(layer(spec, 1, hidden), TupleOp(nn.ReLU()), layer(spec, hidden, hidden),
+                              TupleOp(nn.ReLU()), pool(spec), nn.Flatten(1),
+                              nn.Linear(hidden * pool.get_num_outs(spec), CLASSES))
+
+        def take(ws, idx):
+            return type(ws)([w[idx] for w in ws.weights], [b[idx] for b in ws.biases])
+
+        _train(model, lambda idx: model(take(tr, idx)), _labels(train_rows), seed, epochs)
+        return _predict(lambda idx: model(take(te, idx)), len(test_rows))
+    method.__doc__ = f"NFN ({kind.upper()}) from the ``nfn`` package."
+    return method
+
+
+def gmn(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 50, hidden: int = 32,
+        num_blocks: int = 3) -> np.ndarray:
+    """A GMN on the parameter graphs (compiled once per zoo, cached under ``<zoo>/.cache``)."""
+    from torch_geometric.data import Batch
+
+    from ..model import GMN
+    from ..zoo.gmn_method import zoo_graphs
+
+    ds = zoo_graphs(train_rows[0]["root"], "label")
+    position = {ds.metadata[mid]["path"]: i for i, mid in enumerate(ds.model_ids)}
+    missing = [r["path"] for r in [*train_rows, *test_rows] if r["path"] not in position]
+    if missing:
+        raise ValueError(f"gmn: {len(missing)} INRs did not compile, e.g. {missing[0]} ({ds.failures[:1]})")
+    train = [ds[position[r["path"]]] for r in train_rows]
+    test = [ds[position[r["path"]]] for r in test_rows]
+    torch.manual_seed(seed)
+    model = GMN(hidden=hidden, num_blocks=num_blocks, graph_out=CLASSES, seed=seed)
+    _train(model, lambda idx: model(Batch.from_data_list([train[i] for i in idx.tolist()])),
+           _labels(train_rows), seed, epochs, batch_size=32, lr=3e-3)
+    return _predict(lambda idx: model(Batch.from_data_list([test[i] for i in idx.tolist()])), len(test_rows), 128)
+
+
+METHODS: dict[str, Callable[..., np.ndarray]] = {
+    "mlp": mlp, "deepsets": deepsets, "statnn": statnn, "nfn_np": _nfn("np"), "nfn_hnp": _nfn("hnp"), "gmn": gmn,
+}
+
+
+def run(zoo: str, methods: Sequence[str], splits: Sequence[str], seeds: int, epochs: int, log=None) -> list[dict]:
+    """One record per (split, seed, method): test accuracy and seconds; a method that refuses
+    the zoo (NFN on mixed architectures) is recorded with its reason instead."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
+    rows = load_rows(zoo)
+    records = []
+    for how in splits:
+        for seed in range(seeds):
+            train_idx, test_idx = split(rows, how, seed)
+            train_rows, test_rows = [rows[i] for i in train_idx], [rows[i] for i in test_idx]
+            truth = _labels(test_rows).numpy()
+            for name in methods:
+                start = time.perf_counter()
+                record = {"method": name, "split": how, "seed": seed, "n_train": len(train_rows),
+                          "n_test": len(test_rows)}
+                try:
+                    pred = METHODS[name](train_rows, test_rows, seed, epochs=epochs)
+                    record["accuracy"] = float(np.mean(pred == truth))
+                except ValueError as e:
+                    record["refused"] = str(e)
+                record["seconds"] = round(time.perf_counter() - start, 1)
+                records.append(record)
+                if log:
+                    print(json.dumps(record), file=log, flush=True)
+    return records
+
+
+def markdown_table(records: Sequence[dict]) -> str:
+    """Test accuracy (%) mean ± std over seeds, per method and split, with mean seconds per run."""
+    splits = list(dict.fromkeys(r["split"] for r in records))
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    lines = ["| method | " + " | ".join(f"{s} acc. (%)" for s in splits) + " | s / run |",
+             "|---|" + "---|" * len(splits) + "---|"]
+    for m in methods:
+        cells, seconds = [], []
+        for s in splits:
+            mine = [r for r in records if r["method"] == m and r["split"] == s]
+            accs = [100 * r["accuracy"] for r in mine if "accuracy" in r]
+            seconds += [r["seconds"] for r in mine if "accuracy" in r]
+            cells.append(f"{np.mean(accs):.1f} ± {np.std(accs):.1f} ({len(accs)})" if accs else "n/a")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(seconds):.0f} |" if seconds else
+                     f"| {m} | " + " | ".join(cells) + " | - |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gmn_models.inr.classify",
+                                description="INR classification: predict the digit from an INR's weights.")
+    p.add_argument("--zoo", required=True, help="an INR zoo folder (python -m gmn_models.inr.generate)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--splits", default="random", help="comma-separated: random, ood")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--out", help="write the records here (JSON)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        records = run(args.zoo, args.methods.split(","), args.splits.split(","), args.seeds, args.epochs, sys.stderr)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.out:
+        from ..zoo.folder import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(records, indent=1) + "\n")
+    print(markdown_table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
