@@ -154,6 +154,15 @@ def test_family_fixed_in_issue_19(family):
                             shrink_failures=0, stop_on_failure=True))
 
 
+def test_free_features_meeting_embedding_units_fixed_in_issue_19():
+    """Seed 3's programs from #254, the first that failed: ``x + embedding(ids)`` averaged over
+    tokens, where ``x``'s neuron axis is its tokens and its features are free (the embedding's
+    units were swappable with the features of ``x`` they meet)."""
+    report = fuzz.fuzz(20, seed=3, families=PASSING, start=254, shrink_failures=0, stop_on_failure=True)
+    _assert_clean(report)
+    assert {"embed", "pair_reduce"} <= set(draw(3 * 1_000_003 + 254, PASSING).families)
+
+
 def test_fixed_seed_fuzz_through_onnx():
     """Programs exported to ONNX: sound through onnxruntime and isomorphic to the torch graph
     (an export that changes the parameters, e.g. folds a BatchNorm, is no failure)."""
