@@ -7,4 +7,7 @@ tasks the GMN paper and its peers evaluate on them (issue 13).
 - :mod:`.families` — the INR architectures (:func:`~.families.inr`, a registered builder).
 - :mod:`.fit` — many INRs of one architecture fitted at once (``torch.func.vmap``).
 - :mod:`.generate` — the chunked, resumable INR zoo in the model-folder format.
+- :mod:`.classify` — INR classification (the digit from the weights): GMN, NFN and baselines.
+
+Editing and self-supervised representations (issue 13) are not built yet.
 """
