@@ -76,8 +76,12 @@ def test_a_signal_during_a_write_removes_the_temporary_file(tmp_path, signame):
     target = tmp_path / "out.txt"
     script = tmp_path / "slow.py"
     script.write_text(SLOW_WRITE)
+    signum = getattr(signal, signame)
+    # the child starts with the default action for the signal even where this run inherited
+    # "ignore" (under nohup, SIGHUP is ignored, and write_atomically rightly leaves it so)
     proc = subprocess.Popen([sys.executable, str(script), str(target)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     try:
         assert proc.stdout.readline() == "ready\n", proc.stderr.read()
         assert len(_temporaries(tmp_path)) == 1  # the write is in progress
@@ -86,7 +90,6 @@ def test_a_signal_during_a_write_removes_the_temporary_file(tmp_path, signame):
     finally:
         proc.kill()
         proc.wait()
-    signum = getattr(signal, signame)
     assert proc.returncode == -signum  # still dies of the signal (KeyboardInterrupt: of SIGINT)
     assert _temporaries(tmp_path) == []
     assert target.read_bytes() == b"old contents\n"
