@@ -177,3 +177,59 @@ def test_inrs_below_the_psnr_floor_are_not_saved(tmp_path):
     out = generate(tmp_path / "z", strict)
     assert out["rows"] == 0 and out["timings"][0]["refused"] == 4
     assert not list((tmp_path / "z" / "models").rglob("*.safetensors"))
+
+
+def test_dilation_grows_a_bright_pixel_into_a_square_and_contrast_clips():
+    from gmn_models.inr.edit import apply_edit
+
+    image = torch.zeros(1, 5, 5)
+    image[0, 2, 2] = 0.7
+    grown = apply_edit("dilate", image)[0]
+    assert torch.equal(grown[1:4, 1:4], torch.full((3, 3), 0.7)) and float(grown.sum()) == pytest.approx(6.3)
+    assert torch.equal(apply_edit("contrast", torch.tensor([[[0.1, 0.5, 0.8]]])), torch.tensor([[[0.0, 0.5, 1.0]]]))
+    with pytest.raises(ValueError, match="unknown edit 'blur'"):
+        apply_edit("blur", image)
+
+
+def _render_and_check(renderer, graph, model, coords, target):
+    """The renderer draws what ``model`` draws from ``graph``'s edge values, and the picture's
+    loss has gradients on parameter edges only (what an editing metanetwork trains on)."""
+    from gmn_compiler import schema
+
+    values = graph.edge_attr[:, schema.EDGE_COLUMNS.index("value")].clone().requires_grad_(True)
+    with torch.no_grad():
+        expected = model(coords)
+    picture = renderer.render(values)
+    torch.testing.assert_close(picture, expected, rtol=1e-5, atol=1e-6)
+    ((picture - target) ** 2).mean().backward()
+    is_param = graph.edge_param >= 0
+    assert bool((values.grad[~is_param] == 0).all()) and float(values.grad[is_param].abs().sum()) > 0
+
+
+def test_renderer_draws_a_stored_inr_from_its_folder_graph(tmp_path):
+    from gmn_models.datasets import ModelGraphDataset
+    from gmn_models.inr.edit import Renderer
+
+    folder = tmp_path / "z"
+    generate(folder, INRZooSpec(setting="standard", dataset="digits", signals=2, members=2, steps=5, psnr_floor=0.0))
+    row = zfolder.read_csv_rows(folder / "models.csv")[0]
+    graph = ModelGraphDataset(str(tmp_path / "g"), str(folder), ["label"], workers=0, progress=False)[0]
+    model = inr(**row["builder_kwargs"])
+    model.load_state_dict(load_file(str(folder / row["path"])))
+    s = idata.load("digits", 1)
+    _render_and_check(Renderer(row["builder_kwargs"], s.coords), graph, model, s.coords, s.targets[0])
+
+
+def test_renderer_draws_a_fourier_layer_norm_inr():
+    from gmn_models.inr.edit import Renderer
+
+    kwargs = {"in_features": 2, "width": 6, "depth": 2, "activation": "gelu", "fourier": True, "layer_norm": True}
+    model = inr(**kwargs)
+    with torch.no_grad():  # LayerNorm affine away from its init, so that it matters
+        for norm in model.norms:
+            norm.weight.normal_(1.0, 0.5)
+            norm.bias.normal_(0.0, 0.5)
+    s = idata.load("digits", 1)
+    renderer = Renderer(kwargs, s.coords)
+    graph = gc.compile(model, (torch.zeros(2, 2),)).data
+    _render_and_check(renderer, graph, model, s.coords, s.targets[0])
