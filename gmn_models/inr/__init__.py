@@ -8,6 +8,7 @@ tasks the GMN paper and its peers evaluate on them (issue 13).
 - :mod:`.fit` — many INRs of one architecture fitted at once (``torch.func.vmap``).
 - :mod:`.generate` — the chunked, resumable INR zoo in the model-folder format.
 - :mod:`.classify` — INR classification (the digit from the weights): GMN, NFN and baselines.
+- :mod:`.edit` — the image edits and a differentiable renderer from edge values.
 
-Editing and self-supervised representations (issue 13) are not built yet.
+The editing experiment and self-supervised representations (issue 13) are not built yet.
 """
