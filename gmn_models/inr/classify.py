@@ -8,7 +8,8 @@ of several architectures only) — every INR of a fixed quarter of the architect
 kwargs) is a test INR, so test architectures are never seen in training.
 
 Methods (each ``fn(train_rows, test_rows, seed, epochs) -> predicted classes``; all trained for
-the same number of epochs, no early stopping, values divided by the training rows' RMS):
+the same number of epochs, no early stopping; the baselines divide values by the training rows'
+RMS, the GMN reads raw values):
 
 * ``mlp`` — an MLP on the flattened parameters, zero-padded to the longest INR;
 * ``deepsets`` — DeepSets over parameters (:class:`gmn_models.zoo.baselines.ParamDeepSets`);
