@@ -17,7 +17,9 @@ RMS, the GMN reads raw values):
 * ``nfn_np`` / ``nfn_hnp`` — neural functionals from the ``nfn`` package (Zhou et al. 2023):
   two NP / HNP layers, pooling, a linear head. They need every INR to be one plain MLP shape
   (the standard setting) and refuse other zoos;
-* ``gmn`` — :class:`gmn_models.model.GMN` on the compiled parameter graphs.
+* ``gmn`` — :class:`gmn_models.model.GMN` on the compiled parameter graphs;
+* ``rendered`` — a reference that reads the function, not the weights: logistic regression on
+  the picture each INR draws.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 
 from ..zoo.baselines import ParamDeepSets, flat_parameters, set_batch, statnn_features, value_scale
+from . import data as idata
 from .families import linear_weights
 from .generate import load_rows
 
@@ -207,8 +210,34 @@ def gmn(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 50, hidden: 
     return _predict(lambda idx: model(Batch.from_data_list([test[i] for i in idx.tolist()])), len(test_rows), 128)
 
 
+def _rendered(rows: Rows) -> np.ndarray:
+    """Each INR's output at its dataset's coordinates, ``[n, P]``."""
+    from ..zoo.folder import load_state_dict
+    from .families import inr
+
+    coords: dict[str, torch.Tensor] = {}
+    out = []
+    with torch.no_grad():
+        for r in rows:
+            if r["dataset"] not in coords:
+                coords[r["dataset"]] = idata.load(r["dataset"], 1).coords
+            model = inr(**r["builder_kwargs"])
+            model.load_state_dict(load_state_dict(r))
+            out.append(model(coords[r["dataset"]]).reshape(-1).numpy())
+    return np.stack(out)
+
+
+def rendered(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 0) -> np.ndarray:
+    """A reference, not a weight-space method: logistic regression on the picture each INR
+    draws (``epochs`` unused). It shows how much of the class the functions carry."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(max_iter=2000, random_state=seed)
+    return model.fit(_rendered(train_rows), _labels(train_rows).numpy()).predict(_rendered(test_rows))
+
+
 METHODS: dict[str, Callable[..., np.ndarray]] = {
-    "mlp": mlp, "deepsets": deepsets, "statnn": statnn, "nfn_np": _nfn("np"), "nfn_hnp": _nfn("hnp"), "gmn": gmn,
+    "rendered": rendered, "mlp": mlp, "deepsets": deepsets, "statnn": statnn, "nfn_np": _nfn("np"), "nfn_hnp": _nfn("hnp"), "gmn": gmn,
 }
 
 
