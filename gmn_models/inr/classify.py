@@ -8,8 +8,8 @@ of several architectures only) — every INR of a fixed quarter of the architect
 kwargs) is a test INR, so test architectures are never seen in training.
 
 Methods (each ``fn(train_rows, test_rows, seed, epochs) -> predicted classes``; all trained for
-the same number of epochs, no early stopping; the baselines divide values by the training rows'
-RMS, the GMN reads raw values):
+the same number of epochs, no early stopping, parameter values divided by the training rows'
+RMS):
 
 * ``mlp`` — an MLP on the flattened parameters, zero-padded to the longest INR;
 * ``deepsets`` — DeepSets over parameters (:class:`gmn_models.zoo.baselines.ParamDeepSets`);
@@ -188,9 +188,21 @@ def _nfn(kind: str):
     return method
 
 
+def _scaled(graph, scale: float):
+    """A copy of ``graph`` whose parameter edges' values are divided by ``scale`` (structural
+    edges, whose values are structure, keep theirs)."""
+    from gmn_compiler import schema
+
+    graph = graph.clone()
+    value, is_param = schema.EDGE_COLUMNS.index("value"), graph.edge_param >= 0
+    graph.edge_attr[is_param, value] = graph.edge_attr[is_param, value] / scale
+    return graph
+
+
 def gmn(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 50, hidden: int = 32,
         num_blocks: int = 3) -> np.ndarray:
-    """A GMN on the parameter graphs (compiled once per zoo, cached under ``<zoo>/.cache``)."""
+    """A GMN on the parameter graphs (compiled once per zoo, cached under ``<zoo>/.cache``),
+    parameter values divided by the training rows' RMS as for the baselines."""
     from torch_geometric.data import Batch
 
     from ..model import GMN
@@ -201,8 +213,9 @@ def gmn(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 50, hidden: 
     missing = [r["path"] for r in [*train_rows, *test_rows] if r["path"] not in position]
     if missing:
         raise ValueError(f"gmn: {len(missing)} INRs did not compile, e.g. {missing[0]} ({ds.failures[:1]})")
-    train = [ds[position[r["path"]]] for r in train_rows]
-    test = [ds[position[r["path"]]] for r in test_rows]
+    scale = value_scale(train_rows)
+    train = [_scaled(ds[position[r["path"]]], scale) for r in train_rows]
+    test = [_scaled(ds[position[r["path"]]], scale) for r in test_rows]
     torch.manual_seed(seed)
     model = GMN(hidden=hidden, num_blocks=num_blocks, graph_out=CLASSES, seed=seed)
     _train(model, lambda idx: model(Batch.from_data_list([train[i] for i in idx.tolist()])),
