@@ -290,6 +290,23 @@ PARITY_DIFFERS = {
 }
 
 
+def test_embedding_units_meeting_free_input_features_are_not_interchangeable():
+    """``x + emb(ids)`` where ``x``'s features are a free axis: swapping two embedding units
+    (and the head's matching inputs) changes the function, since ``x``'s features stay where
+    they are, so the two graphs must differ (before the fix they were isomorphic)."""
+    import gmn_compiler as gc
+    from gmn_compiler import canonical
+
+    torch.manual_seed(0)
+    model, inputs = InputPlusEmbeddingMean(), (torch.randn(2, 3, 2), torch.randint(0, 5, (2, 3)))
+    swapped = InputPlusEmbeddingMean()
+    with torch.no_grad():
+        swapped.e.weight.copy_(model.e.weight[:, [1, 0]])
+        swapped.o.weight.copy_(model.o.weight[:, [1, 0]])
+        assert not torch.allclose(model(*inputs), swapped(*inputs))
+    assert not canonical.isomorphic(gc.compile(model, inputs), gc.compile(swapped, inputs))
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=ONNX_OPEN[n]))
                                   if n in ONNX_OPEN else n for n in sorted(cases)])
 def test_family_onnx(name, tmp_path):
