@@ -26,19 +26,15 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors.torch import save_file
 
-from ..workers import usable_workers
 from ..zoo import folder as zfolder
 from ..zoo.folder import atomic_write_text, rows_to_csv, sha256_file
-from ..zoo.generate import chunk_name, finalize, is_done
+from ..zoo.generate import chunk_name, finalize, prepare_folder, run_chunks
 from . import data as idata
 from .families import STANDARD
 from .fit import fit_group
@@ -150,23 +146,6 @@ def load_rows(folder: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def _prepare(folder: Path, spec: INRZooSpec) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in [*folder.glob(".*.tmp-*"), *folder.glob("*/.*.tmp-*")]:
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    spec_file = folder / "zoo.json"
-    if spec_file.exists():
-        if json.loads(spec_file.read_text()) != spec.to_json():
-            raise ValueError(f"{folder} holds an INR zoo with a different spec (zoo.json); "
-                             "use another folder or the same options")
-    else:
-        atomic_write_text(spec_file, json.dumps(spec.to_json(), indent=1, sort_keys=True) + "\n")
-
-
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
 def _run_in_worker(folder: str, spec_json: dict, index: int) -> dict:
     return run_chunk(folder, INRZooSpec(**spec_json), index)
 
@@ -174,32 +153,14 @@ def _run_in_worker(folder: str, spec_json: dict, index: int) -> dict:
 def generate(folder: str | os.PathLike, spec: INRZooSpec, workers: int = 1, max_chunks: int | None = None,
              log=None) -> dict:
     """Generate (or resume) the INR zoo ``spec`` in ``folder``; at most ``max_chunks`` new
-    chunks this call. Returns ``{"done", "skipped", "rows", "timings"}``."""
+    chunks this call (here with torch's threads as they are, or in ``workers`` processes of one
+    thread each). Returns ``{"done", "skipped", "rows", "timings"}``."""
     folder = Path(folder)
-    _prepare(folder, spec)
-    todo = [i for i in range(spec.chunks) if not is_done(folder, i)]
-    skipped = spec.chunks - len(todo)
-    todo = todo[:max_chunks] if max_chunks is not None else todo
-    timings: list[dict] = []
-
-    def record(t: dict) -> None:
-        timings.append(t)
-        with open(folder / "timing.jsonl", "a") as f:
-            f.write(json.dumps(t) + "\n")
-        finalize(folder, spec, COLUMNS)
-        if log:
-            print(f"chunk {t['chunk']:4d} saved {t['saved']}/{t['fitted']} {t['seconds']:.1f}s "
-                  f"({len(timings)}/{len(todo)})", file=log, flush=True)
-
-    if usable_workers(workers) <= 1:
-        for i in todo:
-            record(run_chunk(folder, spec, i))
-    elif todo:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-            futures = [pool.submit(_run_in_worker, str(folder), spec.to_json(), i) for i in todo]
-            for fut in as_completed(futures):
-                record(fut.result())
-    return {"done": len(timings), "skipped": skipped, "rows": finalize(folder, spec, COLUMNS), "timings": timings}
+    prepare_folder(folder, spec.to_json(), "an INR zoo")
+    return run_chunks(folder, spec.chunks, max_chunks, lambda i: run_chunk(folder, spec, i), _run_in_worker,
+                      (str(folder), spec.to_json()), lambda: finalize(folder, spec, COLUMNS),
+                      lambda t: f"chunk {t['chunk']:4d} saved {t['saved']}/{t['fitted']} {t['seconds']:.1f}s",
+                      workers, None, log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import save_file
@@ -116,17 +117,18 @@ def finalize(folder: str | os.PathLike, spec: ZooSpec, columns: tuple[str, ...] 
     return len(lines)
 
 
-def _prepare(folder: Path, spec: ZooSpec) -> None:
-    """Create the folder or check that it holds ``spec``; remove temporaries left by an
-    interrupted run (one generator per folder at a time)."""
+def prepare_folder(folder: Path, spec_json: dict, what: str) -> None:
+    """Create the folder or check that its ``zoo.json`` holds ``spec_json`` (``what``, e.g.
+    "a zoo", names the folder's kind in the error); remove temporaries left by an interrupted
+    run (one generator per folder at a time)."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in [*folder.glob(".*.tmp-*"), *folder.glob("*/.*.tmp-*")]:
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     spec_file = folder / "zoo.json"
-    text = json.dumps(spec.to_json(), indent=1, sort_keys=True) + "\n"
+    text = json.dumps(spec_json, indent=1, sort_keys=True) + "\n"
     if spec_file.exists():
-        if ZooSpec.from_json(json.loads(spec_file.read_text())) != spec:
-            raise ValueError(f"{folder} holds a zoo with a different spec (zoo.json); "
+        if json.loads(spec_file.read_text()) != json.loads(text):
+            raise ValueError(f"{folder} holds {what} with a different spec (zoo.json); "
                              "use another folder or the same options")
     else:
         atomic_write_text(spec_file, text)
@@ -134,6 +136,45 @@ def _prepare(folder: Path, spec: ZooSpec) -> None:
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+
+
+def run_chunks(folder: Path, chunks: int, max_chunks: int | None, run_here: Callable[[int], dict],
+               run_in_worker: Callable[..., dict], worker_args: tuple, finish: Callable[[], int],
+               describe: Callable[[dict], str], workers: int = 1, threads: int | None = 1, log=None) -> dict:
+    """Run the chunks of ``range(chunks)`` not yet done in ``folder`` (at most ``max_chunks``):
+    here, one after the other (``run_here(i)``, with ``threads`` torch threads, ``None``: as
+    they are), or in ``workers`` spawn processes (``run_in_worker(*worker_args, i)``, ``threads``
+    or 1 torch threads each). After each chunk its timing record is appended to
+    ``timing.jsonl``, ``finish()`` rewrites the folder's table and manifest, and ``log`` gets
+    ``describe(record)``. Returns ``{"done", "skipped", "rows", "timings"}``."""
+    todo = [i for i in range(chunks) if not is_done(folder, i)]
+    skipped = chunks - len(todo)
+    todo = todo[:max_chunks] if max_chunks is not None else todo
+    timings: list[dict] = []
+
+    def record(t: dict) -> None:
+        timings.append(t)
+        with open(folder / "timing.jsonl", "a") as f:
+            f.write(json.dumps(t) + "\n")
+        finish()
+        if log:
+            print(f"{describe(t)} ({len(timings)}/{len(todo)})", file=log, flush=True)
+
+    if usable_workers(workers) <= 1:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads or previous)
+        try:
+            for i in todo:
+                record(run_here(i))
+        finally:
+            torch.set_num_threads(previous)
+    elif todo:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(threads or 1,)) as pool:
+            futures = [pool.submit(run_in_worker, *worker_args, i) for i in todo]
+            for fut in as_completed(futures):
+                record(fut.result())
+    return {"done": len(timings), "skipped": skipped, "rows": finish(), "timings": timings}
 
 
 def _run_in_worker(folder: str, spec_json: dict, index: int) -> dict:
@@ -146,37 +187,11 @@ def generate(folder: str | os.PathLike, spec: ZooSpec, workers: int = 1, threads
     this call. ``workers`` > 1 trains chunks in that many processes (``threads`` torch
     threads each). Returns ``{"done", "skipped", "rows", "timings"}``."""
     folder = Path(folder)
-    _prepare(folder, spec)
-    todo = [i for i in range(spec.chunks) if not is_done(folder, i)]
-    skipped = spec.chunks - len(todo)
-    todo = todo[:max_chunks] if max_chunks is not None else todo
-    timings: list[dict] = []
-
-    def record(t: dict) -> None:
-        timings.append(t)
-        with open(folder / "timing.jsonl", "a") as f:
-            f.write(json.dumps(t) + "\n")
-        finalize(folder, spec)
-        if log:
-            print(f"chunk {t['chunk']:5d} {t['family']:8s} {t['dataset']:8s} {t['networks']} nets "
-                  f"{t['seconds']:.1f}s ({len(timings)}/{len(todo)})", file=log, flush=True)
-
-    if usable_workers(workers) <= 1:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            for i in todo:
-                record(run_chunk(folder, chunk_plan(spec, i)))
-        finally:
-            torch.set_num_threads(previous)
-    elif todo:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(threads,)) as pool:
-            futures = [pool.submit(_run_in_worker, str(folder), spec.to_json(), i) for i in todo]
-            for fut in as_completed(futures):
-                record(fut.result())
-    rows = finalize(folder, spec)
-    return {"done": len(timings), "skipped": skipped, "rows": rows, "timings": timings}
+    prepare_folder(folder, spec.to_json(), "a zoo")
+    return run_chunks(folder, spec.chunks, max_chunks, lambda i: run_chunk(folder, chunk_plan(spec, i)),
+                      _run_in_worker, (str(folder), spec.to_json()), lambda: finalize(folder, spec),
+                      lambda t: f"chunk {t['chunk']:5d} {t['family']:8s} {t['dataset']:8s} {t['networks']} nets "
+                                f"{t['seconds']:.1f}s", workers, threads, log)
 
 
 def rate_table(timings: list[dict]) -> str:
