@@ -97,3 +97,17 @@ def linear_weights(state: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], 
     depth = len([k for k in state if k.startswith("hidden.") and k.endswith(".weight")])
     names = [f"hidden.{i}" for i in range(depth)] + ["out"]
     return [state[f"{n}.weight"] for n in names], [state[f"{n}.bias"] for n in names]
+
+
+def permute_hidden_units(state: dict[str, torch.Tensor], layer: int, perm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A copy of an INR's ``state`` with hidden layer ``layer``'s units reordered by ``perm``
+    (its weight rows and bias, its LayerNorm's affine parameters, the next layer's weight
+    columns): the same function, other weights (the symmetry an equivariant metanetwork
+    must respect)."""
+    out = dict(state)
+    nxt = f"hidden.{layer + 1}" if f"hidden.{layer + 1}.weight" in state else "out"
+    for name in (f"hidden.{layer}.weight", f"hidden.{layer}.bias", f"norms.{layer}.weight", f"norms.{layer}.bias"):
+        if name in state:
+            out[name] = state[name][perm]
+    out[f"{nxt}.weight"] = state[f"{nxt}.weight"][:, perm]
+    return out

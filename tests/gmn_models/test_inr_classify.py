@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gmn_models.inr import classify
+from gmn_models.inr.families import permute_hidden_units
 from gmn_models.inr.generate import INRZooSpec, generate, load_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,10 +68,8 @@ def _permuted_copy(row: dict, folder) -> dict:
     """The row's INR with the hidden units of its first hidden layer permuted (same function)."""
     state = load_file(str(folder / row["path"]))
     perm = torch.randperm(state["hidden.0.bias"].numel(), generator=torch.Generator().manual_seed(0))
-    state["hidden.0.weight"], state["hidden.0.bias"] = state["hidden.0.weight"][perm], state["hidden.0.bias"][perm]
-    state["hidden.1.weight"] = state["hidden.1.weight"][:, perm]
     path = row["path"].replace(".safetensors", "_perm.safetensors")
-    save_file(state, str(folder / path))
+    save_file(permute_hidden_units(state, 0, perm), str(folder / path))
     return {**row, "path": path}
 
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import gmn_compiler as gc
 from gmn_compiler.testing import check_all
 from gmn_models.inr import data as idata
-from gmn_models.inr.families import FROZEN, INR, inr, linear_weights
+from gmn_models.inr.families import FROZEN, INR, inr, linear_weights, permute_hidden_units
 from gmn_models.inr.fit import fit_alone, fit_group, init_inr
 from gmn_models.inr.generate import COLUMNS, INRZooSpec, chunk_arch, generate, main
 from gmn_models.zoo import folder as zfolder
@@ -86,6 +86,25 @@ def test_linear_weights_are_in_order_and_refuse_other_layers():
     assert [tuple(b.shape) for b in biases] == [(5,), (5,), (5,), (1,)]
     with pytest.raises(ValueError, match="not a plain MLP INR"):
         linear_weights(inr(width=4, depth=2, layer_norm=True).state_dict())
+
+
+@pytest.mark.parametrize("kwargs", [dict(depth=3, layer_norm=True), dict(activation="relu", fourier=True, depth=2)])
+@pytest.mark.parametrize("layer", [0, 1])
+def test_permuting_hidden_units_keeps_the_function_and_changes_the_weights(kwargs, layer):
+    torch.manual_seed(0)
+    model = inr(width=8, **kwargs).eval()
+    with torch.no_grad():  # LayerNorm's affine parameters start at 1 and 0: make them unit-specific
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    state = model.state_dict()
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(1))
+    permuted = permute_hidden_units(state, layer, perm)
+    assert any(not torch.equal(state[k], permuted[k]) for k in state)
+    x = torch.rand(50, 2) * 2 - 1
+    with torch.no_grad():
+        before = model(x)
+        model.load_state_dict(permuted)
+        assert torch.allclose(model(x), before, atol=1e-5)
 
 
 def test_bad_architectures_are_refused():
