@@ -1,18 +1,20 @@
-"""INR editing, first part: the image edits and a differentiable way back from a parameter
+"""INR editing: the image edits and a differentiable way back from a parameter
 graph's edge values to the picture an INR draws.
 
 An editing metanetwork (``gmn_models.model.EditGMN``: θ' = θ + γΔ) returns new values for a
-graph's edges; :class:`Renderer` turns them into the INR's parameters
+graph's edges; :class:`Architectures` turns them into the INR's parameters
 (``ParameterGraph.to_state_dict``, differentiable in the values) and evaluates the INR at the
 signal's coordinates (``torch.func.functional_call``), so the loss is the MSE between the edited
-INR's picture and the edited image. The editing experiment itself (training, baselines, the
-results table) is not built yet.
+INR's picture and the edited image. The experiment is :mod:`.editing`.
 """
 
 from __future__ import annotations
 
+import json
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call
 
 import gmn_compiler as gc
@@ -42,20 +44,38 @@ def apply_edit(name: str, images: torch.Tensor) -> torch.Tensor:
     return dilate(images) if name == "dilate" else contrast(images)
 
 
-class Renderer:
-    """Draws INRs of one architecture (``inr(**builder_kwargs)``) from edge values of its
-    parameter graph. ``example_shape`` must be the model folder's ``input_shape`` (the graphs of
-    a folder's INRs share the edge order of the graph compiled from that shape)."""
+class Architectures:
+    """One INR module (and, on request, its compiled parameter graph) per architecture, keyed by
+    the rows' builder kwargs; renders INRs from state dicts."""
 
-    def __init__(self, builder_kwargs: dict, coords: torch.Tensor, example_shape: tuple[int, ...] = (2, 2)):
-        self.module = inr(**builder_kwargs).eval()
-        self.coords = coords
-        self.graph = gc.compile(self.module, (torch.zeros(example_shape),))
+    def __init__(self) -> None:
+        self._modules: dict[str, nn.Module] = {}
+        self._graphs: dict[str, gc.ParameterGraph] = {}
 
-    def parameters_from(self, edge_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The INR's parameters from one value per edge (gradients flow to the values)."""
-        return self.graph.to_state_dict(edge_values)
+    @staticmethod
+    def key(row: dict) -> str:
+        return json.dumps(row["builder_kwargs"], sort_keys=True)
 
-    def render(self, edge_values: torch.Tensor) -> torch.Tensor:
-        """The INR's output ``[P, out]`` at the coordinates."""
-        return functional_call(self.module, self.parameters_from(edge_values), (self.coords,))
+    def module(self, row: dict) -> nn.Module:
+        key = self.key(row)
+        if key not in self._modules:
+            self._modules[key] = inr(**row["builder_kwargs"]).eval()
+        return self._modules[key]
+
+    def graph(self, row: dict) -> gc.ParameterGraph:
+        """The parameter graph of the row's architecture, compiled from its ``input_shape``
+        (the edge order of every compiled INR of that architecture)."""
+        key = self.key(row)
+        if key not in self._graphs:
+            shape = json.loads(row["input_shape"]) if isinstance(row["input_shape"], str) else row["input_shape"]
+            self._graphs[key] = gc.compile(self.module(row), (torch.zeros(shape),))
+        return self._graphs[key]
+
+    def render(self, row: dict, state: dict[str, torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        """The INR's output ``[P]`` at ``coords`` with parameters ``state`` (differentiable)."""
+        return functional_call(self.module(row), state, (coords,))[:, 0]
+
+    def render_values(self, row: dict, edge_values: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """The INR's output ``[P]`` with the parameters that one value per edge of its
+        architecture's graph gives (``to_state_dict``; gradients flow to the values)."""
+        return self.render(row, self.graph(row).to_state_dict(edge_values), coords)

@@ -38,7 +38,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
 import gmn_compiler as gc
 from gmn_compiler import schema
@@ -48,44 +47,11 @@ from ..zoo.baselines import flat_parameters, value_scale
 from ..zoo.folder import load_state_dict
 from . import data as idata
 from .classify import SPLITS, _flat, _wsfeat, split
-from .edit import EDITS, apply_edit
-from .families import inr
+from .edit import EDITS, Architectures, apply_edit
 from .generate import load_rows
 
 Rows = Sequence[dict]
 State = dict[str, torch.Tensor]
-
-
-class Architectures:
-    """One INR module (and, on request, its compiled parameter graph) per architecture, keyed by
-    the rows' builder kwargs; renders INRs from state dicts."""
-
-    def __init__(self) -> None:
-        self._modules: dict[str, nn.Module] = {}
-        self._graphs: dict[str, gc.ParameterGraph] = {}
-
-    @staticmethod
-    def key(row: dict) -> str:
-        return json.dumps(row["builder_kwargs"], sort_keys=True)
-
-    def module(self, row: dict) -> nn.Module:
-        key = self.key(row)
-        if key not in self._modules:
-            self._modules[key] = inr(**row["builder_kwargs"]).eval()
-        return self._modules[key]
-
-    def graph(self, row: dict) -> gc.ParameterGraph:
-        """The parameter graph of the row's architecture, compiled from its ``input_shape``
-        (the edge order of every compiled INR of that architecture)."""
-        key = self.key(row)
-        if key not in self._graphs:
-            shape = json.loads(row["input_shape"]) if isinstance(row["input_shape"], str) else row["input_shape"]
-            self._graphs[key] = gc.compile(self.module(row), (torch.zeros(shape),))
-        return self._graphs[key]
-
-    def render(self, row: dict, state: State, coords: torch.Tensor) -> torch.Tensor:
-        """The INR's output ``[P]`` at ``coords`` with parameters ``state`` (differentiable)."""
-        return functional_call(self.module(row), state, (coords,))[:, 0]
 
 
 @dataclass

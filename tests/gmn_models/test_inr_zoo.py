@@ -3,6 +3,7 @@ compiler's oracles), vectorised fitting against a plain loop, and the generated 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -210,7 +211,7 @@ def test_dilation_grows_a_bright_pixel_into_a_square_and_contrast_clips():
         apply_edit("blur", image)
 
 
-def _render_and_check(renderer, graph, model, coords, target):
+def _render_and_check(render, graph, model, coords, target):
     """The renderer draws what ``model`` draws from ``graph``'s edge values, and the picture's
     loss has gradients on parameter edges only (what an editing metanetwork trains on)."""
     from gmn_compiler import schema
@@ -218,8 +219,8 @@ def _render_and_check(renderer, graph, model, coords, target):
     values = graph.edge_attr[:, schema.EDGE_COLUMNS.index("value")].clone().requires_grad_(True)
     with torch.no_grad():
         expected = model(coords)
-    picture = renderer.render(values)
-    torch.testing.assert_close(picture, expected, rtol=1e-5, atol=1e-6)
+    picture = render(values)
+    torch.testing.assert_close(picture, expected[:, 0], rtol=1e-5, atol=1e-6)
     ((picture - target) ** 2).mean().backward()
     is_param = graph.edge_param >= 0
     assert bool((values.grad[~is_param] == 0).all()) and float(values.grad[is_param].abs().sum()) > 0
@@ -227,7 +228,7 @@ def _render_and_check(renderer, graph, model, coords, target):
 
 def test_renderer_draws_a_stored_inr_from_its_folder_graph(tmp_path):
     from gmn_models.datasets import ModelGraphDataset
-    from gmn_models.inr.edit import Renderer
+    from gmn_models.inr.edit import Architectures
 
     folder = tmp_path / "z"
     generate(folder, INRZooSpec(setting="standard", dataset="digits", signals=2, members=2, steps=5, psnr_floor=0.0))
@@ -236,11 +237,12 @@ def test_renderer_draws_a_stored_inr_from_its_folder_graph(tmp_path):
     model = inr(**row["builder_kwargs"])
     model.load_state_dict(load_file(str(folder / row["path"])))
     s = idata.load("digits", 1)
-    _render_and_check(Renderer(row["builder_kwargs"], s.coords), graph, model, s.coords, s.targets[0])
+    render = functools.partial(Architectures().render_values, row, coords=s.coords)
+    _render_and_check(render, graph, model, s.coords, s.targets[0, :, 0])
 
 
 def test_renderer_draws_a_fourier_layer_norm_inr():
-    from gmn_models.inr.edit import Renderer
+    from gmn_models.inr.edit import Architectures
 
     kwargs = {"in_features": 2, "width": 6, "depth": 2, "activation": "gelu", "fourier": True, "layer_norm": True}
     model = inr(**kwargs)
@@ -249,6 +251,7 @@ def test_renderer_draws_a_fourier_layer_norm_inr():
             norm.weight.normal_(1.0, 0.5)
             norm.bias.normal_(0.0, 0.5)
     s = idata.load("digits", 1)
-    renderer = Renderer(kwargs, s.coords)
+    row = {"builder_kwargs": kwargs, "input_shape": [2, 2]}
+    render = functools.partial(Architectures().render_values, row, coords=s.coords)
     graph = gc.compile(model, (torch.zeros(2, 2),)).data
-    _render_and_check(renderer, graph, model, s.coords, s.targets[0])
+    _render_and_check(render, graph, model, s.coords, s.targets[0, :, 0])
