@@ -8,7 +8,9 @@ tasks the GMN paper and its peers evaluate on them (issue 13).
 - :mod:`.fit` — many INRs of one architecture fitted at once (``torch.func.vmap``).
 - :mod:`.generate` — the chunked, resumable INR zoo in the model-folder format.
 - :mod:`.classify` — INR classification (the digit from the weights): GMN, NFN and baselines.
-- :mod:`.edit` — the image edits and a differentiable renderer from edge values.
-
-The editing experiment and self-supervised representations (issue 13) are not built yet.
+- :mod:`.edit` — the image edits; INRs drawn from state dicts or from graph edge values.
+- :mod:`.editing` — INR editing (θ' = θ + γΔ(θ)): EditGMN, NFN, an MLP, the unedited INR.
+- :mod:`.represent` — self-supervised (contrastive) representations of sine-wave INRs, probed
+  linearly for amplitude and phase.
+- :mod:`.reproduce` — every zoo and experiment in one command.
 """

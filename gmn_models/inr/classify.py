@@ -36,8 +36,7 @@ import torch
 from torch import nn
 
 from ..zoo.baselines import ParamDeepSets, flat_parameters, set_batch, statnn_features, value_scale
-from . import data as idata
-from .families import linear_weights
+from .inputs import flat_inputs, nfn_features, rendered_outputs, row_graphs, scaled_graph
 from .generate import load_rows
 
 CLASSES = 10
@@ -93,20 +92,12 @@ def _predict(logits: Callable[[torch.Tensor], torch.Tensor], n: int, batch_size:
                           for s in range(0, n, batch_size)]).numpy()
 
 
-def _flat(rows: Rows, length: int, scale: float) -> torch.Tensor:
-    out = torch.zeros(len(rows), length)
-    for i, r in enumerate(rows):
-        values = flat_parameters(r["root"], r["path"])[0]
-        out[i, : values.size] = torch.from_numpy(values / scale)
-    return out
-
-
 def mlp(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 50, hidden: int = 256) -> np.ndarray:
     """An MLP on the flattened parameters, zero-padded to the longest INR of either set."""
     torch.manual_seed(seed)
     scale = value_scale(train_rows)
     length = max(flat_parameters(r["root"], r["path"])[0].size for r in [*train_rows, *test_rows])
-    x_tr, x_te = _flat(train_rows, length, scale), _flat(test_rows, length, scale)
+    x_tr, x_te = flat_inputs(train_rows, length, scale), flat_inputs(test_rows, length, scale)
     model = nn.Sequential(nn.Linear(length, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                           nn.Linear(hidden, CLASSES))
     _train(model, lambda idx: model(x_tr[idx]), _labels(train_rows), seed, epochs)
@@ -147,28 +138,6 @@ def statnn(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 0) -> np.
         return model.fit(x_tr, _labels(train_rows).numpy()).predict(x_te)
 
 
-def _wsfeat(rows: Rows, scale: float):
-    """NFN's weight-space features of plain MLP INRs of one shape: weights ``[B, 1, out, in]``,
-    biases ``[B, 1, out]``."""
-    from nfn.common import WeightSpaceFeatures
-
-    from ..zoo.folder import load_state_dict
-
-    per_row = []
-    for r in rows:
-        try:
-            per_row.append(linear_weights(load_state_dict(r)))
-        except ValueError as e:
-            raise ValueError(f"NFN needs every INR to have one MLP shape; {r['path']} is {e}") from None
-    shapes = {tuple(tuple(w.shape) for w in ws) for ws, _ in per_row}
-    if len(shapes) != 1:
-        raise ValueError(f"NFN needs every INR to have one MLP shape; this zoo has {len(shapes)} "
-                         "(run it on the standard setting)")
-    weights = [torch.stack([ws[i] for ws, _ in per_row])[:, None] / scale for i in range(len(per_row[0][0]))]
-    biases = [torch.stack([bs[i] for _, bs in per_row])[:, None] / scale for i in range(len(per_row[0][1]))]
-    return WeightSpaceFeatures(weights, biases)
-
-
 def _nfn(kind: str):
     def method(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 50, hidden: int = 64) -> np.ndarray:
         from nfn.common import network_spec_from_wsfeat
@@ -176,7 +145,7 @@ def _nfn(kind: str):
 
         torch.manual_seed(seed)
         scale = value_scale(train_rows)
-        tr, te = _wsfeat(train_rows, scale), _wsfeat(test_rows, scale)
+        tr, te = nfn_features(train_rows, scale), nfn_features(test_rows, scale)
         spec = network_spec_from_wsfeat(tr, set_all_dims=True)
         layer, pool = (NPLinear, NPPool) if kind == "np" else (HNPLinear, HNPPool)
         model = nn.Sequential(layer(spec, 1, hidden), TupleOp(nn.ReLU()), layer(spec, hidden, hidden),
@@ -192,17 +161,6 @@ def _nfn(kind: str):
     return method
 
 
-def _scaled(graph, scale: float):
-    """A copy of ``graph`` whose parameter edges' values are divided by ``scale`` (structural
-    edges, whose values are structure, keep theirs)."""
-    from gmn_compiler import schema
-
-    graph = graph.clone()
-    value, is_param = schema.EDGE_COLUMNS.index("value"), graph.edge_param >= 0
-    graph.edge_attr[is_param, value] = graph.edge_attr[is_param, value] / scale
-    return graph
-
-
 def gmn(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 50, hidden: int = 32,
         num_blocks: int = 3) -> np.ndarray:
     """A GMN on the parameter graphs (compiled once per zoo, cached under ``<zoo>/.cache``),
@@ -210,38 +168,15 @@ def gmn(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 50, hidden: 
     from torch_geometric.data import Batch
 
     from ..model import GMN
-    from ..zoo.gmn_method import zoo_graphs
 
-    ds = zoo_graphs(train_rows[0]["root"], "label")
-    position = {ds.metadata[mid]["path"]: i for i, mid in enumerate(ds.model_ids)}
-    missing = [r["path"] for r in [*train_rows, *test_rows] if r["path"] not in position]
-    if missing:
-        raise ValueError(f"gmn: {len(missing)} INRs did not compile, e.g. {missing[0]} ({ds.failures[:1]})")
     scale = value_scale(train_rows)
-    train = [_scaled(ds[position[r["path"]]], scale) for r in train_rows]
-    test = [_scaled(ds[position[r["path"]]], scale) for r in test_rows]
+    graphs = [scaled_graph(g, scale) for g in row_graphs([*train_rows, *test_rows])]
+    train, test = graphs[:len(train_rows)], graphs[len(train_rows):]
     torch.manual_seed(seed)
     model = GMN(hidden=hidden, num_blocks=num_blocks, graph_out=CLASSES, seed=seed)
     _train(model, lambda idx: model(Batch.from_data_list([train[i] for i in idx.tolist()])),
            _labels(train_rows), seed, epochs, batch_size=32, lr=3e-3)
     return _predict(lambda idx: model(Batch.from_data_list([test[i] for i in idx.tolist()])), len(test_rows), 128)
-
-
-def _rendered(rows: Rows) -> np.ndarray:
-    """Each INR's output at its dataset's coordinates, ``[n, P]``."""
-    from ..zoo.folder import load_state_dict
-    from .families import inr
-
-    coords: dict[str, torch.Tensor] = {}
-    out = []
-    with torch.no_grad():
-        for r in rows:
-            if r["dataset"] not in coords:
-                coords[r["dataset"]] = idata.load(r["dataset"], 1).coords
-            model = inr(**r["builder_kwargs"])
-            model.load_state_dict(load_state_dict(r))
-            out.append(model(coords[r["dataset"]]).reshape(-1).numpy())
-    return np.stack(out)
 
 
 def rendered(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 0) -> np.ndarray:
@@ -250,7 +185,7 @@ def rendered(train_rows: Rows, test_rows: Rows, seed: int, epochs: int = 0) -> n
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(max_iter=2000, random_state=seed)
-    return model.fit(_rendered(train_rows), _labels(train_rows).numpy()).predict(_rendered(test_rows))
+    return model.fit(rendered_outputs(train_rows), _labels(train_rows).numpy()).predict(rendered_outputs(test_rows))
 
 
 METHODS: dict[str, Callable[..., np.ndarray]] = {

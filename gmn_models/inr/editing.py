@@ -46,9 +46,10 @@ from gmn_compiler.fileio import write_atomically
 from ..zoo.baselines import flat_parameters, value_scale
 from ..zoo.folder import load_state_dict
 from . import data as idata
-from .classify import SPLITS, _flat, _wsfeat, split
+from .classify import SPLITS, split
 from .edit import EDITS, Architectures, apply_edit
 from .generate import load_rows
+from .inputs import flat_inputs, nfn_features, row_graphs, scaled_graph
 
 Rows = Sequence[dict]
 State = dict[str, torch.Tensor]
@@ -156,7 +157,7 @@ def mlp(train: EditSet, test: EditSet, archs: Architectures, seed: int, epochs: 
     torch.manual_seed(seed)
     scale = value_scale(train.rows)
     length = max(flat_parameters(r["root"], r["path"])[0].size for r in [*train.rows, *test.rows])
-    x = {True: _flat(train.rows, length, scale), False: _flat(test.rows, length, scale)}
+    x = {True: flat_inputs(train.rows, length, scale), False: flat_inputs(test.rows, length, scale)}
     body = nn.Sequential(nn.Linear(length, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                          nn.Linear(hidden, length))
     model = _Gamma(body, scale)
@@ -177,7 +178,7 @@ def _nfn(kind: str):
 
         torch.manual_seed(seed)
         scale = value_scale(train.rows)
-        feats = {True: _wsfeat(train.rows, scale), False: _wsfeat(test.rows, scale)}
+        feats = {True: nfn_features(train.rows, scale), False: nfn_features(test.rows, scale)}
         spec = network_spec_from_wsfeat(feats[True], set_all_dims=True)
         layer = NPLinear if kind == "np" else HNPLinear
         body = nn.Sequential(layer(spec, 1, hidden), TupleOp(nn.ReLU()), layer(spec, hidden, hidden),
@@ -211,20 +212,14 @@ def gmn(train: EditSet, test: EditSet, archs: Architectures, seed: int, epochs: 
     from torch_geometric.data import Batch
 
     from ..model import EditGMN
-    from ..zoo.gmn_method import zoo_graphs
-    from .classify import _scaled
 
-    ds = zoo_graphs(train.rows[0]["root"], "label")
-    position = {ds.metadata[mid]["path"]: i for i, mid in enumerate(ds.model_ids)}
-    missing = [r["path"] for r in [*train.rows, *test.rows] if r["path"] not in position]
-    if missing:
-        raise ValueError(f"gmn: {len(missing)} INRs did not compile, e.g. {missing[0]} ({ds.failures[:1]})")
     scale = value_scale(train.rows)
-    graphs = {is_train: [ds[position[r["path"]]] for r in side.rows] for is_train, side in ((True, train), (False, test))}
+    both = row_graphs([*train.rows, *test.rows])
+    graphs = {True: both[:len(train.rows)], False: both[len(train.rows):]}
     for is_train, side in ((True, train), (False, test)):
         for row, g in zip(side.rows, graphs[is_train]):
             _check_edge_order(archs.graph(row), g, row)
-    scaled = {k: [_scaled(g, scale) for g in v] for k, v in graphs.items()}
+    scaled = {k: [scaled_graph(g, scale) for g in v] for k, v in graphs.items()}
     torch.manual_seed(seed)
     model = EditGMN(hidden=hidden, num_blocks=num_blocks, seed=seed)
     value = schema.EDGE_COLUMNS.index("value")

@@ -4,7 +4,6 @@ compiler's oracles), vectorised fitting against a plain loop, and the generated 
 from __future__ import annotations
 
 import functools
-import json
 import math
 
 import numpy as np
