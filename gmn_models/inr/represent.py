@@ -350,18 +350,18 @@ def run(zoo: str, methods: Sequence[str], splits: Sequence[str], seeds: int, epo
 
 
 def markdown_table(records: Sequence[dict]) -> str:
-    """Probe test MSE (amplitude, phase, sum) mean ± std over seeds per method and split, with
-    mean seconds per run; ``rendered`` is marked as a reference."""
+    """Probe test MSE (amplitude, phase, sum, (sin, cos) of phase) mean ± std over seeds per
+    method and split, with mean seconds per run; ``rendered`` is marked as a reference."""
     splits = list(dict.fromkeys(r["split"] for r in records))
     methods = list(dict.fromkeys(r["method"] for r in records))
-    head = [f"{s} {m}" for s in splits for m in ("amp. MSE", "phase MSE", "total MSE")]
+    head = [f"{s} {m}" for s in splits for m in ("amp. MSE", "phase MSE", "total MSE", "(sin, cos) MSE")]
     lines = ["| method | " + " | ".join(head) + " | s / run |", "|---|" + "---|" * (len(head) + 1)]
     for m in methods:
         cells, seconds = [], []
         for s in splits:
             done = [r for r in records if r["method"] == m and r["split"] == s and "mse_total" in r]
             seconds += [r["seconds"] for r in done]
-            for key in ("mse_amplitude", "mse_phase", "mse_total"):
+            for key in ("mse_amplitude", "mse_phase", "mse_total", "mse_phase_sincos"):
                 vals = [r[key] for r in done]
                 cells.append(f"{np.mean(vals):.3f} ± {np.std(vals):.3f} ({len(vals)})" if vals else "n/a")
         label = f"{m} (reference)" if m == "rendered" else m

@@ -1,15 +1,15 @@
 """All INR tasks of issue 13 in one command: zoos, classification, editing, representations.
 
-    python -m gmn_models.inr.reproduce --out inr_run --size small     # minutes on 2 cores
+    python -m gmn_models.inr.reproduce --out inr_run --size small     # about a minute
     python -m gmn_models.inr.reproduce --out inr_run --size full      # hours on 2 cores
 
 Writes under ``--out``: the four zoos (``zoos/{images,sine}_{standard,diverse}``, resumable),
 one JSON file of records per experiment (``results/*.json``; an experiment whose file exists
 is not rerun, so an interrupted run resumes) and ``report.md`` with every table. Sizes
-(:data:`SIZES`): ``full`` is what ``docs/results_inr.md`` reports on (1,280 INRs per zoo, 3
-seeds, MNIST), ``small`` a scaled-down run of every step on scikit-learn's 8x8 digits (a
-PSNR floor of 0 dB for its short fits: a check of the pipeline, not a result), the one the tests
-run end to end.
+(:data:`SIZES`): ``full`` is what ``docs/results_inr.md`` reports on (1,280 MNIST INRs and
+2,560 sine INRs per zoo, 3 seeds, the epochs listed there); ``small`` is a scaled-down run of
+every step on scikit-learn's 8x8 digits (a PSNR floor of 0 dB for its short fits: a check of
+the pipeline, not a result), the one the tests run end to end.
 """
 
 from __future__ import annotations
@@ -31,23 +31,28 @@ from .generate import INRZooSpec, generate
 
 @dataclass(frozen=True)
 class Size:
-    """How big each step is: the image dataset, INRs per zoo, fitting steps per INR and the PSNR
-    floor, seeds, training epochs per task."""
+    """How big each step is: the image dataset, INRs per image and per sine zoo, fitting steps
+    per INR and the PSNR floor, seeds, and training epochs of each experiment (by name; the
+    diverse zoos' larger graphs get fewer, as in ``docs/results_inr.md``)."""
 
     images: str
-    signals: int
+    image_signals: int
+    sine_signals: int
     members: int
     steps: int
     psnr_floor: float
     seeds: int
-    classify_epochs: int
-    edit_epochs: int
-    represent_epochs: int
+    epochs: dict[str, int]
 
 
+_FULL_EPOCHS = {"classify_standard": 20, "classify_diverse": 20, "edit_dilate_standard": 30,
+                "edit_contrast_standard": 30, "edit_dilate_diverse": 10, "represent_standard": 12,
+                "represent_diverse": 6}
 SIZES = {
-    "full": Size(images="mnist", signals=1280, members=64, steps=200, psnr_floor=20.0, seeds=3, classify_epochs=20, edit_epochs=30, represent_epochs=30),
-    "small": Size(images="digits", signals=32, members=8, steps=30, psnr_floor=0.0, seeds=2, classify_epochs=2, edit_epochs=2, represent_epochs=2),
+    "full": Size(images="mnist", image_signals=1280, sine_signals=2560, members=64, steps=200, psnr_floor=20.0,
+                 seeds=3, epochs=_FULL_EPOCHS),
+    "small": Size(images="digits", image_signals=32, sine_signals=32, members=8, steps=30, psnr_floor=0.0, seeds=2,
+                  epochs=dict.fromkeys(_FULL_EPOCHS, 2)),
 }
 ZOOS = {  # name: (dataset, setting); "images" is the size's image dataset
     "images_standard": ("images", "standard"), "images_diverse": ("images", "diverse"),
@@ -83,20 +88,22 @@ def make_zoos(out: Path, size: Size, log=None) -> dict[str, Path]:
     folders = {}
     for name, (dataset, setting) in ZOOS.items():
         folders[name] = out / "zoos" / name
-        spec = INRZooSpec(setting=setting, dataset=size.images if dataset == "images" else dataset,
-                          signals=size.signals, members=size.members, steps=size.steps, psnr_floor=size.psnr_floor)
+        images = dataset == "images"
+        spec = INRZooSpec(setting=setting, dataset=size.images if images else dataset,
+                          signals=size.image_signals if images else size.sine_signals, members=size.members,
+                          steps=size.steps, psnr_floor=size.psnr_floor)
         generate(folders[name], spec, log=log)
     return folders
 
 
 def _run(exp: Experiment, size: Size, zoo: str, pictures: str, log) -> list[dict]:
     """The experiment's records (an editing experiment also writes its sample ``pictures``)."""
-    methods, splits = list(exp.methods), list(exp.splits)
+    methods, splits, epochs = list(exp.methods), list(exp.splits), size.epochs[exp.name]
     if exp.name.startswith("classify"):
-        return classify.run(zoo, methods, splits, size.seeds, size.classify_epochs, log=log)
+        return classify.run(zoo, methods, splits, size.seeds, epochs, log=log)
     if exp.name.startswith("edit"):
-        return editing.run(zoo, exp.edit, methods, splits, size.seeds, size.edit_epochs, log=log, pictures=pictures)
-    return represent.run(zoo, methods, splits, size.seeds, size.represent_epochs, log=log)
+        return editing.run(zoo, exp.edit, methods, splits, size.seeds, epochs, log=log, pictures=pictures)
+    return represent.run(zoo, methods, splits, size.seeds, epochs, log=log)
 
 
 def _table(exp: Experiment) -> Callable[[list[dict]], str]:
@@ -119,7 +126,8 @@ def run_experiments(out: Path, size: Size, folders: dict[str, Path], log=None) -
                 print(f"{exp.name}: {time.perf_counter() - start:.0f} s", file=log, flush=True)
         records = json.loads(path.read_text())
         picture = f"\n![{exp.name}](results/{exp.name}.png)\n" if exp.edit else ""
-        sections.append(f"## {exp.name} ({exp.zoo}, {size.seeds} seeds)\n\n{_table(exp)(records)}\n{picture}")
+        sections.append(f"## {exp.name} ({exp.zoo}, {size.epochs[exp.name]} epochs, {size.seeds} seeds)\n\n"
+                        f"{_table(exp)(records)}\n{picture}")
     return sections
 
 
