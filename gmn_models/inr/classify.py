@@ -24,7 +24,6 @@ RMS):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from ..zoo.baselines import ParamDeepSets, flat_parameters, set_batch, statnn_features, value_scale
+from .cli import results_table, run_task, task_parser
 from .inputs import flat_inputs, nfn_features, rendered_outputs, row_graphs, scaled_graph
 from .generate import load_rows
 
@@ -224,46 +224,15 @@ def run(zoo: str, methods: Sequence[str], splits: Sequence[str], seeds: int, epo
 
 def markdown_table(records: Sequence[dict]) -> str:
     """Test accuracy (%) mean ± std over seeds, per method and split, with mean seconds per run."""
-    splits = list(dict.fromkeys(r["split"] for r in records))
-    methods = list(dict.fromkeys(r["method"] for r in records))
-    lines = ["| method | " + " | ".join(f"{s} acc. (%)" for s in splits) + " | s / run |",
-             "|---|" + "---|" * len(splits) + "---|"]
-    for m in methods:
-        cells, seconds = [], []
-        for s in splits:
-            mine = [r for r in records if r["method"] == m and r["split"] == s]
-            accs = [100 * r["accuracy"] for r in mine if "accuracy" in r]
-            seconds += [r["seconds"] for r in mine if "accuracy" in r]
-            cells.append(f"{np.mean(accs):.1f} ± {np.std(accs):.1f} ({len(accs)})" if accs else "n/a")
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(seconds):.0f} |" if seconds else
-                     f"| {m} | " + " | ".join(cells) + " | - |")
-    return "\n".join(lines)
+    return results_table(records, [("accuracy", "acc. (%)", 100.0, 1)])
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gmn_models.inr.classify",
-                                description="INR classification: predict the digit from an INR's weights.")
-    p.add_argument("--zoo", required=True, help="an INR zoo folder (python -m gmn_models.inr.generate)")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--splits", default="random", help="comma-separated: random, ood")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    p.add_argument("--out", help="write the records here (JSON)")
+    p = task_parser("python -m gmn_models.inr.classify", "INR classification: predict the digit from an INR's weights.",
+                    "an INR zoo folder (python -m gmn_models.inr.generate)", METHODS, 50)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        records = run(args.zoo, args.methods.split(","), args.splits.split(","), args.seeds, args.epochs, sys.stderr)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if args.out:
-        from ..zoo.folder import atomic_write_text
-
-        atomic_write_text(args.out, json.dumps(records, indent=1) + "\n")
-    print(markdown_table(records))
-    return 0
+    return run_task(args, lambda: run(args.zoo, args.methods.split(","), args.splits.split(","), args.seeds,
+                                      args.epochs, sys.stderr), markdown_table)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ Splits are those of INR classification (:func:`~.classify.split`): ``random`` an
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -46,9 +45,10 @@ from gmn_compiler.fileio import write_atomically
 from ..zoo.baselines import flat_parameters, value_scale
 from ..zoo.folder import load_state_dict
 from . import data as idata
-from .classify import SPLITS, split
+from .classify import split
 from .edit import EDITS, Architectures, apply_edit
 from .generate import load_rows
+from .cli import results_table, run_task, task_parser
 from .inputs import flat_inputs, nfn_features, row_graphs, scaled_graph
 
 Rows = Sequence[dict]
@@ -316,48 +316,18 @@ def save_pictures(path: str, test: EditSet, drawn: dict[str, torch.Tensor], edit
 
 def markdown_table(records: Sequence[dict]) -> str:
     """Test MSE (x 100) mean ± std over seeds per method and split, with mean seconds per run."""
-    splits = list(dict.fromkeys(r["split"] for r in records))
-    methods = list(dict.fromkeys(r["method"] for r in records))
-    lines = ["| method | " + " | ".join(f"{s} MSE x 100" for s in splits) + " | s / run |",
-             "|---|" + "---|" * len(splits) + "---|"]
-    for m in methods:
-        cells, seconds = [], []
-        for s in splits:
-            mine = [r for r in records if r["method"] == m and r["split"] == s and "mse" in r]
-            seconds += [r["seconds"] for r in mine]
-            values = [100 * r["mse"] for r in mine]
-            cells.append(f"{np.mean(values):.3f} ± {np.std(values):.3f} ({len(values)})" if values else "n/a")
-        lines.append(f"| {m} | " + " | ".join(cells) + (f" | {np.mean(seconds):.0f} |" if seconds else " | - |"))
-    return "\n".join(lines)
+    return results_table(records, [("mse", "MSE x 100", 100.0, 3)])
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gmn_models.inr.editing",
-                                description="INR editing: learn to edit MNIST INRs' weights (dilate, contrast).")
-    p.add_argument("--zoo", required=True, help="an MNIST INR zoo folder (python -m gmn_models.inr.generate)")
+    p = task_parser("python -m gmn_models.inr.editing",
+                    "INR editing: learn to edit MNIST INRs' weights (dilate, contrast).",
+                    "an MNIST INR zoo folder (python -m gmn_models.inr.generate)", METHODS, 30)
     p.add_argument("--edit", choices=EDITS, default="dilate")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--splits", default="random", help=f"comma-separated: {', '.join(SPLITS)}")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    p.add_argument("--out", help="write the records here (JSON)")
     p.add_argument("--pictures", help="write sample edited pictures here (PNG)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        records = run(args.zoo, args.edit, args.methods.split(","), args.splits.split(","), args.seeds, args.epochs,
-                      sys.stderr, args.pictures)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if args.out:
-        from ..zoo.folder import atomic_write_text
-
-        atomic_write_text(args.out, json.dumps(records, indent=1) + "\n")
-    print(markdown_table(records))
-    return 0
+    return run_task(args, lambda: run(args.zoo, args.edit, args.methods.split(","), args.splits.split(","),
+                                      args.seeds, args.epochs, sys.stderr, args.pictures), markdown_table)
 
 
 if __name__ == "__main__":

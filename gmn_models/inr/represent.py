@@ -34,7 +34,6 @@ MSE of pi^2/3 - 2 = 1.29.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -49,10 +48,11 @@ from torch import nn
 from gmn_compiler import schema
 
 from ..zoo.baselines import ParamDeepSets, flat_parameters, set_batch, value_scale
-from ..zoo.folder import atomic_write_text, load_state_dict
+from ..zoo.folder import load_state_dict
 from .classify import split
 from .families import linear_weights
 from .generate import load_rows
+from .cli import results_table, run_task, task_parser
 from .inputs import nfn_features, rendered_outputs, row_graphs, scaled_graph
 
 Rows = Sequence[dict]
@@ -352,49 +352,22 @@ def run(zoo: str, methods: Sequence[str], splits: Sequence[str], seeds: int, epo
 def markdown_table(records: Sequence[dict]) -> str:
     """Probe test MSE (amplitude, phase, sum, (sin, cos) of phase) mean ± std over seeds per
     method and split, with mean seconds per run; ``rendered`` is marked as a reference."""
-    splits = list(dict.fromkeys(r["split"] for r in records))
-    methods = list(dict.fromkeys(r["method"] for r in records))
-    head = [f"{s} {m}" for s in splits for m in ("amp. MSE", "phase MSE", "total MSE", "(sin, cos) MSE")]
-    lines = ["| method | " + " | ".join(head) + " | s / run |", "|---|" + "---|" * (len(head) + 1)]
-    for m in methods:
-        cells, seconds = [], []
-        for s in splits:
-            done = [r for r in records if r["method"] == m and r["split"] == s and "mse_total" in r]
-            seconds += [r["seconds"] for r in done]
-            for key in ("mse_amplitude", "mse_phase", "mse_total", "mse_phase_sincos"):
-                vals = [r[key] for r in done]
-                cells.append(f"{np.mean(vals):.3f} ± {np.std(vals):.3f} ({len(vals)})" if vals else "n/a")
-        label = f"{m} (reference)" if m == "rendered" else m
-        lines.append(f"| {label} | " + " | ".join(cells) + (f" | {np.mean(seconds):.0f} |" if seconds else " | - |"))
-    return "\n".join(lines)
+    columns = [("mse_amplitude", "amp. MSE", 1.0, 3), ("mse_phase", "phase MSE", 1.0, 3),
+               ("mse_total", "total MSE", 1.0, 3), ("mse_phase_sincos", "(sin, cos) MSE", 1.0, 3)]
+    return results_table(records, columns, lambda m: f"{m} (reference)" if m == "rendered" else m)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gmn_models.inr.represent",
-                                description="Contrastive INR representations, probed for amplitude and phase.")
-    p.add_argument("--zoo", required=True, help="a sine INR zoo folder (python -m gmn_models.inr.generate)")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--splits", default="random", help="comma-separated: random, ood")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=20)
+    p = task_parser("python -m gmn_models.inr.represent",
+                    "Contrastive INR representations, probed for amplitude and phase.",
+                    "a sine INR zoo folder (python -m gmn_models.inr.generate)", METHODS, 20)
     p.add_argument("--dim", type=int, default=Recipe.dim, help="embedding size")
     p.add_argument("--noise", type=float, default=Recipe.noise, help="noise std / the INR's parameter RMS")
     p.add_argument("--drop", type=float, default=Recipe.drop, help="probability of zeroing a parameter")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    p.add_argument("--out", help="write the records here (JSON)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        records = run(args.zoo, args.methods.split(","), args.splits.split(","), args.seeds, args.epochs,
-                      Recipe(dim=args.dim, noise=args.noise, drop=args.drop), sys.stderr)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if args.out:
-        atomic_write_text(args.out, json.dumps(records, indent=1) + "\n")
-    print(markdown_table(records))
-    return 0
+    recipe = Recipe(dim=args.dim, noise=args.noise, drop=args.drop)
+    return run_task(args, lambda: run(args.zoo, args.methods.split(","), args.splits.split(","), args.seeds,
+                                      args.epochs, recipe, sys.stderr), markdown_table)
 
 
 if __name__ == "__main__":
