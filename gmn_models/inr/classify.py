@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 
 from ..zoo.baselines import ParamDeepSets, flat_parameters, set_batch, statnn_features, value_scale
-from .cli import results_table, run_task, task_parser
+from .cli import measured, results_table, run_task, task_parser
 from .inputs import flat_inputs, nfn_features, rendered_outputs, row_graphs, scaled_graph
 from .generate import load_rows
 
@@ -207,18 +206,11 @@ def run(zoo: str, methods: Sequence[str], splits: Sequence[str], seeds: int, epo
             train_rows, test_rows = [rows[i] for i in train_idx], [rows[i] for i in test_idx]
             truth = _labels(test_rows).numpy()
             for name in methods:
-                start = time.perf_counter()
                 record = {"method": name, "split": how, "seed": seed, "n_train": len(train_rows),
                           "n_test": len(test_rows)}
-                try:
-                    pred = METHODS[name](train_rows, test_rows, seed, epochs=epochs)
-                    record["accuracy"] = float(np.mean(pred == truth))
-                except ValueError as e:
-                    record["refused"] = str(e)
-                record["seconds"] = round(time.perf_counter() - start, 1)
-                records.append(record)
-                if log:
-                    print(json.dumps(record), file=log, flush=True)
+                predict = METHODS[name]
+                records.append(measured(record, lambda: {
+                    "accuracy": float(np.mean(predict(train_rows, test_rows, seed, epochs=epochs) == truth))}, log))
     return records
 
 

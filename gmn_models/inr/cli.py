@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -44,6 +45,21 @@ def run_task(args: argparse.Namespace, run: Callable[[], list[dict]], table: Cal
         atomic_write_text(args.out, json.dumps(records, indent=1) + "\n")
     print(table(records))
     return 0
+
+
+def measured(record: dict, compute: Callable[[], dict], log=None) -> dict:
+    """``record`` updated with ``compute()``'s results, or with ``refused`` (the reason) when it
+    raises ``ValueError`` (a method that cannot run on this zoo), and with ``seconds``; printed
+    as one JSON line to ``log``."""
+    start = time.perf_counter()
+    try:
+        record.update(compute())
+    except ValueError as e:
+        record["refused"] = str(e)
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    if log:
+        print(json.dumps(record), file=log, flush=True)
+    return record
 
 
 def results_table(records: Sequence[dict], columns: Sequence[Column],

@@ -27,10 +27,8 @@ Splits are those of INR classification (:func:`~.classify.split`): ``random`` an
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -48,7 +46,7 @@ from . import data as idata
 from .classify import split
 from .edit import EDITS, Architectures, apply_edit
 from .generate import load_rows
-from .cli import results_table, run_task, task_parser
+from .cli import measured, results_table, run_task, task_parser
 from .inputs import flat_inputs, nfn_features, row_graphs, scaled_graph
 
 Rows = Sequence[dict]
@@ -271,19 +269,13 @@ def run(zoo: str, edit: str, methods: Sequence[str], splits: Sequence[str], seed
             train, test = edit_set([rows[i] for i in train_idx], edit), edit_set([rows[i] for i in test_idx], edit)
             drawn: dict[str, torch.Tensor] = {}
             for name in methods:
-                start = time.perf_counter()
                 record = {"method": name, "edit": edit, "split": how, "seed": seed, "n_train": len(train.rows),
                           "n_test": len(test.rows)}
-                try:
-                    editor = METHODS[name](train, test, archs, seed, epochs)
-                    mse, drawn[name] = _evaluate(editor, archs, test)
-                    record.update(mse=float(mse.mean()), mse_std_over_inrs=float(mse.std()))
-                except ValueError as e:
-                    record["refused"] = str(e)
-                record["seconds"] = round(time.perf_counter() - start, 1)
-                records.append(record)
-                if log:
-                    print(json.dumps(record), file=log, flush=True)
+
+                def compute(name=name):
+                    mse, drawn[name] = _evaluate(METHODS[name](train, test, archs, seed, epochs), archs, test)
+                    return {"mse": float(mse.mean()), "mse_std_over_inrs": float(mse.std())}
+                records.append(measured(record, compute, log))
             if pictures and how == splits[0] and seed == 0:
                 save_pictures(pictures, test, drawn, edit)
     return records

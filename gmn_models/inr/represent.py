@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -52,7 +51,7 @@ from ..zoo.folder import load_state_dict
 from .classify import split
 from .families import linear_weights
 from .generate import load_rows
-from .cli import results_table, run_task, task_parser
+from .cli import measured, results_table, run_task, task_parser
 from .inputs import nfn_features, rendered_outputs, row_graphs, scaled_graph
 
 Rows = Sequence[dict]
@@ -318,6 +317,13 @@ METHODS: dict[str, Callable[..., Encoder] | None] = {
 }
 
 
+def _probe(method: str, train_rows: Rows, test_rows: Rows, seed: int, epochs: int, recipe: Recipe) -> dict:
+    """Probe MSEs of ``method``'s representations and its last contrastive loss."""
+    z_tr, z_te, loss = representations(method, train_rows, test_rows, seed, epochs, recipe)
+    result = linear_probe(z_tr, targets(train_rows), z_te, targets(test_rows), recipe.probe_alpha)
+    return {**result, "loss": None if math.isnan(loss) else round(loss, 4)}
+
+
 def run(zoo: str, methods: Sequence[str], splits: Sequence[str], seeds: int, epochs: int,
         recipe: Recipe = Recipe(), log=None) -> list[dict]:
     """One record per (split, seed, method): probe MSEs, last contrastive loss, seconds; a
@@ -332,20 +338,10 @@ def run(zoo: str, methods: Sequence[str], splits: Sequence[str], seeds: int, epo
             train_idx, test_idx = split(rows, how, seed)
             train_rows, test_rows = [rows[i] for i in train_idx], [rows[i] for i in test_idx]
             for name in methods:
-                start = time.perf_counter()
                 record = {"method": name, "split": how, "seed": seed, "n_train": len(train_rows),
                           "n_test": len(test_rows), "dim": recipe.dim,
                           "epochs": 0 if name in ("rendered", "random_init") else epochs}
-                try:
-                    z_tr, z_te, loss = representations(name, train_rows, test_rows, seed, epochs, recipe)
-                    record.update(linear_probe(z_tr, targets(train_rows), z_te, targets(test_rows), recipe.probe_alpha))
-                    record["loss"] = None if math.isnan(loss) else round(loss, 4)
-                except ValueError as e:
-                    record["refused"] = str(e)
-                record["seconds"] = round(time.perf_counter() - start, 1)
-                records.append(record)
-                if log:
-                    print(json.dumps(record), file=log, flush=True)
+                records.append(measured(record, lambda: _probe(name, train_rows, test_rows, seed, epochs, recipe), log))
     return records
 
 
