@@ -27,14 +27,14 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..zoo.baselines import ParamDeepSets, flat_parameters, set_batch, statnn_features, value_scale
-from .cli import measured, results_table, run_task, task_parser
+from .cli import check_methods, measured, results_table, run_task, task_parser
 from .inputs import flat_inputs, nfn_features, rendered_outputs, row_graphs, scaled_graph
 from .generate import load_rows
 
@@ -59,6 +59,15 @@ def split(rows: Rows, how: str, seed: int) -> tuple[list[int], list[int]]:
         test = [i for i, r in enumerate(rows) if json.dumps(r["builder_kwargs"], sort_keys=True) in held]
         return [i for i in range(n) if i not in set(test)], test
     raise ValueError(f"unknown split {how!r}; expected one of {list(SPLITS)}")
+
+
+def trials(rows: Rows, splits: Sequence[str], seeds: int) -> Iterator[tuple[str, int, list[dict], list[dict]]]:
+    """``(split, seed, train rows, test rows)`` for every split of ``splits`` and seed
+    ``0 .. seeds - 1`` (:func:`split`)."""
+    for how in splits:
+        for seed in range(seeds):
+            train_idx, test_idx = split(rows, how, seed)
+            yield how, seed, [rows[i] for i in train_idx], [rows[i] for i in test_idx]
 
 
 def _labels(rows: Rows) -> torch.Tensor:
@@ -195,22 +204,16 @@ METHODS: dict[str, Callable[..., np.ndarray]] = {
 def run(zoo: str, methods: Sequence[str], splits: Sequence[str], seeds: int, epochs: int, log=None) -> list[dict]:
     """One record per (split, seed, method): test accuracy and seconds; a method that refuses
     the zoo (NFN on mixed architectures) is recorded with its reason instead."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
-    rows = load_rows(zoo)
+    check_methods(methods, METHODS)
     records = []
-    for how in splits:
-        for seed in range(seeds):
-            train_idx, test_idx = split(rows, how, seed)
-            train_rows, test_rows = [rows[i] for i in train_idx], [rows[i] for i in test_idx]
-            truth = _labels(test_rows).numpy()
-            for name in methods:
-                record = {"method": name, "split": how, "seed": seed, "n_train": len(train_rows),
-                          "n_test": len(test_rows)}
-                predict = METHODS[name]
-                records.append(measured(record, lambda: {
-                    "accuracy": float(np.mean(predict(train_rows, test_rows, seed, epochs=epochs) == truth))}, log))
+    for how, seed, train_rows, test_rows in trials(load_rows(zoo), splits, seeds):
+        truth = _labels(test_rows).numpy()
+        for name in methods:
+            record = {"method": name, "split": how, "seed": seed, "n_train": len(train_rows),
+                      "n_test": len(test_rows)}
+            predict = METHODS[name]
+            records.append(measured(record, lambda: {
+                "accuracy": float(np.mean(predict(train_rows, test_rows, seed, epochs=epochs) == truth))}, log))
     return records
 
 

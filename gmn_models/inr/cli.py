@@ -47,6 +47,13 @@ def run_task(args: argparse.Namespace, run: Callable[[], list[dict]], table: Cal
     return 0
 
 
+def check_methods(methods: Sequence[str], known: Sequence[str]) -> None:
+    """``ValueError`` naming the methods of ``methods`` not in ``known``."""
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {list(known)}")
+
+
 def measured(record: dict, compute: Callable[[], dict], log=None) -> dict:
     """``record`` updated with ``compute()``'s results, or with ``refused`` (the reason) when it
     raises ``ValueError`` (a method that cannot run on this zoo), and with ``seconds``; printed

@@ -43,10 +43,10 @@ from gmn_compiler.fileio import write_atomically
 from ..zoo.baselines import flat_parameters, value_scale
 from ..zoo.folder import load_state_dict
 from . import data as idata
-from .classify import split
+from .classify import trials
 from .edit import EDITS, Architectures, apply_edit
 from .generate import load_rows
-from .cli import measured, results_table, run_task, task_parser
+from .cli import check_methods, measured, results_table, run_task, task_parser
 from .inputs import flat_inputs, nfn_features, row_graphs, scaled_graph
 
 Rows = Sequence[dict]
@@ -258,26 +258,21 @@ def run(zoo: str, edit: str, methods: Sequence[str], splits: Sequence[str], seed
     """One record per (split, seed, method): mean test MSE (and its std over INRs) and seconds;
     a method that refuses the zoo (NFN on mixed architectures) is recorded with its reason.
     With ``pictures``, a PNG of the first test INRs of split 0 / seed 0 is written there."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
-    rows = load_rows(zoo)
+    check_methods(methods, METHODS)
     archs, records = Architectures(), []
-    for how in splits:
-        for seed in range(seeds):
-            train_idx, test_idx = split(rows, how, seed)
-            train, test = edit_set([rows[i] for i in train_idx], edit), edit_set([rows[i] for i in test_idx], edit)
-            drawn: dict[str, torch.Tensor] = {}
-            for name in methods:
-                record = {"method": name, "edit": edit, "split": how, "seed": seed, "n_train": len(train.rows),
-                          "n_test": len(test.rows)}
+    for how, seed, train_rows, test_rows in trials(load_rows(zoo), splits, seeds):
+        train, test = edit_set(train_rows, edit), edit_set(test_rows, edit)
+        drawn: dict[str, torch.Tensor] = {}
+        for name in methods:
+            record = {"method": name, "edit": edit, "split": how, "seed": seed, "n_train": len(train.rows),
+                      "n_test": len(test.rows)}
 
-                def compute(name=name):
-                    mse, drawn[name] = _evaluate(METHODS[name](train, test, archs, seed, epochs), archs, test)
-                    return {"mse": float(mse.mean()), "mse_std_over_inrs": float(mse.std())}
-                records.append(measured(record, compute, log))
-            if pictures and how == splits[0] and seed == 0:
-                save_pictures(pictures, test, drawn, edit)
+            def compute(name=name):
+                mse, drawn[name] = _evaluate(METHODS[name](train, test, archs, seed, epochs), archs, test)
+                return {"mse": float(mse.mean()), "mse_std_over_inrs": float(mse.std())}
+            records.append(measured(record, compute, log))
+        if pictures and how == splits[0] and seed == 0:
+            save_pictures(pictures, test, drawn, edit)
     return records
 
 

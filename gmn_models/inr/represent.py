@@ -48,10 +48,10 @@ from gmn_compiler import schema
 
 from ..zoo.baselines import ParamDeepSets, flat_parameters, set_batch, value_scale
 from ..zoo.folder import load_state_dict
-from .classify import split
+from .classify import trials
 from .families import linear_weights
 from .generate import load_rows
-from .cli import measured, results_table, run_task, task_parser
+from .cli import check_methods, measured, results_table, run_task, task_parser
 from .inputs import nfn_features, rendered_outputs, row_graphs, scaled_graph
 
 Rows = Sequence[dict]
@@ -328,20 +328,14 @@ def run(zoo: str, methods: Sequence[str], splits: Sequence[str], seeds: int, epo
         recipe: Recipe = Recipe(), log=None) -> list[dict]:
     """One record per (split, seed, method): probe MSEs, last contrastive loss, seconds; a
     method that refuses the zoo (NFN on several architectures) is recorded with its reason."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
-    rows = load_rows(zoo)
+    check_methods(methods, METHODS)
     records = []
-    for how in splits:
-        for seed in range(seeds):
-            train_idx, test_idx = split(rows, how, seed)
-            train_rows, test_rows = [rows[i] for i in train_idx], [rows[i] for i in test_idx]
-            for name in methods:
-                record = {"method": name, "split": how, "seed": seed, "n_train": len(train_rows),
-                          "n_test": len(test_rows), "dim": recipe.dim,
-                          "epochs": 0 if name in ("rendered", "random_init") else epochs}
-                records.append(measured(record, lambda: _probe(name, train_rows, test_rows, seed, epochs, recipe), log))
+    for how, seed, train_rows, test_rows in trials(load_rows(zoo), splits, seeds):
+        for name in methods:
+            record = {"method": name, "split": how, "seed": seed, "n_train": len(train_rows),
+                      "n_test": len(test_rows), "dim": recipe.dim,
+                      "epochs": 0 if name in ("rendered", "random_init") else epochs}
+            records.append(measured(record, lambda: _probe(name, train_rows, test_rows, seed, epochs, recipe), log))
     return records
 
 
