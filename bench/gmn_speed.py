@@ -2,6 +2,7 @@
 
     python bench/gmn_speed.py                      # hidden 64 and 128, 4 blocks, ~100k edges
     python bench/gmn_speed.py --hidden 64 --steps 8 --edges 50000
+    python bench/gmn_speed.py --device cuda        # on a GPU (memory: torch's peak allocation)
 
 Both models compute the *same function* with the same parameters (checked in float64, values
 and gradients, before timing): the reference differs only in how the block is written, the
@@ -23,7 +24,10 @@ without BatchNorm) totalling about ``--edges`` edges. Per hidden size:
   in code and lazily created state), the process's peak RSS over ``warmup + 1`` steps on the
   batch minus its RSS just before them (the kernel's peak mark is reset first through
   ``/proc/self/clear_refs``, so loading does not count; ``ru_maxrss`` where that is not
-  available). This counts torch's CPU allocations, which ``tracemalloc`` does not see.
+  available). This counts torch's CPU allocations, which ``tracemalloc`` does not see. With
+  ``--device cuda`` the number is instead the growth of ``torch.cuda.max_memory_allocated``
+  over the same steps (the batch and both models live on the GPU; steps are timed after
+  ``torch.cuda.synchronize``).
 """
 
 from __future__ import annotations
@@ -164,17 +168,25 @@ def _peak_rss_kib() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _trainer(impl: str, hidden: int, blocks: int) -> Callable[..., float]:
-    """A closure running one timed train step (forward, MSE backward, Adam step) on a batch."""
-    model = build_model(impl, hidden, blocks).train()
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _trainer(impl: str, hidden: int, blocks: int, device: torch.device) -> Callable[..., float]:
+    """A closure running one timed train step (forward, MSE backward, Adam step) on a batch
+    already on ``device``."""
+    model = build_model(impl, hidden, blocks).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step(batch) -> float:
-        target = torch.randn(batch.num_graphs, 1, generator=torch.Generator().manual_seed(0))
+        target = torch.randn(batch.num_graphs, 1, generator=torch.Generator().manual_seed(0)).to(device)
+        _sync(device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         F.mse_loss(model(batch), target).backward()
         opt.step()
+        _sync(device)
         return time.perf_counter() - t0
 
     return step
@@ -184,21 +196,30 @@ def worker(args: argparse.Namespace) -> None:
     """``--worker memory:IMPL``: peak RSS growth over ``warmup + 1`` steps of one model in this
     fresh process. ``--worker time``: both models in this process, steps alternating (so a
     burst of load hits both), ``warmup`` untimed steps each first."""
-    batch = _load_batch(args.graphs)
+    device = torch.device(args.device)
+    batch = _load_batch(args.graphs).to(device)
     result = {"hidden": args.hidden, "edges": batch.edge_index.shape[1], "graphs": batch.num_graphs,
               "threads": torch.get_num_threads()}
     if args.worker.startswith("memory:"):
         impl = args.worker.split(":", 1)[1]
-        step = _trainer(impl, args.hidden, args.blocks)
-        step(_load_batch(args.graphs, first=1))  # page in code and lazy state on one small graph
-        rss0, how = _reset_peak_rss()
-        for _ in range(args.warmup + 1):
-            step(batch)
-        peak = _peak_rss_kib()
-        result |= {"impl": impl, "peak_rss_delta_mib": (peak - rss0) / 1024, "rss_before_mib": rss0 / 1024,
-                   "how": how}
+        step = _trainer(impl, args.hidden, args.blocks, device)
+        step(_load_batch(args.graphs, first=1).to(device))  # page in code and lazy state on one small graph
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            for _ in range(args.warmup + 1):
+                step(batch)
+            peak, how = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
+            result |= {"impl": impl, "peak_rss_delta_mib": (peak - before) / 2**20, "how": how}
+        else:
+            rss0, how = _reset_peak_rss()
+            for _ in range(args.warmup + 1):
+                step(batch)
+            peak = _peak_rss_kib()
+            result |= {"impl": impl, "peak_rss_delta_mib": (peak - rss0) / 1024,
+                       "rss_before_mib": rss0 / 1024, "how": how}
     else:
-        steps = {impl: _trainer(impl, args.hidden, args.blocks) for impl in IMPLS}
+        steps = {impl: _trainer(impl, args.hidden, args.blocks, device) for impl in IMPLS}
         for _ in range(args.warmup):
             for step in steps.values():
                 step(batch)
@@ -213,7 +234,7 @@ def worker(args: argparse.Namespace) -> None:
 def _run_worker(mode: str, hidden: int, path: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--hidden", str(hidden),
            "--blocks", str(args.blocks), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--graphs", path]
+           "--graphs", path, "--device", args.device]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -225,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edges", type=int, default=100_000, help="approximate total edges in the batch")
     p.add_argument("--steps", type=int, default=5, help="timed train steps per model")
     p.add_argument("--warmup", type=int, default=1, help="untimed train steps per model first")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N when a GPU is present")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--graphs", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -233,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         worker(args)
         return 0
 
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: this torch build sees no CUDA GPU; run with --device cpu",
+              file=sys.stderr)
+        return 2
     diff = check_parity(args.blocks)
     print(f"parity (float64, ours vs reference, graph readout and all gradients): max |diff| = {diff:.1e}",
           file=sys.stderr)
@@ -255,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     edges = rows[0][1]["edges"]
     print(f"batch: {rows[0][1]['graphs']} small CNN graphs, {edges} edges; {args.blocks} blocks; "
           f"{args.steps} timed steps per model after {args.warmup} warm-up, alternating; "
-          f"torch threads {rows[0][1]['threads']}")
+          f"torch threads {rows[0][1]['threads']}; device {args.device}")
     print("| model | hidden | best step s | median step s | edges/s (best) | edges/s (median) "
           "| peak RSS growth MiB |")
     print("|---|---|---|---|---|---|---|")
@@ -264,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             t = timed["times"][impl]
             print(f"| {impl} | {hidden} | {min(t):.3f} | {statistics.median(t):.3f} | {edges / min(t):,.0f} "
                   f"| {edges / statistics.median(t):,.0f} | {mem[impl]:.0f} |")
+    print("official metanet (github.com/cptq/graph_metanetworks): column skipped — its code is not on any "
+          "package index and not present on this machine, so it is not measured here")
     for hidden, timed, mem in rows:
         ours, ref = timed["times"]["ours"], timed["times"]["reference"]
         best, median = min(ref) / min(ours), statistics.median(ref) / statistics.median(ours)

@@ -36,6 +36,7 @@ __all__ = [
     "CategoricalEmbedding",
     "EdgeEncoder",
     "FourierFeatures",
+    "GraphStatistics",
     "NodeEncoder",
     "SinusoidalInt",
     "SmallIntEmbedding",
@@ -207,3 +208,51 @@ class EdgeEncoder(nn.Module):
                            self.spatial(edge_attr[:, self.c_spatial])], dim=1)
         # in place: the embedding_bag sum's backward does not need its output
         return h.addmm_(feats.to(h.dtype), self.linear.weight.t()).add_(self.linear.bias)
+
+
+class GraphStatistics(nn.Module):
+    """Fixed invariant summary of each graph of a batch -> ``[num_graphs, out_dim]``.
+
+    Per graph: ``log1p`` of its node and edge counts, ``log1p`` of the node count per role, and
+    per edge type (plus the "unknown" slot) ``log1p(count)`` and the mean, standard deviation
+    and mean absolute value of the edge values ``u`` (``value_transform`` applied, as in
+    :class:`FourierFeatures`); zeros for a type the graph lacks. These are the per-tensor-kind
+    weight statistics a StatNN-style model reads, computed from the graph alone: each is a sum
+    over a graph's nodes or edges, so the summary is invariant to node relabelling and edge
+    reordering. No parameters."""
+
+    def __init__(self, value_transform: str = "raw"):
+        super().__init__()
+        if value_transform not in VALUE_TRANSFORMS:
+            raise ValueError(f"unknown value transform {value_transform!r}; choose from {VALUE_TRANSFORMS}")
+        self.transform = value_transform
+        self.role = CategoricalEmbedding(schema.NODE_ROLES, 1)  # only its index() is used
+        self.edge_type = CategoricalEmbedding(schema.EDGE_TYPES, 1)
+        self.c_role = _col(schema.NODE_COLUMNS, "role")
+        self.c_value, self.c_type = _col(schema.EDGE_COLUMNS, "value"), _col(schema.EDGE_COLUMNS, "type")
+
+    @property
+    def out_dim(self) -> int:
+        return 2 + (self.role.size + 1) + 4 * (self.edge_type.size + 1)
+
+    def forward(self, x: Tensor, edge_attr: Tensor, node_graph: Tensor, edge_graph: Tensor,
+                num_graphs: int) -> Tensor:
+        """``x [N, F_node]``, ``edge_attr [E, F_edge]``, the graph of each node and edge (long)
+        -> ``[num_graphs, out_dim]`` float64 (sums in float64, so that their order barely matters)."""
+        roles, types = self.role.size + 1, self.edge_type.size + 1
+        n_nodes = torch.bincount(node_graph, minlength=num_graphs).double()
+        n_edges = torch.bincount(edge_graph, minlength=num_graphs).double()
+        role_key = node_graph * roles + self.role.index(x[:, self.c_role])
+        role_count = torch.bincount(role_key, minlength=num_graphs * roles).double().view(num_graphs, roles)
+        u = edge_attr[:, self.c_value].double()
+        if self.transform == "symlog":
+            u = torch.sign(u) * torch.log1p(u.abs())
+        key = edge_graph * types + self.edge_type.index(edge_attr[:, self.c_type])
+        sums = u.new_zeros(num_graphs * types, 4).index_add_(
+            0, key, torch.stack([torch.ones_like(u), u, u * u, u.abs()], dim=1))
+        count = sums[:, 0:1]
+        moments = sums[:, 1:] / count.clamp(min=1.0)
+        std = (moments[:, 1:2] - moments[:, 0:1] ** 2).clamp(min=0.0).sqrt()
+        per_type = torch.cat([torch.log1p(count), moments[:, 0:1], std, moments[:, 2:3]], dim=1)
+        return torch.cat([torch.log1p(n_nodes).unsqueeze(1), torch.log1p(n_edges).unsqueeze(1),
+                          torch.log1p(role_count), per_type.view(num_graphs, 4 * types)], dim=1)

@@ -23,7 +23,7 @@ from torch_geometric.data import Data
 
 from gmn_compiler import schema
 
-from .encoders import EdgeEncoder, NodeEncoder
+from .encoders import EdgeEncoder, GraphStatistics, NodeEncoder
 from .layers import NONLINEARITIES, GMNBlock
 
 __all__ = ["GMN", "EditGMN", "graph_assignment", "mean_pool"]
@@ -51,9 +51,11 @@ def mean_pool(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
     return total / count.unsqueeze(1)
 
 
+_ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
+
+
 def _mlp(d_in: int, d_hidden: int, d_out: int, activation: str) -> nn.Sequential:
-    act = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}[activation]
-    return nn.Sequential(nn.Linear(d_in, d_hidden), act(), nn.Linear(d_hidden, d_out))
+    return nn.Sequential(nn.Linear(d_in, d_hidden), _ACTIVATIONS[activation](), nn.Linear(d_hidden, d_out))
 
 
 class GMN(nn.Module):
@@ -67,13 +69,15 @@ class GMN(nn.Module):
     from a generator seeded with ``seed``); ``value_transform``: ``"raw"`` or ``"symlog"``
     (``sign(v) log1p(|v|)`` before the Fourier features, see :mod:`gmn_models.encoders`); ``fused``: blocks run their edge half as one
     autograd function (same values and gradients, less memory and time; no double backward:
-    set False for higher-order gradients).
+    set False for higher-order gradients); ``graph_stats``: the graph readout also reads
+    :class:`gmn_models.encoders.GraphStatistics` (counts per node role and edge type, moments of
+    the values per edge type) through ``Linear -> activation``.
     """
 
     def __init__(self, hidden: int = 64, num_blocks: int = 4, graph_out: int = 1, edge_out: int = 0,
                  dropout: float = 0.0, *, activation: str = "silu", value_freqs: int = 32,
                  value_scale: float = 3.0, seed: int = 0, fused: bool = True,
-                 value_transform: str = "raw"):
+                 value_transform: str = "raw", graph_stats: bool = False):
         super().__init__()
         if activation not in NONLINEARITIES:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(NONLINEARITIES)}")
@@ -85,7 +89,11 @@ class GMN(nn.Module):
                                     for _ in range(num_blocks))
         self.final_norm_x = nn.LayerNorm(hidden)
         self.final_norm_e = nn.LayerNorm(hidden)
-        self.graph_head = _mlp(2 * hidden, hidden, graph_out, activation) if graph_out > 0 else None
+        self.graph_stats = GraphStatistics(value_transform) if graph_stats else None
+        self.stats_encoder = (nn.Sequential(nn.Linear(self.graph_stats.out_dim, hidden), _ACTIVATIONS[activation]())
+                              if graph_stats else None)
+        readout_in = (3 if graph_stats else 2) * hidden
+        self.graph_head = _mlp(readout_in, hidden, graph_out, activation) if graph_out > 0 else None
         self.edge_head = _mlp(hidden, hidden, edge_out, activation) if edge_out > 0 else None
 
     def embed(self, batch: Data) -> tuple[Tensor, Tensor]:
@@ -103,9 +111,11 @@ class GMN(nn.Module):
             raise RuntimeError("this GMN has graph_out=0: it has no graph readout")
         node_graph, num_graphs = graph_assignment(batch)
         edge_graph = node_graph.index_select(0, batch.edge_index[0])
-        pooled = torch.cat([mean_pool(e, edge_graph, num_graphs),
-                            mean_pool(x, node_graph, num_graphs)], dim=-1)
-        return self.graph_head(pooled)
+        parts = [mean_pool(e, edge_graph, num_graphs), mean_pool(x, node_graph, num_graphs)]
+        if self.graph_stats is not None:
+            stats = self.graph_stats(batch.x, batch.edge_attr, node_graph, edge_graph, num_graphs)
+            parts.append(self.stats_encoder(stats.to(e.dtype)))
+        return self.graph_head(torch.cat(parts, dim=-1))
 
     def _edge_readout(self, e: Tensor) -> Tensor:
         if self.edge_head is None:

@@ -96,11 +96,18 @@ def arch_features(row: dict) -> list[float]:
             + [math.log(row["n_params"])])
 
 
+RECIPE = ("log10 lr", "log2 epochs", "log2 init_scale", "log10 (weight_decay + 1e-5)", "label_noise")
+
+
+def recipe_features(row: dict) -> list[float]:
+    """The training hyperparameters of a row, on log scales (named by :data:`RECIPE`)."""
+    return [math.log10(row["lr"]), math.log2(row["epochs"]), math.log2(row["init_scale"]),
+            math.log10(row["weight_decay"] + 1e-5), float(row["label_noise"])]
+
+
 def hparam_features(row: dict) -> list[float]:
-    """:func:`arch_features` plus the training hyperparameters (log scales)."""
-    return arch_features(row) + [math.log10(row["lr"]), math.log2(row["epochs"]),
-                                 math.log2(row["init_scale"]), math.log10(row["weight_decay"] + 1e-5),
-                                 row["label_noise"]]
+    """:func:`arch_features` plus :func:`recipe_features`."""
+    return arch_features(row) + recipe_features(row)
 
 
 def _stats(v: np.ndarray) -> list[float]:

@@ -43,6 +43,9 @@ class GMNConfig:
     weight_decay: float = 1e-4
     dropout: float = 0.0
     value_transform: str = "symlog"
+    graph_stats: bool = False
+    aux_recipe: float = 0.0
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         from gmn_models.encoders import VALUE_TRANSFORMS
@@ -52,9 +55,11 @@ class GMNConfig:
         small = [f"{k}={getattr(self, k)}" for k in ("hidden", "epochs", "batch_size") if getattr(self, k) < 1]
         small += [f"{k}={getattr(self, k)}" for k in ("num_blocks", "min_steps") if getattr(self, k) < 0]
         small += [f"lr={self.lr}"] if not self.lr > 0 else []
+        small += [f"aux_recipe={self.aux_recipe}"] if self.aux_recipe < 0 else []
+        small += [f"ema={self.ema}"] if not 0 <= self.ema < 1 else []
         if small:
             raise ValueError(f"--gmn {', '.join(small)}: out of range (hidden, epochs, batch_size >= 1; "
-                             "num_blocks, min_steps >= 0; lr > 0)")
+                             "num_blocks, min_steps, aux_recipe >= 0; lr > 0; 0 <= ema < 1)")
 
     def replace(self, assignments: Sequence[str]) -> "GMNConfig":
         """A copy with ``key=value`` assignments applied (values parsed with the field's type);
@@ -68,10 +73,19 @@ class GMNConfig:
                 raise ValueError(f"--gmn {item!r}: expected key=value with key one of {sorted(fields)}")
             kind = type(getattr(self, key))
             try:
-                changes[key] = kind(value)
+                changes[key] = _parse_bool(value) if kind is bool else kind(value)
             except ValueError:
                 raise ValueError(f"--gmn {item!r}: {value!r} is not a valid {kind.__name__}") from None
         return dataclasses.replace(self, **changes)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean")
 
 
 def zoo_graphs(root: str | os.PathLike, target: str = "test_acc"):
@@ -97,6 +111,8 @@ def gmn_predict(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int
 
     from gmn_models.model import GMN
 
+    from .baselines import RECIPE, recipe_features
+
     ds = zoo_graphs(train_rows[0]["root"], target)
     position = {ds.metadata[mid]["path"]: i for i, mid in enumerate(ds.model_ids)}
     missing = [r["path"] for r in [*train_rows, *test_rows] if r["path"] not in position]
@@ -106,25 +122,39 @@ def gmn_predict(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int
     order = np.random.default_rng(seed).permutation(len(train_rows))
     n_val = max(1, len(train_rows) // 10)
     val = [position[train_rows[i]["path"]] for i in order[:n_val]]
-    fit = [position[train_rows[i]["path"]] for i in order[n_val:]]
+    fit_rows = [train_rows[i] for i in order[n_val:]]
     test = [position[r["path"]] for r in test_rows]
-    y = torch.tensor([train_rows[i][target] for i in order[n_val:]], dtype=torch.float32)
+    y = torch.tensor([r[target] for r in fit_rows], dtype=torch.float32)
     mu, sd = y.mean(), y.std().clamp_min(1e-6)
+    # one target row per graph: the standardised label, then (multi-task) the standardised recipe
+    targets = ((y - mu) / sd).unsqueeze(1)
+    if config.aux_recipe > 0:
+        recipe = torch.tensor([recipe_features(r) for r in fit_rows], dtype=torch.float32)
+        targets = torch.cat([targets, (recipe - recipe.mean(0)) / recipe.std(0).clamp_min(1e-6)], dim=1)
+    fit = []
+    for row, t in zip(fit_rows, targets):
+        graph = ds[position[row["path"]]]
+        graph.target = t.unsqueeze(0)
+        fit.append(graph)
+    weights = torch.tensor([1.0] + [config.aux_recipe / len(RECIPE)] * (targets.shape[1] - 1))
 
     torch.manual_seed(seed)
-    model = GMN(hidden=config.hidden, num_blocks=config.num_blocks, graph_out=1, dropout=config.dropout,
-                value_transform=config.value_transform)
+    model = GMN(hidden=config.hidden, num_blocks=config.num_blocks, graph_out=targets.shape[1],
+                dropout=config.dropout, value_transform=config.value_transform, graph_stats=config.graph_stats)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loader = DataLoader(ds[fit], batch_size=config.batch_size, shuffle=True,
+    averaged = (torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema)) if config.ema > 0 else None)
+    scored = averaged.module if averaged is not None else model
+    loader = DataLoader(fit, batch_size=config.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     epochs = max(config.epochs, math.ceil(config.min_steps / len(loader)))
     total_steps = epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
 
     def predict(positions: list[int]) -> torch.Tensor:
-        model.eval()
+        scored.eval()
         with torch.no_grad():
-            out = [model(b).reshape(-1) for b in DataLoader(ds[positions], batch_size=128)]
+            out = [scored(b)[:, 0] for b in DataLoader(ds[positions], batch_size=128)]
         return torch.cat(out) * sd + mu
 
     best, best_state = float("inf"), None
@@ -133,19 +163,20 @@ def gmn_predict(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int
         start, model_loss, seen = time.perf_counter(), 0.0, 0
         model.train()
         for batch in loader:
-            loss = torch.nn.functional.mse_loss(model(batch).reshape(-1), (batch.y.reshape(-1) - mu) / sd)
+            loss = ((model(batch) - batch.target) ** 2).mean(0) @ weights
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             model_loss += loss.item() * batch.num_graphs
             seen += batch.num_graphs
         val_loss = float(((predict(val) - y_val) ** 2).mean())
         if val_loss < best:
-            best, best_state = val_loss, {k: v.clone() for k, v in model.state_dict().items()}
+            best, best_state = val_loss, {k: v.clone() for k, v in scored.state_dict().items()}
         if log:
             print(f"  gmn epoch {epoch + 1}/{epochs} train {model_loss / seen:.4f} (standardised) "
                   f"val MSE {val_loss:.5f} ({time.perf_counter() - start:.1f}s)", file=log, flush=True)
-    model.load_state_dict(best_state)
+    scored.load_state_dict(best_state)
     return predict(test).numpy()
-

@@ -179,3 +179,30 @@ def test_graphs_in_a_batch_do_not_leak_into_each_other(graphs):
     g1 = net(Batch.from_data_list([_with(graphs[0], edge_attr=ea)] + graphs[1:]))
     assert _differs(g1[0], g0[0])
     torch.testing.assert_close(g1[1:], g0[1:], atol=TOL, rtol=0)
+
+
+def test_graph_statistics_readout_is_invariant_and_reads_values(graphs):
+    """``graph_stats=True``: the extra readout input is invariant (single graphs and a batch with
+    interleaved nodes) and changes when one parameter value changes."""
+    torch.manual_seed(3)
+    net = GMN(hidden=16, num_blocks=2, graph_out=2, graph_stats=True, value_transform="symlog").double()
+    gen = torch.Generator().manual_seed(13)
+    for d in graphs:
+        p, _, _ = relabel(d, gen)
+        torch.testing.assert_close(net(p), net(d), atol=TOL, rtol=0)
+    batch = Batch.from_data_list(graphs)
+    p, order, _ = relabel(batch, gen)
+    mixed = Batch.from_data_list(graphs)
+    for k in ("x", "edge_index") + EDGE_KEYS:
+        setattr(mixed, k, getattr(p, k))
+    mixed.batch = batch.batch[order]
+    torch.testing.assert_close(net(mixed), net(batch), atol=TOL, rtol=0)
+    # the statistics alone see a value change (no message passing needed)
+    stats = GMN(hidden=16, num_blocks=0, graph_out=1, graph_stats=True).graph_stats
+    d = graphs[1]
+    ea = d.edge_attr.clone()
+    ea[int(torch.nonzero(d.edge_param >= 0)[3]), 0] += 0.5
+    one = torch.zeros(d.num_nodes, dtype=torch.long)
+    before = stats(d.x, d.edge_attr, one, one[d.edge_index[0]], 1)
+    after = stats(d.x, ea, one, one[d.edge_index[0]], 1)
+    assert before.shape == (1, stats.out_dim) and _differs(before, after)

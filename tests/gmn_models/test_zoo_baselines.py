@@ -119,12 +119,32 @@ def test_gmn_method_learns_the_weight_scale(rows):
     assert scores["r2"] > 0.5 and scores["tau"] > 0.6, scores
 
 
+def test_gmn_method_with_statistics_recipe_head_and_averaging_learns(rows):
+    """The options of the ``gmn`` method together (statistics readout, recipe as an auxiliary
+    target, an exponential moving average of the weights) still learn the label, and change
+    the predictions (they are not ignored)."""
+    from gmn_models.zoo.gmn_method import GMNConfig, gmn_predict
+
+    train, test = experiment.split_rows(rows, "full", 0)
+    base = GMNConfig(hidden=16, num_blocks=2, epochs=40, batch_size=8, lr=3e-3, min_steps=0)
+    config = GMNConfig(**{**base.__dict__, "graph_stats": True, "aux_recipe": 0.5, "ema": 0.9})
+    pred = gmn_predict(train, test, 0, config=config)
+    true = np.array([r["test_acc"] for r in test])
+    scores = experiment.metrics(true, pred)
+    assert np.isfinite(pred).all() and scores["r2"] > 0.5 and scores["tau"] > 0.6, scores
+    assert not np.allclose(pred, gmn_predict(train, test, 0, config=base))
+
+
 def test_gmn_config_assignments():
     from gmn_models.zoo.gmn_method import GMNConfig
 
-    config = GMNConfig().replace(["hidden=16", "lr=0.01", "value_transform=raw"])
+    config = GMNConfig().replace(["hidden=16", "lr=0.01", "value_transform=raw", "graph_stats=true",
+                                  "aux_recipe=0.5", "ema=0.99"])
     assert (config.hidden, config.lr, config.value_transform) == (16, 0.01, "raw")
-    for bad in (["width=3"], ["hidden"], ["hidden=wide"], ["value_transform=log"], ["hidden=0"], ["lr=-1"]):
+    assert (config.graph_stats, config.aux_recipe, config.ema) == (True, 0.5, 0.99)
+    assert GMNConfig(graph_stats=True).replace(["graph_stats=0"]).graph_stats is False
+    for bad in (["width=3"], ["hidden"], ["hidden=wide"], ["value_transform=log"], ["hidden=0"], ["lr=-1"],
+                ["graph_stats=maybe"], ["ema=1"], ["aux_recipe=-1"]):
         with pytest.raises(ValueError, match="--gmn"):
             GMNConfig().replace(bad)
 
