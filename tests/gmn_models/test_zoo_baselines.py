@@ -126,7 +126,7 @@ def test_gmn_method_with_statistics_recipe_head_and_averaging_learns(rows):
     from gmn_models.zoo.gmn_method import GMNConfig, gmn_predict
 
     train, test = experiment.split_rows(rows, "full", 0)
-    base = GMNConfig(hidden=16, num_blocks=2, epochs=40, batch_size=8, lr=3e-3, min_steps=0)
+    base = GMNConfig(hidden=16, num_blocks=2, epochs=40, batch_size=8, lr=3e-3, min_steps=0, graph_stats=False)
     config = GMNConfig(**{**base.__dict__, "graph_stats": True, "aux_recipe": 0.5, "ema": 0.9})
     pred = gmn_predict(train, test, 0, config=config)
     true = np.array([r["test_acc"] for r in test])
@@ -142,7 +142,8 @@ def test_gmn_config_assignments():
                                   "aux_recipe=0.5", "ema=0.99"])
     assert (config.hidden, config.lr, config.value_transform) == (16, 0.01, "raw")
     assert (config.graph_stats, config.aux_recipe, config.ema) == (True, 0.5, 0.99)
-    assert GMNConfig(graph_stats=True).replace(["graph_stats=0"]).graph_stats is False
+    assert GMNConfig().graph_stats is True  # the default since issue 14's ablation
+    assert GMNConfig().replace(["graph_stats=0"]).graph_stats is False
     for bad in (["width=3"], ["hidden"], ["hidden=wide"], ["value_transform=log"], ["hidden=0"], ["lr=-1"],
                 ["graph_stats=maybe"], ["ema=1"], ["aux_recipe=-1"]):
         with pytest.raises(ValueError, match="--gmn"):
