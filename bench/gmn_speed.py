@@ -168,6 +168,23 @@ def _peak_rss_kib() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def _reset_peak_memory_mib(device: torch.device) -> tuple[float, str]:
+    """Reset the peak-memory mark of ``device`` and return (current MiB, method): process RSS
+    on the CPU (:func:`_reset_peak_rss`), torch's allocated memory on a GPU."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20, "cuda max_memory_allocated"
+    rss_kib, how = _reset_peak_rss()
+    return rss_kib / 1024, how
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    """The peak since :func:`_reset_peak_memory_mib`, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _peak_rss_kib() / 1024
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -204,20 +221,11 @@ def worker(args: argparse.Namespace) -> None:
         impl = args.worker.split(":", 1)[1]
         step = _trainer(impl, args.hidden, args.blocks, device)
         step(_load_batch(args.graphs, first=1).to(device))  # page in code and lazy state on one small graph
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-            for _ in range(args.warmup + 1):
-                step(batch)
-            peak, how = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
-            result |= {"impl": impl, "peak_rss_delta_mib": (peak - before) / 2**20, "how": how}
-        else:
-            rss0, how = _reset_peak_rss()
-            for _ in range(args.warmup + 1):
-                step(batch)
-            peak = _peak_rss_kib()
-            result |= {"impl": impl, "peak_rss_delta_mib": (peak - rss0) / 1024,
-                       "rss_before_mib": rss0 / 1024, "how": how}
+        before, how = _reset_peak_memory_mib(device)
+        for _ in range(args.warmup + 1):
+            step(batch)
+        result |= {"impl": impl, "peak_rss_delta_mib": _peak_memory_mib(device) - before,
+                   "rss_before_mib": before, "how": how}
     else:
         steps = {impl: _trainer(impl, args.hidden, args.blocks, device) for impl in IMPLS}
         for _ in range(args.warmup):

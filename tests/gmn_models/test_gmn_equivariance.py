@@ -63,6 +63,19 @@ def relabel(d: Data, gen: torch.Generator) -> tuple[Data, torch.Tensor, torch.Te
     return out, order, edge_perm
 
 
+def interleaved(graphs: list[Data], gen: torch.Generator) -> tuple[Batch, torch.Tensor]:
+    """The batch of ``graphs`` with all its nodes relabelled at once (nodes of different graphs
+    interleaved, the batch vector following them) and all edges shuffled; returns it and
+    ``edge_perm`` (new edge i == old edge edge_perm[i])."""
+    batch = Batch.from_data_list(graphs)
+    p, order, edge_perm = relabel(batch, gen)
+    mixed = Batch.from_data_list(graphs)  # same num_graphs bookkeeping, tensors replaced below
+    for k in ("x", "edge_index") + EDGE_KEYS:
+        setattr(mixed, k, getattr(p, k))
+    mixed.batch = batch.batch[order]
+    return mixed, edge_perm
+
+
 def test_relabelling_does_something(graphs):
     d, _, _ = relabel(graphs[1], torch.Generator().manual_seed(0))
     assert not torch.equal(d.x, graphs[1].x) and not torch.equal(d.edge_index, graphs[1].edge_index)
@@ -100,11 +113,7 @@ def test_batch_with_interleaved_nodes_of_different_graphs(graphs):
     net, gen = model(), torch.Generator().manual_seed(11)
     batch = Batch.from_data_list(graphs)
     g0, e0 = net.graph_and_edge_outputs(batch)
-    p, order, edge_perm = relabel(batch, gen)
-    mixed = Batch.from_data_list(graphs)  # same num_graphs bookkeeping, tensors replaced below
-    for k in ("x", "edge_index") + EDGE_KEYS:
-        setattr(mixed, k, getattr(p, k))
-    mixed.batch = batch.batch[order]
+    mixed, edge_perm = interleaved(graphs, gen)
     assert not bool((mixed.batch[1:] >= mixed.batch[:-1]).all())  # really interleaved
     g1, e1 = net.graph_and_edge_outputs(mixed)
     torch.testing.assert_close(g1, g0, atol=TOL, rtol=0)
@@ -190,13 +199,8 @@ def test_graph_statistics_readout_is_invariant_and_reads_values(graphs):
     for d in graphs:
         p, _, _ = relabel(d, gen)
         torch.testing.assert_close(net(p), net(d), atol=TOL, rtol=0)
-    batch = Batch.from_data_list(graphs)
-    p, order, _ = relabel(batch, gen)
-    mixed = Batch.from_data_list(graphs)
-    for k in ("x", "edge_index") + EDGE_KEYS:
-        setattr(mixed, k, getattr(p, k))
-    mixed.batch = batch.batch[order]
-    torch.testing.assert_close(net(mixed), net(batch), atol=TOL, rtol=0)
+    mixed, _ = interleaved(graphs, gen)
+    torch.testing.assert_close(net(mixed), net(Batch.from_data_list(graphs)), atol=TOL, rtol=0)
     # the statistics alone see a value change (no message passing needed)
     stats = GMN(hidden=16, num_blocks=0, graph_out=1, graph_stats=True).graph_stats
     d = graphs[1]
