@@ -219,13 +219,16 @@ class GraphStatistics(nn.Module):
     :class:`FourierFeatures`); zeros for a type the graph lacks. These are the per-tensor-kind
     weight statistics a StatNN-style model reads, computed from the graph alone: each is a sum
     over a graph's nodes or edges, so the summary is invariant to node relabelling and edge
-    reordering. No parameters."""
+    reordering. No parameters. ``counts=False`` leaves out every count (the summary then does
+    not grow with a network's width): per edge type it keeps a 0/1 "present" flag instead of
+    ``log1p(count)`` and drops the node, edge and role counts."""
 
-    def __init__(self, value_transform: str = "raw"):
+    def __init__(self, value_transform: str = "raw", counts: bool = True):
         super().__init__()
         if value_transform not in VALUE_TRANSFORMS:
             raise ValueError(f"unknown value transform {value_transform!r}; choose from {VALUE_TRANSFORMS}")
         self.transform = value_transform
+        self.counts = counts
         self.role = CategoricalEmbedding(schema.NODE_ROLES, 1)  # only its index() is used
         self.edge_type = CategoricalEmbedding(schema.EDGE_TYPES, 1)
         self.c_role = _col(schema.NODE_COLUMNS, "role")
@@ -233,7 +236,8 @@ class GraphStatistics(nn.Module):
 
     @property
     def out_dim(self) -> int:
-        return 2 + (self.role.size + 1) + 4 * (self.edge_type.size + 1)
+        per_type = 4 * (self.edge_type.size + 1)
+        return per_type + (2 + self.role.size + 1 if self.counts else 0)
 
     def forward(self, x: Tensor, edge_attr: Tensor, node_graph: Tensor, edge_graph: Tensor,
                 num_graphs: int) -> Tensor:
@@ -253,6 +257,9 @@ class GraphStatistics(nn.Module):
         count = sums[:, 0:1]
         moments = sums[:, 1:] / count.clamp(min=1.0)
         std = (moments[:, 1:2] - moments[:, 0:1] ** 2).clamp(min=0.0).sqrt()
-        per_type = torch.cat([torch.log1p(count), moments[:, 0:1], std, moments[:, 2:3]], dim=1)
+        size = torch.log1p(count) if self.counts else (count > 0).double()
+        per_type = torch.cat([size, moments[:, 0:1], std, moments[:, 2:3]], dim=1)
+        if not self.counts:
+            return per_type.view(num_graphs, 4 * types)
         return torch.cat([torch.log1p(n_nodes).unsqueeze(1), torch.log1p(n_edges).unsqueeze(1),
                           torch.log1p(role_count), per_type.view(num_graphs, 4 * types)], dim=1)

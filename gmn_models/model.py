@@ -71,13 +71,15 @@ class GMN(nn.Module):
     autograd function (same values and gradients, less memory and time; no double backward:
     set False for higher-order gradients); ``graph_stats``: the graph readout also reads
     :class:`gmn_models.encoders.GraphStatistics` (counts per node role and edge type, moments of
-    the values per edge type) through ``Linear -> activation``.
+    the values per edge type) through ``Linear -> activation``; ``stats_counts=False`` leaves
+    the counts out of them (see ``GraphStatistics(counts=...)``).
     """
 
     def __init__(self, hidden: int = 64, num_blocks: int = 4, graph_out: int = 1, edge_out: int = 0,
                  dropout: float = 0.0, *, activation: str = "silu", value_freqs: int = 32,
                  value_scale: float = 3.0, seed: int = 0, fused: bool = True,
-                 value_transform: str = "raw", graph_stats: bool = False):
+                 value_transform: str = "raw", graph_stats: bool = False,
+                 stats_counts: bool = True):
         super().__init__()
         if activation not in NONLINEARITIES:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(NONLINEARITIES)}")
@@ -89,7 +91,7 @@ class GMN(nn.Module):
                                     for _ in range(num_blocks))
         self.final_norm_x = nn.LayerNorm(hidden)
         self.final_norm_e = nn.LayerNorm(hidden)
-        self.graph_stats = GraphStatistics(value_transform) if graph_stats else None
+        self.graph_stats = GraphStatistics(value_transform, counts=stats_counts) if graph_stats else None
         self.stats_encoder = (nn.Sequential(nn.Linear(self.graph_stats.out_dim, hidden), _ACTIVATIONS[activation]())
                               if graph_stats else None)
         readout_in = (3 if graph_stats else 2) * hidden

@@ -14,6 +14,7 @@ from torch_geometric.data import Batch, Data
 import gmn_compiler as gc
 from gmn_compiler import schema
 from gmn_models.model import GMN, EditGMN
+from gmn_models.encoders import GraphStatistics
 
 TOL = 1e-10
 EDGE_KEYS = ("edge_attr", "edge_param", "edge_offset")
@@ -210,3 +211,21 @@ def test_graph_statistics_readout_is_invariant_and_reads_values(graphs):
     before = stats(d.x, d.edge_attr, one, one[d.edge_index[0]], 1)
     after = stats(d.x, ea, one, one[d.edge_index[0]], 1)
     assert before.shape == (1, stats.out_dim) and _differs(before, after)
+
+
+def test_graph_statistics_without_counts_do_not_grow_with_size(graphs):
+    """``counts=False``: a graph and two disjoint copies of it read as one graph have the same
+    summary (only moments and presence flags are left); with counts they differ."""
+    d = graphs[1]
+    twice = Batch.from_data_list([d, d])
+    one_graph = torch.zeros(twice.num_nodes, dtype=torch.long)
+    single = torch.zeros(d.num_nodes, dtype=torch.long)
+    for counts, same in ((False, True), (True, False)):
+        stats = GraphStatistics("symlog", counts=counts)
+        a = stats(d.x, d.edge_attr, single, single[d.edge_index[0]], 1)
+        b = stats(twice.x, twice.edge_attr, one_graph, one_graph[twice.edge_index[0]], 1)
+        assert a.shape == (1, stats.out_dim)
+        if same:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)  # std: sqrt of a float64 difference
+        else:
+            assert _differs(a, b)
