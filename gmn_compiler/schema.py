@@ -10,12 +10,23 @@ A compiled graph is a plain ``torch_geometric.data.Data`` with
 - ``edge_offset``: long ``[E]``, flat offset into that parameter (-1 for structural edges);
 - ``num_nodes``.
 
-Categorical columns hold the integer code of a vocabulary entry (stored as float so that one
-tensor holds all features). Integer columns use -1 for "not applicable". Codes are stable
-within a schema version: new entries are only ever appended.
+Categorical columns (node ``role``, node ``activation``, edge ``type``) hold the integer code
+of a vocabulary entry (stored as float so that one tensor holds all features). Integer columns
+use -1 for "not applicable". The built-in vocabularies below have stable codes within a schema
+version: new entries are only ever appended. Vocabularies are *open*: a plugin registers new
+names (``Registrar.add_node_role`` / ``add_activation`` / ``add_edge_type``), which get the
+codes after the built-ins in registration order; a graph therefore carries the
+:class:`Vocabulary` it was compiled with (``ParameterGraph.vocabulary``, stored in its file),
+and :meth:`Vocabulary.translate` maps a graph's codes into another vocabulary by name (names
+the target lacks become -1, the "unknown" code every consumer accepts).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
 
 SCHEMA_VERSION = 1
 
@@ -81,6 +92,100 @@ EDGE_TYPES: tuple[str, ...] = (
 )
 
 
+CATEGORICAL: dict[str, tuple[str, int]] = {
+    "node_roles": ("node", NODE_COLUMNS.index("role")),
+    "activations": ("node", NODE_COLUMNS.index("activation")),
+    "edge_types": ("edge", EDGE_COLUMNS.index("type")),
+}
+"""Each vocabulary -> (the tensor it codes: ``"node"`` = ``x``, ``"edge"`` = ``edge_attr``, its column)."""
+
+BUILTIN_NAMES: dict[str, tuple[str, ...]] = {
+    "node_roles": NODE_ROLES, "activations": ACTIVATIONS, "edge_types": EDGE_TYPES}
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The names behind the categorical columns of a graph: code ``i`` of a column is
+    ``names[i]``. The built-ins come first with their fixed codes; extensions follow."""
+
+    node_roles: tuple[str, ...] = NODE_ROLES
+    activations: tuple[str, ...] = ACTIVATIONS
+    edge_types: tuple[str, ...] = EDGE_TYPES
+
+    def __post_init__(self) -> None:
+        for field_name in CATEGORICAL:
+            names = getattr(self, field_name)
+            builtin = BUILTIN_NAMES[field_name]
+            if tuple(names[:len(builtin)]) != builtin:
+                raise ValueError(f"vocabulary {field_name} must start with the built-in names in "
+                                 "their order (codes of the built-ins are stable)")
+            if len(set(names)) != len(names):
+                dup = sorted({n for n in names if names.count(n) > 1})
+                raise ValueError(f"vocabulary {field_name} names {dup} twice")
+
+    def extended(self, *, node_roles: Iterable[str] = (), activations: Iterable[str] = (),
+                 edge_types: Iterable[str] = ()) -> "Vocabulary":
+        """This vocabulary with new names appended (ValueError on a name already present)."""
+        return Vocabulary(self.node_roles + tuple(node_roles), self.activations + tuple(activations),
+                          self.edge_types + tuple(edge_types))
+
+    def names(self, vocabulary: str) -> tuple[str, ...]:
+        """The names of ``vocabulary`` (``"node_roles"``, ``"activations"`` or ``"edge_types"``)."""
+        if vocabulary not in CATEGORICAL:
+            raise ValueError(f"unknown vocabulary {vocabulary!r}; choose from {sorted(CATEGORICAL)}")
+        return getattr(self, vocabulary)
+
+    def size(self, vocabulary: str) -> int:
+        return len(self.names(vocabulary))
+
+    def code(self, vocabulary: str, name: str) -> int:
+        """The code of ``name``; ValueError saying which plugin API registers new names."""
+        names = self.names(vocabulary)
+        try:
+            return names.index(name)
+        except ValueError:
+            raise ValueError(f"{name!r} is not in the {vocabulary} vocabulary; a plugin registers a new "
+                             f"name with Registrar.add_{vocabulary[:-1]}({name!r})") from None
+
+    def extensions(self) -> dict[str, list[str]]:
+        """The names beyond the built-ins, per vocabulary."""
+        return {v: list(getattr(self, v)[len(BUILTIN_NAMES[v]):]) for v in CATEGORICAL}
+
+    def translation(self, vocabulary: str, target: "Vocabulary") -> torch.Tensor:
+        """Long ``[size]``: the target's code of each of this vocabulary's names (-1 where the
+        target lacks the name)."""
+        index = {n: i for i, n in enumerate(target.names(vocabulary))}
+        return torch.tensor([index.get(n, -1) for n in self.names(vocabulary)], dtype=torch.long)
+
+    def translate_columns(self, x: torch.Tensor, edge_attr: torch.Tensor,
+                          target: "Vocabulary") -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` and ``edge_attr`` (copies) with every categorical code mapped into ``target``
+        by name; codes outside this vocabulary (already unknown) become -1 too."""
+        if target == self:
+            return x, edge_attr
+        out = {"node": x.clone(), "edge": edge_attr.clone()}
+        for vocabulary, (which, column) in CATEGORICAL.items():
+            table = self.translation(vocabulary, target)
+            codes = out[which][:, column].long()
+            known = (codes >= 0) & (codes < table.numel())
+            mapped = torch.full_like(codes, -1)
+            mapped[known] = table[codes[known]]
+            out[which][:, column] = mapped.to(out[which].dtype)
+        return out["node"], out["edge"]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {v: list(getattr(self, v)) for v in CATEGORICAL}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Vocabulary":
+        """Inverse of :meth:`to_dict` (missing entries: the built-ins)."""
+        return cls(**{v: tuple(d.get(v, BUILTIN_NAMES[v])) for v in CATEGORICAL})
+
+
+BUILTIN = Vocabulary()
+"""The built-in vocabulary (what a graph uses when no plugin registered names)."""
+
+
 def code(vocabulary: tuple[str, ...], name: str) -> int:
     """The integer code of ``name`` in ``vocabulary``; ValueError naming the vocabulary."""
     try:
@@ -97,13 +202,12 @@ def edge_column(name: str) -> int:
     return EDGE_COLUMNS.index(name)
 
 
-def describe() -> dict:
-    """The whole schema as plain data (saved alongside every graph)."""
+def describe(vocabulary: Vocabulary | None = None) -> dict:
+    """The whole schema as plain data (saved alongside every graph), with ``vocabulary``'s
+    names (default: the built-ins)."""
     return {
         "version": SCHEMA_VERSION,
         "node_columns": list(NODE_COLUMNS),
         "edge_columns": list(EDGE_COLUMNS),
-        "node_roles": list(NODE_ROLES),
-        "activations": list(ACTIVATIONS),
-        "edge_types": list(EDGE_TYPES),
+        **(vocabulary or BUILTIN).to_dict(),
     }
