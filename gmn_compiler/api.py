@@ -100,6 +100,7 @@ def compile(source: Any, example_inputs: tuple | None = None, **options: Any) ->
                 edge_param=built.edge_param, edge_offset=built.edge_offset,
                 num_nodes=built.num_nodes)
     graph = ParameterGraph(data, built.params, ctx.summary, ir.source, ctx.symmetries,
-                           io_nodes=torch.tensor(sorted(ctx.io_nodes), dtype=torch.long))
+                           io_nodes=torch.tensor(sorted(ctx.io_nodes), dtype=torch.long),
+                           vocabulary=registry.vocabulary)
     graph.onnx_model = getattr(ir, "onnx_model", None)
     return graph

@@ -81,7 +81,9 @@ class GraphBuilder:
     """Collects the nodes and edges of one parameter graph."""
 
     def __init__(self, sources: dict[str, torch.Tensor] | None = None,
-                 aliases: dict[str, tuple[str, ...]] | None = None) -> None:
+                 aliases: dict[str, tuple[str, ...]] | None = None,
+                 vocabulary: schema.Vocabulary = schema.BUILTIN) -> None:
+        self.vocabulary = vocabulary
         self._sources = sources or {}
         self._aliases = aliases or {}
         self._columns = {c: _Column() for c in schema.NODE_COLUMNS}
@@ -98,10 +100,10 @@ class GraphBuilder:
     def add_nodes(self, count: int, role: str, depth: int, activation: str = "none") -> torch.Tensor:
         """Create ``count`` nodes; returns their ids (long tensor ``[count]``)."""
         start = self.num_nodes
-        self._columns["role"].extend(count, schema.code(schema.NODE_ROLES, role))
+        self._columns["role"].extend(count, self.vocabulary.code("node_roles", role))
         self._columns["depth"].extend(count, depth)
         self._columns["position"].extend(count, -1)
-        self._columns["activation"].extend(count, schema.code(schema.ACTIVATIONS, activation))
+        self._columns["activation"].extend(count, self.vocabulary.code("activations", activation))
         return torch.arange(start, start + count)
 
     def node_column(self, name: str) -> torch.Tensor:
@@ -113,7 +115,7 @@ class GraphBuilder:
         return int(self.node_column("depth")[ids].max()) if ids.numel() else 0
 
     def set_activation(self, ids: torch.Tensor, activation: str) -> None:
-        self.node_column("activation")[ids] = schema.code(schema.ACTIVATIONS, activation)
+        self.node_column("activation")[ids] = self.vocabulary.code("activations", activation)
 
     def has_activation(self, ids: torch.Tensor) -> bool:
         return bool((self.node_column("activation")[ids] != 0).any())
@@ -155,7 +157,7 @@ class GraphBuilder:
         grid = tuple(int(g) for g in grid)
         if math.prod(grid) == 0:
             return
-        etype_code = schema.code(schema.EDGE_TYPES, etype)
+        etype_code = self.vocabulary.code("edge_types", etype)
         if param is not None:
             if tuple(param.tensor.shape) != grid:
                 raise ValueError(f"grid {grid} != shape {tuple(param.tensor.shape)} of {param.name}")

@@ -154,7 +154,7 @@ def _draw_edges(ax, pg, pos: torch.Tensor) -> list:
         alpha = min(0.9, max(0.12, 0.9 * (40 / counts[code]) ** 0.5))  # drawn more opaque
         ax.add_collection(LineCollection(segments, colors=[colours[code]], linewidths=0.8,
                                          alpha=alpha, zorder=z))
-        label = f"{schema.EDGE_TYPES[code]} ({counts[code]})"
+        label = f"{pg.vocabulary.edge_types[code]} ({counts[code]})"
         handles.append(Line2D([], [], color=colours[code], linewidth=2.0, label=label))
     return handles
 
@@ -163,14 +163,14 @@ def _draw_nodes(ax, pg, pos: torch.Tensor, n: int) -> list:
     """Scatter the nodes coloured by role; pinned nodes get a black outline."""
     role = pg.data.x[:, schema.node_column("role")].long()
     pinned = pg.data.x[:, schema.node_column("position")] >= 0
-    fallback = _palette(len(schema.NODE_ROLES))
+    fallback = _palette(len(pg.vocabulary.node_roles))
     size = 60.0 if n < 60 else max(8.0, 60.0 * (60 / n) ** 0.5)
     handles = []
     for code in torch.unique(role).tolist():
         mask = role == code
         xy = pos[mask].numpy()
         edge = ["black" if p else "none" for p in pinned[mask].tolist()]
-        name = schema.NODE_ROLES[code]
+        name = pg.vocabulary.node_roles[code]
         handles.append(ax.scatter(xy[:, 0], xy[:, 1], s=size, color=_ROLE_COLOURS.get(name, fallback[code]),
                                   edgecolors=edge, linewidths=0.8, zorder=2,
                                   label=f"{name} ({int(mask.sum())})"))

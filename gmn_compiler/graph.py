@@ -25,7 +25,9 @@ class ParameterGraph:
     """A compiled parameter graph.
 
     ``data`` follows schema v1 (see :mod:`gmn_compiler.schema`); ``params`` is the parameter
-    table (name, shape, dtype, kind) that ``data.edge_param`` indexes.
+    table (name, shape, dtype, kind) that ``data.edge_param`` indexes; ``vocabulary`` names
+    the codes of ``data``'s categorical columns (the built-ins plus what plugins registered
+    when it was compiled; :meth:`translated` maps them into another vocabulary).
     """
 
     data: Data
@@ -35,6 +37,7 @@ class ParameterGraph:
     symmetries: list[dict] = field(default_factory=list)  # declared by rules; not saved
     io_nodes: torch.Tensor | None = None  # nodes of model inputs and outputs; not saved
     onnx_model: object = None  # the source onnx.ModelProto when compiled from ONNX; not saved
+    vocabulary: schema.Vocabulary = schema.BUILTIN  # names behind the categorical codes; saved
 
     # ------------------------------------------------------------ decompile
     def to_state_dict(self, edge_values: torch.Tensor, *, include_constants: bool = False) -> dict[str, torch.Tensor]:
@@ -148,7 +151,7 @@ class ParameterGraph:
         d = self.data
         return {
             "format": FORMAT,
-            "schema": schema.describe(),
+            "schema": schema.describe(self.vocabulary),
             "source": self.source,
             "x": d.x, "edge_index": d.edge_index, "edge_attr": d.edge_attr,
             "edge_param": d.edge_param, "edge_offset": d.edge_offset, "num_nodes": int(d.num_nodes),
@@ -174,7 +177,19 @@ class ParameterGraph:
                     edge_param=d["edge_param"], edge_offset=d["edge_offset"], num_nodes=d["num_nodes"])
         params = [ParamInfo(p["name"], tuple(p["shape"]), getattr(torch, p["dtype"]), p["kind"],
                             tuple(p.get("aliases", ())), p.get("fill")) for p in d["params"]]
-        return cls(data, params, d.get("summary", {}), d.get("source", "torch"))
+        try:
+            vocabulary = schema.Vocabulary.from_dict(d["schema"])
+        except (TypeError, ValueError) as exc:
+            raise CompileError(f"graph file has an invalid vocabulary: {exc}") from None
+        return cls(data, params, d.get("summary", {}), d.get("source", "torch"), vocabulary=vocabulary)
+
+    def translated(self, vocabulary: schema.Vocabulary) -> Data:
+        """A copy of :attr:`data` whose categorical codes are those of ``vocabulary`` (matched
+        by name; names ``vocabulary`` lacks become -1, the "unknown" code)."""
+        x, edge_attr = self.vocabulary.translate_columns(self.data.x, self.data.edge_attr, vocabulary)
+        out = self.data.clone()
+        out.x, out.edge_attr = x, edge_attr
+        return out
 
     def __repr__(self) -> str:
         return (f"ParameterGraph(nodes={int(self.data.num_nodes)}, edges={self.data.edge_index.shape[1]}, "

@@ -402,7 +402,7 @@ def lower(ir: IRGraph, registry: Registry) -> tuple[BuiltGraph, LoweringContext]
     missing = unsupported_ops(ir, registry)
     if missing:
         raise UnsupportedOpsError(missing)
-    builder = GraphBuilder(ir.params, ir.aliases)
+    builder = GraphBuilder(ir.params, ir.aliases, registry.vocabulary)
     ctx = LoweringContext(ir, registry, builder)
     create_inputs(ctx)
     summary: dict[str, dict[str, int]] = {}

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import pluggy
 
+from . import schema
 from .errors import DuplicateRegistrationError
 
 PROJECT = "gmn_compiler"
@@ -66,6 +67,14 @@ class Registry:
     onnx: dict[str, Mapping] = field(default_factory=dict)
     leaf_modules: dict[str, Mapping] = field(default_factory=dict)
     plugins: list[str] = field(default_factory=list)
+    names: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {v: {} for v in schema.CATEGORICAL})
+    """Vocabulary names registered by plugins: vocabulary -> {name: plugin}, in registration order."""
+
+    @property
+    def vocabulary(self) -> schema.Vocabulary:
+        """The built-in vocabulary extended by every registered name (registration order)."""
+        return schema.BUILTIN.extended(**{v: tuple(self.names[v]) for v in schema.CATEGORICAL})
 
     def rule(self, kind: str) -> RuleEntry | None:
         return self.rules.get(kind)
@@ -106,6 +115,31 @@ class Registrar:
         """Lower ops of ``kind`` with ``rule(ctx, op)``. ``aliasing=True`` declares that the
         op only rearranges entries of its inputs (reshape, permute, cat...)."""
         _put(self._registry.rules, kind, RuleEntry(kind, rule, self.plugin, aliasing), "kind", override)
+
+    def add_node_role(self, name: str) -> None:
+        """Register a new node role (``ctx.add_nodes(count, name, ...)`` then accepts it)."""
+        self._add_name("node_roles", name)
+
+    def add_activation(self, name: str) -> None:
+        """Register a new activation / elementwise function name for nodes (``ctx.derive``,
+        ``ctx.set_activation``)."""
+        self._add_name("activations", name)
+
+    def add_edge_type(self, name: str) -> None:
+        """Register a new edge type (``ctx.attach_param`` / ``ctx.add_edges`` accept it)."""
+        self._add_name("edge_types", name)
+
+    def _add_name(self, vocabulary: str, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a {vocabulary} name must be a non-empty string, got {name!r}")
+        if name in schema.BUILTIN_NAMES[vocabulary]:
+            raise DuplicateRegistrationError(f"{vocabulary} name {name!r} is built in; plugin "
+                                             f"{self.plugin!r} cannot register it again")
+        table = self._registry.names[vocabulary]
+        if name in table:
+            raise DuplicateRegistrationError(f"{vocabulary} name {name!r} registered by plugin "
+                                             f"{table[name]!r} and again by plugin {self.plugin!r}")
+        table[name] = self.plugin
 
     def map_aten(self, target: Any, kind: str, normalize: Normalizer | None = None, *,
                  override: bool = False) -> None:

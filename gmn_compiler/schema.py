@@ -24,9 +24,10 @@ the target lacks become -1, the "unknown" code every consumer accepts).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import torch
+if TYPE_CHECKING:  # torch is imported where codes are translated: the CLI's --help stays light
+    import torch
 
 SCHEMA_VERSION = 1
 
@@ -154,13 +155,18 @@ class Vocabulary:
     def translation(self, vocabulary: str, target: "Vocabulary") -> torch.Tensor:
         """Long ``[size]``: the target's code of each of this vocabulary's names (-1 where the
         target lacks the name)."""
+        import torch
+
         index = {n: i for i, n in enumerate(target.names(vocabulary))}
         return torch.tensor([index.get(n, -1) for n in self.names(vocabulary)], dtype=torch.long)
 
     def translate_columns(self, x: torch.Tensor, edge_attr: torch.Tensor,
                           target: "Vocabulary") -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` and ``edge_attr`` (copies) with every categorical code mapped into ``target``
+        """``x`` and ``edge_attr`` (copies; the inputs themselves when ``target`` equals this
+        vocabulary) with every categorical code mapped into ``target``
         by name; codes outside this vocabulary (already unknown) become -1 too."""
+        import torch
+
         if target == self:
             return x, edge_attr
         out = {"node": x.clone(), "edge": edge_attr.clone()}

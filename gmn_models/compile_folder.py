@@ -48,6 +48,7 @@ from typing import Any, Callable
 import torch
 from torch_geometric.data import Data
 
+from gmn_compiler import schema
 from gmn_compiler.fileio import write_atomically
 from gmn_compiler.graph import ParameterGraph
 
@@ -440,18 +441,24 @@ class CompiledFolder:
         self._graphs.move_to_end(arch)
         return self._graphs[arch]
 
-    def graph(self, row: ModelRow) -> Data | None:
+    def graph(self, row: ModelRow, vocabulary: schema.Vocabulary | None = None) -> Data | None:
+        """The model's graph; with ``vocabulary``, its categorical codes mapped into it by name
+        (names it lacks: -1, "unknown")."""
         path = values_path(self.out_dir, row)
         if row.problem or not path.exists():
             return None
         payload = torch.load(path, weights_only=True)
-        data = self.structure(payload["structure"]).data
+        structure = self.structure(payload["structure"])
+        data = structure.data
         if payload.get("format") != _VALUES_FORMAT or int(payload["num_edges"]) != data.edge_index.shape[1]:
             raise ModelFolderError(f"{path}: values do not fit structure {payload.get('structure')}; "
                                    "recompile with resume=False")
         edge_attr = data.edge_attr.clone()
         edge_attr[:, 0] = payload["values"]
-        return Data(x=data.x.clone(), edge_index=data.edge_index.clone(), edge_attr=edge_attr,
+        x = data.x.clone()
+        if vocabulary is not None:
+            x, edge_attr = structure.vocabulary.translate_columns(x, edge_attr, vocabulary)
+        return Data(x=x, edge_index=data.edge_index.clone(), edge_attr=edge_attr,
                     edge_param=data.edge_param.clone(), edge_offset=data.edge_offset.clone(),
                     num_nodes=int(data.num_nodes))
 

@@ -33,7 +33,10 @@ Each graph is a schema-v1 ``Data`` (``x``, ``edge_index``, ``edge_attr``, ``edge
 ``edge_offset``, ``num_nodes``; float tensors stored as float32) plus ``y`` float ``[1, L]``
 (the label columns) and ``model_id`` long ``[1]``, the model's row in ``models.csv`` (0-based).
 ``dataset.metadata[model_id]`` is that row as a dict (every row, compiled or not);
-``dataset.model_ids[i]`` is the ``model_id`` of the i-th stored graph.
+``dataset.model_ids[i]`` is the ``model_id`` of the i-th stored graph. The categorical codes
+of every graph are those of ``dataset.vocabulary`` (the built-ins plus the names the loaded
+plugins registered; graphs are mapped into it by name), which a model is built with
+(``GMN(vocabulary=dataset.vocabulary)``; ``gmn-train`` does this).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from torch_geometric.data import Data, InMemoryDataset, OnDiskDataset
 import gmn_compiler
 from gmn_compiler import schema
 from gmn_compiler.fileio import write_atomically
+from gmn_compiler.registry import default_registry
 
 from .builders import get_builder
 from .paths import ModelFolderError, confined_path
@@ -236,10 +240,13 @@ class _FolderDataset:
         self.metadata = parse_metadata(self.rows)
         self.failures: list[tuple[str, str]] = []
         self.model_ids: list[int] = []  # model_id of each stored graph, in dataset order
+        # every graph's categorical codes are mapped into this one by name (plugins may
+        # register names; their codes depend on the plugins loaded)
+        self.vocabulary = default_registry().vocabulary
         self._check_labels()
         table = hashlib.sha1((self.source / "models.csv").read_bytes()).hexdigest()
         self._key = _digest([_CACHE_FORMAT, schema.SCHEMA_VERSION, os.fspath(self.source.resolve()), table,
-                             list(self.label_columns), [r.key() for r in self.rows],
+                             list(self.label_columns), [r.key() for r in self.rows], self.vocabulary.to_dict(),
                              _describe(getattr(self, "pre_transform", None)),
                              _describe(getattr(self, "pre_filter", None))])[:16]
 
@@ -275,7 +282,7 @@ class _FolderDataset:
         self.failures = list(report.failures)
         reader = CompiledFolder(report.out_dir)
         for row, meta in zip(self.rows, self.metadata):
-            data = reader.graph(row)
+            data = reader.graph(row, self.vocabulary)
             if data is None:
                 continue
             data.x = data.x.float()
@@ -287,13 +294,14 @@ class _FolderDataset:
     def _meta_payload(self) -> dict:
         return {"format": _CACHE_FORMAT, "key": self._key, "label_columns": list(self.label_columns),
                 "metadata": self.metadata, "failures": [list(f) for f in self.failures],
-                "model_ids": self.model_ids}
+                "model_ids": self.model_ids, "vocabulary": self.vocabulary.to_dict()}
 
     def _load_meta(self, path: str) -> None:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
         self.metadata = payload["metadata"]
         self.failures = [tuple(f) for f in payload["failures"]]
         self.model_ids = list(payload["model_ids"])
+        self.vocabulary = schema.Vocabulary.from_dict(payload.get("vocabulary", {}))
 
 
 def _write_json(path: str, payload: dict) -> None:

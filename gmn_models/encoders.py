@@ -147,13 +147,14 @@ class NodeEncoder(nn.Module):
     The degrees come from ``edge_index`` (they are invariant under relabelling and tell the
     model how many edges a node sums over)."""
 
-    def __init__(self, dim: int, int_freqs: int = 8, max_depth: int = 1024, max_position: int = 65536):
+    def __init__(self, dim: int, int_freqs: int = 8, max_depth: int = 1024, max_position: int = 65536,
+                 vocabulary: schema.Vocabulary = schema.BUILTIN):
         super().__init__()
         cols = schema.NODE_COLUMNS
         self.c_role, self.c_depth = _col(cols, "role"), _col(cols, "depth")
         self.c_pos, self.c_act = _col(cols, "position"), _col(cols, "activation")
-        self.role = CategoricalEmbedding(schema.NODE_ROLES, dim)
-        self.activation = CategoricalEmbedding(schema.ACTIVATIONS, dim)
+        self.role = CategoricalEmbedding(vocabulary.node_roles, dim)
+        self.activation = CategoricalEmbedding(vocabulary.activations, dim)
         self.depth = SinusoidalInt(int_freqs, max_depth)
         self.position = SinusoidalInt(int_freqs, max_position)
         self.linear = nn.Linear(self.depth.out_dim + self.position.out_dim + 2, dim)
@@ -181,7 +182,7 @@ class EdgeEncoder(nn.Module):
 
     def __init__(self, dim: int, value_freqs: int = 32, value_scale: float = 3.0, seed: int = 0,
                  max_kernel: int = 31, int_freqs: int = 8, max_spatial: int = 65536,
-                 value_transform: str = "raw"):
+                 value_transform: str = "raw", vocabulary: schema.Vocabulary = schema.BUILTIN):
         super().__init__()
         cols = schema.EDGE_COLUMNS
         self.c_value, self.c_type = _col(cols, "value"), _col(cols, "type")
@@ -190,7 +191,7 @@ class EdgeEncoder(nn.Module):
         self.value = FourierFeatures(value_freqs, value_scale, seed, value_transform)
         self.spatial = SinusoidalInt(int_freqs, max_spatial)
         self.linear = nn.Linear(self.value.out_dim + self.spatial.out_dim, dim)
-        self.edge_type = CategoricalEmbedding(schema.EDGE_TYPES, dim)
+        self.edge_type = CategoricalEmbedding(vocabulary.edge_types, dim)
         self.kernel = nn.ModuleList(SmallIntEmbedding(max_kernel, dim) for _ in self.c_kernel)
 
     def forward(self, edge_attr: Tensor) -> Tensor:
@@ -223,14 +224,15 @@ class GraphStatistics(nn.Module):
     not grow with a network's width): per edge type it keeps a 0/1 "present" flag instead of
     ``log1p(count)`` and drops the node, edge and role counts."""
 
-    def __init__(self, value_transform: str = "raw", counts: bool = True):
+    def __init__(self, value_transform: str = "raw", counts: bool = True,
+                 vocabulary: schema.Vocabulary = schema.BUILTIN):
         super().__init__()
         if value_transform not in VALUE_TRANSFORMS:
             raise ValueError(f"unknown value transform {value_transform!r}; choose from {VALUE_TRANSFORMS}")
         self.transform = value_transform
         self.counts = counts
-        self.role = CategoricalEmbedding(schema.NODE_ROLES, 1)  # only its index() is used
-        self.edge_type = CategoricalEmbedding(schema.EDGE_TYPES, 1)
+        self.role = CategoricalEmbedding(vocabulary.node_roles, 1)  # only its index() is used
+        self.edge_type = CategoricalEmbedding(vocabulary.edge_types, 1)
         self.c_role = _col(schema.NODE_COLUMNS, "role")
         self.c_value, self.c_type = _col(schema.EDGE_COLUMNS, "value"), _col(schema.EDGE_COLUMNS, "type")
 

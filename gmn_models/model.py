@@ -72,26 +72,31 @@ class GMN(nn.Module):
     set False for higher-order gradients); ``graph_stats``: the graph readout also reads
     :class:`gmn_models.encoders.GraphStatistics` (counts per node role and edge type, moments of
     the values per edge type) through ``Linear -> activation``; ``stats_counts=False`` leaves
-    the counts out of them (see ``GraphStatistics(counts=...)``).
+    the counts out of them (see ``GraphStatistics(counts=...)``); ``vocabulary``: the names
+    behind the categorical codes the model reads (one embedding row per name plus "unknown").
+    Inputs must carry codes of this vocabulary: map a graph compiled with another one by name
+    first (``ParameterGraph.translated(model.vocabulary)`` or :func:`to_vocabulary`); names the
+    model lacks then read the "unknown" row.
     """
 
     def __init__(self, hidden: int = 64, num_blocks: int = 4, graph_out: int = 1, edge_out: int = 0,
                  dropout: float = 0.0, *, activation: str = "silu", value_freqs: int = 32,
                  value_scale: float = 3.0, seed: int = 0, fused: bool = True,
                  value_transform: str = "raw", graph_stats: bool = False,
-                 stats_counts: bool = True):
+                 stats_counts: bool = True, vocabulary: schema.Vocabulary = schema.BUILTIN):
         super().__init__()
         if activation not in NONLINEARITIES:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(NONLINEARITIES)}")
         self.hidden, self.graph_out, self.edge_out = hidden, graph_out, edge_out
-        self.node_encoder = NodeEncoder(hidden)
+        self.vocabulary = vocabulary
+        self.node_encoder = NodeEncoder(hidden, vocabulary=vocabulary)
         self.edge_encoder = EdgeEncoder(hidden, value_freqs=value_freqs, value_scale=value_scale, seed=seed,
-                                        value_transform=value_transform)
+                                        value_transform=value_transform, vocabulary=vocabulary)
         self.blocks = nn.ModuleList(GMNBlock(hidden, dropout, activation, fused)
                                     for _ in range(num_blocks))
         self.final_norm_x = nn.LayerNorm(hidden)
         self.final_norm_e = nn.LayerNorm(hidden)
-        self.graph_stats = GraphStatistics(value_transform, counts=stats_counts) if graph_stats else None
+        self.graph_stats = GraphStatistics(value_transform, counts=stats_counts, vocabulary=vocabulary) if graph_stats else None
         self.stats_encoder = (nn.Sequential(nn.Linear(self.graph_stats.out_dim, hidden), _ACTIVATIONS[activation]())
                               if graph_stats else None)
         readout_in = (3 if graph_stats else 2) * hidden
@@ -176,6 +181,17 @@ class EditGMN(nn.Module):
         keep their value."""
         values = batch.edge_attr[:, _VALUE].to(self.gamma.dtype)
         return values + self.gamma * self.delta(batch)
+
+
+def to_vocabulary(data: Data, source: schema.Vocabulary, target: schema.Vocabulary) -> Data:
+    """``data`` (codes of ``source``) with its categorical codes mapped into ``target`` by
+    name; names ``target`` lacks become -1, which a model reads as "unknown". ``data`` itself
+    when the two vocabularies are equal, else a copy."""
+    if source == target:
+        return data
+    out = data.clone()
+    out.x, out.edge_attr = source.translate_columns(data.x, data.edge_attr, target)
+    return out
 
 
 def _average_copies(batch: Data, delta: Tensor, is_param: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ so early stopping agrees, and rank 0 alone writes files.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import math
@@ -46,6 +47,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler, Subset
 from torch_geometric.loader import DataLoader
 
+from gmn_compiler import schema
 from gmn_compiler.fileio import write_atomically
 
 from .metrics import json_safe, kendall_tau, r2_score, regression_metrics
@@ -131,14 +133,24 @@ def _labels(dataset, positions: list[int], columns: list[str]) -> torch.Tensor:
                         dtype=torch.float32).reshape(len(positions), len(columns))
 
 
-def _make_model(cfg: TrainConfig, num_labels: int) -> nn.Module:
+def _make_model(cfg: TrainConfig, num_labels: int, vocabulary: schema.Vocabulary) -> nn.Module:
+    """The model ``cfg.model`` names; given ``vocabulary`` (the dataset's) when it takes one."""
     factory = model_factory(cfg)
+    extra = {"vocabulary": vocabulary} if _accepts(factory, "vocabulary") else {}
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
     try:
         return factory(hidden=cfg.hidden, num_blocks=cfg.num_blocks, graph_out=num_labels, edge_out=0,
-                       dropout=cfg.dropout, **cfg.model_kwargs)
+                       dropout=cfg.dropout, **extra, **cfg.model_kwargs)
     except TypeError as exc:
         raise ConfigError(f"model {cfg.model!r} rejected its settings ({first_line(exc)})") from None
+
+
+def _accepts(factory: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: pass only the documented settings
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 @dataclass
@@ -220,7 +232,8 @@ def _checkpoint(out: Path, cfg: TrainConfig, model: nn.Module, optimizer, state:
         "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "history": state.history,
         "best_val": state.best_val, "best_epoch": state.best_epoch, "best_model": state.best_model,
         "bad_epochs": state.bad_epochs, "stopped_early": state.stopped_early,
-        "target_mean": norm[0], "target_std": norm[1], "config": cfg.to_dict()})
+        "target_mean": norm[0], "target_std": norm[1], "config": cfg.to_dict(),
+        "vocabulary": getattr(model, "vocabulary", schema.BUILTIN).to_dict()})
 
 
 _CHECKPOINT_TYPES = {"epoch": int, "model": dict, "optimizer": dict, "rng": torch.Tensor,
@@ -292,6 +305,16 @@ def _restore(out: Path, cfg: TrainConfig, model: nn.Module, optimizer) -> tuple[
     if changed:
         raise ConfigError(f"cannot resume {out}: the config changed in {changed}; use a new out "
                           "directory or overwrite")
+    try:
+        saved_vocabulary = schema.Vocabulary.from_dict(ck.get("vocabulary", {}))
+    except (AttributeError, TypeError, ValueError):
+        raise ConfigError(f"{path}: damaged gmn-train checkpoint (bad vocabulary); start over with "
+                          "--overwrite") from None
+    if saved_vocabulary != getattr(model, "vocabulary", schema.BUILTIN):
+        raise ConfigError(f"cannot resume {out}: the graphs' vocabulary changed since the checkpoint "
+                          f"(plugin names then {saved_vocabulary.extensions()}, now "
+                          f"{getattr(model, 'vocabulary', schema.BUILTIN).extensions()}); load the same "
+                          "plugins, or use a new out directory")
     _load_states(path, ck, model, optimizer, len(cfg.label_columns))
     state = _State(ck["epoch"], ck["history"], ck["best_val"], ck["best_epoch"], ck["best_model"],
                    ck["bad_epochs"], ck["stopped_early"])
@@ -337,7 +360,7 @@ class _Run:
         self.dataset = _rank0_first(lambda: _dataset(cfg), rank, world)
         self.splits = _splits(len(self.dataset), cfg)
         self.norm = _target_norm(self.dataset, self.splits["train"], cfg)
-        self.model = _make_model(cfg, len(cfg.label_columns))
+        self.model = _make_model(cfg, len(cfg.label_columns), self.dataset.vocabulary)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.state = _State()
         if cfg.resume and (self.out / "checkpoint.pt").exists():

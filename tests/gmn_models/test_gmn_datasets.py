@@ -19,6 +19,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from gmn_compiler import registry as registry_module
+from gmn_compiler import schema
+from gmn_compiler.registry import hookimpl, load_registry
+from gmn_models.model import GMN
 from gmn_models import compile_folder as cf_module
 from gmn_models.builders import register_builder
 from gmn_models.compile_folder import CompiledFolder, compile_folder, compile_row, values_path
@@ -346,3 +350,27 @@ def test_compile_folder_command(folder, tmp_path):
     bad = CliRunner().invoke(cf_module.main_command(), [str(tmp_path), str(tmp_path / "o")])
     assert bad.exit_code == 1 and "no models.csv" in bad.output
     assert os.path.exists(tmp_path / "o" / "failures.json")
+
+
+class _ExtraRole:
+    __name__ = "extra_role_plugin"
+
+    @hookimpl
+    def gmn_register(self, registry) -> None:
+        registry.add_node_role("my_role")
+
+
+def test_dataset_records_the_vocabulary_its_graphs_use(folder, tmp_path, monkeypatch):
+    """Graphs are mapped into ``dataset.vocabulary`` (the loaded plugins' names included); the
+    vocabulary is part of the cache key and survives reloading the cache."""
+    plain = ModelGraphDataset(tmp_path / "cache", folder, workers=0)
+    assert plain.vocabulary == schema.BUILTIN
+    monkeypatch.setattr(registry_module, "_DEFAULT", load_registry([_ExtraRole()], entry_points=False))
+    ds = ModelGraphDataset(tmp_path / "cache", folder, workers=0)
+    assert ds.vocabulary.extensions()["node_roles"] == ["my_role"]
+    assert len(list((tmp_path / "cache" / "processed").glob("meta-*.json"))) == 2  # its own cache
+    _assert_same_graph(ds[3], plain[3])  # built-in codes are stable
+    again = ModelGraphDataset(tmp_path / "cache", folder, workers=0)
+    assert again.vocabulary == ds.vocabulary
+    model = GMN(hidden=8, num_blocks=1, graph_out=1, vocabulary=ds.vocabulary)
+    assert model.node_encoder.role.embedding.num_embeddings == len(schema.NODE_ROLES) + 2

@@ -1,0 +1,145 @@
+"""Open vocabularies (issue 15): plugins register node roles, activations and edge types; a
+graph carries the vocabulary it was compiled with; consumers map codes by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gmn_compiler as gc
+from gmn_compiler import schema
+from gmn_compiler.errors import CompileError, DuplicateRegistrationError, UnsupportedOpsError
+from gmn_compiler.registry import hookimpl, load_registry
+from gmn_compiler.testing import check_all
+from gmn_models.model import GMN, to_vocabulary
+
+ACT = schema.node_column("activation")
+
+
+def lower_cumsum(ctx, op) -> None:
+    """A running sum along a free axis is a per-neuron function of the sequence: fresh nodes
+    marked ``cumsum``, their edges carrying the axis. Along a neuron axis it would mix
+    neurons in their order: refused."""
+    x = op.inputs[0]
+    axis = op.attrs["dim"] % len(x.shape)
+    layout = ctx.layout(x)
+    if layout is not None and axis in layout.neuron_axes():
+        raise ctx.error("cumsum along a neuron axis mixes neurons in order")
+    ctx.set_layout(op.output, ctx.derive(x, "cumsum", sig=("cumsum", axis - len(x.shape))))
+
+
+class CumsumPlugin:
+    __name__ = "cumsum_plugin"
+
+    @hookimpl
+    def gmn_register(self, registry) -> None:
+        registry.add_activation("cumsum")
+        registry.add_rule("cumsum", lower_cumsum)
+        registry.map_aten("aten.cumsum.default", "cumsum", lambda x, dim, *rest, **kw: ([x], {"dim": dim}))
+
+
+class RunningSum(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.cumsum(torch.relu(self.a(x)), dim=1))
+
+
+INPUTS = (torch.randn(1, 5, 4),)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry([CumsumPlugin()], entry_points=False)
+
+
+@pytest.fixture(scope="module")
+def graph(registry):
+    torch.manual_seed(0)
+    return gc.compile(RunningSum(), INPUTS, registry=registry)
+
+
+def test_a_plugin_name_gets_the_next_code_and_the_graph_records_it(graph):
+    code = len(schema.ACTIVATIONS)
+    assert graph.vocabulary.activations == schema.ACTIVATIONS + ("cumsum",)
+    assert graph.vocabulary.extensions() == {"node_roles": [], "activations": ["cumsum"], "edge_types": []}
+    assert int((graph.data.x[:, ACT] == code).sum()) == 6  # one fresh node per hidden unit
+    assert schema.BUILTIN.code("activations", "relu") == graph.vocabulary.code("activations", "relu")
+
+
+def test_without_the_plugin_cumsum_is_refused():
+    with pytest.raises(UnsupportedOpsError, match="cumsum"):
+        gc.compile(RunningSum(), INPUTS, registry=load_registry(entry_points=False))
+
+
+def test_the_plugin_rule_passes_every_oracle(registry):
+    check_all(RunningSum(), INPUTS, registry=registry)
+
+
+def test_an_unregistered_name_says_how_to_register_it():
+    with pytest.raises(ValueError, match=r"add_activation\('cumsum'\)"):
+        schema.BUILTIN.code("activations", "cumsum")
+
+
+def test_registering_a_taken_name_is_refused():
+    class Relu:
+        __name__ = "relu_again"
+
+        @hookimpl
+        def gmn_register(self, registry) -> None:
+            registry.add_activation("relu")
+
+    with pytest.raises(DuplicateRegistrationError, match="built in"):
+        load_registry([Relu()], entry_points=False)
+
+    class Other(CumsumPlugin):
+        __name__ = "other_cumsum"
+
+        @hookimpl
+        def gmn_register(self, registry) -> None:
+            registry.add_activation("cumsum")
+
+    with pytest.raises(DuplicateRegistrationError, match="cumsum_plugin.*other_cumsum"):
+        load_registry([CumsumPlugin(), Other()], entry_points=False)
+
+
+def test_the_file_keeps_the_vocabulary_and_translation_maps_by_name(graph, tmp_path):
+    graph.save(tmp_path / "g.pt")
+    back = gc.load(tmp_path / "g.pt")
+    assert back.vocabulary == graph.vocabulary and torch.equal(back.data.x, graph.data.x)
+    # into the built-ins: the plugin's name becomes "unknown" (-1), the rest keeps its code
+    plain = back.translated(schema.BUILTIN)
+    cumsum = graph.data.x[:, ACT] == len(schema.ACTIVATIONS)
+    assert (plain.x[cumsum, ACT] == -1).all()
+    assert torch.equal(plain.x[~cumsum], graph.data.x[~cumsum]) and torch.equal(plain.edge_attr, graph.data.edge_attr)
+    # into a vocabulary that knows the name under another code: the code follows the name
+    other = schema.BUILTIN.extended(activations=["cummax", "cumsum"])
+    moved = back.translated(other)
+    assert (moved.x[cumsum, ACT] == other.code("activations", "cumsum")).all()
+
+
+def test_a_file_with_a_foreign_vocabulary_is_refused(graph, tmp_path):
+    d = graph.to_dict()
+    d["schema"]["activations"] = ["relu", "none"] + list(schema.ACTIVATIONS[2:])  # built-ins reordered
+    torch.save(d, tmp_path / "bad.pt")
+    with pytest.raises(CompileError, match="invalid vocabulary"):
+        gc.load(tmp_path / "bad.pt")
+
+
+def test_a_gmn_reads_names_it_lacks_through_the_unknown_slot(graph):
+    torch.manual_seed(0)
+    builtin_model = GMN(hidden=8, num_blocks=1, graph_out=1)
+    data = to_vocabulary(graph.data, graph.vocabulary, builtin_model.vocabulary)
+    assert to_vocabulary(data, schema.BUILTIN, schema.BUILTIN) is data
+    # -1 and any other out-of-range code read the same "unknown" row
+    far = data.clone()
+    far.x[data.x[:, ACT] == -1, ACT] = 999.0
+    torch.testing.assert_close(builtin_model(data), builtin_model(far), rtol=0, atol=0)
+    # a model built with the graph's vocabulary has a row of its own for the name
+    torch.manual_seed(0)
+    model = GMN(hidden=8, num_blocks=1, graph_out=1, vocabulary=graph.vocabulary)
+    assert model.node_encoder.activation.embedding.num_embeddings == len(schema.ACTIVATIONS) + 2
+    assert not torch.allclose(model(graph.data), model(to_vocabulary(graph.data, graph.vocabulary, schema.BUILTIN)))
