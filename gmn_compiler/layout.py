@@ -326,3 +326,27 @@ def axis_entries(layout: Layout, shape: tuple[int, ...], axis: int) -> tuple[tor
         return ids, None
     base = 0 if layout.pos is None else int(layout.pos.reshape(-1)[0]) * size
     return ids, base + torch.arange(size)
+
+
+def take(before: Layout, shape: tuple[int, ...], dim: int, after: Layout, indices, squeeze: bool = False) -> Layout:
+    """``after`` (entries ``indices`` along ``dim`` of a value laid out as ``before``) with a
+    ``take`` entry in its view signature when ``dim`` is a free axis: which positions it
+    keeps is then not recorded by the ids, and two such views of the same nodes hold
+    different data. One canonical form for select, slice, flip, index_select and split, so
+    torch and ONNX spellings of a view agree; consecutive takes along one axis compose, and
+    a take that gives back every position in order is no view at all."""
+    if not (before.ids.shape[dim] == 1 and shape[dim] > 1):
+        return after
+    ndim = len(shape)
+    indices = tuple(int(i) for i in torch.as_tensor(indices).reshape(-1).tolist())
+    last = before.sig[-1] if before.sig else None
+    if last is not None and last[0] == "take" and last[1] == dim - ndim and not last[4] and not squeeze:
+        indices = tuple(last[3][i] for i in indices)  # a view of a view along the same axis
+        base = Layout(after.ids, after.pos, before.sig[:-1])
+        n = last[2]
+        if indices == tuple(range(n)):
+            return base
+        return base.signed(("take", dim - ndim, n, indices, False))
+    if indices == tuple(range(shape[dim])) and not squeeze:
+        return after
+    return after.signed(("take", dim - ndim, shape[dim], indices, squeeze))

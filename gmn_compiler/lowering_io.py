@@ -10,7 +10,7 @@ from . import layout as L
 from .ir_analysis import infer_input_axis
 
 if TYPE_CHECKING:
-    from .lowering import LoweringContext
+    from .context import LoweringContext
 
 
 def create_inputs(ctx: LoweringContext) -> None:

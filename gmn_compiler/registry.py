@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
 from . import schema
 from .errors import DuplicateRegistrationError
 
+if TYPE_CHECKING:  # the context imports this module
+    from .context import LoweringContext
+    from .ir import Op
+
 PROJECT = "gmn_compiler"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-Rule = Callable[[Any, Any], None]
+Rule = Callable[["LoweringContext", "Op"], None]
 """``rule(ctx: LoweringContext, op: Op) -> None``: lower one op into the graph."""
 
 Normalizer = Callable[..., tuple[list, dict]]

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from gmn_compiler import layout as L
-from gmn_compiler.ir import ParamRef
-from gmn_compiler.registry import hookimpl
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, hookimpl, layout as L
+
 
 # ATen op name (without "aten." and overload) -> schema activation name
 ACTIVATION_OPS: dict[str, str] = {
@@ -40,7 +39,7 @@ ONNX_ACTIVATIONS: dict[str, str] = {
 
 
 def make_activation_rule(name: str):
-    def lower_activation(ctx, op) -> None:
+    def lower_activation(ctx: LoweringContext, op: Op) -> None:
         activation = name
         if name == "gelu" and op.attrs.get("approximate", "none") == "tanh":
             activation = "gelu_tanh"
@@ -80,7 +79,7 @@ def _activation_params(activation: str, attrs: dict) -> tuple:
     return tuple(out)
 
 
-def lower_prelu(ctx, op) -> None:
+def lower_prelu(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[x, slope]``, the slope a parameter shaped to broadcast against ``x`` (one per
     channel, or one for all): the nodes are marked ``prelu`` and get the slopes on
     ``param_mul`` edges from one ``param_operand`` node, so a slope moves with its channel."""
@@ -90,12 +89,12 @@ def lower_prelu(ctx, op) -> None:
     layout = ctx.own(x)
     if layout is None:
         raise ctx.error(f"prelu slope {slope.name} applied to a value that carries no neurons")
-    ctx.builder.set_activation(layout.nodes(), "prelu")
+    ctx.set_activation(layout.nodes(), "prelu")
     ctx.attach_param(layout, tuple(op.output.shape), slope, "param_mul", "param_operand")
     ctx.set_layout(op.output, L.align(layout, len(op.output.shape)))
 
 
-def lower_softmax(ctx, op) -> None:
+def lower_softmax(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[x]``; attrs ``dim``, ``log``. The axis it normalises over (counted from the
     end) is part of its signature: over features and over tokens are different functions."""
     x = op.inputs[0]

@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import torch
 
-from gmn_compiler import layout as L
-from gmn_compiler.ir import ParamRef, Value
-from gmn_compiler.registry import hookimpl
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Value, hookimpl, layout as L
 
 
-def _operand_ids(ctx, value: Value, ndim: int) -> torch.Tensor:
+
+def _operand_ids(ctx: LoweringContext, value: Value, ndim: int) -> torch.Tensor:
     """The operand's node ids aligned to ``ndim`` (positions merged into a batch axis, as
     ``q.view(B * H, N, dh)`` makes them, are dropped: heads are told apart by their nodes)."""
     return L.align(ctx.require_layout(value), ndim).ids
 
 
-def contract_neurons(ctx, a_ids: torch.Tensor, b_ids: torch.Tensor, sig: tuple | None = None) -> torch.Tensor:
+def contract_neurons(ctx: LoweringContext, a_ids: torch.Tensor, b_ids: torch.Tensor, sig: tuple | None = None) -> torch.Tensor:
     """``a @ b`` where the contracted axis (a: -1, b: -2) carries neurons in both and the
     other matrix axes are free. One head node per distinct pair of (a row, b row) over the
     batch positions. Returns the result's id tensor (batch shape + (1, 1)). ``sig``: what
@@ -47,17 +46,16 @@ def contract_neurons(ctx, a_ids: torch.Tensor, b_ids: torch.Tensor, sig: tuple |
     rows = torch.cat([a_k.expand(batch + (k,)).reshape(-1, k), b_k.expand(batch + (k,)).reshape(-1, k)], 1)
     pairs, inverse = torch.unique(rows, dim=0, return_inverse=True)
     q, kk = pairs[:, :k], pairs[:, k:]
-    builder = ctx.builder
-    heads = builder.add_nodes(pairs.shape[0], "head", builder.depth_of(pairs.reshape(-1)) + 1)
+    heads = ctx.add_nodes(pairs.shape[0], "head", ctx.depth_of(pairs.reshape(-1)) + 1)
     grid = (pairs.shape[0], k)
-    builder.add_edges(grid, q, kk, "contract", value=L.signature_code(sig) if sig else 1.0)
-    builder.add_edges(grid, heads.view(-1, 1), q, "head_member")
-    builder.add_edges(grid, heads.view(-1, 1), kk, "head_member")
+    ctx.add_edges(grid, q, kk, "contract", value=L.signature_code(sig) if sig else 1.0)
+    ctx.add_edges(grid, heads.view(-1, 1), q, "head_member")
+    ctx.add_edges(grid, heads.view(-1, 1), kk, "head_member")
     _declare_head_symmetries(ctx, heads, q, kk)
     return heads[inverse].view(tuple(batch) + (1, 1))
 
 
-def _declare_head_symmetries(ctx, heads: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
+def _declare_head_symmetries(ctx: LoweringContext, heads: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
     """The q and k nodes are no longer freely permutable (a projection's "hidden units"
     claim is withdrawn). What holds instead: heads move with their K/V head (whole K/V
     groups when query heads share one), and key dims inside a K/V head move freely (the
@@ -75,7 +73,7 @@ def _declare_head_symmetries(ctx, heads: torch.Tensor, q: torch.Tensor, k: torch
         ctx.declare_symmetry(kv_rows.reshape(-1), "query/key dims within each head", groups=n_kv)
 
 
-def weighted_sum(ctx, weights: torch.Tensor | None, v: Value, v_ids: torch.Tensor, out_ndim: int) -> L.Layout:
+def weighted_sum(ctx: LoweringContext, weights: torch.Tensor | None, v: Value, v_ids: torch.Tensor, out_ndim: int) -> L.Layout:
     """``weights @ v`` contracting a free axis (tokens): the result lives on v's neurons,
     and each weight node (head) gets membership edges to the output nodes of its slice.
     Where one v node is read by several heads (grouped-query attention), each head gets
@@ -97,17 +95,17 @@ def weighted_sum(ctx, weights: torch.Tensor | None, v: Value, v_ids: torch.Tenso
         mapping = torch.full((int(v_ids.max()) + 1,), -1, dtype=torch.long)
         mapping[v_ids.expand(own.ids.shape).reshape(-1)] = own.ids.reshape(-1)
         targets = mapping[sources]
-        ctx.builder.add_edges((uniq.shape[0],), heads, targets, "head_member")
+        ctx.add_edges((uniq.shape[0],), heads, targets, "head_member")
         _declare_value_dims(ctx, heads, targets)
         return own
-    fresh = ctx.builder.add_nodes(uniq.shape[0], "neuron", ctx.builder.depth_of(sources) + 1)
-    ctx.builder.add_edges((uniq.shape[0],), sources, fresh, "copy")
-    ctx.builder.add_edges((uniq.shape[0],), heads, fresh, "head_member")
+    fresh = ctx.add_nodes(uniq.shape[0], "neuron", ctx.depth_of(sources) + 1)
+    ctx.add_edges((uniq.shape[0],), sources, fresh, "copy")
+    ctx.add_edges((uniq.shape[0],), heads, fresh, "head_member")
     _declare_shared_value_dims(ctx, heads, sources)
     return L.compress(fresh[inverse].view(grid).unsqueeze(-2), None)
 
 
-def _declare_shared_value_dims(ctx, heads: torch.Tensor, sources: torch.Tensor) -> None:
+def _declare_shared_value_dims(ctx: LoweringContext, heads: torch.Tensor, sources: torch.Tensor) -> None:
     """K/V heads shared by several query heads: the value dims move inside each K/V head
     (grouped by the set of query heads reading them), and every reader follows."""
     readers: dict[int, list[int]] = {}
@@ -122,7 +120,7 @@ def _declare_shared_value_dims(ctx, heads: torch.Tensor, sources: torch.Tensor) 
         ctx.declare_symmetry(nodes, "value dims within each K/V head", groups=len(groups))
 
 
-def _declare_value_dims(ctx, heads: torch.Tensor, nodes: torch.Tensor) -> None:
+def _declare_value_dims(ctx: LoweringContext, heads: torch.Tensor, nodes: torch.Tensor) -> None:
     """Value dims move freely inside each head (``nodes`` sorted by head)."""
     ctx.link_to_heads(heads, nodes)
     counts = torch.bincount(torch.unique(heads, return_inverse=True)[1])
@@ -131,7 +129,7 @@ def _declare_value_dims(ctx, heads: torch.Tensor, nodes: torch.Tensor) -> None:
                              groups=counts.numel())
 
 
-def lower_contract(ctx, op) -> None:
+def lower_contract(ctx: LoweringContext, op: Op) -> None:
     """``matmul``/``bmm`` between two activations (inputs ``[a, b]``)."""
     a, b = op.inputs[0], op.inputs[1]
     if len(a.shape) < 2 or len(b.shape) < 2:
@@ -151,7 +149,7 @@ def lower_contract(ctx, op) -> None:
         raise ctx.error("contraction of a neuron axis with a free axis is not supported")
 
 
-def lower_sdpa(ctx, op) -> None:
+def lower_sdpa(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[q, k, v, attn_mask]``; attrs ``enable_gqa``. The result lives on v's nodes."""
     q, k, v = op.inputs[:3]
     ndim = len(q.shape)
@@ -172,7 +170,7 @@ def lower_sdpa(ctx, op) -> None:
     sig = ("sdpa", float(f"{scale:.6g}"), _mask_signature(mask))
     scores = contract_neurons(ctx, q_ids, k_ids.transpose(-1, -2), sig=sig)
     _apply_mask(ctx, mask, scores, op.output.shape)
-    ctx.builder.set_activation(torch.unique(scores), "softmax")
+    ctx.set_activation(torch.unique(scores), "softmax")
     out = weighted_sum(ctx, scores, v, v_ids, ndim)
     ctx.set_layout(op.output, L.compress(out.ids, None))
     for extra in op.outputs[1:]:
@@ -205,7 +203,7 @@ def _mask_signature(mask) -> tuple | None:
     return ("mask", tuple(shape), L.content_digest(constant.reshape(shape)))
 
 
-def _apply_mask(ctx, mask, scores: torch.Tensor, out_shape) -> None:
+def _apply_mask(ctx: LoweringContext, mask, scores: torch.Tensor, out_shape) -> None:
     """An ``attn_mask`` tensor: a parameter or buffer is attached to the head nodes like an
     additive operand; a computed constant must be the same for every head (it is then not
     encoded: it does not change the symmetries)."""
@@ -226,7 +224,7 @@ def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, e
     return [q, k, v, attn_mask], {"is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
 
 
-def lower_isnan(ctx, op) -> None:
+def lower_isnan(ctx: LoweringContext, op: Op) -> None:
     """``isnan`` of activations: only the guard ``where(isnan(p), 0, p)`` that exporters put
     after an attention softmax is supported, and it is folded into the attention op before
     lowering; anywhere else this raises."""

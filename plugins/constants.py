@@ -4,13 +4,14 @@ checks it does not vary along a neuron axis (which would pin those neurons)."""
 
 from __future__ import annotations
 
-from gmn_compiler.registry import hookimpl
+from gmn_compiler.rules import LoweringContext, Op, hookimpl
 
 
-def lower_constant(ctx, op) -> None:
+
+def lower_constant(ctx: LoweringContext, op: Op) -> None:
     for out in op.outputs:
         ctx.set_layout(out, None)
-        ctx.constants.add(out.id)
+        ctx.mark_constant(out)
 
 
 def _like(x, *args, **kwargs):

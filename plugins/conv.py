@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from gmn_compiler import layout as L
-from gmn_compiler.ir import ParamRef
-from gmn_compiler.registry import hookimpl
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, hookimpl, layout as L
 
 
-def lower_conv(ctx, op) -> None:
+
+def lower_conv(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[x, weight, bias | None]``; attrs ``groups``, ``transposed``."""
     x, weight, bias = op.inputs[0], op.inputs[1], op.inputs[2]
     if not isinstance(weight, ParamRef):
@@ -54,9 +53,8 @@ def lower_conv(ctx, op) -> None:
         dst_index = torch.arange(c_out).view(c_out, 1)
     if ids.numel() != c_in:
         raise ctx.error(f"input has {ids.numel()} channels, weight expects {c_in}")
-    builder = ctx.builder
-    depth = builder.depth_of(ids) + 1
-    out_ids = builder.add_nodes(c_out, "neuron", depth)
+    depth = ctx.depth_of(ids) + 1
+    out_ids = ctx.add_nodes(c_out, "neuron", depth)
     grid = tuple(weight.shape)
     tail = (1,) * spatial_dims
     kernel = tuple(
@@ -67,16 +65,16 @@ def lower_conv(ctx, op) -> None:
     dst = out_ids[dst_index].view(dst_index.shape + tail)
     spatial = None if pos is None else pos[src_index].view(src_index.shape + tail)
     etype = "conv_transpose" if transposed else "conv"
-    builder.add_edges(grid, src, dst, etype, param=weight, kernel=kernel, spatial=spatial)
+    ctx.add_edges(grid, src, dst, etype, param=weight, kernel=kernel, spatial=spatial)
     if bias is not None:
         if not isinstance(bias, ParamRef):
             raise ctx.error("convolution bias must be a parameter")
-        bias_node = builder.add_nodes(1, "bias", depth)
-        builder.add_edges((c_out,), bias_node, out_ids, etype + "_bias", param=bias)
+        bias_node = ctx.add_nodes(1, "bias", depth)
+        ctx.add_edges((c_out,), bias_node, out_ids, etype + "_bias", param=bias)
     window = _window(op.attrs, kernel_shape)
     if window is not None:
-        sig_node = builder.add_nodes(1, "signature", depth)
-        builder.add_edges((c_out,), sig_node, out_ids, "signature",
+        sig_node = ctx.add_nodes(1, "signature", depth)
+        ctx.add_edges((c_out,), sig_node, out_ids, "signature",
                           value=L.signature_code(("conv", transposed) + window))
     ctx.declare_symmetry(out_ids, "output channels of conv" + (f" (within {groups} groups)" if groups > 1 else ""),
                          groups=groups)

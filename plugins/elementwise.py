@@ -23,9 +23,8 @@ import numbers
 
 import torch
 
-from gmn_compiler import layout as L
-from gmn_compiler.ir import ParamRef, Value
-from gmn_compiler.registry import hookimpl
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Value, hookimpl, layout as L
+
 
 # kind -> (edge type for lhs, edge type for rhs)
 PAIR_TYPES = {"add": ("add", "add"), "sub": ("sub_lhs", "sub_rhs"), "mul": ("mul", "mul"),
@@ -42,7 +41,7 @@ SCALAR_TYPES = {"add": ("scalar_add", "scalar_add"), "sub": ("scalar_sub", "scal
 _IDENTITY_SCALARS = {"scalar_add": 0.0, "scalar_sub": 0.0, "scalar_mul": 1.0, "scalar_div": 1.0, "scalar_pow": 1.0}
 
 
-def lower_binary(ctx, op) -> None:
+def lower_binary(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[a, b]``; attrs ``alpha`` (``a + alpha * b`` for add/sub)."""
     a, b = _constant_tensor(op.inputs[0]), _constant_tensor(op.inputs[1])
     a, b = _one_element_as_scalar(a, b, op.output.shape), _one_element_as_scalar(b, a, op.output.shape)
@@ -82,11 +81,11 @@ def _one_element_as_scalar(operand, other, out_shape):
     return operand
 
 
-def _layout_of(ctx, operand):
+def _layout_of(ctx: LoweringContext, operand):
     return None if isinstance(operand, torch.Tensor) else ctx.layout(operand)
 
 
-def _as_scalar(ctx, operand) -> float | None:
+def _as_scalar(ctx: LoweringContext, operand) -> float | None:
     if isinstance(operand, bool):
         return float(operand)
     if isinstance(operand, numbers.Number):
@@ -94,7 +93,7 @@ def _as_scalar(ctx, operand) -> float | None:
     return None
 
 
-def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
+def _lower_pair(ctx: LoweringContext, op: Op, a: Value, b: Value, alpha) -> None:
     if op.kind not in PAIR_TYPES:
         raise ctx.error(f"{op.kind} between two activations is not supported")
     out = op.output
@@ -102,28 +101,28 @@ def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
     la, lb = _layout_of(ctx, a), _layout_of(ctx, b)
     varying: list[int] = []
     for constant, other in ((a, b), (b, a)):
-        if isinstance(constant, torch.Tensor) or constant.id in ctx.constants:
+        if isinstance(constant, torch.Tensor) or ctx.is_constant(constant):
             varying += _varying_neuron_axes(ctx, constant, other, ndim)
     if la is None and lb is None:
         ctx.set_layout(out, None)
         return
     varying += _free_axes_spelled_out(ctx, a, la, b, lb, ndim)
     ta, tb = L.broadcast_pair(la, lb, ndim)
-    n = ctx.builder.num_nodes + 1
+    n = ctx.num_nodes + 1
     keys = ta * n + (tb + 1)
     uniq, inverse = torch.unique(keys.reshape(-1), return_inverse=True)
     src_a, src_b = uniq // n, uniq % n - 1
     nodes_in = torch.cat([src_a[src_a >= 0], src_b[src_b >= 0]])
-    new = ctx.builder.add_nodes(uniq.numel(), "neuron", ctx.builder.depth_of(nodes_in) + 1)
+    new = ctx.add_nodes(uniq.numel(), "neuron", ctx.depth_of(nodes_in) + 1)
     type_a, type_b = PAIR_TYPES[op.kind]
     weights = [1.0, float(alpha)]
     for side, constant in enumerate((a, b)):  # the constant's content is the op's signature
-        if isinstance(constant, torch.Tensor) or constant.id in ctx.constants:
+        if isinstance(constant, torch.Tensor) or ctx.is_constant(constant):
             sig = ("constant", op.kind, side, float(alpha), _content(ctx, constant))
             weights[1 - side] = L.signature_code(sig)
     for src, etype, weight in ((src_a, type_a, weights[0]), (src_b, type_b, weights[1])):
         keep = src >= 0
-        ctx.builder.add_edges((int(keep.sum()),), src[keep], new[keep], etype, value=weight)
+        ctx.add_edges((int(keep.sum()),), src[keep], new[keep], etype, value=weight)
     if la is None or lb is None:  # the other operand has no neurons: one-to-one copies
         ctx.note_copies(new, src_a if lb is None else src_b)
     else:  # units paired one to one (a residual add, a gate) must move together
@@ -139,11 +138,11 @@ def _lower_pair(ctx, op, a: Value, b: Value, alpha) -> None:
         # declaration of these units)
         ctx.partition_units(ids, ids, "positions of the entries they combine")
     if varying:
-        _pin_along(ctx, ids, varying)
+        ctx.pin_along(ids, varying)
     ctx.set_layout(out, L.compress(ids, pos))
 
 
-def _content(ctx, constant: Value | torch.Tensor) -> tuple:
+def _content(ctx: LoweringContext, constant: Value | torch.Tensor) -> tuple:
     """A constant operand by value (shape and digest); one of unknown value (too large to
     materialise) by the op that reads it, so it is never taken for another."""
     known = constant if isinstance(constant, torch.Tensor) else constant.constant
@@ -155,14 +154,14 @@ def _content(ctx, constant: Value | torch.Tensor) -> tuple:
     return (tuple(shape), L.content_digest(known))
 
 
-def _merged_pos(ctx, la, lb, ndim, shape):
+def _merged_pos(ctx: LoweringContext, la, lb, ndim, shape):
     found = [L.align(l, ndim).pos.expand(shape) for l in (la, lb) if l is not None and l.pos is not None]
     if len(found) == 2 and not torch.equal(found[0], found[1]):
         raise ctx.error("operands merge free positions differently; not supported")
     return found[0] if found else None
 
 
-def _varying_neuron_axes(ctx, constant: Value | torch.Tensor, other: Value, ndim: int) -> list[int]:
+def _varying_neuron_axes(ctx: LoweringContext, constant: Value | torch.Tensor, other: Value, ndim: int) -> list[int]:
     """The neuron axes of ``other`` along which ``constant`` (a constant activation, or a
     tensor literal from an ONNX ``Constant``) takes different values (a rotary cos/sin table
     along the dims of a head, a channel mask). Those neurons are told apart by the constant,
@@ -184,7 +183,7 @@ def _varying_neuron_axes(ctx, constant: Value | torch.Tensor, other: Value, ndim
     return axes
 
 
-def _free_axes_spelled_out(ctx, a, la, b, lb, ndim: int) -> list[int]:
+def _free_axes_spelled_out(ctx: LoweringContext, a, la, b, lb, ndim: int) -> list[int]:
     """Axes along which one operand holds data at several free positions (its layout is
     free there, its entries are not known to be equal copies) while the other operand has
     neurons: each new node reads that operand's entry at one position, which no
@@ -202,30 +201,7 @@ def _free_axes_spelled_out(ctx, a, la, b, lb, ndim: int) -> list[int]:
     return sorted(set(axes))
 
 
-def _pin_along(ctx, ids: torch.Tensor, axes: list[int]) -> None:
-    """Fix the position of every node in ``ids`` (an id grid) to its flat index along
-    ``axes``; nodes along the other axes (heads, when a table is shared by all heads) keep
-    equal positions, so they stay interchangeable."""
-    index = torch.zeros(ids.shape, dtype=torch.long)
-    for axis in axes:
-        shape = [1] * ids.dim()
-        shape[axis] = ids.shape[axis]
-        index = index * ids.shape[axis] + torch.arange(ids.shape[axis]).view(shape)
-    # a node met at several indices (a unit shared by tokens that a table tells apart from
-    # another block's) is pinned by its set of indices: equal sets, equal positions
-    keys = L.keys_per_node(ids, index)
-    single = all(len(key) == 1 for key in keys.values())
-    uniq = torch.tensor(list(keys), dtype=torch.long)
-    positions = torch.tensor([k[0] for k in keys.values()] if single else list(L.rank_keys(keys).values()),
-                             dtype=torch.long)
-    ctx.builder.pin(uniq, positions)
-    # units tied one to one to these (a residual add before) are told apart as well
-    ctx.partition_units(uniq, positions, "positions a constant fixes")
-    ctx.withdraw_symmetries(uniq)
-    ctx.anchor(uniq)
-
-
-def _lower_param(ctx, op, x: Value, ref: ParamRef, param_is_lhs: bool) -> None:
+def _lower_param(ctx: LoweringContext, op: Op, x: Value, ref: ParamRef, param_is_lhs: bool) -> None:
     if op.kind not in PARAM_TYPES:
         raise ctx.error(f"{op.kind} with a parameter operand is not supported")
     if op.kind in ("add", "sub") and op.attrs.get("alpha", 1) != 1:
@@ -238,7 +214,7 @@ def _lower_param(ctx, op, x: Value, ref: ParamRef, param_is_lhs: bool) -> None:
     ctx.set_layout(op.output, L.align(layout, len(op.output.shape)))
 
 
-def _lower_scalar(ctx, op, x: Value, scalar: float, scalar_is_lhs: bool, alpha=1) -> None:
+def _lower_scalar(ctx: LoweringContext, op: Op, x: Value, scalar: float, scalar_is_lhs: bool, alpha=1) -> None:
     if op.kind not in SCALAR_TYPES or SCALAR_TYPES[op.kind][1 if scalar_is_lhs else 0] is None:
         raise ctx.error(f"{op.kind} with a scalar operand is not supported")
     layout = ctx.layout(x)
@@ -256,7 +232,7 @@ def _lower_scalar(ctx, op, x: Value, scalar: float, scalar_is_lhs: bool, alpha=1
     ctx.set_layout(op.output, fresh)
 
 
-def lower_where(ctx, op) -> None:
+def lower_where(ctx: LoweringContext, op: Op) -> None:
     """``where(cond, x, other)`` / ``masked_fill``: inputs ``[x, cond, other]`` where ``x``
     is the activation. Its nodes are marked ``masked``. Where the condition or the fill
     varies along a neuron axis of ``x`` (a constant channel mask, a mask computed from the
@@ -286,11 +262,11 @@ def lower_where(ctx, op) -> None:
             varying.update(_varying_neuron_axes(ctx, other, x, ndim))
     masked = L.align(ctx.derive(x, "masked", sig=sig), ndim)
     if varying:
-        _pin_along(ctx, masked.ids, sorted(varying))
+        ctx.pin_along(masked.ids, sorted(varying))
     ctx.set_layout(op.output, masked)
 
 
-def _operand_content(ctx, operand) -> tuple:
+def _operand_content(ctx: LoweringContext, operand) -> tuple:
     """A mask or fill operand of ``where`` by value: a scalar as itself, a parameter by name
     (its values are edge values), a constant by shape and digest."""
     operand = _constant_tensor(operand)

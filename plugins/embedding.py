@@ -17,24 +17,22 @@ from __future__ import annotations
 
 import torch
 
-from gmn_compiler import layout as L
-from gmn_compiler.ir import ParamRef
-from gmn_compiler.registry import hookimpl
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, hookimpl, layout as L
 
 
-def lower_embedding(ctx, op) -> None:
+
+def lower_embedding(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[weight [V, D], indices]``."""
     weight = op.inputs[0]
     if not isinstance(weight, ParamRef) or weight.tensor.dim() != 2:
         raise ctx.error("embedding lookup needs a 2-D parameter table")
     vocab, dims = weight.shape
-    builder = ctx.builder
-    tokens = builder.add_nodes(vocab, "token", depth=0)
-    builder.pin(tokens, torch.arange(vocab))
-    out = builder.add_nodes(dims, "neuron", depth=1)
-    builder.add_edges((vocab, dims), tokens.view(vocab, 1), out.view(1, dims), "embedding", param=weight)
+    tokens = ctx.add_nodes(vocab, "token", depth=0)
+    ctx.pin(tokens, torch.arange(vocab))
+    out = ctx.add_nodes(dims, "neuron", depth=1)
+    ctx.add_edges((vocab, dims), tokens.view(vocab, 1), out.view(1, dims), "embedding", param=weight)
     for source in ctx.integer_sources(op.inputs[1]):  # which id input the lookup reads
-        builder.add_edges((vocab,), torch.tensor([source]), tokens, "copy")
+        ctx.add_edges((vocab,), torch.tensor([source]), tokens, "copy")
     ctx.declare_symmetry(out, "embedding dimensions")
     ctx.set_layout(op.output, L.for_axis(out, len(op.output.shape), -1))
 

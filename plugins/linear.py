@@ -9,12 +9,11 @@ feature map flattened C×H×W), each entry's position goes into the edge's ``spa
 
 from __future__ import annotations
 
-from gmn_compiler import layout as L
-from gmn_compiler.ir import ParamRef, Value
-from gmn_compiler.registry import hookimpl
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Value, hookimpl, layout as L
 
 
-def lower_linear(ctx, op) -> None:
+
+def lower_linear(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[x, weight [out, in], bias [out] | None]``; attrs ``axis`` (contracted axis of
     ``x``, default -1; the output has ``out`` entries on that axis)."""
     x, weight = op.inputs[0], op.inputs[1]
@@ -29,15 +28,14 @@ def lower_linear(ctx, op) -> None:
     except ValueError as exc:
         raise ctx.error(f"cannot contract axis {axis} of {x}: {exc}") from None
     out_features, in_features = weight.shape
-    builder = ctx.builder
-    depth = builder.depth_of(ids) + 1
-    out_ids = builder.add_nodes(out_features, "neuron", depth)
-    builder.add_edges((out_features, in_features), ids.view(1, in_features),
+    depth = ctx.depth_of(ids) + 1
+    out_ids = ctx.add_nodes(out_features, "neuron", depth)
+    ctx.add_edges((out_features, in_features), ids.view(1, in_features),
                       out_ids.view(out_features, 1), "linear", param=weight,
                       spatial=None if pos is None else pos.view(1, in_features))
     if bias is not None:
-        bias_node = builder.add_nodes(1, "bias", depth)
-        builder.add_edges((out_features,), bias_node, out_ids, "linear_bias",
+        bias_node = ctx.add_nodes(1, "bias", depth)
+        ctx.add_edges((out_features,), bias_node, out_ids, "linear_bias",
                           param=bias.apply(lambda t: t.reshape(out_features)))
     ctx.declare_symmetry(out_ids, "hidden units of linear")
     ctx.set_layout(op.output, L.for_axis(out_ids, len(op.output.shape), axis))
@@ -72,7 +70,7 @@ def _addmm(bias, a, b, beta=1, alpha=1):
     return inputs, attrs
 
 
-def lower_matmul(ctx, op) -> None:
+def lower_matmul(ctx: LoweringContext, op: Op) -> None:
     """With a parameter: a linear layer. Between two activations: a contraction, lowered by
     the rule registered for kind ``contract`` (built-in: plugins/attention.py)."""
     inputs = op.inputs

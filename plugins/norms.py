@@ -11,34 +11,17 @@
 
 from __future__ import annotations
 
-from gmn_compiler import layout as L
-from gmn_compiler.ir import ParamRef
-from gmn_compiler.registry import hookimpl
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, hookimpl, layout as L
 
 
-def _channel_param(ref: ParamRef, ndim: int, channel_axis: int) -> ParamRef:
-    """A per-channel vector seen as broadcastable against the activation."""
-    shape = [1] * ndim
-    shape[channel_axis] = ref.tensor.numel()
-    return ref.apply(lambda t: t.reshape(shape))
 
-
-def _attach_all(ctx, layout, shape, channel_axis, named: list[tuple[object, str, str]]) -> None:
-    for ref, etype, role in named:
-        if ref is None:
-            continue
-        if not isinstance(ref, ParamRef):
-            raise ctx.error(f"{etype} operand must be a parameter or buffer")
-        ctx.attach_param(layout, shape, _channel_param(ref, len(shape), channel_axis), etype, role)
-
-
-def _set_main_output(ctx, op, layout) -> None:
+def _set_main_output(ctx: LoweringContext, op: Op, layout) -> None:
     ctx.set_layout(op.outputs[0], layout)
     for extra in op.outputs[1:]:  # saved statistics of native_* variants
         ctx.set_layout(extra, None)
 
 
-def lower_batch_norm(ctx, op) -> None:
+def lower_batch_norm(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[x, weight, bias, running_mean, running_var]`` (any may be None)."""
     x = op.inputs[0]
     weight, bias, mean, var = (list(op.inputs[1:5]) + [None] * 4)[:4]
@@ -48,13 +31,13 @@ def lower_batch_norm(ctx, op) -> None:
     if mean is None or var is None:
         raise ctx.error("batch norm without running statistics normalises with batch "
                         "statistics; compile the model in eval mode with track_running_stats=True")
-    _attach_all(ctx, layout, x.shape, 1 if len(x.shape) > 1 else 0, [
+    ctx.attach_per_channel(layout, x.shape, 1 if len(x.shape) > 1 else 0, [
         (weight, "bn_weight", "norm_weight"), (bias, "bn_bias", "norm_bias"),
         (mean, "bn_mean", "running_mean"), (var, "bn_var", "running_var")])
     _set_main_output(ctx, op, layout)
 
 
-def lower_instance_norm(ctx, op) -> None:
+def lower_instance_norm(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[x, weight, bias, running_mean, running_var]``; attrs ``use_input_stats``."""
     x = op.inputs[0]
     weight, bias, mean, var = (list(op.inputs[1:5]) + [None] * 4)[:4]
@@ -68,7 +51,7 @@ def lower_instance_norm(ctx, op) -> None:
         raise ctx.error("instance norm input carries no neurons")
     if op.attrs.get("use_input_stats", True):
         mean = var = None  # running statistics are not used by the function
-    _attach_all(ctx, layout, x.shape, 1, [
+    ctx.attach_per_channel(layout, x.shape, 1, [
         (weight, "in_weight", "norm_weight"), (bias, "in_bias", "norm_bias"),
         (mean, "in_mean", "running_mean"), (var, "in_var", "running_var")])
     _set_main_output(ctx, op, layout)
@@ -81,7 +64,7 @@ def _eps_signature(op, kind: str) -> tuple | None:
     return None if eps in (None, L.plain(1e-5)) else (kind, eps)
 
 
-def _norm_signature(ctx, op, kind: str) -> tuple:
+def _norm_signature(ctx: LoweringContext, op: Op, kind: str) -> tuple:
     """What decides a layer / RMS norm besides its parameters: how many trailing axes it
     normalises, which of them carry neurons (features vs tokens), and eps."""
     x = op.inputs[0]
@@ -92,7 +75,7 @@ def _norm_signature(ctx, op, kind: str) -> tuple:
     return (kind, k, neuron, L.plain(op.attrs.get("eps")))
 
 
-def lower_layer_norm(ctx, op) -> None:
+def lower_layer_norm(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[x, weight | None, bias | None]``; attrs ``normalized_shape``."""
     x, weight, bias = (list(op.inputs) + [None] * 3)[:3]
     layout = ctx.derive(x, "layer_norm", sig=_norm_signature(ctx, op, "layer_norm"),
@@ -105,7 +88,7 @@ def lower_layer_norm(ctx, op) -> None:
     _set_main_output(ctx, op, layout)
 
 
-def lower_rms_norm(ctx, op) -> None:
+def lower_rms_norm(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[x, weight | None]``; attrs ``normalized_shape``."""
     x, weight = (list(op.inputs) + [None, None])[:2]
     layout = ctx.derive(x, "rms_norm", sig=_norm_signature(ctx, op, "rms_norm"),
@@ -117,7 +100,7 @@ def lower_rms_norm(ctx, op) -> None:
     _set_main_output(ctx, op, layout)
 
 
-def lower_group_norm(ctx, op) -> None:
+def lower_group_norm(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[x, weight | None, bias | None]``; attrs ``num_groups``."""
     x, weight, bias = (list(op.inputs) + [None] * 3)[:3]
     groups = int(op.attrs["num_groups"])
@@ -132,10 +115,10 @@ def lower_group_norm(ctx, op) -> None:
         raise ctx.error("group norm over channels that merge free positions is not supported")
     size = channels.numel() // groups
     ctx.refine_symmetry(channels, groups, f"group norm at {op.location}", permute_groups=True)
-    group_ids = ctx.builder.add_nodes(groups, "group", ctx.builder.depth_of(channels))
-    ctx.builder.add_edges((groups, size), group_ids.view(groups, 1), channels.view(groups, size),
+    group_ids = ctx.add_nodes(groups, "group", ctx.depth_of(channels))
+    ctx.add_edges((groups, size), group_ids.view(groups, 1), channels.view(groups, size),
                           "gn_member")
-    _attach_all(ctx, layout, x.shape, 1, [(weight, "gn_weight", "norm_weight"),
+    ctx.attach_per_channel(layout, x.shape, 1, [(weight, "gn_weight", "norm_weight"),
                                           (bias, "gn_bias", "norm_bias")])
     _set_main_output(ctx, op, layout)
 

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import torch
 
-from gmn_compiler import layout as L
-from gmn_compiler.ir import ParamRef, Value
-from gmn_compiler.registry import hookimpl
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Value, hookimpl, layout as L
 
-from .structural import _take
+
 
 # ONNX Pad modes in torch's names
 _ONNX_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
 
 
-def lower_pad(ctx, op) -> None:
+def lower_pad(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[x]``; attrs ``pads`` ({axis >= 0: (begin, end)}), ``mode``, ``value``."""
     x = op.inputs[0]
     layout = ctx.layout(x)
@@ -47,7 +45,7 @@ def lower_pad(ctx, op) -> None:
         # a slice-and-concat spelling of the same padding gets (exporters write it so)
         shape, layout = list(x.shape), aligned
         for axis, (b, e) in sorted(pads.items()):
-            layout = _take(layout, tuple(shape), axis, layout, _indices(mode, shape[axis], b, e))
+            layout = L.take(layout, tuple(shape), axis, layout, _indices(mode, shape[axis], b, e))
             shape[axis] += b + e
         ctx.set_layout(op.output, layout)
         return

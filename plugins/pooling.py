@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import torch
 
-from gmn_compiler import layout as L
-from gmn_compiler.registry import hookimpl
+from gmn_compiler.rules import LoweringContext, Op, hookimpl, layout as L
+
 
 _MODE_ACTIVATION = {"avg": "avg_pool", "mean": "avg_pool", "max": "max_pool", "amax": "max_pool",
                     "min": "max_pool", "amin": "max_pool", "sum": "sum_pool"}
 
 
-def lower_pool(ctx, op) -> None:
+def lower_pool(ctx: LoweringContext, op: Op) -> None:
     """Spatial pooling over the trailing ``attrs['spatial_dims']`` axes; attrs ``mode``."""
     x = op.inputs[0]
     layout = ctx.layout(x)
@@ -45,7 +45,7 @@ def lower_pool(ctx, op) -> None:
         ctx.set_layout(extra, None)
 
 
-def lower_reduce(ctx, op) -> None:
+def lower_reduce(ctx: LoweringContext, op: Op) -> None:
     """attrs ``dims`` (None: all), ``keepdim``, ``mode`` (``norm``: the Euclidean norm)."""
     x = op.inputs[0]
     layout = ctx.layout(x)
@@ -69,7 +69,7 @@ def lower_reduce(ctx, op) -> None:
         if op.attrs["mode"] == "norm":  # sqrt(sum(x²)): squares, summed per remaining entry
             squares = ctx.fresh(x, L.align(layout, ndim), "activation", activation="square")
             norms = _combine(ctx, op, squares, dims, keepdim, mode="sum")
-            ctx.builder.set_activation(norms.nodes(), "sqrt")
+            ctx.set_activation(norms.nodes(), "sqrt")
             ctx.set_layout(op.outputs[0], norms)
             return
         ctx.set_layout(op.outputs[0], _combine(ctx, op, layout, dims, keepdim))
@@ -85,7 +85,7 @@ def lower_reduce(ctx, op) -> None:
     ctx.set_layout(op.outputs[0], out)
 
 
-def _invariant_node(ctx, op, layout, dims: list[int]):
+def _invariant_node(ctx: LoweringContext, op: Op, layout, dims: list[int]):
     """A reduction over every neuron axis: invariant to permuting them, it gets one node, fed
     by every node it reduces through ``pool`` edges carrying a code of the reduction (mode,
     axes from the end), so a max and a sum of the same units stay apart. Broadcast back
@@ -93,10 +93,10 @@ def _invariant_node(ctx, op, layout, dims: list[int]):
     ndim = len(op.inputs[0].shape)
     mode = op.attrs["mode"]
     nodes = layout.nodes()
-    stat = ctx.builder.add_nodes(1, "neuron", ctx.builder.depth_of(nodes) + 1,
+    stat = ctx.add_nodes(1, "neuron", ctx.depth_of(nodes) + 1,
                                  _MODE_ACTIVATION.get(mode, "none"))
     sig = ("statistic", mode, tuple(d - ndim for d in dims), L.plain(op.attrs.get("correction")))
-    ctx.builder.add_edges((nodes.numel(),), nodes, stat.expand(nodes.numel()), "pool",
+    ctx.add_edges((nodes.numel(),), nodes, stat.expand(nodes.numel()), "pool",
                           value=L.signature_code(sig))
     out_ndim = len(op.outputs[0].shape)
     return L.Layout(stat.view((1,) * out_ndim) if out_ndim else stat.view(()))
@@ -109,7 +109,7 @@ _MODE_EDGE = {"sum": "add", "mean": "add", "avg": "add", "amax": "max", "max": "
               "amin": "min", "min": "min"}
 
 
-def _combine(ctx, op, layout, dims: list[int], keepdim: bool, mode: str | None = None):
+def _combine(ctx: LoweringContext, op: Op, layout, dims: list[int], keepdim: bool, mode: str | None = None):
     """A reduction over some neuron axes while others remain (``stack([u, v]).sum(0)``): like
     an n-ary residual add, one new node per remaining entry, fed by every node it reduces."""
     if layout.pos is not None:
@@ -125,8 +125,8 @@ def _combine(ctx, op, layout, dims: list[int], keepdim: bool, mode: str | None =
     count = rows.shape[1]
     mode = mode or op.attrs["mode"]
     weight = 1.0 / count if mode in ("mean", "avg") else 1.0
-    new = ctx.builder.add_nodes(uniq.shape[0], "neuron", ctx.builder.depth_of(uniq.reshape(-1)) + 1)
-    ctx.builder.add_edges(tuple(uniq.shape), uniq, new.view(-1, 1), _MODE_EDGE[mode], value=weight)
+    new = ctx.add_nodes(uniq.shape[0], "neuron", ctx.depth_of(uniq.reshape(-1)) + 1)
+    ctx.add_edges(tuple(uniq.shape), uniq, new.view(-1, 1), _MODE_EDGE[mode], value=weight)
     out = new[inverse].view(rest_shape)
     if keepdim:
         for d in sorted(dims):

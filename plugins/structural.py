@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from gmn_compiler import layout as L
-from gmn_compiler.ir import ParamRef, Value
-from gmn_compiler.registry import hookimpl
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Value, hookimpl, layout as L
 
 
-def _keep_none(ctx, op) -> bool:
+
+def _keep_none(ctx: LoweringContext, op: Op) -> bool:
     """Outputs of an op on a value without neurons have none either."""
     layouts = [ctx.layout(v) for v in op.values()]
     if all(l is None for l in layouts):
@@ -25,12 +24,12 @@ def _keep_none(ctx, op) -> bool:
     return False
 
 
-def lower_identity(ctx, op) -> None:
+def lower_identity(ctx: LoweringContext, op: Op) -> None:
     """Output aliases input ``op.inputs[0]`` entry for entry."""
     ctx.set_layout(op.output, ctx.layout(op.inputs[0]))
 
 
-def lower_reshape(ctx, op) -> None:
+def lower_reshape(ctx: LoweringContext, op: Op) -> None:
     """Any op whose effect is ``x.reshape(out.shape)``."""
     if _keep_none(ctx, op):
         return
@@ -38,7 +37,7 @@ def lower_reshape(ctx, op) -> None:
     ctx.set_layout(op.output, L.reshape(ctx.layout(x), x.shape, op.output.shape))
 
 
-def lower_permute(ctx, op) -> None:
+def lower_permute(ctx: LoweringContext, op: Op) -> None:
     """attrs ``dims``."""
     if _keep_none(ctx, op):
         return
@@ -50,7 +49,7 @@ def lower_permute(ctx, op) -> None:
     ctx.set_layout(op.output, layout)
 
 
-def lower_flip(ctx, op) -> None:
+def lower_flip(ctx: LoweringContext, op: Op) -> None:
     """attrs ``dims``: the entries along those axes in reverse order, a relabelling (along a
     free axis, whose ids do not vary, nothing changes but merged positions)."""
     if _keep_none(ctx, op):
@@ -60,12 +59,12 @@ def lower_flip(ctx, op) -> None:
     flipped = layout.map(lambda t: t.flip(dims))
     for d in dims:  # along a free axis a flip is a take of the positions in reverse
         n = op.output.shape[d]
-        flipped = _take(layout, op.output.shape, d, flipped, torch.arange(n - 1, -1, -1))
+        flipped = L.take(layout, op.output.shape, d, flipped, torch.arange(n - 1, -1, -1))
         layout = flipped
     ctx.set_layout(op.output, flipped)
 
 
-def _cuts_neurons(ctx, layout, dim: int, part: torch.Tensor | None = None) -> None:
+def _cuts_neurons(ctx: LoweringContext, layout, dim: int, part: torch.Tensor | None = None) -> None:
     """Cutting a neuron axis (split, slice, select): the parts may play different roles
     downstream, so the nodes are no longer declared freely permutable; ``part`` (one entry
     per index along ``dim``: which part it goes to) is recorded as a partition of the units,
@@ -87,31 +86,7 @@ def _part(size: int, selected) -> torch.Tensor:
     return part
 
 
-def _take(before, shape, dim: int, after, indices, squeeze: bool = False):
-    """``after`` (entries ``indices`` along ``dim`` of a value laid out as ``before``) with a
-    ``take`` entry in its view signature when ``dim`` is a free axis: which positions it
-    keeps is then not recorded by the ids, and two such views of the same nodes hold
-    different data. One canonical form for select, slice, flip, index_select and split, so
-    torch and ONNX spellings of a view agree; consecutive takes along one axis compose, and
-    a take that gives back every position in order is no view at all."""
-    if not (before.ids.shape[dim] == 1 and shape[dim] > 1):
-        return after
-    ndim = len(shape)
-    indices = tuple(int(i) for i in torch.as_tensor(indices).reshape(-1).tolist())
-    last = before.sig[-1] if before.sig else None
-    if last is not None and last[0] == "take" and last[1] == dim - ndim and not last[4] and not squeeze:
-        indices = tuple(last[3][i] for i in indices)  # a view of a view along the same axis
-        base = L.Layout(after.ids, after.pos, before.sig[:-1])
-        n = last[2]
-        if indices == tuple(range(n)):
-            return base
-        return base.signed(("take", dim - ndim, n, indices, False))
-    if indices == tuple(range(shape[dim])) and not squeeze:
-        return after
-    return after.signed(("take", dim - ndim, shape[dim], indices, squeeze))
-
-
-def lower_select(ctx, op) -> None:
+def lower_select(ctx: LoweringContext, op: Op) -> None:
     """attrs ``dim``, ``index``."""
     if _keep_none(ctx, op):
         return
@@ -119,10 +94,10 @@ def lower_select(ctx, op) -> None:
     dim, index = op.attrs["dim"] % len(x.shape), op.attrs["index"] % x.shape[op.attrs["dim"]]
     _cuts_neurons(ctx, ctx.layout(x), dim, _part(x.shape[dim], index))
     layout = L.select(ctx.layout(x), dim, index)
-    ctx.set_layout(op.output, _take(ctx.layout(x), x.shape, dim, layout, [index], squeeze=True))
+    ctx.set_layout(op.output, L.take(ctx.layout(x), x.shape, dim, layout, [index], squeeze=True))
 
 
-def lower_slice(ctx, op) -> None:
+def lower_slice(ctx: LoweringContext, op: Op) -> None:
     """attrs ``dim``, ``start``, ``end``, ``step`` (Python slice semantics)."""
     if _keep_none(ctx, op):
         return
@@ -133,11 +108,11 @@ def lower_slice(ctx, op) -> None:
         _cuts_neurons(ctx, ctx.layout(x), dim, _part(x.shape[dim], slice(start, end, step)))
     layout = L.narrow(ctx.layout(x), dim, start, end, step)
     if (start, end, step) != (0, x.shape[dim], 1):
-        layout = _take(ctx.layout(x), x.shape, dim, layout, torch.arange(start, end, step))
+        layout = L.take(ctx.layout(x), x.shape, dim, layout, torch.arange(start, end, step))
     ctx.set_layout(op.output, layout)
 
 
-def lower_cat(ctx, op) -> None:
+def lower_cat(ctx: LoweringContext, op: Op) -> None:
     """inputs ``[[x0, x1, ...]]``; attrs ``dim``."""
     if _keep_none(ctx, op):
         return
@@ -163,7 +138,7 @@ def lower_cat(ctx, op) -> None:
     ctx.set_layout(op.output, L.cat([L.align(l, ndim) for l in layouts], shapes, dim))
 
 
-def _views_along_free_axis(ctx, op, parts, dim: int) -> bool:
+def _views_along_free_axis(ctx: LoweringContext, op: Op, parts, dim: int) -> bool:
     """``cat([h[:, 1:], h[:, :1]], dim=tokens)`` (a roll written with slices, ONNX's
     spelling): every part is a view of the same nodes and ``dim`` is free in all of them.
     The result is one more view of those nodes, its signature made of the parts'; True when
@@ -196,7 +171,7 @@ def _views_along_free_axis(ctx, op, parts, dim: int) -> bool:
     return True
 
 
-def _cat_with_params(ctx, op, parts) -> None:
+def _cat_with_params(ctx: LoweringContext, op: Op, parts) -> None:
     """``cat([cls_token, x], dim=tokens)``: parameters concatenated to activations along a
     free axis. The activations must share their nodes; each parameter part is attached to
     them (``param_cat`` edges) with its position along ``dim`` in the ``spatial`` column."""
@@ -226,7 +201,7 @@ def _cat_with_params(ctx, op, parts) -> None:
     ctx.set_layout(op.output, L.compress_layout(base))
 
 
-def lower_split(ctx, op) -> None:
+def lower_split(ctx: LoweringContext, op: Op) -> None:
     """attrs ``dim``, ``squeeze`` (unbind); output sizes are read from the outputs."""
     if _keep_none(ctx, op):
         return
@@ -239,18 +214,18 @@ def lower_split(ctx, op) -> None:
     start = 0
     for out in op.outputs:
         if op.attrs.get("squeeze"):
-            part = _take(layout, x.shape, dim, L.select(layout, dim, start), [start], squeeze=True)
+            part = L.take(layout, x.shape, dim, L.select(layout, dim, start), [start], squeeze=True)
             start += 1
         else:
             size = out.shape[dim]
             part = L.narrow(layout, dim, start, start + size)
             if size != x.shape[dim]:
-                part = _take(layout, x.shape, dim, part, torch.arange(start, start + size))
+                part = L.take(layout, x.shape, dim, part, torch.arange(start, start + size))
             start += size
         ctx.set_layout(out, part)
 
 
-def lower_index_select(ctx, op) -> None:
+def lower_index_select(ctx: LoweringContext, op: Op) -> None:
     """attrs ``dim``, ``index`` (1-D long tensor of constant indices)."""
     if _keep_none(ctx, op):
         return
@@ -261,11 +236,11 @@ def lower_index_select(ctx, op) -> None:
         _cuts_neurons(ctx, ctx.layout(x), dim, _part(x.shape[dim], index))
     layout = L.index_select(ctx.layout(x), dim, index)
     if not torch.equal(index, torch.arange(x.shape[dim])):
-        layout = _take(ctx.layout(x), x.shape, dim, layout, index)
+        layout = L.take(ctx.layout(x), x.shape, dim, layout, index)
     ctx.set_layout(op.output, layout)
 
 
-def lower_gather(ctx, op) -> None:
+def lower_gather(ctx: LoweringContext, op: Op) -> None:
     """Gather with constant indices: a ``select`` (scalar index) or ``index_select``; on an
     initializer indexed by activations: an embedding lookup."""
     if op.attrs["kind"] == "embedding":
@@ -276,7 +251,7 @@ def lower_gather(ctx, op) -> None:
         lower_index_select(ctx, op)
 
 
-def lower_expand(ctx, op) -> None:
+def lower_expand(ctx: LoweringContext, op: Op) -> None:
     if _keep_none(ctx, op):
         return
     ctx.set_layout(op.output, L.expand_to(ctx.layout(op.inputs[0]), op.output.shape))
