@@ -11,13 +11,15 @@ structural edges are constants of the computation and count as structure).
 - **Completeness**: for every set of nodes a rule declared permutable (hidden units of a
   linear layer, channels of a conv, within each group), each adjacent transposition inside
   a block (and each swap of adjacent blocks, where whole blocks may move) must extend to an
-  automorphism of the structure; BLISS proves it or proves that none exists.
+  automorphism of the structure; BLISS proves it or proves that none exists. It needs only
+  the graph: :func:`check_completeness` runs it alone.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import networkx as nx
 import torch
@@ -228,22 +230,34 @@ def _check(pg, reference, run, trials, seed, completeness, timeout, rtol, atol,
             identities += 1
         verify(perm, f"random automorphism #{trial}")
         checked += 1
-    described: list[str] = []
-    if completeness:
-        pinned = pinned_by_structure(pg)
-        for sym in getattr(pg, "symmetries", []):
-            ids = sym["nodes"]
-            if bool(pinned[ids].any()):
-                continue  # tied to model inputs/outputs: not a symmetry
-            for what, partial in declared_generators(ids, sym["groups"], sym.get("permute_groups", False)):
-                perm = canonical.extend_to_automorphism(pg, partial)
-                if perm is None:
-                    raise SymmetryError(f"missing symmetry (proved): {what} of {sym['what']} is not an "
-                                        "automorphism of the graph")
-                if not all_generators_checked:
-                    verify(perm, f"the automorphism extending {what} of {sym['what']}")
-            described.append(sym["what"])
+    described = check_completeness(pg, None if all_generators_checked else verify) if completeness else []
     return SymmetryReport(checked, identities, described, worst)
+
+
+def check_completeness(pg: ParameterGraph,
+                       verify: Callable[[torch.Tensor, str], None] | None = None) -> list[str]:
+    """Completeness alone (no model is run): every adjacent transposition inside each block of
+    every declared symmetry of ``pg`` (and every swap of adjacent blocks, where whole blocks
+    may move) must extend to an automorphism of the structure; BLISS proves it or proves that
+    none exists. Declarations tied to model inputs/outputs are skipped. ``verify(perm, what)``,
+    when given, is also called on each extending automorphism (soundness of the declaration).
+    Returns the descriptions of the symmetries checked; raises :class:`SymmetryError`
+    ("missing symmetry (proved): ...") on the first one the graph lacks."""
+    described: list[str] = []
+    pinned = pinned_by_structure(pg)
+    for sym in getattr(pg, "symmetries", []):
+        ids = sym["nodes"]
+        if bool(pinned[ids].any()):
+            continue  # tied to model inputs/outputs: not a symmetry
+        for what, partial in declared_generators(ids, sym["groups"], sym.get("permute_groups", False)):
+            perm = canonical.extend_to_automorphism(pg, partial)
+            if perm is None:
+                raise SymmetryError(f"missing symmetry (proved): {what} of {sym['what']} is not an "
+                                    "automorphism of the graph")
+            if verify is not None:
+                verify(perm, f"the automorphism extending {what} of {sym['what']}")
+        described.append(sym["what"])
+    return described
 
 
 def declared_generators(ids: torch.Tensor, groups: int, permute_groups: bool):

@@ -1,14 +1,24 @@
-"""Oracles for rule and plugin authors (DESIGN §4), in one place.
+"""Oracles for rule and plugin authors (DESIGN §4), as a public API.
 
-- :func:`randomized`: a copy of a model whose every floating parameter and buffer is random
-  (defaults such as LayerNorm's ones hide swapped edges from every oracle).
-- :func:`check_round_trip`: oracle 1, decompiling the unedited values is bit-exact.
-- :func:`gmn_compiler.check_symmetry`: oracles 2-3, soundness of the automorphism group and
-  completeness of the declared symmetries.
-- :func:`swap_test`: oracle 5, exchanging two parameter blocks of equal shape that changes
-  the function must change the graph (the compiled graphs, values included, must not be
-  isomorphic).
-- :func:`check_all`: all of them.
+Every ``assert_*`` function raises :class:`~gmn_compiler.errors.SymmetryError` (a subclass of
+``AssertionError``, so pytest reports it as a failed assertion) naming what failed, and takes
+the options of :func:`gmn_compiler.compile` as keyword arguments (``registry=`` a registry
+built with :func:`gmn_compiler.registry.load_registry`, e.g. ``load_registry([MyPlugin()])``
+to test a plugin that is not installed; ``input_neuron_axes=``...): every graph is compiled
+with them.
+
+- :func:`assert_round_trip` (oracle 1): decompiling the unedited edge values is bit-exact.
+- :func:`assert_sound` (oracle 2): every automorphism of the graph's structure preserves
+  the model's function.
+- :func:`assert_complete` (oracle 3): every symmetry the rules declared is an automorphism.
+- :func:`assert_swap_faithful` (oracle 5): exchanging two parameter blocks of equal shape
+  that changes the function must change the graph.
+- :func:`assert_oracles`: all of them on a :func:`randomized` copy of the model (defaults
+  such as LayerNorm's ones hide swapped edges from every oracle).
+
+The old names ``check_round_trip``, ``swap_test`` and ``check_all`` remain as aliases. The
+pytest plugin :mod:`gmn_compiler.pytest_plugin` serves this module as the ``gmn_oracles``
+fixture.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +34,11 @@ from torch import nn
 from . import canonical
 from .errors import SymmetryError
 from .graph import ParameterGraph
+from .symmetry import SymmetryReport, check_completeness, check_symmetry
+
+__all__ = ["assert_round_trip", "assert_sound", "assert_complete", "assert_swap_faithful",
+           "assert_oracles", "randomized", "swap_candidates", "SwapReport", "SymmetryReport",
+           "check_round_trip", "swap_test", "check_all"]
 
 
 def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -41,12 +57,33 @@ def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
     return clone
 
 
-def check_round_trip(model: nn.Module, inputs: tuple, **options) -> ParameterGraph:
-    """Compile ``model``; decompiling the unedited edge values must reproduce every state
-    entry the graph represents bit for bit. Returns the graph."""
+def _compile(model: Any, inputs: Any, options: dict[str, Any]) -> ParameterGraph:
+    """Compile ``model`` with the compile options; example inputs only for an ``nn.Module``."""
     from .api import compile as compile_model
 
-    pg = compile_model(model, inputs, **options)
+    if isinstance(model, nn.Module):
+        return compile_model(model, inputs, **options)
+    return compile_model(model, **options)
+
+
+def _graph(model: Any, inputs: Any, graph: ParameterGraph | None, options: dict[str, Any]) -> ParameterGraph:
+    if graph is None:
+        return _compile(model, inputs, options)
+    if options:
+        raise TypeError(f"compile options {sorted(options)} given with graph=: the graph is already "
+                        "compiled; pass one or the other")
+    return graph
+
+
+def assert_round_trip(model: nn.Module, inputs: tuple, **compile_options: Any) -> ParameterGraph:
+    """Oracle 1. Compile ``model`` (an ``nn.Module``) with ``inputs`` and ``compile_options``;
+    decompiling the unedited edge values must give back every state entry the graph represents
+    bit for bit, under the model's own names. Returns the graph.
+
+    Raises :class:`SymmetryError` ("round trip: NAME differs ...") otherwise. Parameters the
+    graph does not represent at all are not checked here (a forgotten bias shows up in
+    :func:`assert_sound` or :func:`assert_swap_faithful`)."""
+    pg = _compile(model, inputs, compile_options)
     reference = model.state_dict()
     for name, tensor in pg.to_state_dict(pg.data.edge_attr[:, 0]).items():
         if name not in reference or not torch.equal(tensor, reference[name]):
@@ -54,10 +91,40 @@ def check_round_trip(model: nn.Module, inputs: tuple, **options) -> ParameterGra
     return pg
 
 
+def assert_sound(model: Any, inputs: Any = None, *, graph: ParameterGraph | None = None,
+                 trials: int = 4, seed: int = 0, rtol: float | None = None, atol: float | None = None,
+                 **compile_options: Any) -> SymmetryReport:
+    """Oracle 2, soundness only. Every generator of the automorphism group of the graph's
+    structure (up to 256) and ``trials`` random automorphisms (drawn with ``seed``), applied to
+    the edge values and decompiled, must leave the outputs of ``model`` on ``inputs``
+    unchanged (float64, tolerances ``rtol`` / ``atol``). ``model`` is an ``nn.Module`` with
+    ``inputs`` (a tuple) or an ONNX path / ``onnx.ModelProto`` (``inputs``: an optional
+    ``{name: array}``, run through onnxruntime). The graph is ``graph`` or ``model`` compiled
+    with ``compile_options`` (not both). Returns the report of
+    :func:`gmn_compiler.symmetry.check_symmetry`; raises :class:`SymmetryError` ("... is not
+    function-preserving ...") naming the first automorphism that changes the outputs."""
+    pg = _graph(model, inputs, graph, compile_options)
+    return check_symmetry(model, inputs, trials=trials, seed=seed, graph=pg, completeness=False,
+                          rtol=rtol, atol=atol)
+
+
+def assert_complete(model: Any, inputs: Any = None, *, graph: ParameterGraph | None = None,
+                    **compile_options: Any) -> SymmetryReport:
+    """Oracle 3, completeness only (the model is not run). Every symmetry the rules declared
+    while compiling (hidden units, channels, heads, groups) must be an automorphism of the
+    graph's structure: each adjacent transposition inside a block, and each swap of adjacent
+    blocks where whole blocks may move, is proved by BLISS to extend to one. The graph is
+    ``graph`` or ``model`` (as for :func:`assert_sound`) compiled with ``compile_options``.
+    Returns a report whose ``symmetries_checked`` lists the declarations checked; raises
+    :class:`SymmetryError` ("missing symmetry (proved): ...") for the first one missing."""
+    pg = _graph(model, inputs, graph, compile_options)
+    return SymmetryReport(0, 0, check_completeness(pg), 0.0)
+
+
 @dataclass
 class SwapReport:
-    """What :func:`swap_test` compared: ``pairs`` swapped, of which ``changed`` changed the
-    function (each of those gave a non-isomorphic graph)."""
+    """What :func:`assert_swap_faithful` compared: ``pairs`` swapped, of which ``changed``
+    changed the function (each of those gave a non-isomorphic graph)."""
 
     pairs: list[tuple[str, str]] = field(default_factory=list)
     changed: int = 0
@@ -83,16 +150,15 @@ def swap_candidates(model: nn.Module) -> list[tuple[str, str]]:
     return [pair for names in by_shape.values() for pair in itertools.combinations(names, 2)]
 
 
-def swap_test(model: nn.Module, inputs: tuple, *, max_pairs: int = 16, seed: int = 0,
-              pairs: list[tuple[str, str]] | None = None, rtol: float = 1e-6, atol: float = 1e-8,
-              **options) -> SwapReport:
+def assert_swap_faithful(model: nn.Module, inputs: tuple, *, max_pairs: int = 16, seed: int = 0,
+                         pairs: list[tuple[str, str]] | None = None, rtol: float = 1e-6,
+                         atol: float = 1e-8, **compile_options: Any) -> SwapReport:
     """Oracle 5. ``model`` is randomized (:func:`randomized`); for up to ``max_pairs`` pairs
     of state entries of equal shape (or the given ``pairs``), the two are exchanged. When
-    that changes the outputs (float64), the graphs compiled before and after must not be
-    isomorphic with values — otherwise a GNN would have to give one answer for two
-    functions. Raises :class:`SymmetryError` naming the pair."""
-    from .api import compile as compile_model
-
+    that changes the outputs (float64, ``rtol`` / ``atol``), the graphs compiled (with
+    ``compile_options``) before and after must not be isomorphic with values — otherwise a
+    GNN would have to give one answer for two functions. Returns what was compared; raises
+    :class:`SymmetryError` ("swap test: exchanging A and B ...") naming the pair."""
     base = randomized(model, seed)
     pairs = list(pairs) if pairs is not None else swap_candidates(base)
     if len(pairs) > max_pairs:
@@ -103,7 +169,7 @@ def swap_test(model: nn.Module, inputs: tuple, *, max_pairs: int = 16, seed: int
         return report
     inputs64 = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
     reference = _outputs(copy.deepcopy(base).double(), inputs64)
-    pg = compile_model(base, inputs, **options)
+    pg = _compile(base, inputs, compile_options)
     for a, b in pairs:
         swapped = copy.deepcopy(base)
         state = swapped.state_dict()
@@ -115,20 +181,28 @@ def swap_test(model: nn.Module, inputs: tuple, *, max_pairs: int = 16, seed: int
         if _same(reference, _outputs(copy.deepcopy(swapped).double(), inputs64), rtol, atol):
             continue
         report.changed += 1
-        if canonical.isomorphic(pg, compile_model(swapped, inputs, **options)):
+        if canonical.isomorphic(pg, _compile(swapped, inputs, compile_options)):
             raise SymmetryError(f"swap test: exchanging {a} and {b} changes the function, but the two "
                                 "compiled graphs are isomorphic (a false symmetry)")
     return report
 
 
-def check_all(model: nn.Module, inputs: tuple, *, seed: int = 0, trials: int = 4,
-              max_pairs: int = 16, **options) -> ParameterGraph:
-    """Round trip, soundness, completeness and the swap test on a randomized copy of
-    ``model``; returns its graph. Raises :class:`SymmetryError` on the first failure."""
-    from .symmetry import check_symmetry
-
+def assert_oracles(model: nn.Module, inputs: tuple, *, seed: int = 0, trials: int = 4,
+                   max_pairs: int = 16, **compile_options: Any) -> ParameterGraph:
+    """Every oracle on a :func:`randomized` copy of ``model`` (drawn with ``seed``; ``model``
+    itself is not changed): :func:`assert_round_trip`, then soundness (``trials`` random
+    automorphisms) and completeness together (:func:`gmn_compiler.symmetry.check_symmetry`,
+    which also runs the automorphisms extending declared symmetries when the group has too
+    many generators to run them all), then :func:`assert_swap_faithful` (``max_pairs``). Every
+    graph is compiled with ``compile_options``. Returns the graph of the randomized copy;
+    raises :class:`SymmetryError` on the first failure."""
     base = randomized(model, seed)
-    pg = check_round_trip(base, inputs, **options)
+    pg = assert_round_trip(base, inputs, **compile_options)
     check_symmetry(base, inputs, trials=trials, seed=seed, graph=pg)
-    swap_test(base, inputs, max_pairs=max_pairs, seed=seed, **options)
+    assert_swap_faithful(base, inputs, max_pairs=max_pairs, seed=seed, **compile_options)
     return pg
+
+
+check_round_trip = assert_round_trip
+swap_test = assert_swap_faithful
+check_all = assert_oracles
