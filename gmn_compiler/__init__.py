@@ -32,6 +32,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "compile": ("api", "compile"), "to_ir": ("api", "to_ir"),
     "load": ("graph", "load"), "ParameterGraph": ("graph", "ParameterGraph"),
     "hookimpl": ("registry", "hookimpl"), "schema": ("schema", None),
+    "DenseFeatures": ("transforms", "DenseFeatures"),
 }
 """Public name -> (submodule, attribute of it; ``None`` for the submodule itself)."""
 

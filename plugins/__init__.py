@@ -4,8 +4,8 @@ Each module is an ordinary pluggy plugin with a ``gmn_register`` hookimpl, regis
 exactly the path a third-party plugin uses; :data:`DEFAULT_PLUGINS` lists them in load order.
 """
 
-from . import (activations, attention, constants, conv, elementwise, embedding, linear, norms,
-               padding, pooling, structural)
+from . import (activations, attention, constants, conv, elementwise, embedding, group_conv, linear,
+               norms, padding, pooling, structural)
 
 DEFAULT_PLUGINS = [linear, conv, norms, activations, elementwise, structural, padding, pooling,
-                   constants, attention, embedding]
+                   constants, attention, embedding, group_conv]

@@ -62,10 +62,12 @@ def graph(registry):
     return gc.compile(RunningSum(), INPUTS, registry=registry)
 
 
-def test_a_plugin_name_gets_the_next_code_and_the_graph_records_it(graph):
-    code = len(schema.ACTIVATIONS)
-    assert graph.vocabulary.activations == schema.ACTIVATIONS + ("cumsum",)
-    assert graph.vocabulary.extensions() == {"node_roles": [], "activations": ["cumsum"], "edge_types": []}
+def test_a_plugin_name_gets_the_next_code_and_the_graph_records_it(graph, registry):
+    builtin_plugins = load_registry(entry_points=False).vocabulary  # built-in plugins register names too
+    assert graph.vocabulary == registry.vocabulary
+    assert graph.vocabulary.activations == builtin_plugins.activations + ("cumsum",)
+    code = len(builtin_plugins.activations)
+    assert graph.vocabulary.code("activations", "cumsum") == code
     assert int((graph.data.x[:, ACT] == code).sum()) == 6  # one fresh node per hidden unit
     assert schema.BUILTIN.code("activations", "relu") == graph.vocabulary.code("activations", "relu")
 
@@ -112,7 +114,7 @@ def test_the_file_keeps_the_vocabulary_and_translation_maps_by_name(graph, tmp_p
     assert back.vocabulary == graph.vocabulary and torch.equal(back.data.x, graph.data.x)
     # into the built-ins: the plugin's name becomes "unknown" (-1), the rest keeps its code
     plain = back.translated(schema.BUILTIN)
-    cumsum = graph.data.x[:, ACT] == len(schema.ACTIVATIONS)
+    cumsum = graph.data.x[:, ACT] == graph.vocabulary.code("activations", "cumsum")
     assert (plain.x[cumsum, ACT] == -1).all()
     assert torch.equal(plain.x[~cumsum], graph.data.x[~cumsum]) and torch.equal(plain.edge_attr, graph.data.edge_attr)
     # into a vocabulary that knows the name under another code: the code follows the name
@@ -141,5 +143,5 @@ def test_a_gmn_reads_names_it_lacks_through_the_unknown_slot(graph):
     # a model built with the graph's vocabulary has a row of its own for the name
     torch.manual_seed(0)
     model = GMN(hidden=8, num_blocks=1, graph_out=1, vocabulary=graph.vocabulary)
-    assert model.node_encoder.activation.embedding.num_embeddings == len(schema.ACTIVATIONS) + 2
+    assert model.node_encoder.activation.embedding.num_embeddings == len(graph.vocabulary.activations) + 1
     assert not torch.allclose(model(graph.data), model(to_vocabulary(graph.data, graph.vocabulary, schema.BUILTIN)))

@@ -409,5 +409,10 @@ class _Converter:
                 value = self.values_for(n)
                 self.env[n.name] = value
                 outputs.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, Value))
-        attrs = {"module_path": path, "module_type": type_name, "params": params}
+        # the constant arguments of the calls inside (a conv's stride and padding...), so a
+        # rule can tell apart two calls that differ only there
+        inner = tuple((target_name(n.target), tuple(a for a in torch.utils._pytree.tree_leaves((n.args, n.kwargs))
+                                                   if a is None or isinstance(a, (bool, int, float, str))))
+                      for n in nodes)
+        attrs = {"module_path": path, "module_type": type_name, "params": params, "inner": inner}
         self.ops.append(Op(mapping.kind, inputs, outputs, attrs, f"{path} ({type_name.rsplit('.', 1)[-1]})", type_name))

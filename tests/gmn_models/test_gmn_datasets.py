@@ -364,7 +364,7 @@ def test_dataset_records_the_vocabulary_its_graphs_use(folder, tmp_path, monkeyp
     """Graphs are mapped into ``dataset.vocabulary`` (the loaded plugins' names included); the
     vocabulary is part of the cache key and survives reloading the cache."""
     plain = ModelGraphDataset(tmp_path / "cache", folder, workers=0)
-    assert plain.vocabulary == schema.BUILTIN
+    assert plain.vocabulary == registry_module.default_registry().vocabulary
     monkeypatch.setattr(registry_module, "_DEFAULT", load_registry([_ExtraRole()], entry_points=False))
     ds = ModelGraphDataset(tmp_path / "cache", folder, workers=0)
     assert ds.vocabulary.extensions()["node_roles"] == ["my_role"]
@@ -373,4 +373,4 @@ def test_dataset_records_the_vocabulary_its_graphs_use(folder, tmp_path, monkeyp
     again = ModelGraphDataset(tmp_path / "cache", folder, workers=0)
     assert again.vocabulary == ds.vocabulary
     model = GMN(hidden=8, num_blocks=1, graph_out=1, vocabulary=ds.vocabulary)
-    assert model.node_encoder.role.embedding.num_embeddings == len(schema.NODE_ROLES) + 2
+    assert model.node_encoder.role.embedding.num_embeddings == len(schema.NODE_ROLES) + 2  # + my_role, unknown
