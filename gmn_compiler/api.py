@@ -48,7 +48,7 @@ def to_ir(source: Any, example_inputs: tuple | None = None, *, registry: Registr
             raise CompileError("compiling an nn.Module needs example_inputs, a tuple of tensors "
                                "shaped like a real batch, e.g. (torch.randn(1, 3, 32, 32),)")
         ep = torch_export.export_module(source, example_inputs)
-        return torch_export.from_exported(ep, registry, input_neuron_axes)
+        return torch_export.from_exported(ep, registry, input_neuron_axes, root=source)
     if isinstance(source, torch.export.ExportedProgram):
         _torch_only(input_shapes)
         return torch_export.from_exported(source, registry, input_neuron_axes)

@@ -60,6 +60,7 @@ class Mapping:
     kind: str
     normalize: Normalizer | None
     plugin: str
+    module_attrs: Callable[[Any], dict] | None = None  # leaf modules: plain data read off the module
 
 
 @dataclass
@@ -159,12 +160,17 @@ class Registrar:
         _put(self._registry.onnx, key, Mapping(kind, normalize, self.plugin), "ONNX op", override)
 
     def add_leaf_module(self, module_type: type | str, kind: str, rule: Rule | None = None, *,
-                        override: bool = False) -> None:
-        """Treat every call of ``module_type`` as one op of ``kind`` (its parameters become the
-        op's params, by local name), lowered by ``rule`` (registered as the kind's rule when
-        given)."""
+                        module_attrs: Callable[[Any], dict] | None = None, override: bool = False) -> None:
+        """Treat every call of ``module_type`` as one op of ``kind``, lowered by ``rule``
+        (registered as the kind's rule when given). The op's ``attrs["params"]`` holds every
+        parameter and buffer of the module by local name (used in the call or not: a module
+        that caches an expanded weight still shows its free parameters), ``attrs["inner"]`` the
+        constant arguments of the calls inside. ``module_attrs(module) -> dict`` (plain data:
+        numbers, strings, tuples, tensors) is called on the module object when the compiler has
+        it (an ``nn.Module`` was compiled) and its result stored as ``attrs["module_attrs"]``
+        (None when compiling an exported program, which keeps no module objects)."""
         name = module_type if isinstance(module_type, str) else module_type_name(module_type)
-        _put(self._registry.leaf_modules, name, Mapping(kind, None, self.plugin), "leaf module",
+        _put(self._registry.leaf_modules, name, Mapping(kind, None, self.plugin, module_attrs), "leaf module",
              override)
         if rule is not None:
             self.add_rule(kind, rule, override=override)

@@ -103,6 +103,15 @@ def _run(model, inputs):
     return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
+def fresh_eval(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` switched to training and back to eval mode: modules that cache tensors
+    derived from their parameters when entering eval mode (e2cnn's ``R2Conv`` expands its
+    filter) rebuild them from the current parameters. Only the mode flags of other modules
+    change, and they end in eval mode as before."""
+    module.train()
+    return module.eval()
+
+
 def outputs_with_values(model: torch.nn.Module, pg: ParameterGraph, values: torch.Tensor,
                         inputs: tuple, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
     """Run a copy of ``model`` in ``dtype`` whose parameters come from ``values``."""
@@ -113,6 +122,7 @@ def outputs_with_values(model: torch.nn.Module, pg: ParameterGraph, values: torc
     if unknown:
         raise SymmetryError(f"decompiled names {unknown[:3]} are not in the model's state dict")
     clone.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    fresh_eval(clone)
     return [t.double() for t in _run(clone, _cast(inputs, dtype))]
 
 
@@ -125,7 +135,7 @@ def torch_runner(model: torch.nn.Module, pg: ParameterGraph, inputs: tuple):
     or in float32 when the model cannot run in float64 (it casts internally)."""
     for dtype in (torch.float64, torch.float32):
         try:
-            reference = [t.double() for t in _run(copy.deepcopy(model).to(dtype).eval(), _cast(inputs, dtype))]
+            reference = [t.double() for t in _run(fresh_eval(copy.deepcopy(model).to(dtype)), _cast(inputs, dtype))]
         except RuntimeError:
             if dtype == torch.float32:
                 raise

@@ -34,7 +34,7 @@ from torch import nn
 from . import canonical
 from .errors import SymmetryError
 from .graph import ParameterGraph
-from .symmetry import SymmetryReport, check_completeness, check_symmetry
+from .symmetry import SymmetryReport, check_completeness, check_symmetry, fresh_eval
 
 __all__ = ["assert_round_trip", "assert_sound", "assert_complete", "assert_swap_faithful",
            "assert_oracles", "randomized", "swap_candidates", "SwapReport", "SymmetryReport",
@@ -54,7 +54,7 @@ def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
                 t.copy_(torch.rand(t.shape, generator=g, dtype=torch.float64) + 0.5)
             else:
                 t.copy_(torch.randn(t.shape, generator=g, dtype=torch.float64))
-    return clone
+    return fresh_eval(clone)  # caches derived from parameters follow the new values
 
 
 def _compile(model: Any, inputs: Any, options: dict[str, Any]) -> ParameterGraph:
@@ -132,7 +132,7 @@ class SwapReport:
 
 def _outputs(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
     with torch.no_grad():
-        out = model(*inputs)
+        out = fresh_eval(model)(*inputs)
     return [t.double() for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 

@@ -98,12 +98,14 @@ def load_pt2(path: str | os.PathLike, *, allow_pickle: bool = False) -> torch.ex
 
 
 def from_exported(ep: torch.export.ExportedProgram, registry: Registry,
-                  input_neuron_axes: dict[str, int | None] | None = None) -> IRGraph:
+                  input_neuron_axes: dict[str, int | None] | None = None,
+                  root: nn.Module | None = None) -> IRGraph:
     """The IR of ``ep``. ``input_neuron_axes`` is keyed by the model's input names (the
     exported placeholders, e.g. ``x`` for ``forward(self, x)``) and checked against them:
     unknown names and out-of-range axes are a one-line CompileError, negative axes count
-    from the end."""
-    return _Converter(ep, registry).convert(input_neuron_axes)
+    from the end. ``root``: the module ``ep`` was exported from, when there is one (leaf
+    rules may read plain attributes off its submodules, see ``Registrar.add_leaf_module``)."""
+    return _Converter(ep, registry, root).convert(input_neuron_axes)
 
 
 def _location(node: torch.fx.Node) -> str:
@@ -129,9 +131,10 @@ def _module_type_name(entry: Any) -> str:
 
 
 class _Converter:
-    def __init__(self, ep: torch.export.ExportedProgram, registry: Registry):
+    def __init__(self, ep: torch.export.ExportedProgram, registry: Registry, root: nn.Module | None = None):
         self.ep = ep
         self.registry = registry
+        self.root = root
         self.env: dict[str, Any] = {}
         self.ops: list[Op] = []
         self._decomposing = 0  # depth of nested decompositions being converted
@@ -385,6 +388,17 @@ class _Converter:
                     break
         return groups
 
+    def _module_state(self, prefix: str) -> dict[str, ParamRef]:
+        """The parameters and buffers (floating, persistent) under ``prefix``, by local name,
+        as the placeholders made them."""
+        sig = self.ep.graph_signature
+        found = {}
+        for placeholder, name in {**sig.inputs_to_parameters, **sig.inputs_to_buffers}.items():
+            ref = self.env.get(placeholder)
+            if name.startswith(prefix) and isinstance(ref, ParamRef):
+                found[name[len(prefix):]] = ref
+        return found
+
     def _convert_leaf(self, key: str, nodes: list[torch.fx.Node]) -> None:
         entry = nodes[0].meta["nn_module_stack"][key]
         path, type_name = entry[0], _module_type_name(entry)
@@ -403,6 +417,8 @@ class _Converter:
                         inputs.append(obj)
                     elif not isinstance(obj, (Value, ParamRef)):
                         continue
+        for name, ref in self._module_state(prefix).items():  # unused ones too (cached expansions)
+            params.setdefault(name, ref)
         outputs: list[Value] = []
         for n in nodes:
             if any(user.name not in inside for user in n.users):
@@ -414,5 +430,8 @@ class _Converter:
         inner = tuple((target_name(n.target), tuple(a for a in torch.utils._pytree.tree_leaves((n.args, n.kwargs))
                                                    if a is None or isinstance(a, (bool, int, float, str))))
                       for n in nodes)
-        attrs = {"module_path": path, "module_type": type_name, "params": params, "inner": inner}
+        attrs = {"module_path": path, "module_type": type_name, "params": params, "inner": inner,
+                 "module_attrs": None}
+        if mapping.module_attrs is not None and self.root is not None:
+            attrs["module_attrs"] = mapping.module_attrs(self.root.get_submodule(path))
         self.ops.append(Op(mapping.kind, inputs, outputs, attrs, f"{path} ({type_name.rsplit('.', 1)[-1]})", type_name))
