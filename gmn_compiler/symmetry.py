@@ -108,8 +108,9 @@ def fresh_eval(module: torch.nn.Module) -> torch.nn.Module:
     derived from their parameters when entering eval mode (e2cnn's ``R2Conv`` expands its
     filter) rebuild them from the current parameters. Only the mode flags of other modules
     change, and they end in eval mode as before."""
-    module.train()
-    return module.eval()
+    with torch.no_grad():  # the rebuilt caches stay plain tensors (deep-copyable)
+        module.train()
+        return module.eval()
 
 
 def outputs_with_values(model: torch.nn.Module, pg: ParameterGraph, values: torch.Tensor,

@@ -41,14 +41,17 @@ __all__ = ["assert_round_trip", "assert_sound", "assert_complete", "assert_swap_
            "check_round_trip", "swap_test", "check_all"]
 
 
-def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+def randomized(model: nn.Module, seed: int = 0, keep: tuple[str, ...] = ()) -> nn.Module:
     """A deep copy of ``model`` in eval mode with every floating parameter and buffer drawn
-    at random (standard normal; buffers named ``running_var`` uniform in [0.5, 1.5])."""
+    at random (standard normal; buffers named ``running_var`` uniform in [0.5, 1.5]), except
+    entries whose name ends with one of ``keep``: fixed structure a layer builds from its
+    configuration (e2cnn's ``bias_expansion``), which a random draw would turn into another
+    kind of layer."""
     clone = copy.deepcopy(model).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in itertools.chain(clone.named_parameters(), clone.named_buffers()):
-            if not t.is_floating_point():
+            if not t.is_floating_point() or (keep and name.endswith(keep)):
                 continue
             if name.rsplit(".", 1)[-1] == "running_var":
                 t.copy_(torch.rand(t.shape, generator=g, dtype=torch.float64) + 0.5)
@@ -130,6 +133,16 @@ class SwapReport:
     changed: int = 0
 
 
+def _runnable_dtype(model: nn.Module, inputs: tuple) -> torch.dtype:
+    """float64 when ``model`` runs in it, else float32 (a model that casts internally)."""
+    cast = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
+    try:
+        _outputs(copy.deepcopy(model).double(), cast)
+    except RuntimeError:
+        return torch.float32
+    return torch.float64
+
+
 def _outputs(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
     with torch.no_grad():
         out = fresh_eval(model)(*inputs)
@@ -152,14 +165,15 @@ def swap_candidates(model: nn.Module) -> list[tuple[str, str]]:
 
 def assert_swap_faithful(model: nn.Module, inputs: tuple, *, max_pairs: int = 16, seed: int = 0,
                          pairs: list[tuple[str, str]] | None = None, rtol: float = 1e-6,
-                         atol: float = 1e-8, **compile_options: Any) -> SwapReport:
+                         atol: float = 1e-8, keep: tuple[str, ...] = (), **compile_options: Any) -> SwapReport:
     """Oracle 5. ``model`` is randomized (:func:`randomized`); for up to ``max_pairs`` pairs
     of state entries of equal shape (or the given ``pairs``), the two are exchanged. When
     that changes the outputs (float64, ``rtol`` / ``atol``), the graphs compiled (with
     ``compile_options``) before and after must not be isomorphic with values — otherwise a
     GNN would have to give one answer for two functions. Returns what was compared; raises
-    :class:`SymmetryError` ("swap test: exchanging A and B ...") naming the pair."""
-    base = randomized(model, seed)
+    :class:`SymmetryError` ("swap test: exchanging A and B ...") naming the pair. ``keep``:
+    see :func:`randomized`."""
+    base = randomized(model, seed, keep)
     pairs = list(pairs) if pairs is not None else swap_candidates(base)
     if len(pairs) > max_pairs:
         pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:max_pairs]
@@ -167,8 +181,11 @@ def assert_swap_faithful(model: nn.Module, inputs: tuple, *, max_pairs: int = 16
     report = SwapReport()
     if not pairs:
         return report
-    inputs64 = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
-    reference = _outputs(copy.deepcopy(base).double(), inputs64)
+    dtype = _runnable_dtype(base, inputs)
+    if dtype != torch.float64:  # the model casts internally: float32 tolerances
+        rtol, atol = max(rtol, 1e-4), max(atol, 1e-5)
+    cast = tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
+    reference = _outputs(copy.deepcopy(base).to(dtype), cast)
     pg = _compile(base, inputs, compile_options)
     for a, b in pairs:
         swapped = copy.deepcopy(base)
@@ -178,7 +195,7 @@ def assert_swap_faithful(model: nn.Module, inputs: tuple, *, max_pairs: int = 16
             state[a].copy_(tb)
             state[b].copy_(ta)
         report.pairs.append((a, b))
-        if _same(reference, _outputs(copy.deepcopy(swapped).double(), inputs64), rtol, atol):
+        if _same(reference, _outputs(copy.deepcopy(swapped).to(dtype), cast), rtol, atol):
             continue
         report.changed += 1
         if canonical.isomorphic(pg, _compile(swapped, inputs, compile_options)):
@@ -188,18 +205,18 @@ def assert_swap_faithful(model: nn.Module, inputs: tuple, *, max_pairs: int = 16
 
 
 def assert_oracles(model: nn.Module, inputs: tuple, *, seed: int = 0, trials: int = 4,
-                   max_pairs: int = 16, **compile_options: Any) -> ParameterGraph:
+                   max_pairs: int = 16, keep: tuple[str, ...] = (), **compile_options: Any) -> ParameterGraph:
     """Every oracle on a :func:`randomized` copy of ``model`` (drawn with ``seed``; ``model``
     itself is not changed): :func:`assert_round_trip`, then soundness (``trials`` random
     automorphisms) and completeness together (:func:`gmn_compiler.symmetry.check_symmetry`,
     which also runs the automorphisms extending declared symmetries when the group has too
     many generators to run them all), then :func:`assert_swap_faithful` (``max_pairs``). Every
     graph is compiled with ``compile_options``. Returns the graph of the randomized copy;
-    raises :class:`SymmetryError` on the first failure."""
-    base = randomized(model, seed)
+    raises :class:`SymmetryError` on the first failure. ``keep``: see :func:`randomized`."""
+    base = randomized(model, seed, keep)
     pg = assert_round_trip(base, inputs, **compile_options)
     check_symmetry(base, inputs, trials=trials, seed=seed, graph=pg)
-    assert_swap_faithful(base, inputs, max_pairs=max_pairs, seed=seed, **compile_options)
+    assert_swap_faithful(base, inputs, max_pairs=max_pairs, seed=seed, keep=keep, **compile_options)
     return pg
 
 

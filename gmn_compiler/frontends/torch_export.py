@@ -69,7 +69,8 @@ _LAYOUT_TARGETS = {
 
 
 def export_module(model: nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model`` in eval mode (its training flags are restored after).
+    """``torch.export`` of ``model`` in eval mode (its training flags are restored after);
+    non-strict tracing first, then strict (dynamo) tracing when that fails.
 
     When export fails, the model is run once eagerly on ``example_inputs``: if that fails
     too, the inputs do not fit the model and the CompileError says so, with the given shapes
@@ -79,12 +80,20 @@ def export_module(model: nn.Module, example_inputs: tuple) -> torch.export.Expor
     if not isinstance(example_inputs, tuple):
         raise CompileError("example_inputs must be a tuple of tensors, e.g. (torch.randn(1, 3, 32, 32),)")
     modes = {m: m.training for m in model.modules()}
-    model.eval()
+    with torch.no_grad():  # a module caching derived tensors on eval() keeps plain leaves
+        model.eval()
     try:
         with quiet_loggers("torch._subclasses.fake_tensor", "torch.export", "torch._dynamo"):
-            return torch.export.export(model, example_inputs)
-    except Exception as exc:
-        raise export_error(model, example_inputs, exc) from exc
+            try:
+                return torch.export.export(model, example_inputs)
+            except Exception as exc:
+                # Non-strict tracing runs the module's own Python with fake tensors, which
+                # fails where that Python inspects tensor data (e2cnn hashes its basis buffers
+                # when the module tree is walked); dynamo's strict tracing does not: retry it.
+                first = exc
+            return torch.export.export(model, example_inputs, strict=True)
+    except Exception:
+        raise export_error(model, example_inputs, first) from first
     finally:
         for module, mode in modes.items():
             module.training = mode
@@ -389,15 +398,13 @@ class _Converter:
         return groups
 
     def _module_state(self, prefix: str) -> dict[str, ParamRef]:
-        """The parameters and buffers (floating, persistent) under ``prefix``, by local name,
-        as the placeholders made them."""
-        sig = self.ep.graph_signature
-        found = {}
-        for placeholder, name in {**sig.inputs_to_parameters, **sig.inputs_to_buffers}.items():
-            ref = self.env.get(placeholder)
-            if name.startswith(prefix) and isinstance(ref, ParamRef):
-                found[name[len(prefix):]] = ref
-        return found
+        """The floating parameters and persistent buffers under ``prefix``, by local name, read
+        from the state dict (strict tracing lifts only the tensors a call uses)."""
+        non_persistent = set(self.ep.graph_signature.non_persistent_buffers)
+        return {name[len(prefix):]: ParamRef(name, t, None, self.kinds[name])
+                for name, t in self.tensors.items()
+                if name.startswith(prefix) and self.kinds[name] in ("parameter", "buffer")
+                and name not in non_persistent and t.is_floating_point()}
 
     def _convert_leaf(self, key: str, nodes: list[torch.fx.Node]) -> None:
         entry = nodes[0].meta["nn_module_stack"][key]
