@@ -3,7 +3,7 @@
 Every ``assert_*`` function raises :class:`~gmn_compiler.errors.SymmetryError` (a subclass of
 ``AssertionError``, so pytest reports it as a failed assertion) naming what failed, and takes
 the options of :func:`gmn_compiler.compile` as keyword arguments (``registry=`` a registry
-built with :func:`gmn_compiler.registry.load_registry`, e.g. ``load_registry([MyPlugin()])``
+built with :func:`load_registry` (re-exported here), e.g. ``load_registry([MyPlugin()])``
 to test a plugin that is not installed; ``input_neuron_axes=``...): every graph is compiled
 with them.
 
@@ -34,6 +34,7 @@ from torch import nn
 from . import canonical
 from .errors import SymmetryError
 from .graph import ParameterGraph
+from .registry import load_registry  # re-exported: the registry a plugin under test compiles with
 from .symmetry import SymmetryReport, check_completeness, check_symmetry, fresh_eval
 
 __all__ = ["assert_round_trip", "assert_sound", "assert_complete", "assert_swap_faithful",

@@ -9,15 +9,16 @@ from torch import nn
 
 import gmn_compiler as gc
 from gmn_compiler import schema
-from gmn_compiler.errors import CompileError, DuplicateRegistrationError, UnsupportedOpsError
-from gmn_compiler.registry import hookimpl, load_registry
-from gmn_compiler.testing import check_all
+from gmn_compiler.errors import CompileError, DuplicateRegistrationError, LoweringError, UnsupportedOpsError
+from gmn_compiler.rules import LoweringContext, Op, Registrar, hookimpl
+from gmn_compiler.testing import assert_oracles, load_registry
 from gmn_models.model import GMN, to_vocabulary
 
 ACT = schema.node_column("activation")
 
 
-def lower_cumsum(ctx, op) -> None:
+# --- a plugin as a user writes it: it imports from gmn_compiler.rules only ---
+def lower_cumsum(ctx: LoweringContext, op: Op) -> None:
     """A running sum along a free axis is a per-neuron function of the sequence: fresh nodes
     marked ``cumsum``, their edges carrying the axis. Along a neuron axis it would mix
     neurons in their order: refused."""
@@ -33,7 +34,7 @@ class CumsumPlugin:
     __name__ = "cumsum_plugin"
 
     @hookimpl
-    def gmn_register(self, registry) -> None:
+    def gmn_register(self, registry: Registrar) -> None:
         registry.add_activation("cumsum")
         registry.add_rule("cumsum", lower_cumsum)
         registry.map_aten("aten.cumsum.default", "cumsum", lambda x, dim, *rest, **kw: ([x], {"dim": dim}))
@@ -77,8 +78,17 @@ def test_without_the_plugin_cumsum_is_refused():
         gc.compile(RunningSum(), INPUTS, registry=load_registry(entry_points=False))
 
 
+def test_cumsum_over_neurons_is_refused(registry):
+    class OverFeatures(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cumsum(x, dim=-1)
+
+    with pytest.raises(LoweringError, match="mixes neurons in order"):
+        gc.compile(nn.Sequential(nn.Linear(4, 3), OverFeatures()), INPUTS, registry=registry)
+
+
 def test_the_plugin_rule_passes_every_oracle(registry):
-    check_all(RunningSum(), INPUTS, registry=registry)
+    assert_oracles(RunningSum(), INPUTS, registry=registry)
 
 
 def test_an_unregistered_name_says_how_to_register_it():
