@@ -2,7 +2,7 @@
 branches (:mod:`gmn_compiler.fuzz_families`) share; see :mod:`gmn_compiler.fuzz_grammar`.
 
 Each block takes the current activation ``h`` and returns the new one, drawing its
-attributes at random; it raises :class:`~gmn_compiler.fuzz_grammar.Reject` when it does not
+attributes at random; it raises :class:`~gmn_compiler.fuzz_draft.Reject` when it does not
 fit ``h`` (the draft is then rolled back).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .fuzz_grammar import Draft, Reject
+from .fuzz_draft import Draft, Reject
 from .fuzz_program import ACTIVATIONS
 
 EPS = (1e-5, 1e-2, 0.5)

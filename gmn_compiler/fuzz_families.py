@@ -17,7 +17,7 @@ from .fuzz_blocks import (EPS, _divisors, _feat_after_removing, _two, act_args, 
                           b_attention, b_catsplit, b_const, b_const_tokens, b_const_vector, b_conv, b_embed,
                           b_gate, b_linear, b_mask, b_mask_features, b_norm, b_pool, b_reduce, b_residual,
                           b_softmax, b_view, const_args, mask_args)
-from .fuzz_grammar import _SAME, Draft, Reject
+from .fuzz_draft import _SAME, Draft, Reject
 from .fuzz_program import ACTIVATIONS
 
 def pair(d: Draft, h: str, op: str, args_a: dict | None, args_b: dict | None, *, where: str = "pre",

@@ -5,12 +5,17 @@ entry-point group ``gmn_compiler`` — implements one hook, :func:`Hookspecs.gmn
 which receives a :class:`Registrar` (a typed view of the registry that knows which plugin is
 registering). The hook is called once per plugin, in load order: built-ins first.
 
+The built-ins are found through an entry point too (group :data:`BUILTINS_GROUP`, declared by
+this distribution in ``pyproject.toml``), never imported here: ``gmn_plugins`` imports
+:mod:`gmn_compiler.rules`, which imports this module.
+
 Set ``GMN_COMPILER_PLUGINS`` to a comma-separated list of entry-point names to load only
 those third-party plugins, or to ``none`` to load none.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -25,6 +30,10 @@ if TYPE_CHECKING:  # the context imports this module
     from .ir import Op
 
 PROJECT = "gmn_compiler"
+DISTRIBUTION = "gmn-compiler"
+BUILTINS_GROUP = "gmn_compiler.builtins"
+"""Entry-point group of :data:`DISTRIBUTION` whose entries each name a list of built-in plugins
+(``gmn_plugins:DEFAULT_PLUGINS``), loaded before any other plugin."""
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -197,12 +206,11 @@ def plugin_manager() -> pluggy.PluginManager:
 
 
 def load_registry(extra_plugins: list[Any] | None = None, *, entry_points: bool = True) -> Registry:
-    """Build a registry from the built-in plugins, third-party entry points (filtered by
-    ``GMN_COMPILER_PLUGINS``) and ``extra_plugins`` (modules or objects with hookimpls)."""
-    from gmn_plugins import DEFAULT_PLUGINS
-
+    """Build a registry from the built-in plugins (:func:`builtin_plugins`, always), third-party
+    entry points (filtered by ``GMN_COMPILER_PLUGINS``) and ``extra_plugins`` (modules or
+    objects with hookimpls), registered in that order."""
     pm = plugin_manager()
-    for module in DEFAULT_PLUGINS:
+    for module in builtin_plugins():
         pm.register(module, name=module.__name__)
     if entry_points:
         _load_entry_points(pm)
@@ -213,6 +221,23 @@ def load_registry(extra_plugins: list[Any] | None = None, *, entry_points: bool 
         registry.plugins.append(impl.plugin_name)
         impl.function(registry=Registrar(registry, impl.plugin_name))
     return registry
+
+
+def builtin_plugins() -> list[Any]:
+    """The built-in plugin modules in load order (``gmn_plugins.DEFAULT_PLUGINS``), from the
+    :data:`BUILTINS_GROUP` entry points of this distribution's metadata (in declaration order;
+    ``GMN_COMPILER_PLUGINS`` does not apply). ``RuntimeError`` when the metadata declares none
+    (the package is not installed: ``pip install -e .``)."""
+    try:
+        declared = importlib.metadata.distribution(DISTRIBUTION).entry_points
+    except importlib.metadata.PackageNotFoundError:
+        declared = ()
+    found = [ep for ep in declared if ep.group == BUILTINS_GROUP]
+    if not found:
+        raise RuntimeError(f"no {BUILTINS_GROUP!r} entry point in the metadata of {DISTRIBUTION!r}: "
+                           "the built-in rules cannot be found; install the package "
+                           "(pip install -e .) so that its entry points are declared")
+    return [plugin for ep in found for plugin in ep.load()]
 
 
 def _load_entry_points(pm: pluggy.PluginManager) -> None:

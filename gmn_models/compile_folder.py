@@ -1,4 +1,4 @@
-"""Compile a model folder (see :mod:`gmn_models.datasets` for the format) into parameter graphs:
+"""Compile a model folder (see :mod:`gmn_models.model_folder` for the format) into parameter graphs:
 in parallel worker processes, resumable after an interruption, skipping bad models.
 
 Output layout of ``out_dir`` (every file loads with ``torch.load(path, weights_only=True)`` and is
@@ -23,7 +23,7 @@ second layer, .pt2 and .onnx files compile with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=
 ``torch.load`` in the process can run code either.
 
 Model folders come from strangers: a row's file must lie inside the folder
-(:func:`gmn_models.datasets.model_file`) and its builder is looked up in
+(:func:`gmn_models.model_folder.model_file`) and its builder is looked up in
 :mod:`gmn_models.builders` (never imported from the name), in this process; a worker receives the
 registered callable itself (pickled by reference; one that does not pickle, e.g. a lambda,
 compiles its structure in this process).
@@ -53,7 +53,7 @@ from gmn_compiler.fileio import write_atomically
 from gmn_compiler.graph import ParameterGraph
 
 from .builders import get_builder
-from .datasets import ModelFolderError, ModelRow, build_module, example_input, model_file, read_model_table
+from .model_folder import ModelFolderError, ModelRow, build_module, example_input, model_file, read_model_table
 from .workers import usable_workers
 
 __all__ = ["compile_folder", "CompileReport", "CompiledFolder", "compile_row", "read_model_table",

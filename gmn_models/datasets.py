@@ -1,33 +1,14 @@
 """Datasets of compiled parameter graphs, one graph per model of a *model folder*.
 
-Model folder format (the contract the zoo generators write)::
-
-    <folder>/models.csv
-    <folder>/<any relative path>.safetensors | .pt2 | .onnx
-
-``models.csv`` has a header and one row per model. Its first four columns are
-
-- ``path``: the model file relative to ``<folder>``: a ``.safetensors`` state dict, a ``.pt2``
-  file written by ``torch.export.save``, or an ``.onnx`` file. It must lie inside the folder
-  (symbolic links followed): an absolute path, ``..`` out of it or a link pointing outside is a
-  bad row;
-- ``builder``: for ``.safetensors``, ``"package.module:function"``, the name of a *registered*
-  builder (:mod:`gmn_models.builders`: the project's architectures, the ``gmn_models.builders``
-  entry points, :func:`~gmn_models.builders.register_builder`) that returns the ``nn.Module``
-  whose ``load_state_dict(state, strict=True)`` accepts the file; empty for ``.pt2`` / ``.onnx``.
-  The name is looked up, never imported: a folder cannot choose code to run;
-- ``builder_kwargs``: a JSON object, the keyword arguments of ``builder`` (``{}`` if none);
-- ``input_shape``: a JSON list, the shape of one example input used for tracing, e.g.
-  ``[1, 64]`` (required for ``.safetensors``);
-
-then any number of label / metadata columns (``test_acc``, ``train_acc``, ``family``, ``width``,
-``lr``, ...). A column whose non-empty cells all parse as numbers is numeric (floats, an empty
-cell is ``None``); any other column stays strings.
-
-A missing ``models.csv``, a missing reserved column or an unknown label column is a
-:class:`ModelFolderError` (one line). A bad *row* (missing file, malformed JSON, unknown file
-type, a path outside the folder) and a bad *model* (corrupt file, unsupported op, unregistered
-builder) are skipped and listed in ``dataset.failures`` as ``(path, reason)``.
+The model folder format (``models.csv`` with the columns ``path``, ``builder``,
+``builder_kwargs``, ``input_shape``, then label / metadata columns, next to the model files)
+is defined in :mod:`gmn_models.model_folder`, whose reading names (:class:`ModelRow`,
+:func:`read_model_table`, :func:`parse_metadata`, :func:`build_module`, :func:`model_file`,
+:func:`example_input`, :data:`RESERVED_COLUMNS`) this module re-exports. An unknown label
+column is a :class:`ModelFolderError` (one line), as is a folder the format refuses. A bad
+*row* (missing file, malformed JSON, unknown file type, a path outside the folder) and a bad
+*model* (corrupt file, unsupported op, unregistered builder) are skipped and listed in
+``dataset.failures`` as ``(path, reason)``.
 
 Each graph is a schema-v1 ``Data`` (``x``, ``edge_index``, ``edge_attr``, ``edge_param``,
 ``edge_offset``, ``num_nodes``; float tensors stored as float32) plus ``y`` float ``[1, L]``
@@ -41,179 +22,34 @@ plugins registered; graphs are mapped into it by name), which a model is built w
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from torch import nn
 from torch_geometric.data import Data, InMemoryDataset, OnDiskDataset
 
-import gmn_compiler
 from gmn_compiler import schema
 from gmn_compiler.fileio import write_atomically
 from gmn_compiler.registry import default_registry
 
-from .builders import get_builder
-from .paths import ModelFolderError, confined_path
+from .model_folder import (MODEL_SUFFIXES, RESERVED_COLUMNS, ModelFolderError, ModelRow,  # noqa: F401
+                           build_module, example_input, model_file, parse_metadata, read_model_table)
+from .model_folder import json_digest as _digest
 
 __all__ = ["ModelGraphDataset", "OnDiskModelGraphDataset", "ModelFolderError", "ModelRow",
            "read_model_table", "parse_metadata", "build_module", "model_file", "example_input",
            "RESERVED_COLUMNS"]
 
-RESERVED_COLUMNS: tuple[str, ...] = ("path", "builder", "builder_kwargs", "input_shape")
-MODEL_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt2", ".onnx")
 _CACHE_FORMAT = "gmn-models-dataset-v1"
-_COMPILER = [schema.SCHEMA_VERSION, gmn_compiler.__version__]  # compiled files depend on these
-
-
-@dataclass(eq=False)
-class ModelRow:
-    """One row of ``models.csv``. ``problem`` is set when the row itself is unusable."""
-
-    index: int
-    path: str
-    builder: str = ""
-    builder_kwargs: dict[str, Any] = field(default_factory=dict)
-    input_shape: tuple[int, ...] | None = None
-    columns: dict[str, str] = field(default_factory=dict)
-    stat: tuple[int, int] | None = None  # (size, mtime_ns) of the model file
-    problem: str | None = None
-
-    @property
-    def kind(self) -> str:
-        """``"safetensors"``, ``"pt2"`` or ``"onnx"``."""
-        return Path(self.path).suffix.lstrip(".")
-
-    def arch(self) -> str:
-        """Id of the compiled structure: shared by rows with the same builder, kwargs and input
-        shape; one per file for ``.pt2`` / ``.onnx``."""
-        if self.kind != "safetensors":
-            return "f" + self.key()
-        return "a" + _digest([_COMPILER, self.builder, self.builder_kwargs, list(self.input_shape or ())])[:24]
-
-    def key(self) -> str:
-        """Id of this model's compiled values; changes when the file changes (size, mtime) and
-        with the compiler's version."""
-        return _digest([_COMPILER, self.path, list(self.stat or ()), self.builder, self.builder_kwargs,
-                        list(self.input_shape or ())])[:24]
 
 
 def _describe(fn: Any) -> str:
     """A stable description of a transform / filter (no memory addresses)."""
     return "" if fn is None else re.sub(r" at 0x[0-9a-fA-F]+", "", repr(fn))
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-# ------------------------------------------------------------------ reading models.csv
-def read_model_table(folder: str | os.PathLike) -> list[ModelRow]:
-    """Parse ``<folder>/models.csv`` into rows (row problems recorded, not raised)."""
-    folder = Path(folder)
-    table = confined_path(folder, "models.csv", "models.csv", rule="it must be a file of the folder")
-    if not table.is_file():
-        raise ModelFolderError(f"{folder}: no models.csv (a model folder needs one; see "
-                               "gmn_models.datasets for the format)")
-    with open(table, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = list(reader.fieldnames or [])
-        missing = [c for c in RESERVED_COLUMNS if c not in header]
-        if missing:
-            raise ModelFolderError(f"{table}: missing column(s) {missing}; the first columns must be "
-                                   f"{', '.join(RESERVED_COLUMNS)}")
-        if len(set(header)) != len(header):
-            raise ModelFolderError(f"{table}: duplicate column names in the header {header}")
-        rows = [_parse_row(folder, i, cells) for i, cells in enumerate(reader)]
-    if not rows:
-        raise ModelFolderError(f"{table}: no models listed")
-    return rows
-
-
-def _parse_row(folder: Path, index: int, cells: dict) -> ModelRow:
-    text = {k: (v or "").strip() for k, v in cells.items() if k is not None}
-    row = ModelRow(index, text["path"], text["builder"],
-                   columns={k: v for k, v in text.items() if k not in RESERVED_COLUMNS})
-    try:
-        if None in cells:
-            raise ValueError("the row has more cells than the header")
-        file = model_file(folder, row)
-        if Path(row.path).suffix not in MODEL_SUFFIXES:
-            raise ValueError(f"unknown model file type {row.path!r}; expected one of {MODEL_SUFFIXES}")
-        kwargs = json.loads(text["builder_kwargs"] or "{}")
-        if not isinstance(kwargs, dict):
-            raise ValueError("builder_kwargs is not a JSON object")
-        row.builder_kwargs = kwargs
-        if text["input_shape"]:
-            shape = json.loads(text["input_shape"])
-            if not (isinstance(shape, list) and all(isinstance(s, int) and s > 0 for s in shape)):
-                raise ValueError(f"input_shape {text['input_shape']!r} is not a JSON list of positive ints")
-            row.input_shape = tuple(shape)
-        if row.kind == "safetensors" and (not row.builder or row.input_shape is None):
-            raise ValueError("a .safetensors model needs a builder and an input_shape")
-        if not file.is_file():
-            raise ValueError(f"no such file {folder / row.path}")
-        st = file.stat()
-        row.stat = (st.st_size, st.st_mtime_ns)
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        row.problem = str(exc).splitlines()[0]
-    return row
-
-
-def model_file(folder: str | os.PathLike, row: ModelRow) -> Path:
-    """The row's model file, resolved and checked to lie inside ``folder``
-    (:func:`gmn_models.paths.confined_path`); open this path, not ``folder / row.path``."""
-    return confined_path(folder, row.path, f"row {row.index}: path")
-
-
-def build_module(row: ModelRow, builder: Callable[..., nn.Module] | None = None) -> nn.Module:
-    """Call the row's builder with its kwargs: ``builder`` if given (the caller looked it up),
-    else :func:`gmn_models.builders.get_builder` of the row's ``builder`` name. ModelFolderError
-    if that name is not registered (nothing is imported) or the result is not an ``nn.Module``."""
-    target = get_builder(row.builder) if builder is None else builder
-    model = target(**row.builder_kwargs)
-    if not isinstance(model, nn.Module):
-        raise ModelFolderError(f"builder {row.builder!r} returned a {type(model).__name__}, not an nn.Module")
-    return model
-
-
-def example_input(row: ModelRow) -> torch.Tensor:
-    """The tracing input of a ``.safetensors`` row: ``randn(input_shape)`` from seed 0."""
-    return torch.randn(*row.input_shape, generator=torch.Generator().manual_seed(0))
-
-
-def parse_metadata(rows: Sequence[ModelRow]) -> list[dict[str, Any]]:
-    """One dict per row: ``model_id``, the reserved columns (kwargs as a dict, input shape as a
-    list) and every other column, numeric columns as floats (empty cell: None)."""
-    names = list(rows[0].columns) if rows else []
-    numeric = {n for n in names if all(_is_number(r.columns.get(n, "")) for r in rows)
-               and any(r.columns.get(n, "") for r in rows)}
-    out = []
-    for row in rows:
-        meta: dict[str, Any] = {"model_id": row.index, "path": row.path, "builder": row.builder,
-                                "builder_kwargs": row.builder_kwargs,
-                                "input_shape": list(row.input_shape) if row.input_shape else None}
-        for n in names:
-            cell = row.columns.get(n, "")
-            meta[n] = (float(cell) if cell else None) if n in numeric else cell
-        out.append(meta)
-    return out
-
-
-def _is_number(cell: str) -> bool:
-    if not cell:
-        return True
-    try:
-        float(cell)
-        return True
-    except ValueError:
-        return False
 
 
 # ------------------------------------------------------------------ shared dataset logic

@@ -3,6 +3,10 @@
 Inputs are array-likes (NumPy arrays, torch tensors, lists) of matching shape ``[n]`` or
 ``[n, k]``; computations run in float64. Undefined values (fewer than two points, a constant
 target) are ``nan`` rather than an exception, so that a log row can always be written.
+
+The project's one implementation of R² and τ: training logs (:mod:`gmn_models.training`) and the
+zoo experiments (:func:`r2_tau`, :mod:`gmn_models.zoo.experiment` and ``report``) use these.
+R² equals ``sklearn.metrics.r2_score`` and τ ``scipy.stats.kendalltau`` bit for bit.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["mse", "r2_score", "kendall_tau", "regression_metrics", "json_safe"]
+__all__ = ["mse", "r2_score", "kendall_tau", "r2_tau", "regression_metrics", "json_safe"]
 
 
 def _as_array(values: Any) -> np.ndarray:
@@ -34,45 +38,44 @@ def mse(pred: Any, true: Any) -> float:
     return float(np.mean((p - t) ** 2)) if p.size else math.nan
 
 
-def r2_score(pred: Any, true: Any) -> float:
+def r2_score(pred: Any, true: Any, *, force_finite: bool = False) -> float:
     """Coefficient of determination ``1 - SS_res / SS_tot`` of 1-D inputs; nan when fewer than
-    two points or the target is constant. Multi-column inputs: mean over columns."""
+    two points. A constant target gives nan, or with ``force_finite`` 1.0 for exact predictions
+    and 0.0 otherwise (``sklearn.metrics.r2_score``'s default). Multi-column inputs: mean over
+    columns."""
     p, t = _pair(pred, true)
     if p.ndim == 2:
-        return _column_mean(r2_score, p, t)
+        return _column_mean(lambda a, b: r2_score(a, b, force_finite=force_finite), p, t)
     if p.size < 2:
         return math.nan
+    residual = float(np.sum((t - p) ** 2))
     total = float(np.sum((t - t.mean()) ** 2))
     if total == 0.0:
-        return math.nan
-    return 1.0 - float(np.sum((t - p) ** 2)) / total
+        return (1.0 if residual == 0.0 else 0.0) if force_finite else math.nan
+    return 1.0 - residual / total
 
 
-def kendall_tau(x: Any, y: Any, chunk: int = 4_000_000) -> float:
-    """Kendall's tau-b of two 1-D samples (ties handled as scipy.stats.kendalltau does); nan
-    when fewer than two points or either sample is constant. Multi-column: mean over columns.
-
-    Exact O(n²) pair count, in row blocks of about ``chunk`` pairs (memory stays bounded)."""
+def kendall_tau(x: Any, y: Any) -> float:
+    """Kendall's tau-b of two 1-D samples (``scipy.stats.kendalltau``, O(n log n)); nan when
+    fewer than two points or either sample is constant (or holds a nan). Multi-column: mean
+    over columns."""
     a, b = _pair(x, y)
     if a.ndim == 2:
         return _column_mean(kendall_tau, a, b)
-    n = a.size
-    if n < 2:
+    if a.size < 2 or not (np.ptp(a) > 0 and np.ptp(b) > 0):
         return math.nan
-    concordance = 0.0  # sum over ordered pairs (i, j) of sign(a_i - a_j) * sign(b_i - b_j)
-    rows = max(1, chunk // n)
-    for start in range(0, n, rows):
-        da = np.sign(a[start:start + rows, None] - a[None, :])
-        db = np.sign(b[start:start + rows, None] - b[None, :])
-        concordance += float(np.sum(da * db))
-    pairs = n * (n - 1) / 2
-    denominator = math.sqrt((pairs - _tied_pairs(a)) * (pairs - _tied_pairs(b)))
-    return (concordance / 2) / denominator if denominator > 0 else math.nan
+    from scipy.stats import kendalltau  # here: importing scipy.stats takes a while
+
+    return float(kendalltau(a, b).statistic)
 
 
-def _tied_pairs(values: np.ndarray) -> float:
-    _, counts = np.unique(values, return_counts=True)
-    return float(np.sum(counts * (counts - 1) / 2))
+def r2_tau(true: Any, pred: Any) -> dict[str, float]:
+    """``{"r2", "tau"}`` of predictions against targets, as the zoo experiments report them:
+    R² with ``force_finite`` (a constant target scores 1.0 or 0.0, as scikit-learn's does), τ
+    as :func:`kendall_tau`; both nan for fewer than two points. Note the order: targets first."""
+    if len(true) < 2:
+        return {"r2": math.nan, "tau": math.nan}
+    return {"r2": r2_score(pred, true, force_finite=True), "tau": kendall_tau(true, pred)}
 
 
 def _column_mean(metric, p: np.ndarray, t: np.ndarray) -> float:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save_file
 
+from ..model_folder import RESERVED_COLUMNS, reserved_cells
 from ..zoo import folder as zfolder
 from ..zoo.folder import atomic_write_text, rows_to_csv, sha256_file
 from ..zoo.generate import chunk_name, finalize, prepare_folder, run_chunks
@@ -43,8 +43,8 @@ BUILDER = "gmn_models.inr.families:inr"
 SETTINGS = ("standard", "diverse")
 SIZES = {"small": 256, "full": 5000}  # signals
 ARCH_COLUMNS = ("width", "depth", "activation", "w0", "layer_norm", "fourier")
-COLUMNS = ("path", "builder", "builder_kwargs", "input_shape", "label", "amplitude", "phase", "psnr", "setting",
-           "dataset", *ARCH_COLUMNS, "signal", "n_params", "chunk", "member")
+COLUMNS = (*RESERVED_COLUMNS, "label", "amplitude", "phase", "psnr", "setting", "dataset", *ARCH_COLUMNS,
+           "signal", "n_params", "chunk", "member")
 
 
 @dataclass(frozen=True)
@@ -120,9 +120,9 @@ def run_chunk(folder: str | os.PathLike, spec: INRZooSpec, index: int) -> dict:
         save_file(res.state_dict, str(tmp / fname), metadata={"builder": BUILDER})
         hashes[rel] = sha256_file(tmp / fname)
         labels = {k: float(v[j]) if v.dtype.kind == "f" else int(v[j]) for k, v in part.labels.items()}
-        rows.append({"path": rel, "builder": BUILDER, "builder_kwargs": json.dumps(kwargs, sort_keys=True),
-                     "input_shape": json.dumps([2, signals.coords.shape[1]]), **labels, "psnr": round(res.psnr, 3),
-                     "setting": spec.setting, "dataset": spec.dataset, **arch, "signal": lo + j,
+        rows.append({**reserved_cells(rel, BUILDER, kwargs, [2, signals.coords.shape[1]]), **labels,
+                     "psnr": round(res.psnr, 3), "setting": spec.setting, "dataset": spec.dataset, **arch,
+                     "signal": lo + j,
                      "n_params": sum(v.numel() for v in res.state_dict.values()), "chunk": index, "member": j})
     if final.exists():
         shutil.rmtree(final)

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..paths import confined_path
-from ._folder import RESERVED_COLUMNS, ModelEntry, write_model_folder
+from ..model_folder import RESERVED_COLUMNS, ModelEntry, write_model_folder
 
 BUILDER = "gmn_models.public_zoos:Siren"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from ..paths import confined_path
-from ._folder import ModelEntry, write_model_folder
+from ..model_folder import ModelEntry, write_model_folder
 
 BUILDER = "gmn_models.public_zoos:SmallCNN"
 

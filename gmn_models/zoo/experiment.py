@@ -9,8 +9,9 @@
   only the methods' seeds vary) — per family, train on the
   networks whose ``width`` is at most the family's median width, test on the strictly wider
   ones (the paper's "train on low hidden dimension, test on strictly higher").
-* Metrics: R² (``sklearn.metrics.r2_score``) and Kendall τ (``scipy.stats.kendalltau``) of the
-  predicted vs. the true ``test_acc``; mean ± std over seeds.
+* Metrics: R² and Kendall τ (:func:`gmn_models.metrics.r2_tau`, equal to
+  ``sklearn.metrics.r2_score`` and ``scipy.stats.kendalltau``) of the predicted vs. the true
+  ``test_acc``; mean ± std over seeds (:func:`~gmn_models.zoo.report.markdown_table`).
 * Methods: a registry of ``fn(train_rows, test_rows, seed) -> predictions``
   (:data:`METHODS`, :func:`register_method`, :func:`run_method`): the baselines of
   :mod:`gmn_models.zoo.baselines` and ``gmn`` (:mod:`gmn_models.zoo.gmn_method`).
@@ -28,13 +29,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import kendalltau
-from sklearn.metrics import r2_score
 from threadpoolctl import threadpool_limits
 
+from ..metrics import r2_tau
 from ..workers import usable_workers
 from .baselines import BASELINES
 from .folder import load_rows
+from .report import markdown_table, write_report
 
 SPLITS = ("full", "10%", "ood")
 SPLIT_SEED = 0
@@ -99,13 +100,9 @@ def split_rows(rows: Sequence[dict], split: str, seed: int) -> tuple[list[dict],
     raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
 
 
-def metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """``{"r2", "tau"}``; τ is NaN when either side is constant, both are NaN for fewer than
-    two rows."""
-    if len(true) < 2:
-        return {"r2": float("nan"), "tau": float("nan")}
-    tau = kendalltau(true, pred).statistic if np.ptp(pred) > 0 and np.ptp(true) > 0 else float("nan")
-    return {"r2": float(r2_score(true, pred)), "tau": float(tau)}
+metrics = r2_tau
+"""``metrics(true, pred) -> {"r2", "tau"}`` (:func:`gmn_models.metrics.r2_tau`): τ is NaN when
+either side is constant, both are NaN for fewer than two rows."""
 
 
 Job = tuple[str, str, int]  # (method, split, seed)
@@ -177,23 +174,6 @@ def run_experiment(rows: Sequence[dict], methods: Sequence[str], splits: Sequenc
     return [done[job] for job in jobs]
 
 
-def markdown_table(records: Sequence[dict]) -> str:
-    """Methods × splits, cells ``R² mean ± std / τ mean ± std`` over seeds."""
-    methods = list(dict.fromkeys(r["method"] for r in records))
-    splits = list(dict.fromkeys(r["split"] for r in records))
-    counts = {s: next(f"{r['n_train']}/{r['n_test']}" for r in records if r["split"] == s) for s in splits}
-    lines = ["| method | " + " | ".join(f"{s} (train/test {counts[s]}): R² / τ" for s in splits) + " |",
-             "|---" * (len(splits) + 1) + "|"]
-    for m in methods:
-        cells = []
-        for s in splits:
-            sel = [r for r in records if r["method"] == m and r["split"] == s]
-            r2, tau = np.array([r["r2"] for r in sel]), np.array([r["tau"] for r in sel])
-            cells.append(f"{r2.mean():.3f} ± {r2.std():.3f} / {tau.mean():.3f} ± {tau.std():.3f}")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gmn_models.zoo.experiment",
                                 description="Predict test accuracy from weights: baselines and GMN on a zoo.")
@@ -237,8 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(records)
     print(table)
     if args.out:
-        from .report import write_report
-
         write_report(records, args.out, table)
         print(f"wrote {os.path.join(args.out, 'table.md')}, records.csv, predictions.csv and scatter plots",
               file=sys.stderr)

@@ -1,14 +1,11 @@
-"""The model folder format: read, write and verify.
+"""The generated zoos' view of the model folder format: typed rows, CSV text, manifest.
 
-``<folder>/models.csv`` has one row per model with the columns :data:`COLUMNS`:
+The format itself (the reserved columns ``path``, ``builder``, ``builder_kwargs``,
+``input_shape``, where model files may lie, how builders are looked up) is defined in
+:mod:`gmn_models.model_folder`. A generated zoo's ``<folder>/models.csv`` has the columns
+:data:`COLUMNS`: the reserved ones (``path`` a ``.safetensors`` file; the zoo's builders are
+``gmn_models.zoo.families:<family>``; ``input_shape`` with batch 1), then
 
-* ``path``: the ``.safetensors`` file (relative to the folder, and inside it: symbolic links
-  are followed and must not leave it) holding the state dict;
-* ``builder``: ``"module:function"``, the name of a builder registered in
-  :mod:`gmn_models.builders` (the zoo writes ``gmn_models.zoo.families:<family>``), returning
-  the ``nn.Module``; the name is looked up, never imported;
-* ``builder_kwargs``: a JSON object, the builder's keyword arguments;
-* ``input_shape``: a JSON list, an example input shape with batch 1 (for tracing);
 * labels and metadata: ``test_acc``, ``train_acc``, ``family``, ``dataset``, ``layout``,
   the architecture columns (``width``, ``depth``, ``kernel_size``, ``activation``, ``norm``,
   ``heads``, ``patch``, ``widen``; empty where a family has no such choice), the training
@@ -34,14 +31,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from gmn_compiler.fileio import write_atomically
+
+from ..model_folder import JSON_COLUMNS, RESERVED_COLUMNS, table_path
 from ..paths import confined_path
 from .families import resolve_builder
 
-COLUMNS = (
-    "path", "builder", "builder_kwargs", "input_shape", "test_acc", "train_acc", "family",
-    "dataset", "layout", "width", "depth", "kernel_size", "activation", "norm", "heads", "patch",
-    "widen", "lr", "epochs", "init_scale", "weight_decay", "label_noise", "batch_size", "seed",
-    "n_params", "chunk", "member",
+COLUMNS = RESERVED_COLUMNS + (
+    "test_acc", "train_acc", "family", "dataset", "layout", "width", "depth", "kernel_size",
+    "activation", "norm", "heads", "patch", "widen", "lr", "epochs", "init_scale", "weight_decay",
+    "label_noise", "batch_size", "seed", "n_params", "chunk", "member",
 )
 INT_COLUMNS = ("width", "depth", "kernel_size", "heads", "patch", "epochs", "batch_size", "seed",
                "n_params", "chunk", "member")
@@ -58,15 +57,17 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: readers see
-    the old file or the new one, never a partial one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` (synced to disk) with
+    :func:`gmn_compiler.fileio.write_atomically`: readers see the old file or the new one,
+    never a partial one."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    write_atomically(path, write)
 
 
 def rows_to_csv(rows: Iterable[dict], columns: tuple[str, ...] = COLUMNS) -> str:
@@ -91,7 +92,7 @@ def parse_row(raw: dict) -> dict:
             row[k] = int(v)
         elif k in FLOAT_COLUMNS:
             row[k] = float(v)
-        elif k in ("builder_kwargs", "input_shape"):
+        elif k in JSON_COLUMNS:
             row[k] = json.loads(v)
         elif k == "widen":
             row[k] = v == "True"
@@ -109,7 +110,7 @@ def load_rows(folder: str | os.PathLike) -> list[dict]:
     """Typed rows of ``<folder>/models.csv``, each with ``root`` (the folder, absolute) added
     so that :func:`load_state_dict` can find its file."""
     root = str(Path(folder).resolve())
-    return [{**r, "root": root} for r in read_csv_rows(_own_file(folder, "models.csv"))]
+    return [{**r, "root": root} for r in read_csv_rows(table_path(folder))]
 
 
 def _own_file(folder: str | os.PathLike, name: str) -> Path:
@@ -162,5 +163,5 @@ def verify_manifest(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     entries = read_manifest(folder)
     bad = [p for p, h in entries.items() if not _matches(folder, p, h)]
-    listed = {r["path"] for r in read_csv_rows(_own_file(folder, "models.csv"))}
+    listed = {r["path"] for r in read_csv_rows(table_path(folder))}
     return bad + sorted(listed - set(entries))

@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 from safetensors.torch import save_file
 
+from ..model_folder import reserved_cells
 from ..workers import usable_workers
 from . import data as zdata
 from .families import resolve_builder
@@ -74,11 +75,10 @@ def run_chunk(folder: str | os.PathLike, plan: ChunkPlan) -> dict:
         save_file(res.state_dict, str(tmp / fname), metadata={"builder": plan.builder})
         hashes[rel] = sha256_file(tmp / fname)
         n_params = sum(v.numel() for v in res.state_dict.values() if v.is_floating_point())
-        rows.append({"path": rel, "builder": plan.builder,
-                     "builder_kwargs": json.dumps(plan.builder_kwargs, sort_keys=True),
-                     "input_shape": json.dumps(plan.input_shape), "test_acc": res.test_acc,
-                     "train_acc": res.train_acc, "family": plan.family, "dataset": plan.dataset,
-                     "layout": plan.layout, **plan.arch, "lr": member.lr, "epochs": member.epochs,
+        rows.append({**reserved_cells(rel, plan.builder, plan.builder_kwargs, plan.input_shape),
+                     "test_acc": res.test_acc, "train_acc": res.train_acc, "family": plan.family,
+                     "dataset": plan.dataset, "layout": plan.layout, **plan.arch, "lr": member.lr,
+                     "epochs": member.epochs,
                      "init_scale": member.init_scale, "weight_decay": member.weight_decay,
                      "label_noise": member.label_noise, "batch_size": plan.batch_size,
                      "seed": member.seed, "n_params": n_params, "chunk": plan.index, "member": j})
@@ -120,9 +120,12 @@ def finalize(folder: str | os.PathLike, spec: ZooSpec, columns: tuple[str, ...] 
 def prepare_folder(folder: Path, spec_json: dict, what: str) -> None:
     """Create the folder or check that its ``zoo.json`` holds ``spec_json`` (``what``, e.g.
     "a zoo", names the folder's kind in the error); remove temporaries left by an interrupted
-    run (one generator per folder at a time)."""
+    run (one generator per folder at a time): chunk folders ``.*.tmp-*`` and the ``.gmn-*``
+    files of atomic writes (:mod:`gmn_compiler.fileio`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in [*folder.glob(".*.tmp-*"), *folder.glob("*/.*.tmp-*")]:
+    leftovers = [*folder.glob(".*.tmp-*"), *folder.glob("*/.*.tmp-*"), *folder.glob(".gmn-*"),
+                 *folder.glob("*/.gmn-*")]
+    for stale in leftovers:
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     spec_file = folder / "zoo.json"
     text = json.dumps(spec_json, indent=1, sort_keys=True) + "\n"

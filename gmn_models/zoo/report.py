@@ -2,7 +2,8 @@
 
 :func:`write_report` writes, into one folder:
 
-* ``table.md`` — the methods × splits table (R² / Kendall τ, mean ± std over seeds);
+* ``table.md`` — the methods × splits table (R² / Kendall τ, mean ± std over seeds;
+  :func:`markdown_table`);
 * ``records.csv`` — one row per (method, split, seed): R², τ, sizes, seconds;
 * ``predictions.csv`` — one row per test network and run: method, split, seed, path, family,
   true and predicted test accuracy (so any other plot or metric can be made later);
@@ -28,11 +29,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from gmn_compiler.fileio import write_atomically
 
+from ..metrics import r2_tau
 from .folder import atomic_write_text
 
 RECORD_COLUMNS = ("method", "split", "seed", "r2", "tau", "n_train", "n_test", "seconds")
@@ -66,11 +66,26 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def markdown_table(records: Sequence[dict]) -> str:
+    """Methods × splits, cells ``R² mean ± std / τ mean ± std`` over seeds."""
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    splits = list(dict.fromkeys(r["split"] for r in records))
+    counts = {s: next(f"{r['n_train']}/{r['n_test']}" for r in records if r["split"] == s) for s in splits}
+    lines = ["| method | " + " | ".join(f"{s} (train/test {counts[s]}): R² / τ" for s in splits) + " |",
+             "|---" * (len(splits) + 1) + "|"]
+    for m in methods:
+        cells = []
+        for s in splits:
+            sel = [r for r in records if r["method"] == m and r["split"] == s]
+            r2, tau = np.array([r["r2"] for r in sel]), np.array([r["tau"] for r in sel])
+            cells.append(f"{r2.mean():.3f} ± {r2.std():.3f} / {tau.mean():.3f} ± {tau.std():.3f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def family_table(records: Sequence[dict], split: str) -> str:
     """Markdown table, methods × families, of R² / τ computed within each family on ``split``
     (mean over seeds)."""
-    from .experiment import metrics  # here, not at the top: experiment imports this module lazily
-
     chosen = [r for r in records if r["split"] == split]
     families = sorted({f for r in chosen for f in r["families"]})
     lines = [f"| {split} | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
@@ -80,7 +95,7 @@ def family_table(records: Sequence[dict], split: str) -> str:
             scores = []
             for rec in (r for r in chosen if r["method"] == method):
                 mask = np.array([f == family for f in rec["families"]])
-                scores.append(metrics(np.asarray(rec["true"])[mask], np.asarray(rec["pred"])[mask]))
+                scores.append(r2_tau(np.asarray(rec["true"])[mask], np.asarray(rec["pred"])[mask]))
             r2, tau = (_nanmean([s[k] for s in scores]) for k in ("r2", "tau"))
             cells.append(f"{r2:.2f} / {tau:.2f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -90,6 +105,9 @@ def family_table(records: Sequence[dict], split: str) -> str:
 def plot_scatter(records: Sequence[dict], split: str, path: str | os.PathLike) -> None:
     """Predicted vs. true test accuracy for every method on ``split`` (smallest seed), one
     panel per method, points coloured by family, identity line, R² in the title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # here: only plots need matplotlib
+    from matplotlib.figure import Figure
+
     chosen = [r for r in records if r["split"] == split]
     seed = min(r["seed"] for r in chosen)
     chosen = [r for r in chosen if r["seed"] == seed]
@@ -167,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read the report in {args.folder}: {e!r}; "
               "expected records.csv and predictions.csv from an experiment run", file=sys.stderr)
         return 1
-    from .experiment import markdown_table
-
     write_report(records, args.folder, markdown_table(records))
     return 0
 

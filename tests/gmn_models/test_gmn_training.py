@@ -14,7 +14,7 @@ from scipy.stats import kendalltau
 from sklearn.metrics import r2_score as sk_r2
 from test_gmn_datasets import make_model_folder
 
-from gmn_models.metrics import kendall_tau, mse, r2_score, regression_metrics
+from gmn_models.metrics import kendall_tau, mse, r2_score, r2_tau, regression_metrics
 from gmn_models.model import GMN
 from gmn_models.train_cli import load_config
 from gmn_models.training import ConfigError, TrainConfig, train
@@ -48,8 +48,7 @@ def test_kendall_tau_matches_scipy_with_ties():
     rng = np.random.default_rng(0)
     for n in (2, 7, 50, 301):
         x, y = rng.integers(0, 5, n).astype(float), rng.integers(0, 4, n) + rng.normal(0, 0.1, n) * (n % 2)
-        assert kendall_tau(x, y) == pytest.approx(kendalltau(x, y).statistic, abs=1e-12)
-        assert kendall_tau(x, y, chunk=n) == pytest.approx(kendall_tau(x, y), abs=1e-12)  # row blocks
+        assert kendall_tau(x, y) == kendalltau(x, y).statistic  # the one implementation: scipy's
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
     assert math.isnan(kendall_tau([1.0], [2.0])) and math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
 
@@ -59,11 +58,24 @@ def test_r2_and_mse():
     true, pred = rng.normal(size=40), rng.normal(size=40)
     assert r2_score(pred, true) == pytest.approx(sk_r2(true, pred))
     assert r2_score(true, true) == 1.0 and math.isnan(r2_score([1.0, 2.0], [3.0, 3.0]))
+    assert r2_score(pred, true) == sk_r2(true, pred)  # bit for bit
+    assert r2_score([3.0, 3.0], [3.0, 3.0], force_finite=True) == sk_r2([3.0, 3.0], [3.0, 3.0]) == 1.0
+    assert r2_score([1.0, 2.0], [3.0, 3.0], force_finite=True) == sk_r2([3.0, 3.0], [1.0, 2.0]) == 0.0
     assert mse(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])) == pytest.approx(2.5)
     two = regression_metrics(np.stack([pred, true], 1), np.stack([true, true], 1))
     assert two["r2"] == pytest.approx((sk_r2(true, pred) + 1.0) / 2) and two["n"] == 40
     with pytest.raises(ValueError, match="differ in shape"):
         mse([1.0, 2.0], [1.0])
+
+
+def test_r2_tau_is_what_the_zoo_experiments_report():
+    rng = np.random.default_rng(2)
+    true, pred = np.round(rng.random(60), 1), rng.random(60)
+    assert r2_tau(true, pred) == {"r2": sk_r2(true, pred), "tau": kendalltau(true, pred).statistic}
+    assert r2_tau(np.full(5, 0.1), np.full(5, 0.1))["r2"] == 1.0  # constant target, exact: sklearn's 1.0
+    assert r2_tau(np.full(5, 0.1), np.arange(5.0))["r2"] == 0.0
+    assert all(math.isnan(v) for v in r2_tau(np.array([0.5]), np.array([0.4])).values())
+    assert math.isnan(r2_tau(true, np.full(60, 0.3))["tau"])
 
 
 # ------------------------------------------------------------------ training
