@@ -8,6 +8,7 @@ these objects, never fx nodes or ONNX protos.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,7 @@ class ParamRef:
             return torch.arange(self.tensor.numel()).view(self.tensor.shape)
         return self.offsets
 
-    def apply(self, fn) -> "ParamRef":
+    def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "ParamRef":
         """A new reference seen through ``fn``, a pure layout function applied to the values
         and the offsets alike."""
         return ParamRef(self.name, fn(self.tensor), fn(self.flat_offsets()), self.kind)

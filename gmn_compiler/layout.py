@@ -17,6 +17,7 @@ of a reduction over all neuron axes, a shape computation) has layout ``None``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,11 +51,11 @@ class Layout:
         """The distinct node ids (sorted)."""
         return torch.unique(self.ids)
 
-    def map(self, fn) -> "Layout":
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Layout":
         """Apply a pure indexing function to ids and pos alike (the signature is kept)."""
         return Layout(fn(self.ids), None if self.pos is None else fn(self.pos), self.sig)
 
-    def signed(self, *entries) -> "Layout":
+    def signed(self, *entries: Hashable) -> "Layout":
         """This layout with ``entries`` appended to its view signature."""
         return Layout(self.ids, self.pos, self.sig + tuple(entries))
 
@@ -62,7 +63,7 @@ class Layout:
         return Layout(self.ids, self.pos)
 
 
-def plain(a):
+def plain(a: object) -> Hashable:
     """An op attribute as a plain hashable for a signature: numbers as float32-rounded
     floats (so torch's 1e-5 and ONNX's float32 epsilon agree, and 1 equals 1.0)."""
     if isinstance(a, bool) or a is None or isinstance(a, str):
@@ -328,7 +329,8 @@ def axis_entries(layout: Layout, shape: tuple[int, ...], axis: int) -> tuple[tor
     return ids, base + torch.arange(size)
 
 
-def take(before: Layout, shape: tuple[int, ...], dim: int, after: Layout, indices, squeeze: bool = False) -> Layout:
+def take(before: Layout, shape: tuple[int, ...], dim: int, after: Layout,
+         indices: torch.Tensor | Sequence[int], squeeze: bool = False) -> Layout:
     """``after`` (entries ``indices`` along ``dim`` of a value laid out as ``before``) with a
     ``take`` entry in its view signature when ``dim`` is a free axis: which positions it
     keeps is then not recorded by the ids, and two such views of the same nodes hold

@@ -12,9 +12,15 @@ PReLU marks its nodes ``prelu`` and brings its learned slopes on ``param_mul`` e
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+from typing import Any
+
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, hookimpl, layout as L
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Rule, hookimpl, layout as L
+
+# what a normalizer returns: the kind's canonical inputs and attrs
+_Normalized = tuple[list[Any], dict[str, Any]]
 
 
 # ATen op name (without "aten." and overload) -> schema activation name
@@ -38,7 +44,7 @@ ONNX_ACTIVATIONS: dict[str, str] = {
 }
 
 
-def make_activation_rule(name: str):
+def make_activation_rule(name: str) -> Rule:
     def lower_activation(ctx: LoweringContext, op: Op) -> None:
         activation = name
         if name == "gelu" and op.attrs.get("approximate", "none") == "tanh":
@@ -64,15 +70,16 @@ _PARAMS: dict[str, tuple[tuple[int, str, float | None], ...]] = {
 
 
 # clamp bounds that are a named activation (an exporter writes relu6 and hardtanh as Clip)
-_CLAMP_NAMES = {(L.plain(0.0), None): ("relu", ()), (L.plain(0.0), L.plain(6.0)): ("relu6", ()),
-                (L.plain(-1.0), L.plain(1.0)): ("hardtanh", (L.plain(-1.0), L.plain(1.0)))}
+_CLAMP_NAMES: dict[tuple[Hashable, ...], tuple[str, tuple[Hashable, ...]]] = {
+    (L.plain(0.0), None): ("relu", ()), (L.plain(0.0), L.plain(6.0)): ("relu6", ()),
+    (L.plain(-1.0), L.plain(1.0)): ("hardtanh", (L.plain(-1.0), L.plain(1.0)))}
 
 
-def _activation_params(activation: str, attrs: dict) -> tuple:
+def _activation_params(activation: str, attrs: dict[str, Any]) -> tuple[Hashable, ...]:
     """The activation's hyper-parameters in one form for both frontends (torch passes them
     positionally in ``args``, ONNX as named attributes)."""
     args = attrs.get("args", [])
-    out = []
+    out: list[Hashable] = []
     for index, name, default in _PARAMS.get(activation, ()):
         value = args[index] if index < len(args) else attrs.get(name, default)
         out.append(L.plain(value))
@@ -103,42 +110,42 @@ def lower_softmax(ctx: LoweringContext, op: Op) -> None:
     ctx.set_layout(op.output, ctx.derive(x, activation, sig=(activation, axis), default=(activation, -1)))
 
 
-def _unary(x, *args, **kwargs):
+def _unary(x: Any, *args: Any, **kwargs: Any) -> _Normalized:
     return [x], {"args": list(args), **kwargs}
 
 
-def _gelu(x, approximate="none"):
+def _gelu(x: Any, approximate: str = "none") -> _Normalized:
     return [x], {"approximate": approximate}
 
 
-def _clamp_min(x, bound):
+def _clamp_min(x: Any, bound: Any) -> _Normalized:
     return [x], {"min": bound}
 
 
-def _clamp_max(x, bound):
+def _clamp_max(x: Any, bound: Any) -> _Normalized:
     return [x], {"max": bound}
 
 
-def _softmax(x, dim, *rest, **kwargs):
+def _softmax(x: Any, dim: int, *rest: Any, **kwargs: Any) -> _Normalized:
     return [x], {"dim": dim, "log": False}
 
 
-def _log_softmax(x, dim, *rest, **kwargs):
+def _log_softmax(x: Any, dim: int, *rest: Any, **kwargs: Any) -> _Normalized:
     return [x], {"dim": dim, "log": True}
 
 
-def _prelu(x, weight):
+def _prelu(x: Any, weight: Any) -> _Normalized:
     """``weight`` has one slope per channel (axis 1, or axis 0 of a 1-D input) or one."""
     if isinstance(weight, ParamRef) and weight.tensor.numel() > 1 and len(x.shape) > 2:
         weight = weight.apply(lambda t: t.reshape(t.numel(), *([1] * (len(x.shape) - 2))))
     return [x, weight], {}
 
 
-def _onnx_unary(x, *rest, **attrs):
+def _onnx_unary(x: Any, *rest: Any, **attrs: Any) -> _Normalized:
     return [x], dict(attrs)
 
 
-def _bound(value):
+def _bound(value: object) -> float | str | None:
     """A Clip bound given as an input: a number, a one-element initializer or constant."""
     if value is None or isinstance(value, (int, float)):
         return value
@@ -150,7 +157,7 @@ def _bound(value):
     return "computed"
 
 
-def _onnx_clip(x, lo=None, hi=None, **attrs):
+def _onnx_clip(x: Any, lo: object = None, hi: object = None, **attrs: Any) -> _Normalized:
     """Clip: bounds are inputs from opset 11 (attributes before); both reach the rule as
     ``min`` / ``max`` like torch's clamp."""
     lo, hi = _bound(lo), _bound(hi)
@@ -160,28 +167,30 @@ def _onnx_clip(x, lo=None, hi=None, **attrs):
     return [x], attrs
 
 
-def _onnx_softmax(x, axis=-1, unsupported=None):
+def _onnx_softmax(x: Any, axis: int = -1, unsupported: str | None = None) -> _Normalized:
     if unsupported:
         return [x], {"unsupported": unsupported}
     return [x], {"dim": axis, "log": False}
 
 
-def _onnx_log_softmax(x, axis=-1, unsupported=None):
+def _onnx_log_softmax(x: Any, axis: int = -1, unsupported: str | None = None) -> _Normalized:
     if unsupported:
         return [x], {"unsupported": unsupported}
     return [x], {"dim": axis, "log": True}
 
 
-def _log_sigmoid_forward(x):
+def _log_sigmoid_forward(x: Any) -> _Normalized:
     return [x], {}
 
 
 @hookimpl
-def gmn_register(registry) -> None:
+def gmn_register(registry: Registrar) -> None:
     for activation in sorted(set(ACTIVATION_OPS.values()) | {"gelu"}):
         registry.add_rule(activation, make_activation_rule(activation))
+    normalizers: dict[str, Callable[..., _Normalized]] = {"gelu": _gelu, "clamp_min": _clamp_min,
+                                                          "clamp_max": _clamp_max}
     for op_name, activation in sorted(ACTIVATION_OPS.items()) + [("gelu", "gelu")]:
-        normalize = {"gelu": _gelu, "clamp_min": _clamp_min, "clamp_max": _clamp_max}.get(op_name, _unary)
+        normalize = normalizers.get(op_name, _unary)
         for suffix in ("", "_"):
             for overload in _OVERLOADS:
                 registry.map_aten(f"aten.{op_name}{suffix}.{overload}", activation, normalize)

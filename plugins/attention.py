@@ -19,9 +19,12 @@ q/k dims inside a head jointly, permute v dims inside a head.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import Any
+
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, Value, hookimpl, layout as L
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Value, hookimpl, layout as L
 
 
 
@@ -31,7 +34,8 @@ def _operand_ids(ctx: LoweringContext, value: Value, ndim: int) -> torch.Tensor:
     return L.align(ctx.require_layout(value), ndim).ids
 
 
-def contract_neurons(ctx: LoweringContext, a_ids: torch.Tensor, b_ids: torch.Tensor, sig: tuple | None = None) -> torch.Tensor:
+def contract_neurons(ctx: LoweringContext, a_ids: torch.Tensor, b_ids: torch.Tensor,
+                     sig: tuple[Hashable, ...] | None = None) -> torch.Tensor:
     """``a @ b`` where the contracted axis (a: -1, b: -2) carries neurons in both and the
     other matrix axes are free. One head node per distinct pair of (a row, b row) over the
     batch positions. Returns the result's id tensor (batch shape + (1, 1)). ``sig``: what
@@ -41,7 +45,8 @@ def contract_neurons(ctx: LoweringContext, a_ids: torch.Tensor, b_ids: torch.Ten
         raise ctx.error("contracting two activations whose row/column axes also carry "
                         "neurons is not supported")
     a_k, b_k = a_ids[..., 0, :], b_ids[..., :, 0]
-    batch = torch.broadcast_shapes(a_k.shape[:-1], b_k.shape[:-1])
+    # torch.broadcast_shapes is unannotated
+    batch = torch.broadcast_shapes(a_k.shape[:-1], b_k.shape[:-1])  # type: ignore[no-untyped-call, unused-ignore]
     k = max(a_k.shape[-1], b_k.shape[-1])
     rows = torch.cat([a_k.expand(batch + (k,)).reshape(-1, k), b_k.expand(batch + (k,)).reshape(-1, k)], 1)
     pairs, inverse = torch.unique(rows, dim=0, return_inverse=True)
@@ -82,16 +87,21 @@ def weighted_sum(ctx: LoweringContext, weights: torch.Tensor | None, v: Value, v
         raise ctx.error("contracting an axis of v that carries neurons is not supported")
     ctx.withdraw_symmetries(v_ids)
     if weights is None:
-        return L.align(ctx.own(v), out_ndim)
+        layout = ctx.own(v)
+        assert layout is not None  # v has a layout: v_ids were read from it
+        return L.align(layout, out_ndim)
     if weights.shape[-1] != 1 or weights.shape[-2] != 1:
         raise ctx.error("attention weights with neurons on their token axes are not supported")
     w, o = ctx.root_nodes(weights[..., 0, 0]), v_ids[..., 0, :]  # the head nodes themselves
-    grid = tuple(torch.broadcast_shapes(w.shape, o.shape[:-1])) + (o.shape[-1],)
+    grid = tuple(torch.broadcast_shapes(  # type: ignore[no-untyped-call, unused-ignore]
+        w.shape, o.shape[:-1])) + (o.shape[-1],)
     pairs = torch.stack([w.unsqueeze(-1).expand(grid).reshape(-1), o.expand(grid).reshape(-1)], 1)
     uniq, inverse = torch.unique(pairs, dim=0, return_inverse=True)
     heads, sources = uniq[:, 0], uniq[:, 1]
     if torch.unique(sources).numel() == sources.numel():  # every v node meets one head: reuse
-        own = L.align(ctx.own(v), out_ndim)
+        layout = ctx.own(v)
+        assert layout is not None  # as above
+        own = L.align(layout, out_ndim)
         mapping = torch.full((int(v_ids.max()) + 1,), -1, dtype=torch.long)
         mapping[v_ids.expand(own.ids.shape).reshape(-1)] = own.ids.reshape(-1)
         targets = mapping[sources]
@@ -111,7 +121,7 @@ def _declare_shared_value_dims(ctx: LoweringContext, heads: torch.Tensor, source
     readers: dict[int, list[int]] = {}
     for h, s in zip(heads.tolist(), sources.tolist()):
         readers.setdefault(s, []).append(h)
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple[int, ...], list[int]] = {}
     for s, hs in readers.items():
         groups.setdefault(tuple(sorted(hs)), []).append(s)
     sizes = {len(members) for members in groups.values()}
@@ -177,7 +187,7 @@ def lower_sdpa(ctx: LoweringContext, op: Op) -> None:
         ctx.set_layout(extra, None)
 
 
-def _mask_signature(mask) -> tuple | None:
+def _mask_signature(mask: torch.Tensor | ParamRef | Value | None) -> tuple[Hashable, ...] | None:
     """The content of a constant attention mask (a causal and an anti-causal mask differ),
     in one form for every spelling: additive (a boolean mask ``m`` is ``0`` where ``m``,
     ``-inf`` elsewhere), leading unit axes dropped."""
@@ -203,7 +213,8 @@ def _mask_signature(mask) -> tuple | None:
     return ("mask", tuple(shape), L.content_digest(constant.reshape(shape)))
 
 
-def _apply_mask(ctx: LoweringContext, mask, scores: torch.Tensor, out_shape) -> None:
+def _apply_mask(ctx: LoweringContext, mask: torch.Tensor | ParamRef | Value | None, scores: torch.Tensor,
+                out_shape: tuple[int, ...]) -> None:
     """An ``attn_mask`` tensor: a parameter or buffer is attached to the head nodes like an
     additive operand; a computed constant must be the same for every head (it is then not
     encoded: it does not change the symmetries)."""
@@ -220,7 +231,8 @@ def _apply_mask(ctx: LoweringContext, mask, scores: torch.Tensor, out_shape) -> 
                         "supported; register it as a buffer")
 
 
-def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+def _sdpa(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
+          scale: float | None = None, enable_gqa: bool = False) -> tuple[list[Any], dict[str, Any]]:
     return [q, k, v, attn_mask], {"is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
 
 
@@ -233,7 +245,7 @@ def lower_isnan(ctx: LoweringContext, op: Op) -> None:
 
 
 @hookimpl
-def gmn_register(registry) -> None:
+def gmn_register(registry: Registrar) -> None:
     registry.add_rule("isnan", lower_isnan)
     registry.map_onnx("IsNaN", "isnan", lambda x: ([x], {}))
     registry.map_aten("aten.isnan.default", "isnan", lambda x: ([x], {}))

@@ -4,7 +4,9 @@ checks it does not vary along a neuron axis (which would pin those neurons)."""
 
 from __future__ import annotations
 
-from gmn_compiler.rules import LoweringContext, Op, hookimpl
+from typing import Any
+
+from gmn_compiler.rules import LoweringContext, Op, Registrar, hookimpl
 
 
 
@@ -14,12 +16,12 @@ def lower_constant(ctx: LoweringContext, op: Op) -> None:
         ctx.mark_constant(out)
 
 
-def _like(x, *args, **kwargs):
+def _like(x: Any, *args: Any, **kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
     return [], {}
 
 
 @hookimpl
-def gmn_register(registry) -> None:
+def gmn_register(registry: Registrar) -> None:
     registry.add_rule("constant", lower_constant)
     for name in ("zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like"):
         registry.map_aten(f"aten.{name}.default", "constant", _like)

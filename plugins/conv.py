@@ -13,9 +13,14 @@ so parallel branches that differ only there (ASPP's dilations) are told apart.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, hookimpl, layout as L
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, hookimpl, layout as L
+
+# what a normalizer returns: the kind's canonical inputs and attrs
+_Normalized = tuple[list[Any], dict[str, Any]]
 
 
 
@@ -83,13 +88,13 @@ def lower_conv(ctx: LoweringContext, op: Op) -> None:
     ctx.set_layout(op.output, L.for_axis(out_ids, len(op.output.shape), channel_axis))
 
 
-def _per_axis(value, n: int, default: int) -> tuple[int, ...]:
+def _per_axis(value: Any, n: int, default: int) -> tuple[int, ...]:
     value = default if value is None or (isinstance(value, (list, tuple)) and not value) else value
     value = list(value) if isinstance(value, (list, tuple)) else [value]
     return tuple(int(v) for v in (value * n if len(value) == 1 else value))
 
 
-def _window(attrs: dict, kernel: tuple[int, ...]) -> tuple | None:
+def _window(attrs: dict[str, Any], kernel: tuple[int, ...]) -> tuple[tuple[int, ...] | str, ...] | None:
     """``(stride, pads (begin..., end...), dilation, output_padding)`` in one form for torch
     (``stride``, ``padding`` incl. "same"/"valid", ``dilation``) and ONNX (``strides``,
     ``pads``, ``dilations``, ``auto_pad``); None for the plain window."""
@@ -99,7 +104,7 @@ def _window(attrs: dict, kernel: tuple[int, ...]) -> tuple | None:
     padding = attrs.get("padding", attrs.get("pads"))
     auto = attrs.get("auto_pad", "NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else str(auto)
-    extra: tuple = ()
+    extra: tuple[str, ...] = ()
     if padding == "same" or (auto in ("SAME_UPPER", "SAME_LOWER") and set(stride) == {1}):
         total = [d * (k - 1) for d, k in zip(dilation, kernel)]
         lower = auto == "SAME_LOWER"
@@ -118,32 +123,35 @@ def _window(attrs: dict, kernel: tuple[int, ...]) -> tuple | None:
     return (stride, pads, dilation, out_pad) + extra
 
 
-def _conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def _conv(x: Any, weight: Any, bias: Any = None, stride: int | list[int] = 1, padding: int | list[int] | str = 0,
+          dilation: int | list[int] = 1, groups: int = 1) -> _Normalized:
     return [x, weight, bias], {"stride": stride, "padding": padding, "dilation": dilation,
                                "groups": groups, "transposed": False}
 
 
-def _convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups, *rest):
+def _convolution(x: Any, weight: Any, bias: Any, stride: list[int], padding: list[int], dilation: list[int],
+                 transposed: bool, output_padding: list[int], groups: int, *rest: Any) -> _Normalized:
     return [x, weight, bias], {"stride": stride, "padding": padding, "dilation": dilation,
                                "groups": groups, "transposed": bool(transposed),
                                "output_padding": output_padding}
 
 
-def _conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+def _conv_transpose(x: Any, weight: Any, bias: Any = None, stride: int | list[int] = 1, padding: int | list[int] = 0,
+                    output_padding: int | list[int] = 0, groups: int = 1, dilation: int | list[int] = 1) -> _Normalized:
     return [x, weight, bias], {"stride": stride, "padding": padding, "dilation": dilation,
                                "groups": groups, "transposed": True, "output_padding": output_padding}
 
 
-def _onnx_conv(x, weight, bias=None, group=1, **attrs):
+def _onnx_conv(x: Any, weight: Any, bias: Any = None, group: int = 1, **attrs: Any) -> _Normalized:
     return [x, weight, bias], {"groups": group, "transposed": False, **attrs}
 
 
-def _onnx_conv_transpose(x, weight, bias=None, group=1, **attrs):
+def _onnx_conv_transpose(x: Any, weight: Any, bias: Any = None, group: int = 1, **attrs: Any) -> _Normalized:
     return [x, weight, bias], {"groups": group, "transposed": True, **attrs}
 
 
 @hookimpl
-def gmn_register(registry) -> None:
+def gmn_register(registry: Registrar) -> None:
     registry.add_rule("conv", lower_conv)
     for d in (1, 2, 3):
         registry.map_aten(f"aten.conv{d}d.default", "conv", _conv)

@@ -20,10 +20,15 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Hashable
+from typing import Any, SupportsFloat, cast
 
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, Value, hookimpl, layout as L
+from gmn_compiler.rules import Layout, LoweringContext, Op, ParamRef, Registrar, Value, hookimpl, layout as L
+
+# what a normalizer returns: the kind's canonical inputs and attrs
+_Normalized = tuple[list[Any], dict[str, Any]]
 
 
 # kind -> (edge type for lhs, edge type for rhs)
@@ -62,7 +67,7 @@ def lower_binary(ctx: LoweringContext, op: Op) -> None:
         raise ctx.error(f"unsupported operands for {op.kind}: {type(a).__name__}, {type(b).__name__}")
 
 
-def _constant_tensor(operand):
+def _constant_tensor(operand: object) -> object:
     """An ONNX float ``Constant`` (or a value folded from constants) reaches the rules as a
     ``ParamRef`` of kind ``constant``: it is no weight (nothing writes it back), so it is
     treated as torch treats a constant tensor — by its value, not as edges carrying it."""
@@ -71,7 +76,7 @@ def _constant_tensor(operand):
     return operand
 
 
-def _one_element_as_scalar(operand, other, out_shape):
+def _one_element_as_scalar(operand: object, other: object, out_shape: tuple[int, ...]) -> object:
     """A one-element constant that does not widen the result (``x * torch.tensor([0.7])``,
     an exporter's ``Constant``) is the scalar it holds, so torch and ONNX spellings agree."""
     known = operand.constant if isinstance(operand, Value) else operand
@@ -81,19 +86,19 @@ def _one_element_as_scalar(operand, other, out_shape):
     return operand
 
 
-def _layout_of(ctx: LoweringContext, operand):
+def _layout_of(ctx: LoweringContext, operand: Value | torch.Tensor) -> Layout | None:
     return None if isinstance(operand, torch.Tensor) else ctx.layout(operand)
 
 
-def _as_scalar(ctx: LoweringContext, operand) -> float | None:
+def _as_scalar(ctx: LoweringContext, operand: object) -> float | None:
     if isinstance(operand, bool):
         return float(operand)
-    if isinstance(operand, numbers.Number):
-        return float(operand)
+    if isinstance(operand, numbers.Number):  # typeshed's Number has no __float__; cast, not narrowed
+        return float(cast(SupportsFloat, operand))
     return None
 
 
-def _lower_pair(ctx: LoweringContext, op: Op, a: Value, b: Value, alpha) -> None:
+def _lower_pair(ctx: LoweringContext, op: Op, a: Value | torch.Tensor, b: Value | torch.Tensor, alpha: float) -> None:
     if op.kind not in PAIR_TYPES:
         raise ctx.error(f"{op.kind} between two activations is not supported")
     out = op.output
@@ -142,11 +147,12 @@ def _lower_pair(ctx: LoweringContext, op: Op, a: Value, b: Value, alpha) -> None
     ctx.set_layout(out, L.compress(ids, pos))
 
 
-def _content(ctx: LoweringContext, constant: Value | torch.Tensor) -> tuple:
+def _content(ctx: LoweringContext, constant: Value | torch.Tensor) -> tuple[Hashable, ...]:
     """A constant operand by value (shape and digest); one of unknown value (too large to
     materialise) by the op that reads it, so it is never taken for another."""
     known = constant if isinstance(constant, torch.Tensor) else constant.constant
     if known is None:
+        assert ctx.op is not None  # set while an op is lowered
         return ("unknown", ctx.op.location)
     shape = list(known.shape)
     while shape and shape[0] == 1:  # [1, T, 1] and [T, 1] broadcast alike
@@ -154,19 +160,26 @@ def _content(ctx: LoweringContext, constant: Value | torch.Tensor) -> tuple:
     return (tuple(shape), L.content_digest(known))
 
 
-def _merged_pos(ctx: LoweringContext, la, lb, ndim, shape):
-    found = [L.align(l, ndim).pos.expand(shape) for l in (la, lb) if l is not None and l.pos is not None]
+def _merged_pos(ctx: LoweringContext, la: Layout | None, lb: Layout | None, ndim: int,
+                shape: tuple[int, ...]) -> torch.Tensor | None:
+    found: list[torch.Tensor] = []
+    for l in (la, lb):
+        if l is not None and l.pos is not None:
+            pos = L.align(l, ndim).pos
+            assert pos is not None  # align keeps pos
+            found.append(pos.expand(shape))
     if len(found) == 2 and not torch.equal(found[0], found[1]):
         raise ctx.error("operands merge free positions differently; not supported")
     return found[0] if found else None
 
 
-def _varying_neuron_axes(ctx: LoweringContext, constant: Value | torch.Tensor, other: Value, ndim: int) -> list[int]:
+def _varying_neuron_axes(ctx: LoweringContext, constant: Value | torch.Tensor, other: Value | torch.Tensor,
+                         ndim: int) -> list[int]:
     """The neuron axes of ``other`` along which ``constant`` (a constant activation, or a
     tensor literal from an ONNX ``Constant``) takes different values (a rotary cos/sin table
     along the dims of a head, a channel mask). Those neurons are told apart by the constant,
     so they get fixed positions. A constant whose value is unknown counts as varying."""
-    layout = ctx.layout(other)
+    layout = _layout_of(ctx, other)  # a tensor (a constant paired with a constant) has none
     if layout is None:
         return []
     shape = (1,) * (ndim - len(constant.shape)) + tuple(constant.shape)
@@ -183,7 +196,8 @@ def _varying_neuron_axes(ctx: LoweringContext, constant: Value | torch.Tensor, o
     return axes
 
 
-def _free_axes_spelled_out(ctx: LoweringContext, a, la, b, lb, ndim: int) -> list[int]:
+def _free_axes_spelled_out(ctx: LoweringContext, a: Value | torch.Tensor, la: Layout | None,
+                           b: Value | torch.Tensor, lb: Layout | None, ndim: int) -> list[int]:
     """Axes along which one operand holds data at several free positions (its layout is
     free there, its entries are not known to be equal copies) while the other operand has
     neurons: each new node reads that operand's entry at one position, which no
@@ -214,8 +228,10 @@ def _lower_param(ctx: LoweringContext, op: Op, x: Value, ref: ParamRef, param_is
     ctx.set_layout(op.output, L.align(layout, len(op.output.shape)))
 
 
-def _lower_scalar(ctx: LoweringContext, op: Op, x: Value, scalar: float, scalar_is_lhs: bool, alpha=1) -> None:
-    if op.kind not in SCALAR_TYPES or SCALAR_TYPES[op.kind][1 if scalar_is_lhs else 0] is None:
+def _lower_scalar(ctx: LoweringContext, op: Op, x: Value, scalar: float, scalar_is_lhs: bool,
+                  alpha: float = 1) -> None:
+    etype = SCALAR_TYPES.get(op.kind, (None, None))[1 if scalar_is_lhs else 0]
+    if etype is None:
         raise ctx.error(f"{op.kind} with a scalar operand is not supported")
     layout = ctx.layout(x)
     if layout is None:
@@ -223,7 +239,6 @@ def _lower_scalar(ctx: LoweringContext, op: Op, x: Value, scalar: float, scalar_
         return
     if scalar_is_lhs and op.kind in ("add", "sub") and alpha != 1:
         raise ctx.error("scalar - alpha * x with alpha != 1 is not supported")
-    etype = SCALAR_TYPES[op.kind][1 if scalar_is_lhs else 0]
     if _IDENTITY_SCALARS.get(etype) == float(scalar) and tuple(op.output.shape) == tuple(x.shape):
         # x + 0, x * 1 (an exporter folds them away): the identity, no nodes
         ctx.set_layout(op.output, L.align(layout, len(op.output.shape)))
@@ -260,13 +275,15 @@ def lower_where(ctx: LoweringContext, op: Op) -> None:
                                 "is not supported; write a plugin rule for this layer")
         elif isinstance(other, (Value, torch.Tensor)):
             varying.update(_varying_neuron_axes(ctx, other, x, ndim))
-    masked = L.align(ctx.derive(x, "masked", sig=sig), ndim)
+    derived = ctx.derive(x, "masked", sig=sig)
+    assert derived is not None  # x has a layout (checked above)
+    masked = L.align(derived, ndim)
     if varying:
         ctx.pin_along(masked.ids, sorted(varying))
     ctx.set_layout(op.output, masked)
 
 
-def _operand_content(ctx: LoweringContext, operand) -> tuple:
+def _operand_content(ctx: LoweringContext, operand: object) -> tuple[Hashable, ...]:
     """A mask or fill operand of ``where`` by value: a scalar as itself, a parameter by name
     (its values are edge values), a constant by shape and digest."""
     operand = _constant_tensor(operand)
@@ -277,7 +294,7 @@ def _operand_content(ctx: LoweringContext, operand) -> tuple:
     return ("scalar", repr(operand))
 
 
-def _where(condition, a, b):
+def _where(condition: Any, a: Any, b: Any) -> _Normalized:
     active = [t for t in (a, b) if isinstance(t, Value) and t.constant is None]
     if len(active) != 1:
         return [a, condition, b], {"unsupported": "where() whose branches are not one activation and a constant"}
@@ -286,31 +303,31 @@ def _where(condition, a, b):
     return [b, condition, a], {"x_if_false": True}
 
 
-def _masked_fill(x, mask, value):
+def _masked_fill(x: Any, mask: Any, value: Any) -> _Normalized:
     """``masked_fill(mask, v)`` is ``where(mask, v, x)``: x is the false branch."""
     return [x, mask, value], {"x_if_false": True}
 
 
-def _binary(a, b, alpha=1, **kwargs):
+def _binary(a: Any, b: Any, alpha: float = 1, **kwargs: Any) -> _Normalized:
     return [a, b], {"alpha": alpha, **kwargs}
 
 
-def _rsub(a, b, alpha=1):
+def _rsub(a: Any, b: Any, alpha: float = 1) -> _Normalized:
     """``rsub(a, b, alpha) = b - alpha * a``."""
     return [b, a], {"alpha": alpha}
 
 
-def _div(a, b, rounding_mode=None):
+def _div(a: Any, b: Any, rounding_mode: str | None = None) -> _Normalized:
     return [a, b], {"rounding_mode": rounding_mode}
 
 
-def _onnx_binary(*operands, **attrs):
+def _onnx_binary(*operands: Any, **attrs: Any) -> _Normalized:
     if len(operands) != 2:
         return list(operands), {"unsupported": f"{len(operands)} operands (only 2 are supported)"}
     return list(operands), {"alpha": 1}
 
 
-def _onnx_pow(base, exponent):
+def _onnx_pow(base: Any, exponent: Any) -> _Normalized:
     """An exponent stored as a one-element initializer is a constant, not a weight."""
     if isinstance(exponent, ParamRef) and exponent.tensor.numel() == 1:
         exponent = float(exponent.tensor.reshape(-1)[0])
@@ -318,7 +335,7 @@ def _onnx_pow(base, exponent):
 
 
 @hookimpl
-def gmn_register(registry) -> None:
+def gmn_register(registry: Registrar) -> None:
     for kind in ("add", "sub", "mul", "div", "maximum", "minimum", "pow"):
         registry.add_rule(kind, lower_binary)
     for kind in ("add", "sub", "mul", "div"):

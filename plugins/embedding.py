@@ -15,9 +15,11 @@ with dimension).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, hookimpl, layout as L
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, hookimpl, layout as L
 
 
 
@@ -37,11 +39,12 @@ def lower_embedding(ctx: LoweringContext, op: Op) -> None:
     ctx.set_layout(op.output, L.for_axis(out, len(op.output.shape), -1))
 
 
-def _embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
+def _embedding(weight: Any, indices: Any, padding_idx: int = -1, scale_grad_by_freq: bool = False,
+               sparse: bool = False) -> tuple[list[Any], dict[str, Any]]:
     return [weight, indices], {"padding_idx": padding_idx}
 
 
 @hookimpl
-def gmn_register(registry) -> None:
+def gmn_register(registry: Registrar) -> None:
     registry.add_rule("embedding", lower_embedding)
     registry.map_aten("aten.embedding.default", "embedding", _embedding)

@@ -28,34 +28,42 @@ export holds the expanded filter (or the ops computing it), not the layer.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, hookimpl, layout as L, signature_code
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Value, hookimpl, layout as L, signature_code
 
 ROTATIONS = 4
 _LAYERS = "gmn_models.group_layers."
 
 
-def _param(ctx: LoweringContext, op: Op, name: str) -> ParamRef | None:
-    ref = op.attrs["params"].get(name)
-    if ref is None and name == "weight":
+def _param(op: Op, name: str) -> ParamRef | None:
+    ref: ParamRef | None = op.attrs["params"].get(name)
+    return ref
+
+
+def _weight(ctx: LoweringContext, op: Op) -> ParamRef:
+    ref = _param(op, "weight")
+    if ref is None:
         raise ctx.error(f"{op.attrs['module_type']} has no weight parameter")
     return ref
 
 
-def _window(op: Op) -> tuple:
+def _window(op: Op) -> tuple[tuple[Hashable, ...], ...]:
     """The constant arguments of the convolution inside the layer (stride, padding, ...)."""
     return tuple(args for target, args in op.attrs.get("inner", ()) if "convolution" in target or "conv2d" in target)
 
 
-def _single_input(ctx: LoweringContext, op: Op):
+def _single_input(ctx: LoweringContext, op: Op) -> Value:
     values = op.inputs
     if len(values) != 1:
         raise ctx.error(f"{op.attrs['module_type']} called with {len(values)} activation inputs; expected one")
-    return values[0]
+    value: Value = values[0]  # a leaf module's inputs are its activation operands
+    return value
 
 
-def _fields(ctx: LoweringContext, x) -> torch.Tensor:
+def _fields(ctx: LoweringContext, x: Value) -> torch.Tensor:
     """The field nodes of a C4 feature map ``x`` (``[B, 4C, H, W]``): its channel entries must
     be ``C`` nodes seen at positions ``0..3`` each, in order; else the layer is refused."""
     try:
@@ -80,7 +88,7 @@ def _emit(ctx: LoweringContext, op: Op, src: torch.Tensor, weight: ParamRef, ety
     out = ctx.add_nodes(c_out, "neuron", depth)
     view = (c_out,) + (1,) * (weight.tensor.dim() - 1)
     ctx.add_edges(tuple(weight.shape), src, out.view(view), etype, param=weight, kernel=kernel)
-    bias = _param(ctx, op, "bias")
+    bias = _param(op, "bias")
     if bias is not None:
         ctx.add_edges((c_out,), ctx.add_nodes(1, "bias", depth), out, etype + "_bias", param=bias)
     signature = ctx.add_nodes(1, "signature", depth)
@@ -104,7 +112,7 @@ def _kernel_index(weight: ParamRef, dims: range) -> tuple[torch.Tensor, ...]:
 
 def lower_lift(ctx: LoweringContext, op: Op) -> None:
     """``C4LiftingConv``: ``theta [C_out, C_in, k, k]``, input a plain image."""
-    x, weight = _single_input(ctx, op), _param(ctx, op, "weight")
+    x, weight = _single_input(ctx, op), _weight(ctx, op)
     try:
         ids, pos = L.axis_entries(ctx.require_layout(x), x.shape, 1)
     except ValueError as exc:
@@ -120,7 +128,7 @@ def lower_lift(ctx: LoweringContext, op: Op) -> None:
 
 def lower_group_conv(ctx: LoweringContext, op: Op) -> None:
     """``C4GroupConv``: ``theta [C_out, C_in, 4, k, k]``, input a C4 feature map."""
-    x, weight = _single_input(ctx, op), _param(ctx, op, "weight")
+    x, weight = _single_input(ctx, op), _weight(ctx, op)
     fields = _fields(ctx, x)
     if fields.numel() != weight.shape[1] or weight.shape[2] != ROTATIONS:
         raise ctx.error(f"input has {fields.numel()} fields, weight {list(weight.shape)} expects "

@@ -9,7 +9,12 @@ feature map flattened C×H×W), each entry's position goes into the edge's ``spa
 
 from __future__ import annotations
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, Value, hookimpl, layout as L
+from typing import Any
+
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Value, hookimpl, layout as L
+
+# what a normalizer returns: the kind's canonical inputs and attrs
+_Normalized = tuple[list[Any], dict[str, Any]]
 
 
 
@@ -41,11 +46,11 @@ def lower_linear(ctx: LoweringContext, op: Op) -> None:
     ctx.set_layout(op.output, L.for_axis(out_ids, len(op.output.shape), axis))
 
 
-def _linear(x, weight, bias=None):
+def _linear(x: Any, weight: Any, bias: Any = None) -> _Normalized:
     return [x, weight, bias], {}
 
 
-def _matmul(a, b):
+def _matmul(a: Any, b: Any) -> _Normalized:
     if isinstance(b, ParamRef) and isinstance(a, Value) and b.tensor.dim() == 2:
         return [a, b.apply(lambda t: t.t()), None], {}
     if isinstance(a, ParamRef) and isinstance(b, Value) and a.tensor.dim() == 2:
@@ -53,7 +58,7 @@ def _matmul(a, b):
     return [a, b], {"between_activations": True}
 
 
-def _bmm(a, b):
+def _bmm(a: Any, b: Any) -> _Normalized:
     """``bmm`` with a parameter whose batch axis has one entry (einsum traces ``x @ W`` so)
     is a linear layer; between activations, a contraction."""
     a, b = (t.apply(lambda v: v[0]) if isinstance(t, ParamRef) and t.tensor.dim() == 3 and t.shape[0] == 1
@@ -61,7 +66,7 @@ def _bmm(a, b):
     return _matmul(a, b)
 
 
-def _addmm(bias, a, b, beta=1, alpha=1):
+def _addmm(bias: Any, a: Any, b: Any, beta: float = 1, alpha: float = 1) -> _Normalized:
     if beta != 1 or alpha != 1:
         return [bias, a, b], {"beta": beta, "alpha": alpha, "unsupported": "addmm with alpha/beta"}
     inputs, attrs = _matmul(a, b)
@@ -80,7 +85,8 @@ def lower_matmul(ctx: LoweringContext, op: Op) -> None:
     ctx.lower_as("contract", op)
 
 
-def _onnx_gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
+def _onnx_gemm(a: Any, b: Any, c: Any = None, alpha: float = 1.0, beta: float = 1.0, transA: int = 0,
+               transB: int = 0) -> _Normalized:
     if transA or alpha != 1.0 or (c is not None and beta != 1.0) or not isinstance(b, ParamRef):
         return [a, b, c], {"unsupported": "Gemm with transA, alpha != 1, beta != 1 or an activation as B"}
     if c is not None and not isinstance(c, ParamRef):
@@ -90,7 +96,7 @@ def _onnx_gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
 
 
 @hookimpl
-def gmn_register(registry) -> None:
+def gmn_register(registry: Registrar) -> None:
     registry.add_rule("linear", lower_linear)
     registry.add_rule("matmul", lower_matmul)
     registry.map_aten("aten.linear.default", "linear", _linear)

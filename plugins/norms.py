@@ -11,11 +11,17 @@
 
 from __future__ import annotations
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, hookimpl, layout as L
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from gmn_compiler.rules import Layout, LoweringContext, Op, ParamRef, Registrar, hookimpl, layout as L
+
+# what a normalizer returns: the kind's canonical inputs and attrs
+_Normalized = tuple[list[Any], dict[str, Any]]
 
 
 
-def _set_main_output(ctx: LoweringContext, op: Op, layout) -> None:
+def _set_main_output(ctx: LoweringContext, op: Op, layout: Layout) -> None:
     ctx.set_layout(op.outputs[0], layout)
     for extra in op.outputs[1:]:  # saved statistics of native_* variants
         ctx.set_layout(extra, None)
@@ -57,14 +63,14 @@ def lower_instance_norm(ctx: LoweringContext, op: Op) -> None:
     _set_main_output(ctx, op, layout)
 
 
-def _eps_signature(op, kind: str) -> tuple | None:
+def _eps_signature(op: Op, kind: str) -> tuple[str, Hashable] | None:
     """A batch / group / instance norm's eps when it is not the usual 1e-5 (then the graph
     records it; the usual one leaves the graph as it always was)."""
     eps = L.plain(op.attrs.get("eps", op.attrs.get("epsilon", 1e-5)))
     return None if eps in (None, L.plain(1e-5)) else (kind, eps)
 
 
-def _norm_signature(ctx: LoweringContext, op: Op, kind: str) -> tuple:
+def _norm_signature(ctx: LoweringContext, op: Op, kind: str) -> tuple[str, int, tuple[bool, ...], Hashable]:
     """What decides a layer / RMS norm besides its parameters: how many trailing axes it
     normalises, which of them carry neurons (features vs tokens), and eps."""
     x = op.inputs[0]
@@ -124,53 +130,58 @@ def lower_group_norm(ctx: LoweringContext, op: Op) -> None:
 
 
 # ------------------------------------------------------------------ ATen signatures
-def _batch_norm(x, weight, bias, running_mean, running_var, training=False, momentum=0.1,
-                eps=1e-5, cudnn_enabled=False):
+def _batch_norm(x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, training: bool = False,
+                momentum: float = 0.1, eps: float = 1e-5, cudnn_enabled: bool = False) -> _Normalized:
     return [x, weight, bias, running_mean, running_var], {"eps": eps, "training": training}
 
 
-def _native_bn_no_training(x, weight, bias, running_mean, running_var, momentum, eps):
+def _native_bn_no_training(x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, momentum: float,
+                           eps: float) -> _Normalized:
     return [x, weight, bias, running_mean, running_var], {"eps": eps, "training": False}
 
 
-def _instance_norm(x, weight, bias, running_mean, running_var, use_input_stats=True,
-                   momentum=0.1, eps=1e-5, cudnn_enabled=False):
+def _instance_norm(x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, use_input_stats: bool = True,
+                   momentum: float = 0.1, eps: float = 1e-5, cudnn_enabled: bool = False) -> _Normalized:
     return [x, weight, bias, running_mean, running_var], {"eps": eps,
                                                           "use_input_stats": use_input_stats}
 
 
-def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+def _layer_norm(x: Any, normalized_shape: Sequence[int], weight: Any = None, bias: Any = None, eps: float = 1e-5,
+                cudnn_enable: bool = True) -> _Normalized:
     return [x, weight, bias], {"normalized_shape": list(normalized_shape), "eps": eps}
 
 
-def _native_layer_norm(x, normalized_shape, weight, bias, eps):
+def _native_layer_norm(x: Any, normalized_shape: Sequence[int], weight: Any, bias: Any, eps: float) -> _Normalized:
     return [x, weight, bias], {"normalized_shape": list(normalized_shape), "eps": eps}
 
 
-def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True):
+def _group_norm(x: Any, num_groups: int, weight: Any = None, bias: Any = None, eps: float = 1e-5,
+                cudnn_enabled: bool = True) -> _Normalized:
     return [x, weight, bias], {"num_groups": num_groups, "eps": eps}
 
 
-def _rms_norm(x, normalized_shape, weight=None, eps=None):
+def _rms_norm(x: Any, normalized_shape: Sequence[int], weight: Any = None, eps: float | None = None) -> _Normalized:
     return [x, weight], {"normalized_shape": list(normalized_shape), "eps": eps}
 
 
-def _onnx_rms_norm(x, scale, axis=-1, epsilon=1e-5, stash_type=1):
+def _onnx_rms_norm(x: Any, scale: Any, axis: int = -1, epsilon: float = 1e-5, stash_type: int = 1) -> _Normalized:
     return [x, _identity_constant(scale, 1.0)], {"normalized_shape": list(x.shape[axis:]), "eps": epsilon}
 
 
-def _native_group_norm(x, weight, bias, n, c, hxw, group, eps):
+def _native_group_norm(x: Any, weight: Any, bias: Any, n: int, c: int, hxw: int, group: int,
+                       eps: float) -> _Normalized:
     return [x, weight, bias], {"num_groups": group, "eps": eps}
 
 
-def _onnx_batch_norm(x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, training_mode=0):
-    attrs = {"eps": epsilon, "training": bool(training_mode)}
+def _onnx_batch_norm(x: Any, scale: Any, bias: Any, mean: Any, var: Any, epsilon: float = 1e-5, momentum: float = 0.9,
+                     training_mode: int = 0) -> _Normalized:
+    attrs: dict[str, Any] = {"eps": epsilon, "training": bool(training_mode)}
     if training_mode:
         attrs["unsupported"] = "BatchNormalization in training mode"
     return [x, _identity_constant(scale, 1.0), _identity_constant(bias, 0.0), mean, var], attrs
 
 
-def _identity_constant(ref, fill: float):
+def _identity_constant(ref: object, fill: float) -> object:
     """None for an exporter's constant scale of ones or bias of zeros (``F.layer_norm``
     without an affine exports them as ``Constant`` nodes): torch has no such operand."""
     if isinstance(ref, ParamRef) and ref.kind == "constant" and bool((ref.tensor == fill).all()):
@@ -180,12 +191,14 @@ def _identity_constant(ref, fill: float):
     return ref
 
 
-def _onnx_layer_norm(x, scale, bias=None, axis=-1, epsilon=1e-5, stash_type=1):
+def _onnx_layer_norm(x: Any, scale: Any, bias: Any = None, axis: int = -1, epsilon: float = 1e-5,
+                     stash_type: int = 1) -> _Normalized:
     return ([x, _identity_constant(scale, 1.0), _identity_constant(bias, 0.0)],
             {"normalized_shape": list(x.shape[axis:]), "eps": epsilon})
 
 
-def _onnx_group_norm(x, scale, bias, num_groups, epsilon=1e-5, stash_type=1):
+def _onnx_group_norm(x: Any, scale: Any, bias: Any, num_groups: int, epsilon: float = 1e-5,
+                     stash_type: int = 1) -> _Normalized:
     channels = x.shape[1]
     if isinstance(scale, ParamRef) and scale.tensor.numel() == num_groups != channels:
         # opset 18: one scale/bias per group, broadcast to the group's channels
@@ -195,13 +208,13 @@ def _onnx_group_norm(x, scale, bias, num_groups, epsilon=1e-5, stash_type=1):
     return [x, scale, bias], {"num_groups": num_groups, "eps": epsilon}
 
 
-def _onnx_instance_norm(x, scale, bias, epsilon=1e-5):
+def _onnx_instance_norm(x: Any, scale: Any, bias: Any, epsilon: float = 1e-5) -> _Normalized:
     return ([x, _identity_constant(scale, 1.0), _identity_constant(bias, 0.0), None, None],
             {"eps": epsilon, "use_input_stats": True})
 
 
 @hookimpl
-def gmn_register(registry) -> None:
+def gmn_register(registry: Registrar) -> None:
     registry.add_rule("batch_norm", lower_batch_norm)
     registry.add_rule("instance_norm", lower_instance_norm)
     registry.add_rule("layer_norm", lower_layer_norm)

@@ -13,9 +13,15 @@ neurons would add units that are no neuron: refused.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, Value, hookimpl, layout as L
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Value, hookimpl, layout as L
+
+# what a normalizer returns: the kind's canonical inputs and attrs
+_Normalized = tuple[list[Any], dict[str, Any]]
 
 
 
@@ -64,18 +70,18 @@ def _indices(mode: str, n: int, begin: int, end: int) -> list[int]:
     return [0] * begin + inner + [n - 1] * end  # replicate
 
 
-def _torch_pad(x, pad, mode="constant", value=None):
+def _torch_pad(x: Any, pad: Sequence[int], mode: str = "constant", value: float | None = None) -> _Normalized:
     """``pad`` lists (begin, end) pairs from the last axis backwards."""
     ndim = len(x.shape)
     pads = {ndim - 1 - i: (int(pad[2 * i]), int(pad[2 * i + 1])) for i in range(len(pad) // 2)}
     return [x], {"pads": pads, "mode": mode, "value": value}
 
 
-def _constant_pad_nd(x, pad, value=0):
+def _constant_pad_nd(x: Any, pad: Sequence[int], value: float = 0) -> _Normalized:
     return _torch_pad(x, pad, "constant", value)
 
 
-def _numbers(operand) -> list | None:
+def _numbers(operand: object) -> list[Any] | None:
     if operand is None:
         return None
     if isinstance(operand, torch.Tensor):  # an integer constant the ONNX frontend folded
@@ -91,7 +97,8 @@ def _numbers(operand) -> list | None:
     return None
 
 
-def _onnx_pad(x, pads=None, constant_value=None, axes=None, mode="constant"):
+def _onnx_pad(x: Any, pads: object = None, constant_value: object = None, axes: object = None,
+              mode: str = "constant") -> _Normalized:
     ndim = len(x.shape)
     amounts, fill, chosen = _numbers(pads), _numbers(constant_value), _numbers(axes)
     if amounts is None or mode not in _ONNX_MODES:
@@ -103,7 +110,7 @@ def _onnx_pad(x, pads=None, constant_value=None, axes=None, mode="constant"):
 
 
 @hookimpl
-def gmn_register(registry) -> None:
+def gmn_register(registry: Registrar) -> None:
     registry.add_rule("pad", lower_pad, aliasing=True)
     registry.map_aten("aten.pad.default", "pad", _torch_pad)
     registry.map_aten("aten.constant_pad_nd.default", "pad", _constant_pad_nd)

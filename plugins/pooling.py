@@ -14,9 +14,15 @@ withdrawn.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, hookimpl, layout as L
+from gmn_compiler.rules import Layout, LoweringContext, Op, Registrar, hookimpl, layout as L
+
+# what a normalizer returns: the kind's canonical inputs and attrs
+_Normalized = tuple[list[Any], dict[str, Any]]
 
 
 _MODE_ACTIVATION = {"avg": "avg_pool", "mean": "avg_pool", "max": "max_pool", "amax": "max_pool",
@@ -79,13 +85,14 @@ def lower_reduce(ctx: LoweringContext, op: Op) -> None:
                         "is not supported; write a plugin rule for it")
     sig = ("reduce", op.attrs["mode"], tuple(d - ndim for d in dims))  # axes from the end
     out = ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]], "pool", sig=sig)
+    assert out is not None  # x has a layout (checked above)
     if not keepdim:  # the reduced axes are free (size 1 in the id tensor): drop them
         kept = [i for i in range(ndim) if i not in dims]
         out = out.map(lambda t: t.reshape([t.shape[i] for i in kept]))
     ctx.set_layout(op.outputs[0], out)
 
 
-def _invariant_node(ctx: LoweringContext, op: Op, layout, dims: list[int]):
+def _invariant_node(ctx: LoweringContext, op: Op, layout: Layout, dims: list[int]) -> Layout:
     """A reduction over every neuron axis: invariant to permuting them, it gets one node, fed
     by every node it reduces through ``pool`` edges carrying a code of the reduction (mode,
     axes from the end), so a max and a sum of the same units stay apart. Broadcast back
@@ -109,7 +116,8 @@ _MODE_EDGE = {"sum": "add", "mean": "add", "avg": "add", "amax": "max", "max": "
               "amin": "min", "min": "min"}
 
 
-def _combine(ctx: LoweringContext, op: Op, layout, dims: list[int], keepdim: bool, mode: str | None = None):
+def _combine(ctx: LoweringContext, op: Op, layout: Layout, dims: list[int], keepdim: bool,
+             mode: str | None = None) -> Layout:
     """A reduction over some neuron axes while others remain (``stack([u, v]).sum(0)``): like
     an n-ary residual add, one new node per remaining entry, fed by every node it reduces."""
     if layout.pos is not None:
@@ -134,10 +142,11 @@ def _combine(ctx: LoweringContext, op: Op, layout, dims: list[int], keepdim: boo
     return L.compress(out, None)
 
 
-def _window(kernel, stride, padding, dilation, ceil_mode, count_include_pad, d: int) -> dict:
+def _window(kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool | int,
+            count_include_pad: bool | None, d: int) -> dict[str, dict[str, Any]]:
     """Pooling hyper-parameters in one form for both frontends: tuples per spatial axis,
     ``padding`` as ONNX's begin..., end... pads."""
-    def per_axis(v, default):
+    def per_axis(v: Any, default: int | tuple[int, ...]) -> tuple[int, ...]:
         v = default if v is None or (isinstance(v, (list, tuple)) and len(v) == 0) else v
         v = list(v) if isinstance(v, (list, tuple)) else [v]
         return tuple(int(a) for a in (v * d if len(v) == 1 else v))
@@ -150,13 +159,14 @@ def _window(kernel, stride, padding, dilation, ceil_mode, count_include_pad, d: 
                        "count_include_pad": count_include_pad}}
 
 
-def _fill(given, defaults: list) -> list:
+def _fill(given: Sequence[Any], defaults: list[Any]) -> list[Any]:
     """Trailing positional arguments ``given``, the omitted ones taken from ``defaults``."""
     return list(given)[:len(defaults)] + defaults[len(given):]
 
 
-def _pool(mode: str, spatial_dims: int):
-    def normalize(x, kernel_size, stride=None, padding=0, *rest, **kwargs):
+def _pool(mode: str, spatial_dims: int) -> Callable[..., _Normalized]:
+    def normalize(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, *rest: Any,
+                  **kwargs: Any) -> _Normalized:
         if mode == "max":  # max_pool(x, kernel, stride, padding, dilation, ceil_mode)
             dilation, ceil_mode = _fill(rest, [1, False])
             extra = _window(kernel_size, stride, padding, dilation, ceil_mode, None, spatial_dims)
@@ -169,28 +179,30 @@ def _pool(mode: str, spatial_dims: int):
     return normalize
 
 
-def _adaptive(mode: str, spatial_dims: int):
-    def normalize(x, output_size, *rest, **kwargs):
+def _adaptive(mode: str, spatial_dims: int) -> Callable[..., _Normalized]:
+    def normalize(x: Any, output_size: Any, *rest: Any, **kwargs: Any) -> _Normalized:
         size = tuple(int(s) for s in (output_size if isinstance(output_size, (list, tuple)) else [output_size]))
         extra = {"global": True} if all(s == 1 for s in size) else {"adaptive": size}
         return [x], {"mode": mode, "spatial_dims": spatial_dims, **extra}
     return normalize
 
 
-def _dims(dim) -> list[int] | None:
+def _dims(dim: int | Sequence[int] | None) -> list[int] | None:
     """A reduction's ``dim`` argument (an int, a sequence, or None for all) as a list."""
     return [dim] if isinstance(dim, int) else (list(dim) if dim is not None else None)
 
 
-def _reduce(mode: str):
-    def normalize(x, dims=None, keepdim=False, *rest, **kwargs):
+def _reduce(mode: str) -> Callable[..., _Normalized]:
+    def normalize(x: Any, dims: int | Sequence[int] | None = None, keepdim: bool = False, *rest: Any,
+                  **kwargs: Any) -> _Normalized:
         return [x], {"mode": mode, "dims": _dims(dims), "keepdim": keepdim or kwargs.get("keepdim", False)}
     return normalize
 
 
-def _statistic(mode: str):
+def _statistic(mode: str) -> Callable[..., _Normalized]:
     """``var`` / ``std`` (``dim`` with ``unbiased`` or ``correction``) and ``logsumexp``."""
-    def normalize(x, dim=None, *rest, keepdim=False, correction=None, **kwargs):
+    def normalize(x: Any, dim: int | Sequence[int] | None = None, *rest: Any, keepdim: bool = False,
+                  correction: float | None = None, **kwargs: Any) -> _Normalized:
         if rest and isinstance(rest[0], bool) and mode != "logsumexp":  # var.dim(x, dim, unbiased, keepdim)
             rest = rest[1:]
         if rest:
@@ -199,15 +211,16 @@ def _statistic(mode: str):
     return normalize
 
 
-def _vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
+def _vector_norm(x: Any, ord: float = 2, dim: int | Sequence[int] | None = None, keepdim: bool = False, *,
+                 dtype: torch.dtype | None = None) -> _Normalized:
     """``torch.linalg.vector_norm`` (``F.normalize``, ``x.norm(dim=...)``): the 2-norm only."""
     if ord != 2:
         return [x], {"unsupported": f"vector norm of order {ord} (only the 2-norm is supported)"}
     return [x], {"mode": "norm", "dims": _dims(dim), "keepdim": keepdim}
 
 
-def _onnx_pool(mode: str, global_pool: bool):
-    def normalize(x, *rest, **attrs):
+def _onnx_pool(mode: str, global_pool: bool) -> Callable[..., _Normalized]:
+    def normalize(x: Any, *rest: Any, **attrs: Any) -> _Normalized:
         d = len(x.shape) - 2
         out = {"mode": mode, "spatial_dims": d}
         if global_pool:
@@ -220,8 +233,9 @@ def _onnx_pool(mode: str, global_pool: bool):
     return normalize
 
 
-def _onnx_reduce(mode: str):
-    def normalize(x, axes=None, keepdims=1, noop_with_empty_axes=0, **attrs):
+def _onnx_reduce(mode: str) -> Callable[..., _Normalized]:
+    def normalize(x: Any, axes: Any = None, keepdims: int = 1, noop_with_empty_axes: int = 0,
+                  **attrs: Any) -> _Normalized:
         axes = attrs.get("axes", axes)
         if axes is not None:
             axes = [int(a) for a in torch.as_tensor(axes).reshape(-1).tolist()]
@@ -232,7 +246,7 @@ def _onnx_reduce(mode: str):
 
 
 @hookimpl
-def gmn_register(registry) -> None:
+def gmn_register(registry: Registrar) -> None:
     registry.add_rule("pool", lower_pool)
     registry.add_rule("reduce", lower_reduce)
     for d in (1, 2, 3):

@@ -8,14 +8,21 @@ expand, and identities (clone, contiguous, dropout in eval mode, dtype casts).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, Value, hookimpl, layout as L
+from gmn_compiler.rules import Layout, LoweringContext, Op, ParamRef, Registrar, Value, hookimpl, layout as L
+
+# what a normalizer returns: the kind's canonical inputs and attrs
+_Normalized = tuple[list[Any], dict[str, Any]]
 
 
 
 def _keep_none(ctx: LoweringContext, op: Op) -> bool:
-    """Outputs of an op on a value without neurons have none either."""
+    """Outputs of an op on a value without neurons have none either. (When it returns False,
+    the op's one activation operand has a layout: rules read it with ``require_layout``.)"""
     layouts = [ctx.layout(v) for v in op.values()]
     if all(l is None for l in layouts):
         for out in op.outputs:
@@ -34,7 +41,7 @@ def lower_reshape(ctx: LoweringContext, op: Op) -> None:
     if _keep_none(ctx, op):
         return
     x = op.inputs[0]
-    ctx.set_layout(op.output, L.reshape(ctx.layout(x), x.shape, op.output.shape))
+    ctx.set_layout(op.output, L.reshape(ctx.require_layout(x), x.shape, op.output.shape))
 
 
 def lower_permute(ctx: LoweringContext, op: Op) -> None:
@@ -42,7 +49,7 @@ def lower_permute(ctx: LoweringContext, op: Op) -> None:
     if _keep_none(ctx, op):
         return
     dims = [d % len(op.inputs[0].shape) for d in op.attrs["dims"]]
-    layout = L.permute(ctx.layout(op.inputs[0]), dims)
+    layout = L.permute(ctx.require_layout(op.inputs[0]), dims)
     free = [d for d in dims if layout.ids.shape[dims.index(d)] == 1 and op.inputs[0].shape[d] > 1]
     if free != sorted(free):  # free axes change their relative order: a different view
         layout = layout.signed(("permute", tuple(free)))
@@ -54,7 +61,7 @@ def lower_flip(ctx: LoweringContext, op: Op) -> None:
     free axis, whose ids do not vary, nothing changes but merged positions)."""
     if _keep_none(ctx, op):
         return
-    layout = L.align(ctx.layout(op.inputs[0]), len(op.output.shape))
+    layout = L.align(ctx.require_layout(op.inputs[0]), len(op.output.shape))
     dims = [d % len(op.output.shape) for d in op.attrs["dims"]]
     flipped = layout.map(lambda t: t.flip(dims))
     for d in dims:  # along a free axis a flip is a take of the positions in reverse
@@ -64,7 +71,7 @@ def lower_flip(ctx: LoweringContext, op: Op) -> None:
     ctx.set_layout(op.output, flipped)
 
 
-def _cuts_neurons(ctx: LoweringContext, layout, dim: int, part: torch.Tensor | None = None) -> None:
+def _cuts_neurons(ctx: LoweringContext, layout: Layout, dim: int, part: torch.Tensor | None = None) -> None:
     """Cutting a neuron axis (split, slice, select): the parts may play different roles
     downstream, so the nodes are no longer declared freely permutable; ``part`` (one entry
     per index along ``dim``: which part it goes to) is recorded as a partition of the units,
@@ -77,7 +84,7 @@ def _cuts_neurons(ctx: LoweringContext, layout, dim: int, part: torch.Tensor | N
             ctx.partition_units(layout.ids, part.view(shape), f"cut along axis {dim}")
 
 
-def _part(size: int, selected) -> torch.Tensor:
+def _part(size: int, selected: int | slice | torch.Tensor) -> torch.Tensor:
     """1 for the indices ``selected`` (an int, a slice or an index tensor), else 0."""
     if isinstance(selected, slice):  # tensors cannot be sliced with a negative step
         selected = torch.arange(*selected.indices(size))
@@ -92,9 +99,9 @@ def lower_select(ctx: LoweringContext, op: Op) -> None:
         return
     x = op.inputs[0]
     dim, index = op.attrs["dim"] % len(x.shape), op.attrs["index"] % x.shape[op.attrs["dim"]]
-    _cuts_neurons(ctx, ctx.layout(x), dim, _part(x.shape[dim], index))
-    layout = L.select(ctx.layout(x), dim, index)
-    ctx.set_layout(op.output, L.take(ctx.layout(x), x.shape, dim, layout, [index], squeeze=True))
+    _cuts_neurons(ctx, ctx.require_layout(x), dim, _part(x.shape[dim], index))
+    layout = L.select(ctx.require_layout(x), dim, index)
+    ctx.set_layout(op.output, L.take(ctx.require_layout(x), x.shape, dim, layout, [index], squeeze=True))
 
 
 def lower_slice(ctx: LoweringContext, op: Op) -> None:
@@ -105,10 +112,10 @@ def lower_slice(ctx: LoweringContext, op: Op) -> None:
     dim = op.attrs["dim"] % len(x.shape)
     start, end, step = slice(op.attrs.get("start"), op.attrs.get("end"), op.attrs.get("step", 1)).indices(x.shape[dim])
     if (start, end, step) != (0, x.shape[dim], 1):
-        _cuts_neurons(ctx, ctx.layout(x), dim, _part(x.shape[dim], slice(start, end, step)))
-    layout = L.narrow(ctx.layout(x), dim, start, end, step)
+        _cuts_neurons(ctx, ctx.require_layout(x), dim, _part(x.shape[dim], slice(start, end, step)))
+    layout = L.narrow(ctx.require_layout(x), dim, start, end, step)
     if (start, end, step) != (0, x.shape[dim], 1):
-        layout = L.take(ctx.layout(x), x.shape, dim, layout, torch.arange(start, end, step))
+        layout = L.take(ctx.require_layout(x), x.shape, dim, layout, torch.arange(start, end, step))
     ctx.set_layout(op.output, layout)
 
 
@@ -124,8 +131,9 @@ def lower_cat(ctx: LoweringContext, op: Op) -> None:
     if not op.attrs.get("stack") and _views_along_free_axis(ctx, op, parts, dim):
         return
     # parts that are different views of the same nodes get their own nodes first
-    layouts = [ctx.materialize(v) if ctx.layout(v) is not None else None for v in parts]
-    if any(l is None for l in layouts):
+    found = [ctx.materialize(v) if ctx.layout(v) is not None else None for v in parts]
+    layouts = [l for l in found if l is not None]
+    if len(layouts) != len(found):
         raise ctx.error("concatenating a value without neurons (a constant or an invariant "
                         "statistic) with one that has neurons is not supported")
     dim = op.attrs.get("dim", 0) % len(op.output.shape)
@@ -138,19 +146,21 @@ def lower_cat(ctx: LoweringContext, op: Op) -> None:
     ctx.set_layout(op.output, L.cat([L.align(l, ndim) for l in layouts], shapes, dim))
 
 
-def _views_along_free_axis(ctx: LoweringContext, op: Op, parts, dim: int) -> bool:
+def _views_along_free_axis(ctx: LoweringContext, op: Op, parts: list[Value], dim: int) -> bool:
     """``cat([h[:, 1:], h[:, :1]], dim=tokens)`` (a roll written with slices, ONNX's
     spelling): every part is a view of the same nodes and ``dim`` is free in all of them.
     The result is one more view of those nodes, its signature made of the parts'; True when
     handled."""
-    layouts = [ctx.layout(v) for v in parts]
-    if any(l is None for l in layouts):
+    found = [ctx.layout(v) for v in parts]
+    layouts = [l for l in found if l is not None]
+    if len(layouts) != len(found):
         return False
     ndim = len(op.output.shape)
     aligned = [L.align(l, ndim) for l in layouts]
     base = aligned[0]
     if any(l.ids.shape[dim] > 1 or l.ids.shape != base.ids.shape or not torch.equal(l.ids, base.ids)
-           or (l.pos is None) != (base.pos is None) or (l.pos is not None and not torch.equal(l.pos, base.pos))
+           or (l.pos is None) != (base.pos is None)
+           or (l.pos is not None and base.pos is not None and not torch.equal(l.pos, base.pos))
            for l in aligned):
         return False
     sizes = [v.shape[dim - ndim + len(v.shape)] for v in parts]
@@ -171,7 +181,7 @@ def _views_along_free_axis(ctx: LoweringContext, op: Op, parts, dim: int) -> boo
     return True
 
 
-def _cat_with_params(ctx: LoweringContext, op: Op, parts) -> None:
+def _cat_with_params(ctx: LoweringContext, op: Op, parts: list[Any]) -> None:
     """``cat([cls_token, x], dim=tokens)``: parameters concatenated to activations along a
     free axis. The activations must share their nodes; each parameter part is attached to
     them (``param_cat`` edges) with its position along ``dim`` in the ``spatial`` column."""
@@ -180,13 +190,16 @@ def _cat_with_params(ctx: LoweringContext, op: Op, parts) -> None:
     if op.attrs.get("stack"):
         raise ctx.error("stacking parameters with activations is not supported")
     values = [p for p in parts if isinstance(p, Value)]
-    layouts = [ctx.layout(v) for v in values]
-    if not values or any(l is None for l in layouts):
+    found = [ctx.layout(v) for v in values]
+    layouts = [l for l in found if l is not None]
+    if not values or len(layouts) != len(found):
         raise ctx.error("concatenating parameters needs an activation with neurons among the parts")
     aligned = [L.align(l, ndim) for l in layouts]
     base = aligned[0]
     if any(l.ids.shape[dim] > 1 for l in aligned) or any(
-            not torch.equal(*torch.broadcast_tensors(l.ids, base.ids)) for l in aligned[1:]):
+            # torch.broadcast_tensors is unannotated
+            not torch.equal(*torch.broadcast_tensors(l.ids, base.ids))  # type: ignore[no-untyped-call, unused-ignore]
+            for l in aligned[1:]):
         raise ctx.error("concatenating parameters along a neuron axis, or with activations "
                         "on different nodes, is not supported")
     start = 0
@@ -206,7 +219,7 @@ def lower_split(ctx: LoweringContext, op: Op) -> None:
     if _keep_none(ctx, op):
         return
     x = op.inputs[0]
-    layout = ctx.layout(x)
+    layout = ctx.require_layout(x)
     dim = op.attrs["dim"] % len(x.shape)
     if len(op.outputs) > 1:
         sizes = [1 if op.attrs.get("squeeze") else out.shape[dim] for out in op.outputs]
@@ -233,10 +246,10 @@ def lower_index_select(ctx: LoweringContext, op: Op) -> None:
     dim = op.attrs["dim"] % len(x.shape)
     index = torch.as_tensor(op.attrs["index"]).long() % x.shape[dim]
     if not torch.equal(index, torch.arange(x.shape[dim])):
-        _cuts_neurons(ctx, ctx.layout(x), dim, _part(x.shape[dim], index))
-    layout = L.index_select(ctx.layout(x), dim, index)
+        _cuts_neurons(ctx, ctx.require_layout(x), dim, _part(x.shape[dim], index))
+    layout = L.index_select(ctx.require_layout(x), dim, index)
     if not torch.equal(index, torch.arange(x.shape[dim])):
-        layout = L.take(ctx.layout(x), x.shape, dim, layout, index)
+        layout = L.take(ctx.require_layout(x), x.shape, dim, layout, index)
     ctx.set_layout(op.output, layout)
 
 
@@ -254,81 +267,81 @@ def lower_gather(ctx: LoweringContext, op: Op) -> None:
 def lower_expand(ctx: LoweringContext, op: Op) -> None:
     if _keep_none(ctx, op):
         return
-    ctx.set_layout(op.output, L.expand_to(ctx.layout(op.inputs[0]), op.output.shape))
+    ctx.set_layout(op.output, L.expand_to(ctx.require_layout(op.inputs[0]), op.output.shape))
 
 
 # ------------------------------------------------------------------ ATen signatures
-def _x_only(x, *args, **kwargs):
+def _x_only(x: Any, *args: Any, **kwargs: Any) -> _Normalized:
     return [x], {}
 
 
-def _permute(x, dims):
+def _permute(x: Any, dims: Sequence[int]) -> _Normalized:
     return [x], {"dims": list(dims)}
 
 
-def _transpose(x, dim0, dim1):
+def _transpose(x: Any, dim0: int, dim1: int) -> _Normalized:
     n = len(x.shape)
     dims = list(range(n))
     dims[dim0 % n], dims[dim1 % n] = dims[dim1 % n], dims[dim0 % n]
     return [x], {"dims": dims}
 
 
-def _t(x):
+def _t(x: Any) -> _Normalized:
     return [x], {"dims": list(range(len(x.shape)))[::-1]}
 
 
-def _movedim(x, source, destination):
+def _movedim(x: Any, source: int, destination: int) -> _Normalized:
     n = len(x.shape)
     dims = [d for d in range(n) if d != source % n]
     dims.insert(destination % n, source % n)
     return [x], {"dims": dims}
 
 
-def _select(x, dim, index):
+def _select(x: Any, dim: int, index: int) -> _Normalized:
     return [x], {"dim": dim % len(x.shape), "index": index}
 
 
-def _slice(x, dim=0, start=None, end=None, step=1):
+def _slice(x: Any, dim: int = 0, start: int | None = None, end: int | None = None, step: int = 1) -> _Normalized:
     return [x], {"dim": dim, "start": start, "end": end, "step": step}
 
 
-def _narrow(x, dim, start, length):
+def _narrow(x: Any, dim: int, start: int, length: int) -> _Normalized:
     return [x], {"dim": dim, "start": start, "end": start + length, "step": 1}
 
 
-def _cat(tensors, dim=0):
+def _cat(tensors: Sequence[Any], dim: int = 0) -> _Normalized:
     return [list(tensors)], {"dim": dim}
 
 
-def _stack(tensors, dim=0):
+def _stack(tensors: Sequence[Any], dim: int = 0) -> _Normalized:
     return [list(tensors)], {"dim": dim, "stack": True}
 
 
-def _split(x, split_size, dim=0):
+def _split(x: Any, split_size: int | Sequence[int], dim: int = 0) -> _Normalized:
     return [x], {"dim": dim}
 
 
-def _chunk(x, chunks, dim=0):
+def _chunk(x: Any, chunks: int, dim: int = 0) -> _Normalized:
     return [x], {"dim": dim}
 
 
-def _unbind(x, dim=0):
+def _unbind(x: Any, dim: int = 0) -> _Normalized:
     return [x], {"dim": dim, "squeeze": True}
 
 
-def _onnx_transpose(x, perm=None):
+def _onnx_transpose(x: Any, perm: Sequence[int] | None = None) -> _Normalized:
     return [x], {"dims": list(perm) if perm is not None else list(range(len(x.shape)))[::-1]}
 
 
-def _onnx_concat(*tensors, axis=0):
+def _onnx_concat(*tensors: Any, axis: int = 0) -> _Normalized:
     return [list(tensors)], {"dim": axis}
 
 
-def _onnx_split(x, split=None, axis=0, num_outputs=None):
+def _onnx_split(x: Any, split: Any = None, axis: int = 0, num_outputs: int | None = None) -> _Normalized:
     return [x], {"dim": axis}
 
 
-def _onnx_gather(x, indices, axis=0):
+def _onnx_gather(x: Any, indices: Any, axis: int = 0) -> _Normalized:
     if isinstance(x, ParamRef) and axis == 0:  # a table indexed by token ids
         return [x, indices], {"kind": "embedding"}
     if not isinstance(indices, (int, torch.Tensor)):
@@ -341,7 +354,8 @@ def _onnx_gather(x, indices, axis=0):
     return [x], {"unsupported": "Gather with indices of rank > 1"}
 
 
-def _onnx_slice(x, starts=None, ends=None, axes=None, steps=None, **attrs):
+def _onnx_slice(x: Any, starts: Any = None, ends: Any = None, axes: Any = None, steps: Any = None,
+                **attrs: Any) -> _Normalized:
     starts = torch.as_tensor(starts if starts is not None else attrs["starts"]).reshape(-1).tolist()
     ends = torch.as_tensor(ends if ends is not None else attrs["ends"]).reshape(-1).tolist()
     axes = torch.as_tensor(axes).reshape(-1).tolist() if axes is not None else attrs.get("axes", list(range(len(starts))))
@@ -359,13 +373,13 @@ def _onnx_slice(x, starts=None, ends=None, axes=None, steps=None, **attrs):
     return [x], {"dim": a, "start": s, "end": e, "step": st}
 
 
-def _index_select(x, dim, index):
+def _index_select(x: Any, dim: int, index: Any) -> _Normalized:
     if not (isinstance(index, Value) and index.constant is not None):
         return [x], {"unsupported": "index_select with indices computed from activations"}
     return [x], {"dim": dim, "index": index.constant}
 
 
-def _repeat_interleave(x, repeats, dim=None, output_size=None):
+def _repeat_interleave(x: Any, repeats: Any, dim: int | None = None, output_size: int | None = None) -> _Normalized:
     if dim is None or not isinstance(repeats, int):
         return [x], {"unsupported": "repeat_interleave without dim or with tensor repeats"}
     dim %= len(x.shape)
@@ -386,7 +400,7 @@ IDENTITY_TARGETS = ("aten.clone.default", "aten.contiguous.default", "aten.alias
 
 
 @hookimpl
-def gmn_register(registry) -> None:
+def gmn_register(registry: Registrar) -> None:
     for kind, rule in (("identity", lower_identity), ("reshape", lower_reshape),
                        ("permute", lower_permute), ("select", lower_select),
                        ("slice", lower_slice), ("cat", lower_cat), ("split", lower_split),

@@ -473,3 +473,21 @@ def test_parameter_fill_varying_along_features_is_rejected():
 
     with pytest.raises(gc.CompileError, match="fill varying along a neuron axis|parameter fill"):
         gc.compile(LearnedFill(), (torch.randn(3, 4),))
+
+
+def test_constant_tensor_times_a_value_of_integer_inputs_compiles_soundly():
+    """A mask computed from token ids only, times a constant tensor (no neurons on either
+    side), then applied to an embedding: used to crash (a tensor was asked for its layout)."""
+    from gmn_compiler.testing import assert_oracles
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+
+        def forward(self, ids):
+            mask = (ids != 0).float() * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+            return self.emb(ids) * mask.unsqueeze(-1)
+
+    torch.manual_seed(0)
+    assert_oracles(Masked(), (torch.randint(1, 10, (2, 5)),))
