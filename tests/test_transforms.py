@@ -15,8 +15,10 @@ from torch_geometric.utils import degree, to_networkx
 
 import gmn_compiler as gc
 from gmn_compiler import schema
-from gmn_compiler.registry import hookimpl, load_registry
+from gmn_compiler.registry import load_registry
 from gmn_compiler.transforms import DenseFeatures
+
+from cumsum_plugin import CumsumPlugin, RunningSum
 
 ROLE, DEPTH, POS, ACT = (schema.node_column(c) for c in ("role", "depth", "position", "activation"))
 VALUE, TYPE = schema.edge_column("value"), schema.edge_column("type")
@@ -126,32 +128,6 @@ def test_codes_outside_the_vocabulary_go_to_the_unknown_slot(graphs):
     assert act[:, -1].nonzero().flatten().tolist() == [1]
     assert etype[:, -1].nonzero().flatten().tolist() == [0]
     assert torch.equal(role.sum(1), torch.ones(d.num_nodes)) and torch.equal(etype.sum(1), torch.ones(len(etype)))
-
-
-def lower_cumsum(ctx, op) -> None:
-    """cumsum along a free axis: fresh nodes with the ``cumsum`` activation."""
-    x = op.inputs[0]
-    axis = op.attrs["dim"] % len(x.shape)
-    ctx.set_layout(op.output, ctx.derive(x, "cumsum", sig=("cumsum", axis - len(x.shape))))
-
-
-class CumsumPlugin:
-    __name__ = "transforms_cumsum_plugin"
-
-    @hookimpl
-    def gmn_register(self, registry) -> None:
-        registry.add_activation("cumsum")
-        registry.add_rule("cumsum", lower_cumsum)
-        registry.map_aten("aten.cumsum.default", "cumsum", lambda x, dim, *rest, **kw: ([x], {"dim": dim}))
-
-
-class RunningSum(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(torch.cumsum(torch.relu(self.a(x)), dim=1))
 
 
 def test_extended_vocabulary_widens_the_one_hot():
