@@ -38,39 +38,46 @@ def _check_kernel(kernel_size: int) -> None:
                          "to rotate about, so the layer would not be equivariant")
 
 
-class C4LiftingConv(nn.Module):
-    """Image ``[B, C_in, H, W]`` -> fields ``[B, 4 * C_out, H', W']`` (see the module docstring)."""
+class _C4Conv(nn.Module):
+    """What both C4 convolutions share: the free parameters ``theta`` (``weight``, of
+    ``theta_shape``) and one bias per output field, expanded into an ordinary convolution by
+    the subclass's :meth:`filter`."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
-                 bias: bool = True):
+    def __init__(self, theta_shape: tuple[int, ...], kernel_size: int, padding: int, bias: bool):
         super().__init__()
         _check_kernel(kernel_size)
         self.padding = padding
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.weight = nn.Parameter(torch.empty(theta_shape))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.bias = nn.Parameter(torch.zeros(theta_shape[0])) if bias else None
 
     def filter(self) -> torch.Tensor:
-        """The expanded filter ``[4 * C_out, C_in, k, k]``."""
-        w = torch.stack([torch.rot90(self.weight, r, dims=(2, 3)) for r in range(ROTATIONS)], dim=1)
-        return w.reshape(-1, *self.weight.shape[1:])
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.repeat_interleave(ROTATIONS)
         return F.conv2d(x, self.filter(), bias, padding=self.padding)
 
 
-class C4GroupConv(nn.Module):
+class C4LiftingConv(_C4Conv):
+    """Image ``[B, C_in, H, W]`` -> fields ``[B, 4 * C_out, H', W']`` (see the module docstring)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 bias: bool = True):
+        super().__init__((out_channels, in_channels, kernel_size, kernel_size), kernel_size, padding, bias)
+
+    def filter(self) -> torch.Tensor:
+        """The expanded filter ``[4 * C_out, C_in, k, k]``."""
+        w = torch.stack([torch.rot90(self.weight, r, dims=(2, 3)) for r in range(ROTATIONS)], dim=1)
+        return w.reshape(-1, *self.weight.shape[1:])
+
+
+class C4GroupConv(_C4Conv):
     """Fields ``[B, 4 * C_in, H, W]`` -> fields ``[B, 4 * C_out, H', W']``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
                  bias: bool = True):
-        super().__init__()
-        _check_kernel(kernel_size)
-        self.padding = padding
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, ROTATIONS, kernel_size, kernel_size))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        super().__init__((out_channels, in_channels, ROTATIONS, kernel_size, kernel_size), kernel_size, padding, bias)
 
     def filter(self) -> torch.Tensor:
         """The expanded filter ``[4 * C_out, 4 * C_in, k, k]``: block ``(o, r), (i, s)`` is
@@ -80,10 +87,6 @@ class C4GroupConv(nn.Module):
         w = torch.stack([torch.rot90(torch.roll(self.weight, r, dims=2), r, dims=(3, 4))
                          for r in range(ROTATIONS)], dim=1)
         return w.reshape(c_out * ROTATIONS, c_in * ROTATIONS, k, k)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.repeat_interleave(ROTATIONS)
-        return F.conv2d(x, self.filter(), bias, padding=self.padding)
 
 
 class C4MaxPool(nn.Module):
