@@ -124,10 +124,11 @@ def outputs_with_values(model: torch.nn.Module, pg: ParameterGraph, values: torc
         raise SymmetryError(f"decompiled names {unknown[:3]} are not in the model's state dict")
     clone.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
     fresh_eval(clone)
-    return [t.double() for t in _run(clone, _cast(inputs, dtype))]
+    return [t.double() for t in _run(clone, cast_floats(inputs, dtype))]
 
 
-def _cast(inputs: tuple, dtype: torch.dtype) -> tuple:
+def cast_floats(inputs: tuple, dtype: torch.dtype) -> tuple:
+    """``inputs`` with every floating tensor cast to ``dtype`` (integer inputs unchanged)."""
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
 
 
@@ -136,7 +137,7 @@ def torch_runner(model: torch.nn.Module, pg: ParameterGraph, inputs: tuple):
     or in float32 when the model cannot run in float64 (it casts internally)."""
     for dtype in (torch.float64, torch.float32):
         try:
-            reference = [t.double() for t in _run(fresh_eval(copy.deepcopy(model).to(dtype)), _cast(inputs, dtype))]
+            reference = [t.double() for t in _run(fresh_eval(copy.deepcopy(model).to(dtype)), cast_floats(inputs, dtype))]
         except RuntimeError:
             if dtype == torch.float32:
                 raise

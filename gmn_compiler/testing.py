@@ -35,7 +35,7 @@ from . import canonical
 from .errors import SymmetryError
 from .graph import ParameterGraph
 from .registry import load_registry  # noqa: F401  (re-exported: the registry a plugin under test compiles with)
-from .symmetry import SymmetryReport, check_completeness, check_symmetry, fresh_eval
+from .symmetry import SymmetryReport, cast_floats, check_completeness, check_symmetry, fresh_eval, torch_runner
 
 __all__ = ["assert_round_trip", "assert_sound", "assert_complete", "assert_swap_faithful",
            "assert_oracles", "randomized", "swap_candidates", "SwapReport", "SymmetryReport",
@@ -134,16 +134,6 @@ class SwapReport:
     changed: int = 0
 
 
-def _runnable_dtype(model: nn.Module, inputs: tuple) -> torch.dtype:
-    """float64 when ``model`` runs in it, else float32 (a model that casts internally)."""
-    cast = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
-    try:
-        _outputs(copy.deepcopy(model).double(), cast)
-    except RuntimeError:
-        return torch.float32
-    return torch.float64
-
-
 def _outputs(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
     with torch.no_grad():
         out = fresh_eval(model)(*inputs)
@@ -182,12 +172,11 @@ def assert_swap_faithful(model: nn.Module, inputs: tuple, *, max_pairs: int = 16
     report = SwapReport()
     if not pairs:
         return report
-    dtype = _runnable_dtype(base, inputs)
+    pg = _compile(base, inputs, compile_options)
+    reference, _, dtype = torch_runner(base, pg, inputs)  # float64, or float32 if the model casts
     if dtype != torch.float64:  # the model casts internally: float32 tolerances
         rtol, atol = max(rtol, 1e-4), max(atol, 1e-5)
-    cast = tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
-    reference = _outputs(copy.deepcopy(base).to(dtype), cast)
-    pg = _compile(base, inputs, compile_options)
+    cast = cast_floats(inputs, dtype)
     for a, b in pairs:
         swapped = copy.deepcopy(base)
         state = swapped.state_dict()
