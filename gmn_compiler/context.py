@@ -161,7 +161,7 @@ class LoweringContext:
         """Axes along which ``value``'s entries are known to be equal (broadcast by an
         ``expand``; :func:`~gmn_compiler.ir_analysis.broadcast_axes`)."""
         if self._broadcast is None:
-            self._broadcast = broadcast_axes(self.ir)
+            self._broadcast = broadcast_axes(self.ir, self.registry)
         return self._broadcast.get(value.id, frozenset())
 
     def error(self, message: str) -> LoweringError:

@@ -27,6 +27,17 @@ class LoweringError(CompileError):
     """A rule met a construct it cannot lower; the message names the op and its location."""
 
 
+class Unsupported(Exception):
+    """Raised by a normalizer: this instance of the op cannot be lowered, because of what the
+    message says (``raise Unsupported("Gather with indices of rank > 1")``). The frontend
+    records the op as unsupported with that reason; compiling reports every such op at once
+    (:class:`UnsupportedOpsError`), and the torch frontend first tries the op's decomposition."""
+
+    @property
+    def reason(self) -> str:
+        return str(self.args[0]) if self.args else "unsupported"
+
+
 class DuplicateRegistrationError(Exception):
     """A kind, target or module class was registered twice without ``override=True``."""
 

@@ -59,13 +59,30 @@ class ParamRef:
         and the offsets alike."""
         return ParamRef(self.name, fn(self.tensor), fn(self.flat_offsets()), self.kind)
 
+    def through(self, view: Callable[[torch.Tensor, dict, list[tuple[int, ...]]], list[torch.Tensor]],
+                attrs: dict, shapes: list[tuple[int, ...]],
+                dtypes: list[torch.dtype | None] | None = None) -> list["ParamRef"] | None:
+        """This parameter seen through an op that only rearranges entries: ``view`` (an op
+        kind's declared view) applied to the values and the offsets alike, one reference per
+        output (values cast to ``dtypes`` where given and floating). None when the view does
+        not give one tensor of the expected shape per output."""
+        values = view(self.tensor, attrs, shapes)
+        offsets = view(self.flat_offsets(), attrs, shapes)
+        if len(values) != len(shapes) or any(tuple(v.shape) != tuple(s) for v, s in zip(values, shapes)):
+            return None
+        dtypes = dtypes or [None] * len(values)
+        return [ParamRef(self.name, v.to(d) if d is not None and d.is_floating_point else v, o, self.kind)
+                for v, o, d in zip(values, offsets, dtypes)]
+
     def __repr__(self) -> str:
         return f"ParamRef({self.name}, {list(self.shape)})"
 
 
 @dataclass(eq=False)
 class Op:
-    """One operation. ``inputs`` are positional operands in the kind's canonical order."""
+    """One operation. ``inputs`` are positional operands in the kind's canonical order;
+    ``unsupported``: why this op cannot be lowered (a normalizer raised
+    :class:`~gmn_compiler.errors.Unsupported`), None when it can."""
 
     kind: str
     inputs: list[Any]
@@ -73,6 +90,7 @@ class Op:
     attrs: dict[str, Any] = field(default_factory=dict)
     location: str = "?"
     target: str = ""
+    unsupported: str | None = None
 
     @property
     def output(self) -> Value:

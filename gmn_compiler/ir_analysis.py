@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from . import schema
 from .ir import IRGraph, Value
 from .registry import Registry
 
@@ -48,19 +47,10 @@ class AliasFamilies:
 
 
 
-_ELEMENTWISE_KINDS = {"add", "sub", "mul", "div", "identity", "softmax", "maximum", "minimum",
-                      "pow"} | set(schema.ACTIVATIONS)
-INPUT_AXIS_BY_FIRST_USE = {"conv": 1, "conv_transpose": 1, "batch_norm": 1, "group_norm": 1,
-                           "instance_norm": 1, "linear": -1, "layer_norm": -1}
-
-
-_POINTWISE_KINDS = {"add", "sub", "mul", "div", "identity", "maximum", "minimum", "pow"} | set(schema.ACTIVATIONS)
-
-
-def broadcast_axes(ir: IRGraph) -> dict[int, frozenset[int]]:
+def broadcast_axes(ir: IRGraph, registry: Registry) -> dict[int, frozenset[int]]:
     """For each value, axes of size > 1 along which all its entries are equal because an
     ``expand`` broadcast them from size 1 (``h / norm.expand_as(h)``), followed through
-    permutes and pointwise ops. An axis missing from the set may still hold equal entries:
+    permutes and elementwise kinds (:attr:`~gmn_compiler.registry.OpKind.elementwise`). An axis missing from the set may still hold equal entries:
     callers may only rely on the axes listed."""
     found: dict[int, frozenset[int]] = {}
 
@@ -81,36 +71,38 @@ def broadcast_axes(ir: IRGraph) -> dict[int, frozenset[int]]:
         elif op.kind == "permute" and isinstance(op.inputs[0], Value):
             equal = found.get(op.inputs[0].id, frozenset())
             found[out.id] = frozenset(j for j, d in enumerate(op.attrs["dims"]) if d % ndim in equal)
-        elif op.kind in _POINTWISE_KINDS:
+        elif registry.is_elementwise(op.kind):
             operands = [aligned(x, ndim) for x in op.inputs if hasattr(x, "shape")]
             found[out.id] = frozenset(a for a in range(ndim) if out.shape[a] > 1 and
                                       all(shape[a] == 1 or a in equal for shape, equal in operands))
     return {v: axes for v, axes in found.items() if axes}
 
 
-def infer_input_axis(ir: IRGraph, value: Value) -> int | None:
-    """The neuron axis of a model input: given by the user, else from its first consumer
-    (channels for conv/norm layers, the last axis for linear/layer norm), else axis 1 for
-    rank >= 2 (NC..., [B, F]); ``None`` (no neurons) for integer inputs and scalars."""
+def infer_input_axis(ir: IRGraph, value: Value, registry: Registry) -> int | None:
+    """The neuron axis of a model input: given by the user, else the one its first consumer
+    declares (:attr:`~gmn_compiler.registry.OpKind.input_axis`: channels for conv/norm layers,
+    the last axis for linear/layer norm), followed through permutes and elementwise kinds;
+    else axis 1 for rank >= 2 (NC..., [B, F]); ``None`` (no neurons) for integer inputs and
+    scalars."""
     if value.id in ir.input_neuron_axes:
         return ir.input_neuron_axes[value.id]
     if value.dtype in (torch.long, torch.int32, torch.int64, torch.bool) or len(value.shape) == 0:
         return None
     current = value
     origin = list(range(len(value.shape)))  # axis of `current` -> axis of the input
-    for op in ir.ops:  # follow the value through elementwise ops and permutes
+    for op in ir.ops:
         if not any(v.id == current.id for v in op.values()):
             continue
         rank = len(current.shape)
-        if op.kind == "linear" or (op.kind == "matmul" and len(op.inputs) == 3):
-            return origin[op.attrs.get("axis", -1) % rank]
-        if op.kind in INPUT_AXIS_BY_FIRST_USE:
-            return origin[INPUT_AXIS_BY_FIRST_USE[op.kind] % rank]
+        declared = registry.rule(op.kind)
+        axis = declared.axis_of_input(op) if declared is not None else None
+        if axis is not None:
+            return origin[axis % rank]
         if op.kind == "permute" and len(op.outputs) == 1:
             origin = [origin[d % rank] for d in op.attrs["dims"]]
             current = op.output
             continue
-        if op.kind in _ELEMENTWISE_KINDS and len(op.outputs) == 1 and op.output.shape == current.shape:
+        if registry.is_elementwise(op.kind) and len(op.outputs) == 1 and op.output.shape == current.shape:
             current = op.output
             continue
         break

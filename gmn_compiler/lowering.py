@@ -17,14 +17,25 @@ from .registry import Registry
 __all__ = ["LoweringContext", "lower", "unsupported_ops"]
 
 def unsupported_ops(ir: IRGraph, registry: Registry) -> list[tuple[str, str]]:
-    """Every op of ``ir`` without a rule, as ``(kind, location)``."""
+    """Every op of ``ir`` without a rule or refused by its normalizer, as ``(kind, location)``
+    (the refusal's reason in parentheses after the kind)."""
     found = []
     for op in ir.ops:
         if registry.rule(op.kind) is None:
             found.append((op.kind, op.location))
-        elif op.attrs.get("unsupported"):
-            found.append((f"{op.kind} ({op.attrs['unsupported']})", op.location))
+        elif op.unsupported is not None:
+            found.append((f"{op.kind} ({op.unsupported})", op.location))
     return found
+
+
+def check_declarations(ir: IRGraph, registry: Registry) -> None:
+    """Every op's operands and attributes are among those its kind declares (a plugin bug
+    otherwise: reported with the plugin's name, before any rule runs)."""
+    for op in ir.ops:
+        try:
+            registry.rules[op.kind].check(op)
+        except ValueError as exc:
+            raise LoweringError(f"{op.kind} at {op.location}: {exc}") from None
 
 
 def lower(ir: IRGraph, registry: Registry) -> tuple[BuiltGraph, LoweringContext]:
@@ -32,6 +43,7 @@ def lower(ir: IRGraph, registry: Registry) -> tuple[BuiltGraph, LoweringContext]
     missing = unsupported_ops(ir, registry)
     if missing:
         raise UnsupportedOpsError(missing)
+    check_declarations(ir, registry)
     builder = GraphBuilder(ir.params, ir.aliases, registry.vocabulary)
     ctx = LoweringContext(ir, registry, builder)
     create_inputs(ctx)

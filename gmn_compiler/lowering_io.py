@@ -18,7 +18,7 @@ def create_inputs(ctx: LoweringContext) -> None:
     input of token ids), at consecutive positions."""
     position = 0
     for value in ctx.ir.inputs:
-        axis = infer_input_axis(ctx.ir, value)
+        axis = infer_input_axis(ctx.ir, value, ctx.registry)
         if axis is None:
             ctx.set_layout(value, None)
             if value.dtype in (torch.long, torch.int32, torch.int64) and len(value.shape) > 0:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import pluggy
+import torch
 
 from . import schema
 from .errors import DuplicateRegistrationError
@@ -40,6 +41,14 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 Rule = Callable[["LoweringContext", "Op"], None]
 """``rule(ctx: LoweringContext, op: Op) -> None``: lower one op into the graph."""
 
+InputAxis = Union[int, Callable[["Op"], Optional[int]], None]
+"""The neuron axis of a model input whose first consumer is an op of this kind: an axis, or a
+function of the op (``None``: the kind says nothing, the core keeps looking)."""
+
+View = Callable[[torch.Tensor, dict, list[tuple[int, ...]]], list[torch.Tensor]]
+"""``view(tensor, attrs, output_shapes) -> outputs``: what an op of this kind does to a tensor
+it only rearranges (used to see a parameter through the op: values and offsets alike)."""
+
 Normalizer = Callable[..., tuple[list, dict]]
 """``normalize(*args, **kwargs) -> (inputs, attrs)``: turn a frontend op's operands (already
 converted to Value / ParamRef / Python objects) into the kind's canonical inputs and attrs."""
@@ -56,12 +65,48 @@ class Hookspecs:
         """
 
 
-@dataclass
-class RuleEntry:
+GENERIC_ATTRIBUTES = frozenset({"params", "inner", "module_attrs"})
+"""Attributes the frontends give every op of a leaf module (see :meth:`Registrar.add_leaf_module`)."""
+
+
+@dataclass(frozen=True)
+class OpKind:
+    """The one declaration of an op kind: its rule, and everything the core may assume about
+    the kind without running the rule (see :meth:`Registrar.add_rule`)."""
+
     kind: str
     rule: Rule
     plugin: str
-    aliasing: bool = False  # the op only rearranges entries (its output aliases its input)
+    inputs: tuple[str, ...] | None = None
+    """Names of the canonical operands, in order (None: not declared, not checked)."""
+    attributes: tuple[str, ...] | None = None
+    """Names of the attributes its normalizers may give (None: not declared, not checked)."""
+    aliasing: bool = False
+    """The op only rearranges entries: its outputs alias its inputs."""
+    elementwise: bool = False
+    """Output entry ``i`` depends on input entries ``i`` only (after broadcasting); the output
+    has the shape of the broadcast inputs and the same axes."""
+    input_axis: InputAxis = None
+    """The neuron axis of a model input first read by an op of this kind."""
+    view: View | None = None
+    """How the kind rearranges a tensor (aliasing kinds): applied to a parameter, the op is a
+    view of it, and the parameter stays a parameter."""
+
+    def axis_of_input(self, op: "Op") -> int | None:
+        return self.input_axis(op) if callable(self.input_axis) else self.input_axis
+
+    def check(self, op: "Op") -> None:
+        """Raise ``ValueError`` when ``op`` has operands or attributes the declaration does not name."""
+        if self.inputs is not None and len(op.inputs) > len(self.inputs):
+            raise ValueError(f"{len(op.inputs)} operands, but kind {self.kind!r} (plugin {self.plugin!r}) "
+                             f"declares {len(self.inputs)}: {', '.join(self.inputs) or 'none'}")
+        if self.attributes is not None:
+            unknown = sorted(set(op.attrs) - set(self.attributes) - GENERIC_ATTRIBUTES)
+            if unknown:
+                raise ValueError(f"attributes {unknown} that kind {self.kind!r} (plugin {self.plugin!r}) "
+                                 f"does not declare (declared: {', '.join(self.attributes) or 'none'})")
+
+
 
 
 @dataclass
@@ -76,7 +121,7 @@ class Mapping:
 class Registry:
     """All registered rules and mappings. Build one with :func:`load_registry`."""
 
-    rules: dict[str, RuleEntry] = field(default_factory=dict)
+    rules: dict[str, OpKind] = field(default_factory=dict)
     aten: dict[str, Mapping] = field(default_factory=dict)
     onnx: dict[str, Mapping] = field(default_factory=dict)
     leaf_modules: dict[str, Mapping] = field(default_factory=dict)
@@ -90,12 +135,22 @@ class Registry:
         """The built-in vocabulary extended by every registered name (registration order)."""
         return schema.BUILTIN.extended(**{v: tuple(self.names[v]) for v in schema.CATEGORICAL})
 
-    def rule(self, kind: str) -> RuleEntry | None:
+    def rule(self, kind: str) -> OpKind | None:
+        """The declaration of ``kind`` (None when no plugin registered a rule for it)."""
         return self.rules.get(kind)
 
     def is_aliasing(self, kind: str) -> bool:
         entry = self.rules.get(kind)
         return bool(entry and entry.aliasing)
+
+    def is_elementwise(self, kind: str) -> bool:
+        entry = self.rules.get(kind)
+        return bool(entry and entry.elementwise)
+
+    def view(self, kind: str) -> View | None:
+        """How ``kind`` rearranges a tensor, when it is declared a view (see :attr:`OpKind.view`)."""
+        entry = self.rules.get(kind)
+        return entry.view if entry else None
 
     def frontends(self, kind: str) -> list[str]:
         """Which frontends produce ``kind``."""
@@ -125,10 +180,31 @@ class Registrar:
         self._registry = registry
         self.plugin = plugin
 
-    def add_rule(self, kind: str, rule: Rule, *, aliasing: bool = False, override: bool = False) -> None:
-        """Lower ops of ``kind`` with ``rule(ctx, op)``. ``aliasing=True`` declares that the
-        op only rearranges entries of its inputs (reshape, permute, cat...)."""
-        _put(self._registry.rules, kind, RuleEntry(kind, rule, self.plugin, aliasing), "kind", override)
+    def add_rule(self, kind: str, rule: Rule, *, inputs: tuple[str, ...] | None = None,
+                 attributes: tuple[str, ...] | None = None, aliasing: bool = False,
+                 elementwise: bool = False, input_axis: InputAxis = None, view: View | None = None,
+                 override: bool = False) -> None:
+        """Declare the op kind ``kind``, lowered by ``rule(ctx, op)``; the core reads the rest
+        of the declaration instead of knowing kinds by name:
+
+        - ``inputs`` / ``attributes``: names of the canonical operands (in order) and of the
+          attributes normalizers give; when declared, an op with others is a plugin bug,
+          reported with the plugin's name before lowering starts;
+        - ``aliasing``: the op only rearranges entries of its inputs (reshape, permute, cat...);
+        - ``elementwise``: an entry-wise function (activations, add, mul...), followed when
+          inferring a model input's neuron axis and the axes a broadcast keeps equal;
+        - ``input_axis``: the neuron axis of a model input first read by this kind (1 for
+          channels-first convolutions, -1 for linear layers), or a function of the op;
+        - ``view(tensor, attrs, output_shapes) -> outputs``: for aliasing kinds, what the op does
+          to a tensor; a parameter read only through such ops stays a parameter (seen through
+          the view) in both frontends.
+        """
+        if view is not None and not aliasing:
+            raise ValueError(f"kind {kind!r}: a view must be declared aliasing=True")
+        entry = OpKind(kind, rule, self.plugin, None if inputs is None else tuple(inputs),
+                       None if attributes is None else tuple(attributes), aliasing, elementwise,
+                       input_axis, view)
+        _put(self._registry.rules, kind, entry, "kind", override)
 
     def add_node_role(self, name: str) -> None:
         """Register a new node role (``ctx.add_nodes(count, name, ...)`` then accepts it)."""
@@ -169,7 +245,8 @@ class Registrar:
         _put(self._registry.onnx, key, Mapping(kind, normalize, self.plugin), "ONNX op", override)
 
     def add_leaf_module(self, module_type: type | str, kind: str, rule: Rule | None = None, *,
-                        module_attrs: Callable[[Any], dict] | None = None, override: bool = False) -> None:
+                        module_attrs: Callable[[Any], dict] | None = None, override: bool = False,
+                        **declaration: Any) -> None:
         """Treat every call of ``module_type`` as one op of ``kind``, lowered by ``rule``
         (registered as the kind's rule when given). The op's ``attrs["params"]`` holds every
         parameter and buffer of the module by local name (used in the call or not: a module
@@ -177,12 +254,15 @@ class Registrar:
         constant arguments of the calls inside. ``module_attrs(module) -> dict`` (plain data:
         numbers, strings, tuples, tensors) is called on the module object when the compiler has
         it (an ``nn.Module`` was compiled) and its result stored as ``attrs["module_attrs"]``
-        (None when compiling an exported program, which keeps no module objects)."""
+        (None when compiling an exported program, which keeps no module objects). Keyword
+        ``declaration`` (``input_axis=1``, ``attributes=()``...) goes to :meth:`add_rule`."""
         name = module_type if isinstance(module_type, str) else module_type_name(module_type)
         _put(self._registry.leaf_modules, name, Mapping(kind, None, self.plugin, module_attrs), "leaf module",
              override)
         if rule is not None:
-            self.add_rule(kind, rule, override=override)
+            self.add_rule(kind, rule, override=override, **declaration)
+        elif declaration:
+            raise TypeError(f"leaf module {name!r}: a declaration ({', '.join(declaration)}) needs the rule")
 
 
 def target_name(target: Any) -> str:

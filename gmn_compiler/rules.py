@@ -25,7 +25,12 @@ What is here:
 - :class:`Layout` and the :mod:`layout` module (pure functions that move node ids the way
   structural ops move data: ``reshape``, ``permute``, ``select``, ``narrow``, ``cat``,
   ``take``...), :func:`signature_code` (a float code of an op's hyper-parameters);
-- :class:`LoweringError` (raise ``ctx.error(...)`` to refuse an op with a clear message).
+- :class:`LoweringError` (raise ``ctx.error(...)`` to refuse an op with a clear message) and
+  :class:`Unsupported` (raised by a normalizer: this instance of the op cannot be lowered,
+  because...; reported with every other refusal before lowering starts);
+- :class:`OpKind` (the declaration ``add_rule`` makes: operands, attributes, aliasing,
+  elementwise, the neuron axis of a model input it reads first, a view on tensors), with the
+  types of its fields :data:`InputAxis` and :data:`View`.
 
 The built-in plugins (``gmn_plugins``) import only from this module; a test enforces it. The
 oracles a plugin is tested with are in :mod:`gmn_compiler.testing`.
@@ -35,12 +40,12 @@ from __future__ import annotations
 
 from . import layout
 from .context import LoweringContext
-from .errors import LoweringError
+from .errors import LoweringError, Unsupported
 from .ir import Op, ParamRef, Value
 from .layout import Layout, signature_code
-from .registry import Registrar, Rule, hookimpl
+from .registry import InputAxis, OpKind, Registrar, Rule, View, hookimpl
 
 __all__ = [
-    "LoweringContext", "LoweringError", "Layout", "Op", "ParamRef", "Registrar", "Rule", "Value",
-    "hookimpl", "layout", "signature_code",
+    "InputAxis", "LoweringContext", "LoweringError", "Layout", "Op", "OpKind", "ParamRef", "Registrar", "Rule",
+    "Unsupported", "Value", "View", "hookimpl", "layout", "signature_code",
 ]

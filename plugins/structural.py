@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from gmn_compiler.rules import Layout, LoweringContext, Op, ParamRef, Registrar, Value, hookimpl, layout as L
+from gmn_compiler.rules import (Layout, LoweringContext, Op, ParamRef, Registrar, Unsupported, Value, hookimpl,
+                                layout as L)
 
 # what a normalizer returns: the kind's canonical inputs and attrs
 _Normalized = tuple[list[Any], dict[str, Any]]
@@ -105,18 +106,33 @@ def lower_select(ctx: LoweringContext, op: Op) -> None:
 
 
 def lower_slice(ctx: LoweringContext, op: Op) -> None:
-    """attrs ``dim``, ``start``, ``end``, ``step`` (Python slice semantics)."""
+    """attrs ``dim``, ``start``, ``end``, ``step`` (Python slice semantics), and ``more``: further
+    ``(dim, start, end, step)`` slices applied after it (ONNX slices several axes at once)."""
     if _keep_none(ctx, op):
         return
     x = op.inputs[0]
-    dim = op.attrs["dim"] % len(x.shape)
-    start, end, step = slice(op.attrs.get("start"), op.attrs.get("end"), op.attrs.get("step", 1)).indices(x.shape[dim])
-    if (start, end, step) != (0, x.shape[dim], 1):
-        _cuts_neurons(ctx, ctx.require_layout(x), dim, _part(x.shape[dim], slice(start, end, step)))
-    layout = L.narrow(ctx.require_layout(x), dim, start, end, step)
-    if (start, end, step) != (0, x.shape[dim], 1):
-        layout = L.take(ctx.require_layout(x), x.shape, dim, layout, torch.arange(start, end, step))
+    layout, shape = ctx.require_layout(x), tuple(x.shape)
+    for dim, start, end, step in _slices(op.attrs):
+        layout, shape = _slice_layout(ctx, layout, shape, dim, start, end, step)
     ctx.set_layout(op.output, layout)
+
+
+def _slices(attrs: dict[str, Any]) -> list[tuple[int, int | None, int | None, int]]:
+    first = (attrs["dim"], attrs.get("start"), attrs.get("end"), attrs.get("step", 1))
+    return [first, *attrs.get("more", ())]
+
+
+def _slice_layout(ctx: LoweringContext, layout: Layout, shape: tuple[int, ...], dim: int,
+                  start: int | None, end: int | None, step: int) -> tuple[Layout, tuple[int, ...]]:
+    """The layout (and shape) of a value of ``shape`` sliced along one axis."""
+    dim %= len(shape)
+    start, end, step = slice(start, end, step).indices(shape[dim])
+    index = torch.arange(start, end, step)
+    if (start, end, step) == (0, shape[dim], 1):
+        return layout, shape
+    _cuts_neurons(ctx, layout, dim, _part(shape[dim], index))
+    narrowed = L.take(layout, shape, dim, L.narrow(layout, dim, start, end, step), index)
+    return narrowed, shape[:dim] + (index.numel(),) + shape[dim + 1:]
 
 
 def lower_cat(ctx: LoweringContext, op: Op) -> None:
@@ -243,25 +259,34 @@ def lower_index_select(ctx: LoweringContext, op: Op) -> None:
     if _keep_none(ctx, op):
         return
     x = op.inputs[0]
-    dim = op.attrs["dim"] % len(x.shape)
-    index = torch.as_tensor(op.attrs["index"]).long() % x.shape[dim]
-    if not torch.equal(index, torch.arange(x.shape[dim])):
-        _cuts_neurons(ctx, ctx.require_layout(x), dim, _part(x.shape[dim], index))
+    ctx.set_layout(op.output, _index_layout(ctx, x, op.attrs["dim"], torch.as_tensor(op.attrs["index"])))
+
+
+def _index_layout(ctx: LoweringContext, x: Value, dim: int, index: torch.Tensor) -> Layout:
+    """The layout of ``x.index_select(dim, index)`` (``index`` 1-D, constant)."""
+    dim %= len(x.shape)
+    index = index.long() % x.shape[dim]
+    if torch.equal(index, torch.arange(x.shape[dim])):
+        return L.index_select(ctx.require_layout(x), dim, index)
+    _cuts_neurons(ctx, ctx.require_layout(x), dim, _part(x.shape[dim], index))
     layout = L.index_select(ctx.require_layout(x), dim, index)
-    if not torch.equal(index, torch.arange(x.shape[dim])):
-        layout = L.take(ctx.require_layout(x), x.shape, dim, layout, index)
-    ctx.set_layout(op.output, layout)
+    return L.take(ctx.require_layout(x), x.shape, dim, layout, index)
 
 
 def lower_gather(ctx: LoweringContext, op: Op) -> None:
-    """Gather with constant indices: a ``select`` (scalar index) or ``index_select``; on an
-    initializer indexed by activations: an embedding lookup."""
+    """Gather with constant indices: a ``select`` (scalar index) or ``index_select`` (indices of
+    any rank: selected flat, then reshaped to the output); on an initializer indexed by
+    activations: an embedding lookup."""
     if op.attrs["kind"] == "embedding":
         ctx.lower_as("embedding", op)
     elif op.attrs["kind"] == "select":
         lower_select(ctx, op)
-    else:
-        lower_index_select(ctx, op)
+    elif not _keep_none(ctx, op):
+        x, dim = op.inputs[0], op.attrs["dim"] % len(op.inputs[0].shape)
+        flat = op.attrs["index"].reshape(-1)
+        layout = _index_layout(ctx, x, dim, flat)
+        shape = x.shape[:dim] + (flat.numel(),) + x.shape[dim + 1:]
+        ctx.set_layout(op.output, L.reshape(layout, shape, op.output.shape))
 
 
 def lower_expand(ctx: LoweringContext, op: Op) -> None:
@@ -288,6 +313,10 @@ def _transpose(x: Any, dim0: int, dim1: int) -> _Normalized:
 
 def _t(x: Any) -> _Normalized:
     return [x], {"dims": list(range(len(x.shape)))[::-1]}
+
+
+def _last_two_swapped(x: Any) -> _Normalized:
+    return _transpose(x, -2, -1)
 
 
 def _movedim(x: Any, source: int, destination: int) -> _Normalized:
@@ -342,16 +371,15 @@ def _onnx_split(x: Any, split: Any = None, axis: int = 0, num_outputs: int | Non
 
 
 def _onnx_gather(x: Any, indices: Any, axis: int = 0) -> _Normalized:
-    if isinstance(x, ParamRef) and axis == 0:  # a table indexed by token ids
+    constant = isinstance(indices, (int, torch.Tensor))
+    if isinstance(x, ParamRef) and axis == 0 and not constant:  # a table indexed by token ids
         return [x, indices], {"kind": "embedding"}
-    if not isinstance(indices, (int, torch.Tensor)):
-        return [x, indices], {"unsupported": "Gather with indices computed from activations"}
-    indices = torch.as_tensor(indices)
+    if not constant:
+        raise Unsupported("Gather with indices computed from activations")
+    indices = torch.as_tensor(indices).long()
     if indices.dim() == 0:
         return [x], {"dim": axis % len(x.shape), "index": int(indices), "kind": "select"}
-    if indices.dim() == 1:
-        return [x], {"dim": axis % len(x.shape), "index": indices, "kind": "index_select"}
-    return [x], {"unsupported": "Gather with indices of rank > 1"}
+    return [x], {"dim": axis % len(x.shape), "index": indices, "kind": "index_select"}
 
 
 def _onnx_slice(x: Any, starts: Any = None, ends: Any = None, axes: Any = None, steps: Any = None,
@@ -365,23 +393,21 @@ def _onnx_slice(x: Any, starts: Any = None, ends: Any = None, axes: Any = None, 
         a %= len(x.shape)
         if slice(s, e, st).indices(x.shape[a]) != (0, x.shape[a], 1):
             changed.append((a, s, e, st))
-    if len(changed) > 1:
-        return [x], {"unsupported": "Slice along several axes at once"}
     if not changed:
         return [x], {"dim": 0, "start": None, "end": None, "step": 1}
-    a, s, e, st = changed[0]
-    return [x], {"dim": a, "start": s, "end": e, "step": st}
+    (a, s, e, st), *more = changed
+    return [x], {"dim": a, "start": s, "end": e, "step": st, **({"more": more} if more else {})}
 
 
 def _index_select(x: Any, dim: int, index: Any) -> _Normalized:
     if not (isinstance(index, Value) and index.constant is not None):
-        return [x], {"unsupported": "index_select with indices computed from activations"}
+        raise Unsupported("index_select with indices computed from activations")
     return [x], {"dim": dim, "index": index.constant}
 
 
 def _repeat_interleave(x: Any, repeats: Any, dim: int | None = None, output_size: int | None = None) -> _Normalized:
     if dim is None or not isinstance(repeats, int):
-        return [x], {"unsupported": "repeat_interleave without dim or with tensor repeats"}
+        raise Unsupported("repeat_interleave without dim or with tensor repeats")
     dim %= len(x.shape)
     return [x], {"dim": dim, "index": torch.arange(x.shape[dim]).repeat_interleave(repeats)}
 
@@ -392,20 +418,88 @@ RESHAPE_TARGETS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_vi
                    "aten.view_as.default", "aten.reshape_as.default", "aten.squeeze_.dim",
                    "aten.unsqueeze_.default")
 IDENTITY_TARGETS = ("aten.clone.default", "aten.contiguous.default", "aten.alias.default",
-                    "aten.detach.default", "aten.dropout.default", "aten.dropout_.default",
+                    "aten.detach.default", "aten.detach_.default", "aten.dropout.default", "aten.dropout_.default",
                     "aten.feature_dropout.default", "aten.alpha_dropout.default",
                     "aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout",
                     "aten.type_as.default", "aten.lift_fresh_copy.default",
                     "aten.native_dropout.default", "aten.float.default", "aten.identity.default")
 
 
+# ------------------------------------------------------------------ views (ops on a tensor)
+_Shapes = list[tuple[int, ...]]
+
+
+def _view_identity(t: torch.Tensor, attrs: dict[str, Any], shapes: _Shapes) -> list[torch.Tensor]:
+    return [t]
+
+
+def _view_reshape(t: torch.Tensor, attrs: dict[str, Any], shapes: _Shapes) -> list[torch.Tensor]:
+    return [t.reshape(shapes[0])]
+
+
+def _view_permute(t: torch.Tensor, attrs: dict[str, Any], shapes: _Shapes) -> list[torch.Tensor]:
+    return [t.permute(*attrs["dims"])]
+
+
+def _view_flip(t: torch.Tensor, attrs: dict[str, Any], shapes: _Shapes) -> list[torch.Tensor]:
+    return [t.flip(attrs["dims"])]
+
+
+def _view_select(t: torch.Tensor, attrs: dict[str, Any], shapes: _Shapes) -> list[torch.Tensor]:
+    return [t.select(attrs["dim"], attrs["index"])]
+
+
+def _view_slice(t: torch.Tensor, attrs: dict[str, Any], shapes: _Shapes) -> list[torch.Tensor]:
+    for dim, start, end, step in _slices(attrs):
+        dim %= t.dim()
+        t = t.index_select(dim, torch.arange(*slice(start, end, step).indices(t.shape[dim])))
+    return [t]
+
+
+def _view_split(t: torch.Tensor, attrs: dict[str, Any], shapes: _Shapes) -> list[torch.Tensor]:
+    dim = attrs["dim"] % t.dim()
+    if attrs.get("squeeze"):
+        return list(t.unbind(dim))
+    return list(t.split([shape[dim] for shape in shapes], dim))
+
+
+def _view_expand(t: torch.Tensor, attrs: dict[str, Any], shapes: _Shapes) -> list[torch.Tensor]:
+    return [t.expand(shapes[0])]
+
+
+def _view_index_select(t: torch.Tensor, attrs: dict[str, Any], shapes: _Shapes) -> list[torch.Tensor]:
+    dim = attrs["dim"] % t.dim()
+    index = torch.as_tensor(attrs["index"]).long()
+    return [t.index_select(dim, index.reshape(-1) % t.shape[dim]).reshape(shapes[0])]
+
+
+def _view_gather(t: torch.Tensor, attrs: dict[str, Any], shapes: _Shapes) -> list[torch.Tensor]:
+    if attrs["kind"] == "select":
+        return _view_select(t, attrs, shapes)
+    if attrs["kind"] == "index_select":
+        return _view_index_select(t, attrs, shapes)
+    return []  # an embedding lookup reads activations: never a view
+
+
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
-    for kind, rule in (("identity", lower_identity), ("reshape", lower_reshape),
-                       ("permute", lower_permute), ("select", lower_select),
-                       ("slice", lower_slice), ("cat", lower_cat), ("split", lower_split),
-                       ("expand", lower_expand), ("flip", lower_flip)):
-        registry.add_rule(kind, rule, aliasing=True)
+    x = ("x",)
+    declared: list[tuple[str, Any, tuple[str, ...], tuple[str, ...], Any]] = [
+        ("identity", lower_identity, x, (), _view_identity),
+        ("reshape", lower_reshape, x, (), _view_reshape),
+        ("permute", lower_permute, x, ("dims",), _view_permute),
+        ("flip", lower_flip, x, ("dims",), _view_flip),
+        ("select", lower_select, x, ("dim", "index"), _view_select),
+        ("slice", lower_slice, x, ("dim", "start", "end", "step", "more"), _view_slice),
+        ("split", lower_split, x, ("dim", "squeeze"), _view_split),
+        ("expand", lower_expand, x, (), _view_expand),
+        ("index_select", lower_index_select, x, ("dim", "index"), _view_index_select),
+        ("gather", lower_gather, ("x", "indices"), ("dim", "index", "kind"), _view_gather),
+        ("cat", lower_cat, ("tensors",), ("dim", "stack"), None),
+    ]
+    for kind, rule, inputs, attributes, view in declared:
+        registry.add_rule(kind, rule, inputs=inputs, attributes=attributes, aliasing=True, view=view,
+                          elementwise=kind == "identity")
     for target in RESHAPE_TARGETS:
         registry.map_aten(target, "reshape", _x_only)
     for target in IDENTITY_TARGETS:
@@ -416,6 +510,8 @@ def gmn_register(registry: Registrar) -> None:
     registry.map_aten("aten.swapaxes.default", "permute", _transpose)
     registry.map_aten("aten.t.default", "permute", _t)
     registry.map_aten("aten.numpy_T.default", "permute", _t)
+    registry.map_aten("aten.mT.default", "permute", _last_two_swapped)
+    registry.map_aten("aten.matrix_H.default", "permute", _last_two_swapped)  # real tensors only
     registry.map_aten("aten.movedim.int", "permute", _movedim)
     registry.map_aten("aten.select.int", "select", _select)
     registry.map_aten("aten.slice.Tensor", "slice", _slice)
@@ -429,7 +525,6 @@ def gmn_register(registry: Registrar) -> None:
     registry.map_aten("aten.unbind.int", "split", _unbind)
     registry.map_aten("aten.expand.default", "expand", _x_only)
     registry.map_aten("aten.expand_as.default", "expand", _x_only)
-    registry.add_rule("index_select", lower_index_select, aliasing=True)
     registry.map_aten("aten.index_select.default", "index_select", _index_select)
     registry.map_aten("aten.repeat_interleave.self_int", "index_select", _repeat_interleave)
     for op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
@@ -442,4 +537,3 @@ def gmn_register(registry: Registrar) -> None:
     registry.map_onnx("Slice", "slice", _onnx_slice)
     registry.map_onnx("Gather", "gather", _onnx_gather)
     registry.map_onnx("Expand", "expand", _x_only)
-    registry.add_rule("gather", lower_gather, aliasing=True)

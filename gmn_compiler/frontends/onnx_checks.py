@@ -18,7 +18,7 @@ import onnx
 from ..errors import CompileError, UnsupportedOpsError
 from ..registry import Registry
 from .checks import check_input_shapes, check_input_sizes
-from .onnx_patterns import FUSABLE_OP_TYPES, PARAM_LAYOUT_OPS
+from .onnx_patterns import FUSABLE_OP_TYPES
 
 MIN_OPSET, MAX_OPSET = 11, 23
 TYPE_ONLY_INPUTS = {"CastLike": (1,), "Expand": (1,), "ConstantOfShape": (0,)}
@@ -144,7 +144,9 @@ def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[tuple[
         if node.op_type in CONSTANT_OP_TYPES or not (has_value or param_args):
             continue
         if not has_value:
-            if node.op_type in PARAM_LAYOUT_OPS and len(param_args) == 1 and node.input[0] in params:
+            mapping = registry.onnx.get(op_key(node))
+            if mapping is not None and registry.view(mapping.kind) is not None \
+                    and len(param_args) == 1 and node.input[0] in params:
                 params.update(outputs)  # still a parameter, seen through a view
                 continue
             values.update(outputs)

@@ -24,7 +24,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from ..errors import CompileError
+from ..errors import CompileError, Unsupported
 from ..ir import IRGraph, Op, ParamRef, Value
 from ..ir_patterns import normalize
 from ..registry import Registry
@@ -178,10 +178,9 @@ class _Converter:
                 self._bind_constant(out)
             return
         if not has_value:
-            transformed = onnx_patterns.transform_params(
-                node, args, attrs, lambda n: tuple(np.shape(self.values[n])), self._constant)
-            if transformed is not None:
-                for out, ref in zip(node.output, transformed):
+            seen = self._param_view(node, args, attrs)
+            if seen is not None:
+                for out, ref in zip(node.output, seen):
                     self.env[out] = ref
                 return
         outs = [self._new_value(o, self.values[o]) for o in node.output if o and o in self.values]
@@ -196,12 +195,31 @@ class _Converter:
         if mapping is None:
             self.ops.append(Op(f"onnx.{key}", operands, outs, attrs, location, node.op_type))
             return
-        attrs = self._opset_semantics(node, attrs)
-        if mapping.normalize is None:
-            inputs, norm_attrs = operands, attrs
-        else:
-            inputs, norm_attrs = mapping.normalize(*operands, **attrs)
+        try:
+            inputs, norm_attrs = _normalized(mapping, operands, self._opset_semantics(node, attrs))
+        except Unsupported as refusal:
+            self.ops.append(Op(mapping.kind, operands, outs, attrs, location, node.op_type,
+                               unsupported=refusal.reason))
+            return
         self.ops.append(Op(mapping.kind, inputs, outs, norm_attrs, location, node.op_type))
+
+    def _param_view(self, node: onnx.NodeProto, args: list, attrs: dict) -> list[ParamRef] | None:
+        """The node's outputs as views of its one initializer operand (the first), when the
+        node's kind declares a view (:attr:`OpKind.view`); None otherwise."""
+        mapping = self.registry.onnx.get(op_key(node))
+        view = self.registry.view(mapping.kind) if mapping is not None else None
+        refs = [a for a in args if isinstance(a, ParamRef)]
+        outputs = [o for o in node.output if o and o in self.values]
+        if view is None or len(refs) != 1 or not args or args[0] is not refs[0] or not outputs:
+            return None
+        operands = [self._operand(a, name) for a, name in zip(args, node.input)]
+        try:
+            _, norm_attrs = _normalized(mapping, operands, attrs)
+        except Unsupported:
+            return None
+        arrays = [np.asarray(self.values[o]) for o in outputs]
+        return refs[0].through(view, norm_attrs, [tuple(a.shape) for a in arrays],
+                               [_NP_TO_TORCH.get(a.dtype) for a in arrays])
 
     def _opset_semantics(self, node, attrs: dict) -> dict:
         """Attributes whose meaning changed across opsets, in today's meaning. Softmax,
@@ -215,8 +233,8 @@ class _Converter:
         rank = len(np.shape(self.values[node.input[0]])) if node.input[0] in self.values else None
         axis = int(attrs.get("axis", 1))
         if rank is None or axis % rank != rank - 1:
-            return {**attrs, "unsupported": f"{node.op_type} before opset 13 over axes {axis}.. "
-                    "(flattened); re-export with opset 13 or later"}
+            raise Unsupported(f"{node.op_type} before opset 13 over axes {axis}.. "
+                              "(flattened); re-export with opset 13 or later")
         return {**attrs, "axis": -1}
 
     def _bind_constant(self, name: str) -> None:
@@ -237,6 +255,13 @@ class _Converter:
                 return ParamRef(name, tensor, None, "constant")
             return tensor
         return arg
+
+
+def _normalized(mapping, operands: list, attrs: dict) -> tuple[list, dict]:
+    """The mapping's canonical inputs and attrs (``Unsupported`` propagates)."""
+    if mapping.normalize is None:
+        return operands, attrs
+    return mapping.normalize(*operands, **attrs)
 
 
 class _ConstantTensor:

@@ -1,29 +1,24 @@
-"""ONNX graph rewrites applied before lowering, and layout ops on initializers.
+"""ONNX graph rewrites applied before lowering.
 
-- :func:`fuse` merges the Erf GELU subgraph ``0.5 · x · (1 + erf(x / √2))`` (three
-  exporter spellings) into ``Gelu``, the op the torch frontend sees. (``MatMul`` + ``Add``
-  is fused at IR level, :mod:`gmn_compiler.ir_patterns`, for both frontends.)
-- :func:`transform_params` applies a layout op (Transpose, Reshape, Slice…) to an
-  initializer's values and offsets alike, keeping it a parameter seen through a view.
+:func:`fuse` merges the Erf GELU subgraph ``0.5 · x · (1 + erf(x / √2))`` (three exporter
+spellings) into ``Gelu``, the op the torch frontend sees. (``MatMul`` + ``Add`` is fused at IR
+level, :mod:`gmn_compiler.ir_patterns`, for both frontends. A layout op on an initializer is
+seen through its kind's declared view, :attr:`gmn_compiler.registry.OpKind.view`.)
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
-import torch
 from onnx import helper
 
 from ..ir import ParamRef
 
 FUSABLE_OP_TYPES = frozenset({"Erf", "Div", "Mul", "Add"})
 """Op types :func:`fuse` may merge into ``Gelu`` (whether each one stays is known only then)."""
-PARAM_LAYOUT_OPS = frozenset({"Identity", "Dropout", "CastLike", "Cast", "Reshape", "Flatten",
-                              "Squeeze", "Unsqueeze", "Transpose", "Gather", "Slice", "Split"})
-"""Op types :func:`transform_params` turns into views of a parameter."""
 
 
 def _consumers(nodes: list[onnx.NodeProto], protected: set[str]) -> dict[str, list[int]]:
@@ -109,63 +104,3 @@ def _fuse_gelu(nodes, env, values, outputs) -> list[onnx.NodeProto]:
                                           name=nodes[last].name or erf.name)
         dropped |= group - {last}
     return [replaced.get(i, n) for i, n in enumerate(nodes) if i not in dropped]
-
-
-# ---------------------------------------------------------------- layout ops on parameters
-def transform_params(node: onnx.NodeProto, args: list, attrs: dict, shape_of: Callable[[str], tuple],
-                     constant: Callable[[str], torch.Tensor]) -> list[ParamRef] | None:
-    """The node's outputs as views of its (single) initializer input, or ``None`` if the
-    node is not a pure layout op on one parameter."""
-    refs = [a for a in args if isinstance(a, ParamRef)]
-    if node.op_type not in PARAM_LAYOUT_OPS or len(refs) != 1 or not isinstance(args[0], ParamRef):
-        return None
-    ref = args[0]
-    op = node.op_type
-    if op in ("Identity", "Dropout", "CastLike"):  # CastLike: same dtype in practice
-        return [ref]
-    if op == "Cast":
-        return [ParamRef(ref.name, ref.tensor.to(_onnx_dtype(attrs["to"])), ref.offsets, ref.kind)]
-    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-        shape = shape_of(node.output[0])
-        return [ref.apply(lambda t: t.reshape(shape))]
-    if op == "Transpose":
-        perm = attrs.get("perm") or list(range(ref.tensor.dim()))[::-1]
-        return [ref.apply(lambda t: t.permute(*perm))]
-    if op == "Gather":
-        indices = constant(node.input[1]).long()
-        axis = attrs.get("axis", 0)
-        if indices.dim() == 0:
-            return [ref.apply(lambda t: t.select(axis, int(indices) % t.shape[axis]))]
-        return [ref.apply(lambda t: t.index_select(axis, indices.reshape(-1) % t.shape[axis])
-                          .reshape(t.shape[:axis % t.dim()] + indices.shape + t.shape[axis % t.dim() + 1:]))]
-    if op == "Slice":
-        return [ref.apply(lambda t: _slice(t, node, attrs, constant))]
-    if op == "Split":
-        axis = attrs.get("axis", 0)
-        sizes = [shape_of(o)[axis] for o in node.output]
-        return [ParamRef(ref.name, v, o, ref.kind) for v, o in
-                zip(torch.split(ref.tensor, sizes, axis), torch.split(ref.flat_offsets(), sizes, axis))]
-    return None
-
-
-def _slice(t: torch.Tensor, node, attrs, constant) -> torch.Tensor:
-    if len(node.input) > 1:
-        starts = constant(node.input[1]).tolist()
-        ends = constant(node.input[2]).tolist()
-        axes = constant(node.input[3]).tolist() if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
-        steps = constant(node.input[4]).tolist() if len(node.input) > 4 and node.input[4] else [1] * len(starts)
-    else:  # opset < 10 attributes
-        starts, ends = attrs["starts"], attrs["ends"]
-        axes = attrs.get("axes", list(range(len(starts))))
-        steps = [1] * len(starts)
-    index = [slice(None)] * t.dim()
-    for s, e, a, st in zip(starts, ends, axes, steps):
-        index[a] = slice(*slice(s, e, st).indices(t.shape[a]))
-    if any(st < 0 for st in steps):
-        raise ValueError("negative Slice steps on a parameter are not supported")
-    return t[tuple(index)]
-
-
-def _onnx_dtype(code: int) -> torch.dtype:
-    np_type = onnx.helper.tensor_dtype_to_np_dtype(code)
-    return torch.from_numpy(np.zeros(1, dtype=np_type)).dtype

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CompileError
+from ..errors import CompileError, Unsupported
 from ..ir import IRGraph, Op, ParamRef, Value
 from ..ir_patterns import normalize
 from ..registry import Registry, target_name
@@ -44,6 +44,13 @@ def _constant_index(args) -> torch.Tensor | None:
     return index.constant if isinstance(index, Value) else None
 
 
+def _normalized(mapping, args, kwargs) -> tuple[list, dict]:
+    """The mapping's canonical inputs and attrs (``Unsupported`` propagates)."""
+    if mapping.normalize is None:
+        return list(args), dict(kwargs)
+    return mapping.normalize(*args, **kwargs)
+
+
 def name_is_random(target) -> bool:
     name = target_name(target)
     return any(word in name for word in ("rand", "normal", "bernoulli", "dropout", "empty"))
@@ -53,19 +60,6 @@ _NO_OP_TARGETS = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.d
                   "aten.sym_constrain_range_for_size.default", "aten._assert_async.msg",
                   "aten.sym_constrain_range.default"}
 
-# ATen ops that only rearrange entries: applied to a parameter, they are applied to its
-# values and its offsets alike (the parameter stays a parameter, seen through a view).
-_LAYOUT_TARGETS = {
-    "aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
-    "aten.permute.default", "aten.transpose.int", "aten.t.default", "aten.slice.Tensor",
-    "aten.select.int", "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims",
-    "aten.squeeze.default", "aten.expand.default", "aten.contiguous.default",
-    "aten.clone.default", "aten.alias.default", "aten.detach.default", "aten.detach_.default",
-    "aten.flatten.using_ints", "aten.unflatten.int", "aten.split.Tensor",
-    "aten.split_with_sizes.default", "aten.chunk.default", "aten.unbind.int",
-    "aten.lift_fresh_copy.default", "aten.movedim.int", "aten.index_select.default",
-    "aten.numpy_T.default", "aten.mT.default", "aten.matrix_H.default", "aten.swapaxes.default",
-}
 
 
 def export_module(model: nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
@@ -273,9 +267,11 @@ class _Converter:
         if not has_value and has_param and name in _INDEX_TARGETS and _constant_index(args) is not None:
             self.env[node.name] = self._lookup(args[0], _constant_index(args))
             return
-        if not has_value and has_param and name in _LAYOUT_TARGETS:
-            self.env[node.name] = self._apply_to_params(node.target, args, kwargs)
-            return
+        if not has_value and has_param:
+            seen = self._param_view(node, name, args, kwargs)
+            if seen is not None:
+                self.env[node.name] = seen
+                return
         if has_value and name not in self.registry.aten and self._convert_decomposed(node):
             return
         outputs = self.values_for(node)
@@ -294,10 +290,12 @@ class _Converter:
         if mapping is None:
             self.ops.append(Op(name, list(args), out_values, dict(kwargs), location, name))
             return
-        if mapping.normalize is None:
-            inputs, attrs = list(args), dict(kwargs)
-        else:
-            inputs, attrs = mapping.normalize(*args, **kwargs)
+        try:
+            inputs, attrs = _normalized(mapping, args, kwargs)
+        except Unsupported as refusal:
+            self.ops.append(Op(mapping.kind, list(args), out_values, dict(kwargs), location, name,
+                               unsupported=refusal.reason))
+            return
         self.ops.append(Op(mapping.kind, inputs, out_values, attrs, location, name))
 
     def _convert_decomposed(self, node: torch.fx.Node) -> bool:
@@ -328,7 +326,7 @@ class _Converter:
                     self.env[node.name] = self._arg(n.args[0])
         finally:
             self._decomposing -= 1
-        if any(self.registry.rule(op.kind) is None or op.attrs.get("unsupported") for op in self.ops[start:]):
+        if any(self.registry.rule(op.kind) is None or op.unsupported is not None for op in self.ops[start:]):
             # it decomposes into ops without rules either: report the op the user wrote
             del self.ops[start:]
             for key in [k for k in self.env if k == node.name or k.startswith(f"{node.name}__")]:
@@ -373,14 +371,26 @@ class _Converter:
         """``weight[index]`` along axis 0 with constant indices (learned positional tables)."""
         return ref.apply(lambda t: t[index.long()])
 
-    def _apply_to_params(self, target, args, kwargs):
-        ref = args[0]
-        rest = args[1:]
-        values = target(ref.tensor, *rest, **kwargs)
-        offsets = target(ref.flat_offsets(), *rest, **kwargs)
-        if isinstance(values, (list, tuple)):
-            return [ParamRef(ref.name, v, o, ref.kind) for v, o in zip(values, offsets)]
-        return ParamRef(ref.name, values, offsets, ref.kind)
+    def _param_view(self, node: torch.fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        """The outputs of an op on one parameter (and constants) as views of that parameter,
+        when the op's kind declares a view (:attr:`OpKind.view`); None otherwise."""
+        mapping = self.registry.aten.get(name)
+        view = self.registry.view(mapping.kind) if mapping is not None else None
+        refs = [x for x in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(x, ParamRef)]
+        if view is None or len(refs) != 1 or not args or args[0] is not refs[0]:
+            return None
+        try:
+            _, attrs = _normalized(mapping, args, kwargs)
+        except Unsupported:
+            return None
+        val = node.meta.get("val")
+        vals = list(val) if isinstance(val, (list, tuple)) else [val]
+        if not all(isinstance(v, torch.Tensor) for v in vals):
+            return None
+        seen = refs[0].through(view, attrs, [tuple(v.shape) for v in vals], [v.dtype for v in vals])
+        if seen is None:
+            return None
+        return seen if isinstance(val, (list, tuple)) else seen[0]
 
     # ---------------------------------------------------------------- leaves
     def _leaf_groups(self) -> dict[str, str]:
