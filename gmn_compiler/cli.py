@@ -271,16 +271,27 @@ def format_summary(pg) -> str:
 
 
 def format_rules(registry) -> str:
-    """Every kind with a rule (plugin, frontends, whether it only rearranges entries), plus
-    kinds a frontend maps to that no plugin lowers."""
-    rows = [[kind, e.plugin, ", ".join(registry.frontends(kind)) or "-", "yes" if e.aliasing else ""]
+    """Every kind with a rule and what its declaration says (plugin, frontends, whether it only
+    rearranges entries — "view" when a parameter can be seen through it —, elementwise, the
+    neuron axis of a model input it reads first, its operands), plus kinds a frontend maps to
+    that no plugin lowers."""
+    rows = [[kind, e.plugin, ", ".join(registry.frontends(kind)) or "-",
+             ("yes, view" if e.view else "yes") if e.aliasing else "", "yes" if e.elementwise else "",
+             _described_axis(e.input_axis), ", ".join(e.inputs) if e.inputs is not None else "?"]
             for kind, e in sorted(registry.rules.items(), key=lambda kv: (kv[1].plugin, kv[0]))]
     mapped = {m.kind for table in (registry.aten, registry.onnx, registry.leaf_modules)
               for m in table.values()}
-    rows += [[kind, "(no rule)", ", ".join(registry.frontends(kind)), ""]
+    rows += [[kind, "(no rule)", ", ".join(registry.frontends(kind)), "", "", "", ""]
              for kind in sorted(mapped - set(registry.rules))]
-    lines = _table(["kind", "plugin", "frontends", "rearranges only"], rows, [False] * 4)
+    lines = _table(["kind", "plugin", "frontends", "rearranges only", "elementwise", "input axis", "operands"],
+                   rows, [False] * 7)
     return "\n".join(lines + [f"{len(registry.rules)} kinds from {len(registry.plugins)} plugins"])
+
+
+def _described_axis(axis) -> str:
+    if axis is None:
+        return ""
+    return "per op" if callable(axis) else str(axis)
 
 
 def group_unsupported(missing: list[tuple[str, str]]) -> dict[str, list[str]]:

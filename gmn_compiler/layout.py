@@ -352,3 +352,31 @@ def take(before: Layout, shape: tuple[int, ...], dim: int, after: Layout,
     if indices == tuple(range(shape[dim])) and not squeeze:
         return after
     return after.signed(("take", dim - ndim, shape[dim], indices, squeeze))
+
+
+def fields(ids: torch.Tensor, pos: torch.Tensor | None, sizes: Sequence[int]) -> torch.Tensor:
+    """The node of each *field* of a channel axis: the entries ``(ids, pos)`` of that axis (as
+    :func:`axis_entries` returns them) split into consecutive fields of ``sizes`` channels.
+
+    Contract: field ``f`` must be one node whose channels are its positions ``0..size-1`` in
+    order (a single-channel field may instead have no position at all, when ``pos`` is None);
+    the sizes must add up to the number of entries. Returns a long tensor of ``len(sizes)``
+    node ids, one per field; raises ``ValueError`` naming the first field that breaks the
+    contract (a field spanning several nodes, its channels rearranged, or an entry count that
+    does not match). Pure: reads its arguments only."""
+    ids = ids.reshape(-1)
+    pos = None if pos is None else pos.reshape(-1)
+    total = sum(sizes)
+    if ids.numel() != total:
+        raise ValueError(f"{ids.numel()} channels, but the fields have {total} ({len(sizes)} fields)")
+    found, start = [], 0
+    for f, size in enumerate(sizes):
+        end = start + size
+        same_node = bool((ids[start:end] == ids[start]).all()) if size else False
+        in_order = (pos is None and size == 1) or (pos is not None and torch.equal(pos[start:end], torch.arange(size)))
+        if not (same_node and in_order):
+            raise ValueError(f"field {f} (channels {start}..{end - 1}) is not one node with its channels at "
+                             f"positions 0..{size - 1} in order")
+        found.append(int(ids[start]))
+        start = end
+    return torch.tensor(found, dtype=torch.long)

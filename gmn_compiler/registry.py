@@ -65,7 +65,7 @@ class Hookspecs:
         """
 
 
-GENERIC_ATTRIBUTES = frozenset({"params", "inner", "module_attrs"})
+GENERIC_ATTRIBUTES = frozenset({"params", "inner", "module_attrs", "module_path", "module_type"})
 """Attributes the frontends give every op of a leaf module (see :meth:`Registrar.add_leaf_module`)."""
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Rule, hookimpl, layout as L
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Unsupported, Rule, hookimpl, layout as L
 
 # what a normalizer returns: the kind's canonical inputs and attrs
 _Normalized = tuple[list[Any], dict[str, Any]]
@@ -163,19 +163,15 @@ def _onnx_clip(x: Any, lo: object = None, hi: object = None, **attrs: Any) -> _N
     lo, hi = _bound(lo), _bound(hi)
     attrs = {"min": attrs.get("min", lo), "max": attrs.get("max", hi)}
     if "computed" in attrs.values():
-        return [x], {"unsupported": "Clip with bounds computed in the model"}
+        raise Unsupported("Clip with bounds computed in the model")
     return [x], attrs
 
 
-def _onnx_softmax(x: Any, axis: int = -1, unsupported: str | None = None) -> _Normalized:
-    if unsupported:
-        return [x], {"unsupported": unsupported}
+def _onnx_softmax(x: Any, axis: int = -1) -> _Normalized:
     return [x], {"dim": axis, "log": False}
 
 
-def _onnx_log_softmax(x: Any, axis: int = -1, unsupported: str | None = None) -> _Normalized:
-    if unsupported:
-        return [x], {"unsupported": unsupported}
+def _onnx_log_softmax(x: Any, axis: int = -1) -> _Normalized:
     return [x], {"dim": axis, "log": True}
 
 
@@ -186,7 +182,8 @@ def _log_sigmoid_forward(x: Any) -> _Normalized:
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
     for activation in sorted(set(ACTIVATION_OPS.values()) | {"gelu"}):
-        registry.add_rule(activation, make_activation_rule(activation))
+        # attributes stay open: ONNX activations pass their own (alpha, gamma...) through
+        registry.add_rule(activation, make_activation_rule(activation), inputs=("x",), elementwise=True)
     normalizers: dict[str, Callable[..., _Normalized]] = {"gelu": _gelu, "clamp_min": _clamp_min,
                                                           "clamp_max": _clamp_max}
     for op_name, activation in sorted(ACTIVATION_OPS.items()) + [("gelu", "gelu")]:
@@ -195,11 +192,12 @@ def gmn_register(registry: Registrar) -> None:
             for overload in _OVERLOADS:
                 registry.map_aten(f"aten.{op_name}{suffix}.{overload}", activation, normalize)
     registry.map_aten("aten.log_sigmoid_forward.default", "logsigmoid", _log_sigmoid_forward)
-    registry.add_rule("prelu", lower_prelu)
+    registry.add_rule("prelu", lower_prelu, inputs=("x", "weight"), attributes=(), elementwise=True)
     registry.map_aten("aten.prelu.default", "prelu", _prelu)
     registry.map_aten("aten._prelu_kernel.default", "prelu", _prelu)
     registry.map_onnx("PRelu", "prelu", lambda x, slope: ([x, slope], {}))
-    registry.add_rule("softmax", lower_softmax)
+    # softmax over an axis commutes with permuting any axis: "elementwise" for the core
+    registry.add_rule("softmax", lower_softmax, inputs=("x",), attributes=("dim", "log"), elementwise=True)
     for target in ("aten.softmax.int", "aten._softmax.default", "aten.special_softmax.int"):
         registry.map_aten(target, "softmax", _softmax)
     for target in ("aten.log_softmax.int", "aten._log_softmax.default"):

@@ -246,9 +246,10 @@ def lower_isnan(ctx: LoweringContext, op: Op) -> None:
 
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
-    registry.add_rule("isnan", lower_isnan)
+    registry.add_rule("isnan", lower_isnan, inputs=("x",), attributes=(), elementwise=True)
     registry.map_onnx("IsNaN", "isnan", lambda x: ([x], {}))
     registry.map_aten("aten.isnan.default", "isnan", lambda x: ([x], {}))
     registry.add_rule("contract", lower_contract)
-    registry.add_rule("sdpa", lower_sdpa)
+    registry.add_rule("sdpa", lower_sdpa, inputs=("q", "k", "v", "attn_mask"),
+                      attributes=("is_causal", "scale", "enable_gqa"))
     registry.map_aten("aten.scaled_dot_product_attention.default", "sdpa", _sdpa)

@@ -22,6 +22,6 @@ def _like(x: Any, *args: Any, **kwargs: Any) -> tuple[list[Any], dict[str, Any]]
 
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
-    registry.add_rule("constant", lower_constant)
+    registry.add_rule("constant", lower_constant, inputs=(), attributes=())
     for name in ("zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like"):
         registry.map_aten(f"aten.{name}.default", "constant", _like)

@@ -152,7 +152,8 @@ def _onnx_conv_transpose(x: Any, weight: Any, bias: Any = None, group: int = 1, 
 
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
-    registry.add_rule("conv", lower_conv)
+    # attributes stay open: ONNX Conv passes its own (pads, strides, auto_pad...) through
+    registry.add_rule("conv", lower_conv, inputs=("x", "weight", "bias"), input_axis=1)
     for d in (1, 2, 3):
         registry.map_aten(f"aten.conv{d}d.default", "conv", _conv)
         registry.map_aten(f"aten.conv{d}d.padding", "conv", _conv)

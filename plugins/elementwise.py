@@ -25,7 +25,7 @@ from typing import Any, SupportsFloat, cast
 
 import torch
 
-from gmn_compiler.rules import Layout, LoweringContext, Op, ParamRef, Registrar, Value, hookimpl, layout as L
+from gmn_compiler.rules import Layout, LoweringContext, Op, ParamRef, Registrar, Unsupported, Value, hookimpl, layout as L
 
 # what a normalizer returns: the kind's canonical inputs and attrs
 _Normalized = tuple[list[Any], dict[str, Any]]
@@ -297,7 +297,7 @@ def _operand_content(ctx: LoweringContext, operand: object) -> tuple[Hashable, .
 def _where(condition: Any, a: Any, b: Any) -> _Normalized:
     active = [t for t in (a, b) if isinstance(t, Value) and t.constant is None]
     if len(active) != 1:
-        return [a, condition, b], {"unsupported": "where() whose branches are not one activation and a constant"}
+        raise Unsupported("where() whose branches are not one activation and a constant")
     if active[0] is a:
         return [a, condition, b], {}
     return [b, condition, a], {"x_if_false": True}
@@ -323,7 +323,7 @@ def _div(a: Any, b: Any, rounding_mode: str | None = None) -> _Normalized:
 
 def _onnx_binary(*operands: Any, **attrs: Any) -> _Normalized:
     if len(operands) != 2:
-        return list(operands), {"unsupported": f"{len(operands)} operands (only 2 are supported)"}
+        raise Unsupported(f"{len(operands)} operands (only 2 are supported)")
     return list(operands), {"alpha": 1}
 
 
@@ -337,7 +337,7 @@ def _onnx_pow(base: Any, exponent: Any) -> _Normalized:
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
     for kind in ("add", "sub", "mul", "div", "maximum", "minimum", "pow"):
-        registry.add_rule(kind, lower_binary)
+        registry.add_rule(kind, lower_binary, inputs=("a", "b"), elementwise=True)
     for kind in ("add", "sub", "mul", "div"):
         for overload in ("Tensor", "Scalar"):
             for suffix in ("", "_"):
@@ -352,7 +352,8 @@ def gmn_register(registry: Registrar) -> None:
                           ("Max", "maximum"), ("Min", "minimum")):
         registry.map_onnx(op_type, kind, _onnx_binary)
     registry.map_onnx("Pow", "pow", _onnx_pow)
-    registry.add_rule("where", lower_where)
+    registry.add_rule("where", lower_where, inputs=("x", "condition", "other"), attributes=("x_if_false",),
+                      elementwise=True)
     for target in ("aten.where.self", "aten.where.ScalarOther", "aten.where.ScalarSelf", "aten.where.Scalar"):
         registry.map_aten(target, "where", _where)
     for target in ("aten.masked_fill.Scalar", "aten.masked_fill.Tensor", "aten.masked_fill_.Scalar"):

@@ -46,5 +46,5 @@ def _embedding(weight: Any, indices: Any, padding_idx: int = -1, scale_grad_by_f
 
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
-    registry.add_rule("embedding", lower_embedding)
+    registry.add_rule("embedding", lower_embedding, inputs=("weight", "indices"), attributes=("padding_idx",))
     registry.map_aten("aten.embedding.default", "embedding", _embedding)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Value, hookimpl, layout as L
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Unsupported, Value, hookimpl, layout as L
 
 # what a normalizer returns: the kind's canonical inputs and attrs
 _Normalized = tuple[list[Any], dict[str, Any]]
@@ -68,7 +68,7 @@ def _bmm(a: Any, b: Any) -> _Normalized:
 
 def _addmm(bias: Any, a: Any, b: Any, beta: float = 1, alpha: float = 1) -> _Normalized:
     if beta != 1 or alpha != 1:
-        return [bias, a, b], {"beta": beta, "alpha": alpha, "unsupported": "addmm with alpha/beta"}
+        raise Unsupported("addmm with alpha/beta")
     inputs, attrs = _matmul(a, b)
     if len(inputs) == 3:
         inputs[2] = bias
@@ -88,17 +88,25 @@ def lower_matmul(ctx: LoweringContext, op: Op) -> None:
 def _onnx_gemm(a: Any, b: Any, c: Any = None, alpha: float = 1.0, beta: float = 1.0, transA: int = 0,
                transB: int = 0) -> _Normalized:
     if transA or alpha != 1.0 or (c is not None and beta != 1.0) or not isinstance(b, ParamRef):
-        return [a, b, c], {"unsupported": "Gemm with transA, alpha != 1, beta != 1 or an activation as B"}
+        raise Unsupported("Gemm with transA, alpha != 1, beta != 1 or an activation as B")
     if c is not None and not isinstance(c, ParamRef):
-        return [a, b, c], {"unsupported": "Gemm with a non-initializer C"}
+        raise Unsupported("Gemm with a non-initializer C")
     weight = b if transB else b.apply(lambda t: t.t())
     return [a, weight, c], {}
 
 
+def _contracted_axis(op: Op) -> int:
+    """The axis of ``x`` a linear layer contracts: its neurons."""
+    axis: int = op.attrs.get("axis", -1)
+    return axis
+
+
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
-    registry.add_rule("linear", lower_linear)
-    registry.add_rule("matmul", lower_matmul)
+    registry.add_rule("linear", lower_linear, inputs=("x", "weight", "bias"), attributes=("axis",),
+                      input_axis=_contracted_axis)
+    registry.add_rule("matmul", lower_matmul, inputs=("a", "b", "bias"), attributes=("axis", "between_activations"),
+                      input_axis=lambda op: _contracted_axis(op) if len(op.inputs) == 3 else None)
     registry.map_aten("aten.linear.default", "linear", _linear)
     for target in ("aten.matmul.default", "aten.mm.default"):
         registry.map_aten(target, "matmul", _matmul)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from gmn_compiler.rules import Layout, LoweringContext, Op, ParamRef, Registrar, hookimpl, layout as L
+from gmn_compiler.rules import Layout, LoweringContext, Op, ParamRef, Registrar, Unsupported, hookimpl, layout as L
 
 # what a normalizer returns: the kind's canonical inputs and attrs
 _Normalized = tuple[list[Any], dict[str, Any]]
@@ -175,9 +175,9 @@ def _native_group_norm(x: Any, weight: Any, bias: Any, n: int, c: int, hxw: int,
 
 def _onnx_batch_norm(x: Any, scale: Any, bias: Any, mean: Any, var: Any, epsilon: float = 1e-5, momentum: float = 0.9,
                      training_mode: int = 0) -> _Normalized:
-    attrs: dict[str, Any] = {"eps": epsilon, "training": bool(training_mode)}
     if training_mode:
-        attrs["unsupported"] = "BatchNormalization in training mode"
+        raise Unsupported("BatchNormalization in training mode")
+    attrs: dict[str, Any] = {"eps": epsilon, "training": False}
     return [x, _identity_constant(scale, 1.0), _identity_constant(bias, 0.0), mean, var], attrs
 
 
@@ -215,11 +215,16 @@ def _onnx_instance_norm(x: Any, scale: Any, bias: Any, epsilon: float = 1e-5) ->
 
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
-    registry.add_rule("batch_norm", lower_batch_norm)
-    registry.add_rule("instance_norm", lower_instance_norm)
-    registry.add_rule("layer_norm", lower_layer_norm)
-    registry.add_rule("group_norm", lower_group_norm)
-    registry.add_rule("rms_norm", lower_rms_norm)
+    statistics = ("x", "weight", "bias", "running_mean", "running_var")
+    registry.add_rule("batch_norm", lower_batch_norm, inputs=statistics, attributes=("eps", "training"), input_axis=1)
+    registry.add_rule("instance_norm", lower_instance_norm, inputs=statistics, attributes=("eps", "use_input_stats"),
+                      input_axis=1)
+    registry.add_rule("layer_norm", lower_layer_norm, inputs=("x", "weight", "bias"),
+                      attributes=("normalized_shape", "eps"), input_axis=-1)
+    registry.add_rule("group_norm", lower_group_norm, inputs=("x", "weight", "bias"), attributes=("num_groups", "eps"),
+                      input_axis=1)
+    registry.add_rule("rms_norm", lower_rms_norm, inputs=("x", "weight"), attributes=("normalized_shape", "eps"),
+                      input_axis=-1)
     registry.map_aten("aten.rms_norm.default", "rms_norm", _rms_norm)
     registry.map_onnx("RMSNormalization", "rms_norm", _onnx_rms_norm)
     registry.map_aten("aten.batch_norm.default", "batch_norm", _batch_norm)

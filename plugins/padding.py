@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Value, hookimpl, layout as L
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Unsupported, Value, hookimpl, layout as L
 
 # what a normalizer returns: the kind's canonical inputs and attrs
 _Normalized = tuple[list[Any], dict[str, Any]]
@@ -102,7 +102,7 @@ def _onnx_pad(x: Any, pads: object = None, constant_value: object = None, axes: 
     ndim = len(x.shape)
     amounts, fill, chosen = _numbers(pads), _numbers(constant_value), _numbers(axes)
     if amounts is None or mode not in _ONNX_MODES:
-        return [x], {"unsupported": f"Pad with pads computed in the model or mode {mode!r}"}
+        raise Unsupported(f"Pad with pads computed in the model or mode {mode!r}")
     axes_list = [int(a) % ndim for a in chosen] if chosen is not None else list(range(ndim))
     k = len(axes_list)
     found = {a: (int(amounts[i]), int(amounts[k + i])) for i, a in enumerate(axes_list)}
@@ -111,7 +111,7 @@ def _onnx_pad(x: Any, pads: object = None, constant_value: object = None, axes: 
 
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
-    registry.add_rule("pad", lower_pad, aliasing=True)
+    registry.add_rule("pad", lower_pad, inputs=("x",), attributes=("pads", "mode", "value"), aliasing=True)
     registry.map_aten("aten.pad.default", "pad", _torch_pad)
     registry.map_aten("aten.constant_pad_nd.default", "pad", _constant_pad_nd)
     for dims in (1, 2, 3):

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from gmn_compiler.rules import Layout, LoweringContext, Op, Registrar, hookimpl, layout as L
+from gmn_compiler.rules import Layout, LoweringContext, Op, Registrar, Unsupported, hookimpl, layout as L
 
 # what a normalizer returns: the kind's canonical inputs and attrs
 _Normalized = tuple[list[Any], dict[str, Any]]
@@ -173,7 +173,7 @@ def _pool(mode: str, spatial_dims: int) -> Callable[..., _Normalized]:
         else:  # avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
             ceil_mode, include, divisor = _fill(rest, [False, True, None])
             if divisor is not None:
-                return [x], {"unsupported": "avg_pool with divisor_override"}
+                raise Unsupported("avg_pool with divisor_override")
             extra = _window(kernel_size, stride, padding, 1, ceil_mode, bool(include), spatial_dims)
         return [x], {"mode": mode, "spatial_dims": spatial_dims, **extra}
     return normalize
@@ -215,7 +215,7 @@ def _vector_norm(x: Any, ord: float = 2, dim: int | Sequence[int] | None = None,
                  dtype: torch.dtype | None = None) -> _Normalized:
     """``torch.linalg.vector_norm`` (``F.normalize``, ``x.norm(dim=...)``): the 2-norm only."""
     if ord != 2:
-        return [x], {"unsupported": f"vector norm of order {ord} (only the 2-norm is supported)"}
+        raise Unsupported(f"vector norm of order {ord} (only the 2-norm is supported)")
     return [x], {"mode": "norm", "dims": _dims(dim), "keepdim": keepdim}
 
 
@@ -240,15 +240,16 @@ def _onnx_reduce(mode: str) -> Callable[..., _Normalized]:
         if axes is not None:
             axes = [int(a) for a in torch.as_tensor(axes).reshape(-1).tolist()]
         if not axes and noop_with_empty_axes:
-            return [x], {"unsupported": "Reduce with noop_with_empty_axes"}
+            raise Unsupported("Reduce with noop_with_empty_axes")
         return [x], {"mode": mode, "dims": axes or None, "keepdim": bool(keepdims)}
     return normalize
 
 
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
-    registry.add_rule("pool", lower_pool)
-    registry.add_rule("reduce", lower_reduce)
+    registry.add_rule("pool", lower_pool, inputs=("x",),
+                      attributes=("mode", "spatial_dims", "global", "adaptive", "window", "auto_pad"))
+    registry.add_rule("reduce", lower_reduce, inputs=("x",), attributes=("mode", "dims", "keepdim", "correction"))
     for d in (1, 2, 3):
         registry.map_aten(f"aten.avg_pool{d}d.default", "pool", _pool("avg", d))
         registry.map_aten(f"aten.max_pool{d}d.default", "pool", _pool("max", d))

@@ -460,7 +460,7 @@ def _view_split(t: torch.Tensor, attrs: dict[str, Any], shapes: _Shapes) -> list
     dim = attrs["dim"] % t.dim()
     if attrs.get("squeeze"):
         return list(t.unbind(dim))
-    return list(t.split([shape[dim] for shape in shapes], dim))
+    return list(torch.split(t, [shape[dim] for shape in shapes], dim))
 
 
 def _view_expand(t: torch.Tensor, attrs: dict[str, Any], shapes: _Shapes) -> list[torch.Tensor]:

@@ -231,7 +231,9 @@ def test_list_rules_needs_no_model(capfd):
                          ("batch_norm", "gmn_plugins.norms")]:
         assert rows[kind][0] == plugin and "torch" in rows[kind][1].split(", "), rows[kind]
         assert rows[kind][2] == ""
-    assert rows["reshape"][2] == "yes"  # a rearranging kind is marked
+    assert rows["reshape"][2] == "yes, view"  # a rearranging kind is marked, with its view
+    assert rows["cat"][2] == "yes" and rows["relu"][3] == "yes" and rows["conv"][4] == "1"
+    assert rows["linear"][5] == "x, weight, bias"
     registry = gc.registry.default_registry()
     assert set(registry.rules) <= set(rows)
 

@@ -122,6 +122,32 @@ CASES = {
     "ConvTranspose": lambda: _cnn([N("ConvTranspose", ["h", "tw", "tb"], ["o"], strides=[2, 2])],
                                   [_w("tw", 4, 3, 2, 2), _w("tb", 3)], out_channels=3),
     "Expand": lambda: _cnn([N("Expand", ["h", "shape"], ["o"])], [_i64("shape", [1, 4, 6, 6])]),
+    # one Slice over two neuron axes of an activation, one of them reversed
+    "Slice-two-axes": lambda: _graph([N("MatMul", ["x", "w1"], ["h"]), N("Reshape", ["h", "grid"], ["g"]),
+                                      N("Slice", ["g", "st", "en", "axes", "steps"], ["s"]),
+                                      N("Reshape", ["s", "flat"], ["f"]), N("Relu", ["f"], ["r"]),
+                                      N("MatMul", ["r", "w2"], ["y"])],
+                                     [2, 3], [2, 2], [_w("w1", 3, 6), _i64("grid", [2, 2, 3]), _i64("st", [1, 2]),
+                                                      _i64("en", [2, -4]), _i64("axes", [1, 2]), _i64("steps", [1, -1]),
+                                                      _i64("flat", [2, 3]), _w("w2", 3, 2)], 18),
+    "Gather-2d-indices": lambda: _graph([N("MatMul", ["x", "w1"], ["h"]), N("Gather", ["h", "idx"], ["s"], axis=1),
+                                         N("Reshape", ["s", "flat"], ["f"]), N("Relu", ["f"], ["r"]),
+                                         N("MatMul", ["r", "w2"], ["y"])],
+                                        [2, 3], [2, 2], [_w("w1", 3, 4), _i64("idx", [[0, 2], [3, 1]]),
+                                                         _i64("flat", [2, 4]), _w("w2", 4, 2)], 18),
+    # initializers seen through layout ops: the stored tensors are the parameters
+    "Slice-initializer-two-axes": lambda: _graph([N("Slice", ["packed", "st", "en", "axes", "steps"], ["w1"]),
+                                                  N("MatMul", ["x", "w1"], ["h"]), N("Relu", ["h"], ["r"]),
+                                                  N("MatMul", ["r", "w2"], ["y"])],
+                                                 [2, 3], [2, 2], [_w("packed", 5, 6), _i64("st", [3, 5]),
+                                                                  _i64("en", [0, 1]), _i64("axes", [0, 1]),
+                                                                  _i64("steps", [-1, -1]), _w("w2", 4, 2)], 18),
+    "Transpose-Gather-initializer": lambda: _graph([N("Transpose", ["table", ], ["t"], perm=[1, 0]),
+                                                    N("Gather", ["t", "rows"], ["w1"], axis=0),
+                                                    N("MatMul", ["x", "w1"], ["h"]), N("Relu", ["h"], ["r"]),
+                                                    N("MatMul", ["r", "w2"], ["y"])],
+                                                   [2, 3], [2, 2], [_w("table", 4, 5), _i64("rows", [4, 0, 2]),
+                                                                    _w("w2", 4, 2)], 18),
 }
 
 

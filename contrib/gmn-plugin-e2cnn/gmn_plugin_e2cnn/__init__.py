@@ -33,17 +33,10 @@ from typing import Any
 
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, hookimpl, layout as L, signature_code
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Value, hookimpl, layout as L, signature_code
 
 R2CONV = "e2cnn.nn.modules.r2_conv.r2convolution.R2Conv"
 CACHES = ("filter", "expanded_bias")  # derived in eval mode, not free parameters
-
-
-def _offsets(sizes: tuple[int, ...]) -> list[int]:
-    out = [0]
-    for s in sizes:
-        out.append(out[-1] + s)
-    return out
 
 
 def r2conv_attrs(module: Any) -> dict:
@@ -94,26 +87,18 @@ def _bias_fields(module: Any, out_sizes: tuple[int, ...]) -> tuple[list[int], st
     return fields, None
 
 
-def _input_fields(ctx: LoweringContext, x, sizes: tuple[int, ...]) -> torch.Tensor:
+def _input_fields(ctx: LoweringContext, x: Value, sizes: tuple[int, ...]) -> torch.Tensor:
     """One node per input field: a field's channels must be one node at positions 0..size-1
     (or a single channel with no position); else the layer is refused."""
     try:
         ids, pos = L.axis_entries(ctx.require_layout(x), x.shape, 1)
     except ValueError as exc:
         raise ctx.error(f"R2Conv input {x}: {exc}") from None
-    if ids.numel() != sum(sizes):
-        raise ctx.error(f"R2Conv input has {ids.numel()} channels, its field type has {sum(sizes)}")
-    offsets, fields = _offsets(sizes), []
-    for f, size in enumerate(sizes):
-        a, b = offsets[f], offsets[f + 1]
-        same_node = bool((ids[a:b] == ids[a]).all())
-        in_order = (pos is None and size == 1) or (pos is not None and torch.equal(pos[a:b], torch.arange(size)))
-        if not (same_node and in_order):
-            raise ctx.error(f"R2Conv input field {f} (channels {a}..{b - 1}) is not one node with its "
-                            "channels in order (a field spanning several input channels, or rearranged "
-                            "channels); only fields made by an R2Conv, or single-channel fields, are supported")
-        fields.append(int(ids[a]))
-    return torch.tensor(fields, dtype=torch.long)
+    try:
+        return L.fields(ids, pos, sizes)
+    except ValueError as exc:
+        raise ctx.error(f"R2Conv input {x} does not match its field type (field sizes {list(sizes)}): {exc}; "
+                        "only fields made by an R2Conv, or single-channel fields, are supported") from None
 
 
 def _basis_signature(op: Op) -> tuple:

@@ -31,12 +31,12 @@ def field_type(trivial: int, regular: int):
 class SteerableNet(nn.Module):
     """Two R2Convs over mixed field types (trivial and regular), then a plain head."""
 
-    def __init__(self, sigma: float | None = None):
+    def __init__(self, sigma: float | None = None, padding: int = 1, stride: int = 1):
         super().__init__()
-        kw = {} if sigma is None else {"sigma": sigma}
+        kw = {"padding": padding, "stride": stride} | ({} if sigma is None else {"sigma": sigma})
         t_in, t_hid, t_out = field_type(2, 0), field_type(1, 3), field_type(0, 2)
-        self.block = enn.SequentialModule(enn.R2Conv(t_in, t_hid, 3, padding=1, **kw), enn.ReLU(t_hid),
-                                          enn.R2Conv(t_hid, t_out, 3, padding=1, **kw), enn.ReLU(t_out))
+        self.block = enn.SequentialModule(enn.R2Conv(t_in, t_hid, 3, **kw), enn.ReLU(t_hid),
+                                          enn.R2Conv(t_hid, t_out, 3, **kw), enn.ReLU(t_out))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(t_out.size, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,6 +105,21 @@ def test_a_different_basis_gives_a_different_graph():
     torch.manual_seed(0)
     b = SteerableNet(sigma=0.9)
     assert not canonical.isomorphic(gc.compile(a, X), gc.compile(b, X))
+
+
+@pytest.mark.parametrize("window", [{"stride": 2}, {"padding": 0}], ids=["stride", "padding"])
+def test_layers_differing_only_in_their_window_give_different_graphs(window):
+    """Same field types, same basis, same weights: only the stride (or padding) differs."""
+    torch.manual_seed(0)
+    a = SteerableNet()
+    torch.manual_seed(0)
+    b = SteerableNet(**window)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    x = torch.randn(2, 2, 9, 9)
+    assert a(x).shape == b(x).shape and not torch.allclose(a(x), b(x))
+    ga, gb = gc.compile(a, X), gc.compile(b, X)
+    assert ga.data.num_nodes == gb.data.num_nodes and ga.data.edge_index.shape == gb.data.edge_index.shape
+    assert not canonical.isomorphic(ga, gb)
 
 
 def test_an_exported_program_is_refused_clearly():
