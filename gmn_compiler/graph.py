@@ -186,10 +186,8 @@ class ParameterGraph:
     def translated(self, vocabulary: schema.Vocabulary) -> Data:
         """A copy of :attr:`data` whose categorical codes are those of ``vocabulary`` (matched
         by name; names ``vocabulary`` lacks become -1, the "unknown" code)."""
-        x, edge_attr = self.vocabulary.translate_columns(self.data.x, self.data.edge_attr, vocabulary)
-        out = self.data.clone()
-        out.x, out.edge_attr = x, edge_attr
-        return out
+        translated = self.vocabulary.translate(self.data, vocabulary)
+        return translated.clone() if translated is self.data else translated
 
     def __repr__(self) -> str:
         return (f"ParameterGraph(nodes={int(self.data.num_nodes)}, edges={self.data.edge_index.shape[1]}, "

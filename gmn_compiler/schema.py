@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:  # torch is imported where codes are translated: the CLI's --help stays light
     import torch
+    from torch_geometric.data import Data
 
 SCHEMA_VERSION = 1
 
@@ -178,6 +179,16 @@ class Vocabulary:
             mapped[known] = table[codes[known]]
             out[which][:, column] = mapped.to(out[which].dtype)
         return out["node"], out["edge"]
+
+    def translate(self, data: "Data", target: "Vocabulary") -> "Data":
+        """A PyG graph ``data`` (codes of this vocabulary) with its categorical codes mapped into
+        ``target`` by name (:meth:`translate_columns`): ``data`` itself when ``target`` equals
+        this vocabulary, else a copy (``data`` is not changed)."""
+        if target == self:
+            return data
+        out = data.clone()
+        out.x, out.edge_attr = self.translate_columns(data.x, data.edge_attr, target)
+        return out
 
     def to_dict(self) -> dict[str, list[str]]:
         return {v: list(getattr(self, v)) for v in CATEGORICAL}

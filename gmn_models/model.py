@@ -187,11 +187,7 @@ def to_vocabulary(data: Data, source: schema.Vocabulary, target: schema.Vocabula
     """``data`` (codes of ``source``) with its categorical codes mapped into ``target`` by
     name; names ``target`` lacks become -1, which a model reads as "unknown". ``data`` itself
     when the two vocabularies are equal, else a copy."""
-    if source == target:
-        return data
-    out = data.clone()
-    out.x, out.edge_attr = source.translate_columns(data.x, data.edge_attr, target)
-    return out
+    return source.translate(data, target)
 
 
 def _average_copies(batch: Data, delta: Tensor, is_param: Tensor) -> Tensor:
