@@ -167,6 +167,10 @@ def gmn_register(registry: Registrar) -> None:
     registry.add_activation("group_max_pool")
     for group in GROUPS:
         kind = group.lower()
-        registry.add_leaf_module(f"{_MODULES}{group}LiftingConv", f"{kind}_lifting_conv", lower_lift, input_axis=1)
-        registry.add_leaf_module(f"{_MODULES}{group}GroupConv", f"{kind}_group_conv", lower_group_conv, input_axis=1)
-        registry.add_leaf_module(f"{_MODULES}{group}MaxPool", f"{kind}_max_pool", lower_group_pool)
+        # leaf ops carry only the generic attributes (params, inner calls)
+        registry.add_leaf_module(f"{_MODULES}{group}LiftingConv", f"{kind}_lifting_conv", lower_lift,
+                                 inputs=("x",), attributes=(), input_axis=1)
+        registry.add_leaf_module(f"{_MODULES}{group}GroupConv", f"{kind}_group_conv", lower_group_conv,
+                                 inputs=("x",), attributes=(), input_axis=1)
+        registry.add_leaf_module(f"{_MODULES}{group}MaxPool", f"{kind}_max_pool", lower_group_pool,
+                                 inputs=("x",), attributes=())

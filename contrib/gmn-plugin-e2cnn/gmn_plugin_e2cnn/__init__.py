@@ -150,4 +150,5 @@ def lower_r2conv(ctx: LoweringContext, op: Op) -> None:
 def gmn_register(registry: Registrar) -> None:
     registry.add_edge_type("e2cnn_r2conv")
     registry.add_edge_type("e2cnn_r2conv_bias")
-    registry.add_leaf_module(R2CONV, "e2cnn_r2conv", lower_r2conv, module_attrs=r2conv_attrs)
+    registry.add_leaf_module(R2CONV, "e2cnn_r2conv", lower_r2conv, module_attrs=r2conv_attrs,
+                             inputs=("x",), attributes=(), input_axis=1)
