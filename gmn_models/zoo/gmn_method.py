@@ -40,7 +40,11 @@ class GMNConfig:
     (:func:`gmn_models.zoo.baselines.recipe_features`), weighted by ``aux_recipe`` in the loss
     (multi-task; only the weights are read at test time). ``ema > 0`` evaluates (validation and
     test) an exponential moving average of the weights with that decay per step. Neither of the
-    last two helped (docs/results.md, ablation); both stay off by default."""
+    last two helped (docs/results.md, ablation); both stay off by default.
+
+    ``ensemble``: members separated by ``|``, each a comma-separated list of ``key=value``
+    changes to this config (``"graph_stats=1|graph_stats=0"``); every member is trained on the
+    same split with the same seed and the predictions are averaged (empty: one model)."""
 
     hidden: int = 32
     num_blocks: int = 3
@@ -55,6 +59,7 @@ class GMNConfig:
     stats_counts: bool = True
     aux_recipe: float = 0.0
     ema: float = 0.0
+    ensemble: str = ""
 
     def __post_init__(self) -> None:
         from gmn_models.encoders import VALUE_TRANSFORMS
@@ -69,6 +74,21 @@ class GMNConfig:
         if small:
             raise ValueError(f"--gmn {', '.join(small)}: out of range (hidden, epochs, batch_size >= 1; "
                              "num_blocks, min_steps, aux_recipe >= 0; lr > 0; 0 <= ema < 1)")
+        self.members()  # a malformed ensemble is refused when the config is made
+
+    def members(self) -> list["GMNConfig"]:
+        """The configs whose predictions are averaged: this one alone, or one per ``ensemble``
+        member (this config with the member's changes; members cannot nest)."""
+        if not self.ensemble:
+            return [self]
+        base = dataclasses.replace(self, ensemble="")
+        found = []
+        for spec in self.ensemble.split("|"):
+            changes = [item for item in spec.split(",") if item.strip()]
+            if any(item.strip().startswith("ensemble") for item in changes):
+                raise ValueError(f"--gmn ensemble={self.ensemble!r}: members cannot nest an ensemble")
+            found.append(base.replace(changes))
+        return found
 
     def replace(self, assignments: Sequence[str]) -> "GMNConfig":
         """A copy with ``key=value`` assignments applied (values parsed with the field's type);
@@ -114,8 +134,21 @@ def _zoo_graphs(root: str, target: str):
 
 def gmn_predict(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int, target: str = "test_acc",
                 config: GMNConfig = GMNConfig(), log: TextIO | None = None) -> np.ndarray:
-    """Predictions of ``target`` for ``test_rows`` (all rows from one zoo folder); with ``log``,
-    one line per epoch (train loss, validation MSE, seconds)."""
+    """Predictions of ``target`` for ``test_rows`` (all rows from one zoo folder): the mean over
+    the config's :meth:`~GMNConfig.members` (one model unless ``ensemble`` is set); with
+    ``log``, one line per epoch (train loss, validation MSE, seconds)."""
+    members = config.members()
+    predictions = []
+    for k, member in enumerate(members):
+        if log and len(members) > 1:
+            print(f"  gmn ensemble member {k + 1}/{len(members)}", file=log, flush=True)
+        predictions.append(_predict_one(train_rows, test_rows, seed, target, member, log))
+    return np.mean(predictions, axis=0)
+
+
+def _predict_one(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int, target: str,
+                 config: GMNConfig, log: TextIO | None) -> np.ndarray:
+    """One model's predictions (see :func:`gmn_predict`)."""
     from torch_geometric.loader import DataLoader
 
     from gmn_models.model import GMN

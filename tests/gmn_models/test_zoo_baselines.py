@@ -135,6 +135,24 @@ def test_gmn_method_with_statistics_recipe_head_and_averaging_learns(rows):
     assert not np.allclose(pred, gmn_predict(train, test, 0, config=base))
 
 
+def test_gmn_ensemble_averages_its_members(rows):
+    """``ensemble`` trains every member on the same split and seed and averages them: exactly
+    the mean of the members run alone, and different from either."""
+    from gmn_models.zoo.gmn_method import GMNConfig, gmn_predict
+
+    train, test = experiment.split_rows(rows, "full", 0)
+    base = GMNConfig(hidden=8, num_blocks=1, epochs=6, batch_size=8, min_steps=0)
+    ensemble = base.replace(["ensemble=graph_stats=1|graph_stats=0,hidden=12"])
+    assert [(m.graph_stats, m.hidden, m.ensemble) for m in ensemble.members()] == [(True, 8, ""), (False, 12, "")]
+    alone = [gmn_predict(train, test, 0, config=m) for m in ensemble.members()]
+    together = gmn_predict(train, test, 0, config=ensemble)
+    np.testing.assert_allclose(together, (alone[0] + alone[1]) / 2, rtol=1e-6)
+    assert not np.allclose(together, alone[0]) and not np.allclose(together, alone[1])
+    for bad in ("hidden=0|graph_stats=0", "width=3", "ensemble=hidden=4"):
+        with pytest.raises(ValueError, match="--gmn"):
+            base.replace([f"ensemble={bad}"])
+
+
 def test_gmn_config_assignments():
     from gmn_models.zoo.gmn_method import GMNConfig
 
