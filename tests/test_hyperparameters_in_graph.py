@@ -1,0 +1,109 @@
+"""Two models that differ only in one hyper-parameter compute different functions, so their
+graphs must differ (issue 16, item 3: stride, padding, dilation, groups, eps, activation
+parameters, a sine's frequency, constant masks...). Each case builds the two models with the
+same parameter values, checks that their outputs differ (the hyper-parameter matters), and
+that the compiled graphs are not isomorphic (canonical labelling)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gmn_compiler as gc
+from gmn_compiler import canonical
+
+
+class Head(nn.Module):
+    """``body`` then a global average pool (images) and a linear read-out."""
+
+    def __init__(self, body: nn.Module, channels: int, image: bool = True):
+        super().__init__()
+        self.body, self.image, self.out = body, image, nn.Linear(channels, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        return self.out(h.mean(dim=(2, 3)) if self.image else h)
+
+
+class Lambda(nn.Module):
+    """A weight layer, then ``fn`` of its output."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n_in: int = 4, width: int = 6):
+        super().__init__()
+        self.fn, self.a = fn, nn.Linear(n_in, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.a(x))
+
+
+class Masked(nn.Module):
+    def __init__(self, mask: list[float]):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.register_buffer("mask", torch.tensor(mask), persistent=False)  # a constant of the model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x) * self.mask)
+
+
+def _conv(**kw) -> Callable[[], nn.Module]:
+    return lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 3, **kw), nn.ReLU()), 4)
+
+
+def _mlp(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], nn.Module]:
+    return lambda: nn.Sequential(Lambda(fn), nn.Linear(6, 2))
+
+
+IMAGE, VECTOR, TOKENS = torch.randn(2, 4, 9, 9), torch.randn(3, 4), torch.randn(2, 5, 4)
+CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], nn.Module], torch.Tensor]] = {
+    "conv stride": (_conv(stride=1), _conv(stride=2), IMAGE),
+    "conv padding": (_conv(padding=0), _conv(padding=1), IMAGE),
+    "conv dilation": (_conv(dilation=1), _conv(dilation=2), IMAGE),
+    "conv groups": (_conv(groups=1), _conv(groups=2), IMAGE),
+    "batch norm eps": (lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4, eps=1e-5)), 4),
+                       lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4, eps=0.5)), 4), IMAGE),
+    "group norm eps": (lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.GroupNorm(2, 4, eps=1e-5)), 4),
+                       lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.GroupNorm(2, 4, eps=0.5)), 4), IMAGE),
+    "group norm groups": (lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.GroupNorm(2, 4)), 4),
+                          lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.GroupNorm(4, 4)), 4), IMAGE),
+    "layer norm eps": (_mlp(lambda h: F.layer_norm(h, (6,), eps=1e-5)), _mlp(lambda h: F.layer_norm(h, (6,), eps=0.5)),
+                       VECTOR),
+    "leaky relu slope": (_mlp(lambda h: F.leaky_relu(h, 0.01)), _mlp(lambda h: F.leaky_relu(h, 0.3)), VECTOR),
+    "elu alpha": (_mlp(lambda h: F.elu(h, 1.0)), _mlp(lambda h: F.elu(h, 0.5)), VECTOR),
+    "celu alpha": (_mlp(lambda h: F.celu(h, 1.0)), _mlp(lambda h: F.celu(h, 0.5)), VECTOR),
+    "softplus beta": (_mlp(lambda h: F.softplus(h, beta=1.0)), _mlp(lambda h: F.softplus(h, beta=3.0)), VECTOR),
+    "hardtanh bounds": (_mlp(lambda h: F.hardtanh(h, -1.0, 1.0)), _mlp(lambda h: F.hardtanh(h, -0.5, 0.5)), VECTOR),
+    "clamp bound": (_mlp(lambda h: h.clamp(min=0.0)), _mlp(lambda h: h.clamp(min=0.2)), VECTOR),
+    "sine frequency (SIREN w0)": (_mlp(lambda h: torch.sin(30.0 * h)), _mlp(lambda h: torch.sin(10.0 * h)), VECTOR),
+    "gelu approximation": (_mlp(lambda h: F.gelu(h)), _mlp(lambda h: F.gelu(h, approximate="tanh")), VECTOR),
+    "softmax axis": (lambda: nn.Sequential(Lambda(lambda h: torch.softmax(h, -1)), nn.Linear(6, 2)),
+                     lambda: nn.Sequential(Lambda(lambda h: torch.softmax(h, 1)), nn.Linear(6, 2)), TOKENS),
+    "constant mask": (lambda: Masked([1.0, 0.0, 1.0, 1.0]), lambda: Masked([1.0, 1.0, 0.0, 1.0]), VECTOR),
+    "max vs average pool": (lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.MaxPool2d(2)), 4),
+                            lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.AvgPool2d(2)), 4), IMAGE),
+    "pool window": (lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.AvgPool2d(2)), 4),
+                    lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.AvgPool2d(3)), 4), IMAGE),
+    "causal attention": (lambda: nn.Sequential(Lambda(lambda h: F.scaled_dot_product_attention(h, h, h)),
+                                               nn.Linear(6, 2)),
+                         lambda: nn.Sequential(Lambda(lambda h: F.scaled_dot_product_attention(h, h, h, is_causal=True)),
+                                               nn.Linear(6, 2)), TOKENS),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_models_differing_in_one_hyperparameter_have_different_graphs(name):
+    make_a, make_b, x = CASES[name]
+    torch.manual_seed(0)
+    a = make_a().eval()
+    b = make_b().eval()
+    # same parameter values where the shapes agree: only the hyper-parameter differs
+    shapes = {k: v.shape for k, v in b.state_dict().items()}
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if shapes[k] == v.shape}, strict=False)
+    with torch.no_grad():
+        assert not torch.allclose(a(x), b(x)), "the case does not change the function"
+    graph_a, graph_b = gc.compile(a, (x,)), gc.compile(b, (x,))
+    assert not canonical.isomorphic(graph_a, graph_b), f"{name}: two different functions, one graph"
