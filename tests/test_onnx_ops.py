@@ -122,6 +122,13 @@ CASES = {
     "ConvTranspose": lambda: _cnn([N("ConvTranspose", ["h", "tw", "tb"], ["o"], strides=[2, 2])],
                                   [_w("tw", 4, 3, 2, 2), _w("tb", 3)], out_channels=3),
     "Expand": lambda: _cnn([N("Expand", ["h", "shape"], ["o"])], [_i64("shape", [1, 4, 6, 6])]),
+    "Resize-nearest-scales": lambda: _cnn([N("Resize", ["h", "", "sc"], ["o"], mode="nearest")],
+                                          [_t("sc", np.float32([1, 1, 2, 2]))]),
+    "Resize-linear-sizes": lambda: _cnn([N("Resize", ["h", "", "", "sz"], ["o"], mode="linear")],
+                                        [_i64("sz", [1, 4, 9, 9])]),
+    "Resize-cubic-aligned": lambda: _cnn([N("Resize", ["h", "", "sc"], ["o"], mode="cubic",
+                                            coordinate_transformation_mode="align_corners")],
+                                         [_t("sc", np.float32([1, 1, 1.5, 1.5]))]),
     # one Slice over two neuron axes of an activation, one of them reversed
     "Slice-two-axes": lambda: _graph([N("MatMul", ["x", "w1"], ["h"]), N("Reshape", ["h", "grid"], ["g"]),
                                       N("Slice", ["g", "st", "en", "axes", "steps"], ["s"]),
