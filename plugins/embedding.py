@@ -10,7 +10,8 @@ embeddings indexed by ``arange``) never reaches this rule: the frontend turns it
 of the table, which then meets the activations as a parameter operand. An output head tied
 to the table (``lm_head.weight = wte.weight``) uses the same parameter twice, so the two
 uses are tied like any shared parameter (vocabulary index with vocabulary index, dimension
-with dimension).
+with dimension). ``nn.EmbeddingBag`` is the same lookup whose dimension nodes are marked with
+its reduction over the bag (``sum_pool``, ``avg_pool``, ``max_pool``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, hookimpl, layout as L
+from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Unsupported, hookimpl, layout as L
 
 
 
@@ -39,6 +40,28 @@ def lower_embedding(ctx: LoweringContext, op: Op) -> None:
     ctx.set_layout(op.output, L.for_axis(out, len(op.output.shape), -1))
 
 
+_BAG_MODES = {0: "sum_pool", 1: "avg_pool", 2: "max_pool"}
+
+
+def lower_embedding_bag(ctx: LoweringContext, op: Op) -> None:
+    """``nn.EmbeddingBag``: a lookup (as :func:`lower_embedding`) reduced over each bag; the
+    reduction (sum, mean, max) marks the embedding-dimension nodes. inputs ``[weight,
+    indices]``; attrs ``mode`` (0 sum, 1 mean, 2 max)."""
+    lower_embedding(ctx, Op("embedding", op.inputs[:2], [op.outputs[0]], {}, op.location, op.target))
+    out = ctx.require_layout(op.outputs[0]).nodes()
+    ctx.set_activation(out, _BAG_MODES[int(op.attrs["mode"])])
+    for extra in op.outputs[1:]:  # offset2bag, bag sizes, max indices: integers
+        ctx.set_layout(extra, None)
+
+
+def _embedding_bag(weight: Any, indices: Any, offsets: Any = None, scale_grad_by_freq: bool = False,
+                   mode: int = 0, sparse: bool = False, per_sample_weights: Any = None,
+                   include_last_offset: bool = False, padding_idx: int | None = None) -> tuple[list[Any], dict[str, Any]]:
+    if per_sample_weights is not None or (padding_idx is not None and padding_idx >= 0):
+        raise Unsupported("EmbeddingBag with per_sample_weights or padding_idx")
+    return [weight, indices], {"mode": mode}
+
+
 def _embedding(weight: Any, indices: Any, padding_idx: int = -1, scale_grad_by_freq: bool = False,
                sparse: bool = False) -> tuple[list[Any], dict[str, Any]]:
     return [weight, indices], {"padding_idx": padding_idx}
@@ -48,3 +71,7 @@ def _embedding(weight: Any, indices: Any, padding_idx: int = -1, scale_grad_by_f
 def gmn_register(registry: Registrar) -> None:
     registry.add_rule("embedding", lower_embedding, inputs=("weight", "indices"), attributes=("padding_idx",))
     registry.map_aten("aten.embedding.default", "embedding", _embedding)
+    registry.add_rule("embedding_bag", lower_embedding_bag, inputs=("weight", "indices"), attributes=("mode",))
+    for overload in ("default", "padding_idx"):
+        registry.map_aten(f"aten.embedding_bag.{overload}", "embedding_bag", _embedding_bag)
+    registry.map_aten("aten._embedding_bag.default", "embedding_bag", _embedding_bag)

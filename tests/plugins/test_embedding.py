@@ -172,3 +172,42 @@ def test_onnx_gather_on_a_table_is_an_embedding(tmp_path):
     assert _count_role(pg, "token") == VOCAB
     assert_isomorphic(pg, gc.compile(model, (ids,)))
     gc.check_symmetry(str(path), {"ids": ids.numpy()}, trials=3)
+
+
+class Bags(nn.Module):
+    def __init__(self, mode: str):
+        super().__init__()
+        self.bag, self.out = nn.EmbeddingBag(10, 4, mode=mode), nn.Linear(4, 2)
+
+    def forward(self, tokens):
+        return self.out(torch.relu(self.bag(tokens)))
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bag_passes_every_oracle_and_its_mode_is_in_the_graph(mode):
+    from gmn_compiler import canonical
+    from gmn_compiler.testing import assert_oracles
+
+    tokens = torch.randint(0, 10, (3, 5))
+    graph = assert_oracles(Bags(mode), (tokens,))
+    others = [m for m in ("sum", "mean", "max") if m != mode]
+    torch.manual_seed(0)
+    reference = Bags(mode)
+    for other in others:
+        model = Bags(other)
+        model.load_state_dict(reference.state_dict())
+        assert not canonical.isomorphic(gc.compile(reference.eval(), (tokens,)), gc.compile(model.eval(), (tokens,)))
+    assert graph.data.edge_param.ge(0).sum() == sum(p.numel() for p in Bags(mode).parameters())
+
+
+def test_embedding_bag_with_per_sample_weights_is_refused():
+    class Weighted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bag = nn.EmbeddingBag(10, 4, mode="sum")
+
+        def forward(self, tokens, weights):
+            return self.bag(tokens, per_sample_weights=weights)
+
+    with pytest.raises(gc.UnsupportedOpsError, match="per_sample_weights"):
+        gc.compile(Weighted(), (torch.randint(0, 10, (3, 5)), torch.rand(3, 5)))
