@@ -67,6 +67,9 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 @click.option("--draw-max-edges", type=click.IntRange(min=1), default=DRAW_MAX_EDGES,
               show_default=True, help="Refuse to draw graphs with more edges than this.")
 @click.option("--trust-pickle", is_flag=True, help=TRUST_PICKLE_HELP)
+@click.option("--constant-weights", is_flag=True, help="ONNX: treat the float tensors of Constant nodes "
+              "(more than one entry) as parameters, for files that store their weights that way "
+              "(Paddle2ONNX); otherwise their values are structure and the graph has no symmetries.")
 @click.option("--verbose", is_flag=True, help="Print progress on stderr even when it is not a terminal.")
 @click.option("--debug", is_flag=True, help="Show the traceback of errors and every warning, "
               "third-party ones included (also GMN_COMPILER_DEBUG=1).")
@@ -75,7 +78,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 @click.pass_context
 def command(ctx: click.Context, model: str | None, output: str | None, summary: bool, check: bool,
             list_rules: bool, draw_path: str | None, draw_max_edges: int, trust_pickle: bool,
-            verbose: bool, debug: bool) -> int:
+            constant_weights: bool, verbose: bool, debug: bool) -> int:
     """Compile MODEL, a .pt2 file written by torch.export.save or an .onnx file, into a
     parameter graph."""
     ctx.obj["debug"] = ctx.obj["debug"] or debug
@@ -96,12 +99,12 @@ def command(ctx: click.Context, model: str | None, output: str | None, summary: 
         image_format(draw_path)
     source = model
     if check:
-        source = _run_check(model, trust_pickle)
+        source = _run_check(model, trust_pickle, constant_weights)
         if source is None:
             return EXIT_ERROR
         if not (output or summary or draw_path):
             return EXIT_OK
-    pg = _compile(model, source, trust_pickle, verbose)
+    pg = _compile(model, source, trust_pickle, verbose, constant_weights)
     if draw_path:
         from .draw import check_drawable
 
@@ -142,7 +145,7 @@ def _check_paths(model: str, output: str | None, draw_path: str | None) -> None:
             raise CompileError(f"{path}: folder {folder} does not exist")
 
 
-def _run_check(model: str, allow_pickle: bool):
+def _run_check(model: str, allow_pickle: bool, constant_weights: bool = False):
     """Print every unsupported op of ``model`` grouped by kind (stdout); returns the IR when
     every op is supported, else ``None``. (An ONNX model's unsupported kinds are found
     before tracing, so its report has no total op count.)"""
@@ -152,7 +155,7 @@ def _run_check(model: str, allow_pickle: bool):
 
     registry = default_registry()
     try:
-        ir = to_ir(model, registry=registry, allow_pickle=allow_pickle)
+        ir = to_ir(model, registry=registry, allow_pickle=allow_pickle, constant_weights=constant_weights)
         missing, total = unsupported_ops(ir, registry), len(ir.ops)
     except UnsupportedOpsError as exc:
         ir, missing, total = None, exc.ops, None
@@ -172,12 +175,14 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
-def _compile(model: str, source, allow_pickle: bool, verbose: bool):
+def _compile(model: str, source, allow_pickle: bool, verbose: bool, constant_weights: bool = False):
     from .api import compile as compile_model
 
     if verbose or _stderr_is_terminal():
         click.echo(f"compiling {model} ...", err=True)
-    return compile_model(source, allow_pickle=allow_pickle)
+    if not isinstance(source, str):  # the IR of --check: its frontend options are already applied
+        return compile_model(source)
+    return compile_model(source, allow_pickle=allow_pickle, constant_weights=constant_weights)
 
 
 def _write_outputs(pg, output: str | None, draw_path: str | None, max_edges: int) -> None:

@@ -107,17 +107,22 @@ _NP_TO_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch
 
 def from_onnx(model: onnx.ModelProto, registry: Registry,
               input_neuron_axes: dict[str, int | None] | None = None,
-              input_shapes: dict[str, tuple[int, ...]] | None = None) -> IRGraph:
+              input_shapes: dict[str, tuple[int, ...]] | None = None,
+              constant_weights: bool = False) -> IRGraph:
     """The IR of ``model`` (read and checked by :func:`load_model`). ``input_shapes`` and
     ``input_neuron_axes`` are checked against the model inputs (names, ranks, sizes; see
-    :mod:`.checks`) before anything is allocated; one-line CompileError otherwise."""
-    return _Converter(model, registry).convert(input_neuron_axes, input_shapes)
+    :mod:`.checks`) before anything is allocated; one-line CompileError otherwise.
+    ``constant_weights``: the float tensors of ``Constant`` nodes with more than one entry are
+    parameters, not constants (exporters such as Paddle2ONNX store weights that way; as
+    constants their values would be structure, and the graph would have no symmetries)."""
+    return _Converter(model, registry, constant_weights).convert(input_neuron_axes, input_shapes)
 
 
 class _Converter:
-    def __init__(self, model: onnx.ModelProto, registry: Registry):
+    def __init__(self, model: onnx.ModelProto, registry: Registry, constant_weights: bool = False):
         self.model = model
         self.registry = registry
+        self.constant_weights = constant_weights
         self.env: dict[str, Any] = {}
         self.ops: list[Op] = []
         self.next_id = 0
@@ -175,7 +180,7 @@ class _Converter:
         has_param = any(isinstance(a, ParamRef) for a in args)
         if node.op_type in CONSTANT_OP_TYPES or (not has_value and not has_param):
             for out in node.output:
-                self._bind_constant(out)
+                self._bind_constant(out, literal=node.op_type == "Constant")
             return
         if not has_value:
             seen = self._param_view(node, args, attrs)
@@ -237,9 +242,9 @@ class _Converter:
                               "(flattened); re-export with opset 13 or later")
         return {**attrs, "axis": -1}
 
-    def _bind_constant(self, name: str) -> None:
+    def _bind_constant(self, name: str, literal: bool = False) -> None:
         if name:
-            self.env[name] = _ConstantTensor(name, self._constant(name))
+            self.env[name] = _ConstantTensor(name, self._constant(name), literal)
 
     def _operand(self, arg: Any, name: str) -> Any:
         """Constants become Python scalars (one element) or constant ParamRefs."""
@@ -250,9 +255,10 @@ class _Converter:
             if tensor.numel() == 1:
                 return int(tensor.reshape(-1)[0])
             if tensor.dtype.is_floating_point:
+                kind = "parameter" if arg.literal and self.constant_weights else "constant"
                 self.tensors.setdefault(name, tensor)
-                self.kinds.setdefault(name, "constant")
-                return ParamRef(name, tensor, None, "constant")
+                self.kinds.setdefault(name, kind)
+                return ParamRef(name, tensor, None, kind)
             return tensor
         return arg
 
@@ -265,10 +271,11 @@ def _normalized(mapping, operands: list, attrs: dict) -> tuple[list, dict]:
 
 
 class _ConstantTensor:
-    """A value computed from constants and shapes only; ``tensor`` is its concrete value."""
+    """A value computed from constants and shapes only; ``tensor`` is its concrete value;
+    ``literal``: the output of a ``Constant`` node (not computed)."""
 
-    def __init__(self, name: str, tensor: torch.Tensor):
-        self.name, self.tensor = name, tensor
+    def __init__(self, name: str, tensor: torch.Tensor, literal: bool = False):
+        self.name, self.tensor, self.literal = name, tensor, literal
 
 
 def _text(value):
