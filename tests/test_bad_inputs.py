@@ -55,11 +55,11 @@ def relu_model(*shape: int) -> onnx.ModelProto:
 
 
 def unsupported_model() -> onnx.ModelProto:
-    """LSTM, NonMaxSuppression and QLinearConv (no rules), with a supported Relu in between;
+    """Hardmax, NonMaxSuppression and QLinearConv (no rules), with a supported Relu in between;
     no output declares a shape, so anything that needs shapes would fail first."""
     nodes = [
-        helper.make_node("LSTM", ["seq", "W", "R"], ["all_h", "last_h"], name="encoder_lstm", hidden_size=4),
-        helper.make_node("Relu", ["last_h"], ["h"], name="act"),
+        helper.make_node("Hardmax", ["seq"], ["hard"], name="encoder_hardmax"),
+        helper.make_node("Relu", ["hard"], ["h"], name="act"),
         helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["keep"], name="box_filter"),
         helper.make_node("QLinearConv", ["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz"], ["yq"],
                          name="quant_conv"),
@@ -71,8 +71,7 @@ def unsupported_model() -> onnx.ModelProto:
     outputs = [helper.make_tensor_value_info("h", TensorProto.FLOAT, None),
                helper.make_tensor_value_info("keep", TensorProto.INT64, None),
                helper.make_tensor_value_info("yq", TensorProto.UINT8, None)]
-    inits = [_floats("W", 1, 16, 3), _floats("R", 1, 16, 4),
-             _scalar("xs", 0.1, np.float32), _scalar("xz", 0, np.uint8),
+    inits = [_scalar("xs", 0.1, np.float32), _scalar("xz", 0, np.uint8),
              numpy_helper.from_array(np.ones((2, 1, 3, 3), np.uint8), "wq"),
              _scalar("ws", 0.1, np.float32), _scalar("wz", 0, np.uint8),
              _scalar("ys", 0.1, np.float32), _scalar("yz", 0, np.uint8)]
@@ -121,7 +120,7 @@ BAD_FILES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "missing": (lambda t: str(t / "nowhere.onnx"), ("nowhere.onnx: no such file",)),
     "empty-pt2": (lambda t: _write(t / "empty.pt2", b""), ("empty.pt2: the file is empty",)),
     "unsupported-onnx-ops": (lambda t: _save(unsupported_model(), t / "rnn.onnx"),
-                             ("onnx.LSTM at encoder_lstm", "onnx.NonMaxSuppression at box_filter",
+                             ("onnx.Hardmax at encoder_hardmax", "onnx.NonMaxSuppression at box_filter",
                               "onnx.QLinearConv at quant_conv", "plugin")),
     "huge-declared-input": (lambda t: _save(relu_model(1 << 20, 1 << 20), t / "huge.onnx"),
                             ("input x of shape (1048576, 1048576) has 2^40 elements", "limit 2^31",
@@ -156,7 +155,7 @@ def test_check_lists_every_unsupported_onnx_op_without_shapes(tmp_path, capfd):
     path = _save(unsupported_model(), tmp_path / "rnn.onnx")
     code, stdout, err = run_cli(capfd, path, "--check")
     assert code == 1
-    for line in ("onnx.LSTM  (1 op)", "encoder_lstm (LSTM)", "box_filter (NonMaxSuppression)",
+    for line in ("onnx.Hardmax  (1 op)", "encoder_hardmax (Hardmax)", "box_filter (NonMaxSuppression)",
                  "quant_conv (QLinearConv)"):
         assert line in stdout, stdout
     assert f"{path}: 3 ops unsupported (3 kinds)" in stdout
@@ -166,7 +165,7 @@ def test_check_lists_every_unsupported_onnx_op_without_shapes(tmp_path, capfd):
 def test_unsupported_ops_come_before_the_missing_shape_complaint():
     with pytest.raises(gc.UnsupportedOpsError) as info:
         gc.compile(unsupported_model())
-    assert sorted(kind for kind, _ in info.value.ops) == ["onnx.LSTM", "onnx.NonMaxSuppression",
+    assert sorted(kind for kind, _ in info.value.ops) == ["onnx.Hardmax", "onnx.NonMaxSuppression",
                                                          "onnx.QLinearConv"]
     model = conv_model()  # supported, but its output has no shape: the checker says which
     with pytest.raises(gc.CompileError, match="without a shape: 'y'"):
