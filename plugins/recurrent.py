@@ -118,13 +118,17 @@ def _final_state(ctx: LoweringContext, finals: list[torch.Tensor], which: str, v
 
 def _check_states(ctx: LoweringContext, states: list[Any]) -> None:
     for state in states:
+        if state is None:  # not given: zeros
+            continue
         if isinstance(state, Value):
             constant = state.constant
         elif isinstance(state, ParamRef) and state.kind == "constant":
             constant = state.tensor
+        elif isinstance(state, (int, float)):  # a one-entry ONNX constant
+            constant = torch.tensor(float(state))
         else:
-            constant = None if state is not None else torch.zeros(1)
-        if constant is None or bool(constant.any()) or isinstance(state, (int, float)) and state:
+            constant = None
+        if constant is None or bool(constant.any()):
             raise ctx.error("recurrent layers are supported with zero initial states only (the default); "
                             "an initial state given by the model is not")
 
