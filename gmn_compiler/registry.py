@@ -116,6 +116,14 @@ class Mapping:
     plugin: str
     module_attrs: Callable[[Any], dict] | None = None  # leaf modules: plain data read off the module
 
+    def normalized(self, *args: Any, **kwargs: Any) -> tuple[list, dict]:
+        """The kind's canonical ``(inputs, attrs)`` for a frontend op's operands: the
+        normalizer's, or the operands as they are ("args as inputs"). A normalizer's
+        :class:`~gmn_compiler.errors.Unsupported` propagates."""
+        if self.normalize is None:
+            return list(args), dict(kwargs)
+        return self.normalize(*args, **kwargs)
+
 
 @dataclass
 class Registry:

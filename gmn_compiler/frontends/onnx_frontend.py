@@ -201,7 +201,7 @@ class _Converter:
             self.ops.append(Op(f"onnx.{key}", operands, outs, attrs, location, node.op_type))
             return
         try:
-            inputs, norm_attrs = _normalized(mapping, operands, self._opset_semantics(node, attrs))
+            inputs, norm_attrs = mapping.normalized(*operands, **self._opset_semantics(node, attrs))
         except Unsupported as refusal:
             self.ops.append(Op(mapping.kind, operands, outs, attrs, location, node.op_type,
                                unsupported=refusal.reason))
@@ -219,7 +219,7 @@ class _Converter:
             return None
         operands = [self._operand(a, name) for a, name in zip(args, node.input)]
         try:
-            _, norm_attrs = _normalized(mapping, operands, attrs)
+            _, norm_attrs = mapping.normalized(*operands, **attrs)
         except Unsupported:
             return None
         arrays = [np.asarray(self.values[o]) for o in outputs]
@@ -261,13 +261,6 @@ class _Converter:
                 return ParamRef(name, tensor, None, kind)
             return tensor
         return arg
-
-
-def _normalized(mapping, operands: list, attrs: dict) -> tuple[list, dict]:
-    """The mapping's canonical inputs and attrs (``Unsupported`` propagates)."""
-    if mapping.normalize is None:
-        return operands, attrs
-    return mapping.normalize(*operands, **attrs)
 
 
 class _ConstantTensor:

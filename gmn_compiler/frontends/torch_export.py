@@ -44,13 +44,6 @@ def _constant_index(args) -> torch.Tensor | None:
     return index.constant if isinstance(index, Value) else None
 
 
-def _normalized(mapping, args, kwargs) -> tuple[list, dict]:
-    """The mapping's canonical inputs and attrs (``Unsupported`` propagates)."""
-    if mapping.normalize is None:
-        return list(args), dict(kwargs)
-    return mapping.normalize(*args, **kwargs)
-
-
 def name_is_random(target) -> bool:
     name = target_name(target)
     return any(word in name for word in ("rand", "normal", "bernoulli", "dropout", "empty"))
@@ -291,7 +284,7 @@ class _Converter:
             self.ops.append(Op(name, list(args), out_values, dict(kwargs), location, name))
             return
         try:
-            inputs, attrs = _normalized(mapping, args, kwargs)
+            inputs, attrs = mapping.normalized(*args, **kwargs)
         except Unsupported as refusal:
             self.ops.append(Op(mapping.kind, list(args), out_values, dict(kwargs), location, name,
                                unsupported=refusal.reason))
@@ -380,7 +373,7 @@ class _Converter:
         if view is None or len(refs) != 1 or not args or args[0] is not refs[0]:
             return None
         try:
-            _, attrs = _normalized(mapping, args, kwargs)
+            _, attrs = mapping.normalized(*args, **kwargs)
         except Unsupported:
             return None
         val = node.meta.get("val")
