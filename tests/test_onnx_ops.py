@@ -233,3 +233,21 @@ def test_edits_of_a_constant_the_graph_computes_are_refused():
     w2 = next(i for i in back.graph.initializer if i.name == "w2")
     np.testing.assert_array_equal(numpy_helper.to_array(w2), numpy_helper.to_array(next(
         i for i in model.graph.initializer if i.name == "w2")) + 1.0)
+
+
+
+def _gather_2d(index) -> onnx.ModelProto:
+    return _graph([N("MatMul", ["x", "w1"], ["h"]), N("Gather", ["h", "idx"], ["s"], axis=1),
+                   N("Reshape", ["s", "flat"], ["f"]), N("MatMul", ["f", "w2"], ["y"])],
+                  [2, 3], [2, 2], [_t("w1", np.arange(12, dtype=np.float32).reshape(3, 4) / 7),
+                                   _i64("idx", index), _i64("flat", [2, 4]),
+                                   _t("w2", np.arange(8, dtype=np.float32).reshape(4, 2) / 5)], 18)
+
+
+def test_a_gather_reading_a_unit_twice_is_not_one_reading_each_once():
+    """Same weights; indices over a neuron axis matter up to relabelling the units: reading
+    unit 0 twice (and never unit 3) is another function than reading each unit once."""
+    from gmn_compiler import canonical
+
+    gc.check_symmetry(_gather_2d([[0, 0], [1, 2]]), trials=2)
+    assert not canonical.isomorphic(gc.compile(_gather_2d([[0, 0], [1, 2]])), gc.compile(_gather_2d([[0, 2], [3, 1]])))
