@@ -13,8 +13,10 @@ and the lowering runs alternate, so that load from other processes hits both ali
 
 - trace: ``gmn_compiler.to_ir(model, inputs)`` -- torch.export plus the conversion to IR
   (the first call in a process, which warms torch.export up, is printed separately);
-- lowering: ``gmn_compiler.lowering.lower(ir, registry)`` plus building the PyG ``Data``,
-  i.e. everything ``gmn_compiler.compile`` does after the IR;
+- lowering: ``gmn_compiler.lowering.lower(ir, registry)`` plus materialising the PyG ``Data``
+  (``EdgeBlocks.materialize``), i.e. everything from the IR to the per-edge tensors a GNN
+  reads; also printed: ``lower`` alone (what ``gmn_compiler.compile`` does under schema v2,
+  which keeps the compact graph and materialises on first use);
 - floor = flatten + edge index, the least any compiler must do for one edge per parameter:
   - flatten: ``torch.cat([p.reshape(-1) for p in model.parameters()])`` (a fresh tensor);
   - edge index: fill a ``LongTensor [2, total_params]`` allocated once beforehand, with one
@@ -96,11 +98,15 @@ def edge_index_floor(params: list[torch.Tensor], total: int, out: torch.Tensor |
 
 
 def lower_to_data(ir, registry) -> Data:
-    """What ``gmn_compiler.compile`` does after the IR: lower, then wrap in PyG ``Data``."""
-    built, _ctx = lower(ir, registry)
-    return Data(x=built.x, edge_index=built.edge_index, edge_attr=built.edge_attr,
-                edge_param=built.edge_param, edge_offset=built.edge_offset,
-                num_nodes=built.num_nodes)
+    """Lowering to the compact graph (what ``gmn_compiler.compile`` does after the IR), then
+    materialising the PyG ``Data`` a GNN consumes (what ``ParameterGraph.data`` does)."""
+    blocks, _ctx = lower(ir, registry)
+    return blocks.materialize()
+
+
+def lower_compact(ir, registry):
+    """Lowering to the compact graph only (schema v2: no per-edge tensors)."""
+    return lower(ir, registry)[0]
 
 
 def peak_rss_mib() -> float:
@@ -154,12 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     assert flat.numel() == total
     del flat
 
-    timings: dict[str, list[float]] = {"flatten": [], "index": [], "index_fresh": [], "lower": []}
+    timings: dict[str, list[float]] = {"flatten": [], "index": [], "index_fresh": [], "lower": [],
+                                       "compact": []}
     runs = {
         "flatten": lambda: flatten_floor(params),
         "index": lambda: edge_index_floor(params, total, out=storage),  # noqa: F821 (deleted only after the runs)
         "index_fresh": lambda: edge_index_floor(params, total),
         "lower": lambda: lower_to_data(ir, registry),
+        "compact": lambda: lower_compact(ir, registry),
     }
     for _ in range(repeat):  # round robin: a burst of load from elsewhere hits every measure
         for name, fn in runs.items():
@@ -186,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trace s         {t_trace:8.3f}   to_ir: torch.export + IR (first call in the "
           f"process: {t_trace_cold:.3f})")
     print(f"lowering s      {t_lower:8.3f}   lower() + PyG Data (median {median_lower:.3f})")
+    print(f"compact s       {best['compact']:8.3f}   lower() alone: the compact graph (ratio "
+          f"{best['compact'] / t_floor:.2f})")
     print(f"floor s         {t_floor:8.3f}   = flatten {t_flat:.3f} + edge index {t_index:.3f} "
           f"(into preallocated storage)")
     print(f"ratio           {ratio:8.2f}   lowering / floor")

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch_geometric.data import Data
 
 from .errors import CompileError
 from .frontends import onnx_frontend, torch_export
@@ -102,11 +101,8 @@ def compile(source: Any, example_inputs: tuple | None = None, **options: Any) ->
     else:
         ir = to_ir(source, example_inputs, registry=registry, input_neuron_axes=input_axes,
                    input_shapes=input_shapes, allow_pickle=allow_pickle, constant_weights=constant_weights)
-    built, ctx = lower(ir, registry)
-    data = Data(x=built.x, edge_index=built.edge_index, edge_attr=built.edge_attr,
-                edge_param=built.edge_param, edge_offset=built.edge_offset,
-                num_nodes=built.num_nodes)
-    graph = ParameterGraph(data, built.params, ctx.summary, ir.source, ctx.symmetries,
+    blocks, ctx = lower(ir, registry)
+    graph = ParameterGraph(blocks, ctx.builder.params, ctx.summary, ir.source, ctx.symmetries,
                            io_nodes=torch.tensor(sorted(ctx.io_nodes), dtype=torch.long),
                            vocabulary=registry.vocabulary)
     graph.onnx_model = getattr(ir, "onnx_model", None)

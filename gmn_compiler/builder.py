@@ -1,11 +1,10 @@
-"""GraphBuilder: accumulates nodes and edge blocks, then writes them once into preallocated
-tensors.
+"""GraphBuilder: accumulates nodes and edge blocks while rules lower ops.
 
 Rules describe each block of edges by a *grid* shape and tensors broadcastable to it (source
-ids, target ids, values, kernel positions...). Nothing is materialised per edge until
-:meth:`GraphBuilder.finalize`, which allocates the final tensors and fills every block by
-broadcasting into its slice — one tensor op per field per block, never a Python loop over
-weights.
+ids, target ids, values, kernel positions...). Nothing is materialised per edge:
+:meth:`GraphBuilder.finalize` returns the compact graph (:mod:`gmn_compiler.blocks`), whose
+per-edge tensors are written only when a consumer asks for them, one tensor op per field per
+block, never a Python loop over weights.
 """
 
 from __future__ import annotations
@@ -15,19 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-try:
-    import numpy as _np
-except ImportError:  # pragma: no cover - numpy comes with torch_geometric
-    _np = None
-
 from . import schema
+from .blocks import Block, EdgeBlocks
+from .offsets import Affine, Offsets, affine_of, compact
 from .declarations import UnitClasses
+from .errors import ProvenanceError
 from .ir import ParamInfo, ParamRef
 
-_ROLE = schema.node_column("role")
-_DEPTH = schema.node_column("depth")
-_POSITION = schema.node_column("position")
-_ACTIVATION = schema.node_column("activation")
 
 
 @dataclass(eq=False)
@@ -64,17 +57,6 @@ class _Column:
 
     def view(self) -> torch.Tensor:
         return self.data[: self.size]
-
-
-@dataclass(eq=False)
-class BuiltGraph:
-    x: torch.Tensor
-    edge_index: torch.Tensor
-    edge_attr: torch.Tensor
-    edge_param: torch.Tensor
-    edge_offset: torch.Tensor
-    num_nodes: int
-    params: list[ParamInfo]
 
 
 class GraphBuilder:
@@ -201,7 +183,7 @@ class GraphBuilder:
                 for block in blocks:
                     position = _axis_position(block, shape, axis, stride)
                     for side in (block.src, block.dst):
-                        found = _side_function(position, _compact(side, block.grid), size)
+                        found = _side_function(position, compact(side, block.grid), size)
                         if found is not None:
                             maps.append(found)
                 if len(maps) < 2:
@@ -213,50 +195,53 @@ class GraphBuilder:
                     self.add_edges((int(keep.sum()),), ties[keep], node_of[keep], "tie",
                                    kernel=(torch.tensor(axis),))
 
-    def keep_unrepresented_entries(self) -> None:
-        """Record the source tensor of every parameter some of whose entries no edge carries
-        (only views — slices, lookups — can leave entries out)."""
-        viewed = {b.param for b in self.blocks if b.param >= 0 and b.offsets is not None}
-        for index in viewed:
-            info = self.params[index]
-            seen = torch.zeros(math.prod(info.shape), dtype=torch.bool)
-            for b in self.blocks:
-                if b.param == index:
-                    if b.offsets is None:
-                        seen[:b.count] = True
-                    else:  # only the set of offsets matters: read them in memory order,
-                        # so a transposed or expanded view is flattened without a copy
-                        seen[_memory_order(_compact(b.offsets, b.grid)).reshape(-1)] = True
-            if not bool(seen.all()):
-                info.fill = self._sources[info.name].detach().clone()
-
-    def finalize(self) -> BuiltGraph:
+    def finalize(self) -> EdgeBlocks:
+        """Tie shared parameters, then the compact graph: every block with its broadcast
+        inputs narrowed (:func:`~gmn_compiler.blocks.compact`), its offsets affine where they
+        are, and its values not stored but checked to be its parameter's entries at its
+        offsets (a rule that emits other values is a bug, reported here)."""
         self.tie_shared_params()
-        self.keep_unrepresented_entries()
-        total = sum(b.count for b in self.blocks)
         dtype = torch.float64 if torch.float64 in self._param_dtypes else torch.float32
-        edge_index = _empty((2, total), torch.long)
-        edge_attr = _empty((total, len(schema.EDGE_COLUMNS)), dtype)
-        edge_param = _empty((total,), torch.long)
-        edge_offset = _empty((total,), torch.long)
-        start = 0
+        nodes = torch.stack([self._columns[c].view() for c in schema.NODE_COLUMNS], dim=1).clone()
+        sources = [self._sources[p.name].detach() for p in self.params]
+        graph = EdgeBlocks(nodes, [], sources, dtype)
         for block in self.blocks:
-            _fill(block, start, edge_index, edge_attr, edge_param, edge_offset)
-            start += block.count
-        x = torch.stack([self._columns[c].view() for c in schema.NODE_COLUMNS], dim=1).to(dtype)
-        return BuiltGraph(x, edge_index, edge_attr, edge_param, edge_offset, self.num_nodes,
-                          list(self.params))
+            stored = _stored(block, sources)
+            if block.param >= 0:
+                _check_values(graph, stored, block, self.params[block.param].name)
+            graph.blocks.append(stored)
+        return graph
 
 
-def _compact(t: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
-    """``t`` (broadcastable to ``grid``) with as many dimensions as ``grid``, narrowed to one
-    entry along every axis where it only repeats itself (size 1 or stride 0). Over the grid it
-    takes the same values, each the same function of the remaining axes' indices."""
-    t = t.reshape((1,) * (len(grid) - t.dim()) + tuple(t.shape))
-    for a in range(t.dim()):
-        if t.shape[a] > 1 and t.stride(a) == 0:
-            t = t.narrow(a, 0, 1)
-    return t
+def _stored(block: EdgeBlock, sources: list[torch.Tensor]) -> Block:
+    """The compact :class:`~gmn_compiler.blocks.Block` of a lowering-time block."""
+    grid = block.grid
+    common = dict(grid=grid, etype=block.etype, src=compact(block.src, grid), dst=compact(block.dst, grid),
+                  kernel=tuple(compact(k, grid) for k in block.kernel),
+                  spatial=None if block.spatial is None else compact(block.spatial, grid))
+    if block.param < 0:
+        return Block(**common, value=block.value)
+    offsets: Offsets = block.offsets
+    if isinstance(offsets, torch.Tensor):
+        offsets = affine_of(offsets, grid) or compact(offsets, grid)
+    value = block.value
+    assert isinstance(value, torch.Tensor)
+    cast = value.dtype if value.dtype != sources[block.param].dtype else None
+    return Block(**common, param=block.param, offsets=offsets, value_dtype=cast)
+
+
+def _check_values(graph: EdgeBlocks, stored: Block, block: EdgeBlock, name: str) -> None:
+    """The values a rule emitted must be the parameter's entries at the block's offsets."""
+    assert isinstance(block.value, torch.Tensor)
+    expected = block.value.to(graph.dtype)
+    found = graph.block_values(stored)
+    if torch.equal(found, expected):
+        return
+    same = (found == expected) | (torch.isnan(found) & torch.isnan(expected))
+    if not bool(same.all()):
+        raise ProvenanceError(name, f"a rule emitted edge values of {name!r} that are not its entries "
+                              "at the offsets it gave (a ParamRef's tensor and offsets must be "
+                              "transformed together: use ParamRef.apply)")
 
 
 def _memory_order(t: torch.Tensor) -> torch.Tensor:
@@ -273,7 +258,7 @@ def _sharing_groups(blocks: list[EdgeBlock], numel: int) -> list[list[EdgeBlock]
     masks = []
     for b in blocks:
         mask = torch.zeros(numel, dtype=torch.bool)
-        mask[b.offsets.reshape(-1)] = True
+        mask[_offset_tensor(b).reshape(-1)] = True
         masks.append(mask)
     groups = UnitClasses()
     for i in range(len(blocks)):
@@ -286,17 +271,41 @@ def _sharing_groups(blocks: list[EdgeBlock], numel: int) -> list[list[EdgeBlock]
     return list(found.values())
 
 
+def _offset_tensor(block: EdgeBlock) -> torch.Tensor:
+    """The block's offsets as a long tensor broadcasting to its grid."""
+    if block.offsets is None:
+        return torch.arange(block.count).view(block.grid)
+    if isinstance(block.offsets, Affine):
+        return block.offsets.tensor(block.grid)
+    return block.offsets
+
+
 def _axis_position(block: EdgeBlock, shape: tuple[int, ...], axis: int, stride: int) -> torch.Tensor:
     """The index along ``axis`` of the source entry (in a parameter of ``shape``) of each of
-    ``block``'s edges, compacted (see :func:`_compact`): for an identity view, whose grid is
+    ``block``'s edges, compacted (see :func:`compact`): for an identity view, whose grid is
     the parameter's shape, that is an ``arange`` along ``axis``."""
     size = shape[axis]
     if block.offsets is None and block.grid == shape:
         view = [1] * len(shape)
         view[axis] = size
         return torch.arange(size).view(view)
-    offsets = block.offsets if block.offsets is not None else torch.arange(block.count).view(block.grid)
-    return (_compact(offsets, block.grid) // stride) % size
+    if isinstance(block.offsets, Affine):
+        return _affine_axis_position(block.offsets, block.grid, size, stride)
+    return (compact(_offset_tensor(block), block.grid) // stride) % size
+
+
+def _affine_axis_position(offsets: Affine, grid: tuple[int, ...], size: int, stride: int) -> torch.Tensor:
+    """:func:`_axis_position` of affine offsets, built over only the grid axes that move the
+    index along the source axis: an axis whose stride is a multiple of ``stride * size`` never
+    changes it; and when every other moving axis steps by multiples of ``stride``, axes whose
+    steps together (with the base's remainder) stay below ``stride`` never carry into it."""
+    moving = [a for a, (s, g) in enumerate(zip(offsets.strides, grid)) if g > 1 and s % (stride * size)]
+    small = [a for a in moving if 0 < offsets.strides[a] < stride]
+    reach = offsets.base % stride + sum(offsets.strides[a] * (grid[a] - 1) for a in small)
+    clean = reach < stride and all(offsets.strides[a] % stride == 0 for a in moving if a not in small)
+    kept = [s if a in moving and not (clean and a in small) else 0 for a, s in enumerate(offsets.strides)]
+    base = offsets.base - offsets.base % stride if clean else offsets.base
+    return (Affine(base, tuple(kept)).tensor(grid) // stride) % size
 
 
 def _side_function(position: torch.Tensor, nodes: torch.Tensor, size: int) -> torch.Tensor | None:
@@ -331,91 +340,3 @@ def _index_function(index: torch.Tensor, nodes: torch.Tensor, size: int) -> torc
     if int(present.sum()) > 1 and torch.unique(high[present]).numel() == 1:
         return None
     return torch.where(present, high, torch.full_like(high, -1))
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor for one of the large outputs.
-
-    Allocated through numpy, which asks Linux for transparent huge pages (``madvise``) on
-    large arrays: the first-touch page faults of the ~1.4 GB of a ResNet-50 graph cost
-    ~200 ms with 4 KiB pages and ~20 ms with 2 MiB pages. The tensor shares numpy's memory
-    (its storage is not resizable; everything else behaves as usual). Falls back to
-    ``torch.empty`` without numpy or for a dtype numpy lacks.
-    """
-    np_dtype = _NP_DTYPES.get(dtype) if _np is not None else None
-    if np_dtype is None:
-        return torch.empty(shape, dtype=dtype)
-    return torch.from_numpy(_np.empty(shape, dtype=np_dtype))
-
-
-_NP_DTYPES = {} if _np is None else {torch.long: _np.int64, torch.float32: _np.float32,
-                                     torch.float64: _np.float64}
-
-_PATTERN_EDGES = 4096  # edges per copy of a block's feature pattern (~100 KiB)
-_PATTERN_MAX = 1 << 20  # a larger pattern is written column by column instead
-
-
-def _fill(block: EdgeBlock, start: int, edge_index, edge_attr, edge_param, edge_offset) -> None:
-    end = start + block.count
-    grid = block.grid
-    edge_index[0, start:end].view(grid).copy_(block.src.expand(grid))
-    edge_index[1, start:end].view(grid).copy_(block.dst.expand(grid))
-    _fill_features(block, edge_attr[start:end])
-    value_col = edge_attr[start:end, 0].view(grid)
-    if isinstance(block.value, torch.Tensor):
-        value_col.copy_(block.value)
-    else:
-        value_col.fill_(block.value)
-    edge_param[start:end].fill_(block.param)
-    if block.param < 0:
-        edge_offset[start:end].fill_(-1)
-    elif block.offsets is None:
-        torch.arange(block.count, out=edge_offset[start:end])
-    else:
-        edge_offset[start:end].view(grid).copy_(block.offsets)
-
-
-def _fill_features(block: EdgeBlock, attr: torch.Tensor) -> None:
-    """Every edge column but the value (type, kernel, spatial; -1 where unused) of one
-    block's rows ``attr`` (``[count, F]``, contiguous).
-
-    Writing a row-major ``[count, F]`` tensor one column at a time, or from a source that
-    broadcasts with an inner dimension of a few entries, runs element by element. The
-    features repeat with a short period instead -- they vary only along the block's trailing
-    grid axes (kernel positions, input positions) -- so build that pattern once, repeated to
-    about ``_PATTERN_EDGES`` edges, and copy it over the rows with one long inner loop.
-    """
-    grid = block.grid
-    ndim = len(grid)
-    width = attr.shape[1]
-    columns = [(2 + k, t) for k, t in enumerate(block.kernel)]
-    if block.spatial is not None:
-        columns.append((5, block.spatial))
-    columns = [(c, t.reshape((1,) * (ndim - t.dim()) + tuple(t.shape))) for c, t in columns]
-    lead = ndim  # every feature is constant along the grid axes before `lead`
-    for _, t in columns:
-        varying = [a for a in range(ndim) if t.shape[a] > 1]
-        if varying:
-            lead = min(lead, varying[0])
-    period = math.prod(grid[lead:])
-    if period > _PATTERN_MAX:
-        attr[:, 1].fill_(block.etype)
-        attr[:, 2:].fill_(-1)
-        for c, t in columns:
-            attr[:, c].view(grid).copy_(t.expand(grid))
-        return
-    pattern = torch.empty(grid[lead:] + (width,), dtype=attr.dtype)
-    pattern[..., :2] = torch.tensor([0, block.etype], dtype=attr.dtype)
-    pattern[..., 2:] = -1
-    for c, t in columns:
-        pattern[..., c] = t[(0,) * lead]
-    periods = block.count // period
-    reps = max(1, min(periods, _PATTERN_EDGES // period))
-    chunk = reps * period * width
-    pattern = pattern.view(1, period * width).expand(reps, period * width).reshape(chunk)
-    flat = attr.view(-1)
-    full = periods // reps
-    flat[:full * chunk].view(full, chunk).copy_(pattern.expand(full, chunk))
-    rest = flat.numel() - full * chunk
-    if rest:
-        flat[full * chunk:].copy_(pattern[:rest])

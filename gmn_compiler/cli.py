@@ -53,8 +53,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 @click.command(name=PROG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", required=False, metavar="MODEL")
-@click.option("-o", "--output", metavar="OUT.pt", help="Write the graph (ParameterGraph.save; "
-              "loads with gmn_compiler.load or torch.load(path, weights_only=True)).")
+@click.option("-o", "--output", metavar="OUT.safetensors", help="Write the graph (ParameterGraph.save: "
+              "a safetensors file, about the size of the weights; loads with gmn_compiler.load).")
 @click.option("--summary", is_flag=True, help="Print nodes and edges per op kind, totals and the "
               "parameter count check.")
 @click.option("--check", is_flag=True, help="List every op without a lowering rule, with its "

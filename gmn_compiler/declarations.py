@@ -75,19 +75,47 @@ def _fixed(sym: dict) -> Partition:
     return Partition(nodes, list(range(len(nodes))), False)
 
 
-def _meet(target: Partition, other: Partition, classes: UnitClasses) -> tuple[list[tuple], bool] | None:
+class _Roots:
+    """``classes.find`` memoised: classes do not change while declarations are reconciled."""
+
+    def __init__(self, classes: UnitClasses) -> None:
+        self.classes = classes
+        self.memo: dict[int, int] = {}
+
+    def __call__(self, n: int) -> int:
+        root = self.memo.get(n)
+        if root is None:
+            root = self.memo[n] = self.classes.find(n)
+        return root
+
+
+@dataclass
+class _Indexed:
+    """A partition seen through unit classes: the block of each class (``_CONFLICT`` for a
+    class met in two blocks), and whether whole blocks may move."""
+
+    where: dict[int, object]
+    movable: bool
+
+
+def _index(partition: Partition, roots: _Roots) -> _Indexed:
+    where: dict[int, object] = {}
+    for n, b in zip(partition.nodes, partition.block):
+        c = roots(n)
+        where[c] = b if where.get(c, b) == b else _CONFLICT
+    return _Indexed(where, partition.movable)
+
+
+def _meet(target: Partition, other: _Indexed, roots: _Roots) -> tuple[list[tuple], bool] | None:
     """Keys of ``target``'s units after meeting ``other`` (None when they share no unit),
     and whether whole blocks may still move."""
-    where: dict[int, object] = {}
-    for n, b in zip(other.nodes, other.block):
-        c = classes.find(n)
-        where[c] = b if where.get(c, b) == b else _CONFLICT
+    where = other.where
     # a class met in two blocks (units tied through a fixed rearrangement, as rotary pairs
     # are) is told apart from everything: each of its units becomes a block of its own
-    induced = [where.get(classes.find(n), "outside") for n in target.nodes]
-    induced = [("conflict", n) if b is _CONFLICT else b for n, b in zip(target.nodes, induced)]
+    induced = [where.get(roots(n), "outside") for n in target.nodes]
     if all(k == "outside" for k in induced):
         return None
+    induced = [("conflict", n) if b is _CONFLICT else b for n, b in zip(target.nodes, induced)]
     keys = list(zip(target.block, induced))
     # blocks may move only if the meet keeps one of the two partitions unchanged and the
     # other is a single block, or both agree and both allow it
@@ -123,6 +151,20 @@ def _apply(sym: dict, keys: list[tuple], movable: bool) -> bool:
 def reconcile(symmetries: list[dict], partitions: list[Partition], classes: UnitClasses) -> None:
     """Narrow every live declaration of ``symmetries`` (in place; withdrawn ones get
     ``"withdrawn": True``) to its meet with every overlapping declaration and partition."""
+    roots = _Roots(classes)
+    fixed_partitions = [_index(p, roots) for p in partitions]
+    seen: dict[int, tuple[tuple, _Indexed, set[int]]] = {}
+
+    def indexed(o: dict) -> tuple[_Indexed, set[int]]:
+        """``o`` as a partition (fixed units when it fixes them), indexed; recomputed only
+        when ``o`` changed since last asked."""
+        state = (is_fixed(o), o["groups"], o.get("permute_groups", False), id(o["nodes"]))
+        if id(o) not in seen or seen[id(o)][0] != state:
+            part = _index(_fixed(o) if is_fixed(o) else _as_partition(o), roots)
+            seen[id(o)] = (state, part, set(part.where))
+        return seen[id(o)][1], seen[id(o)][2]
+
+    static = [(p, set(p.where)) for p in fixed_partitions]
     for _ in range(16):  # declarations only get finer: this settles in a few rounds
         changed = False
         live = [s for s in symmetries if not s.get("withdrawn")]
@@ -130,32 +172,36 @@ def reconcile(symmetries: list[dict], partitions: list[Partition], classes: Unit
             # a declaration narrowed to single fixed units still constrains: units tied to
             # them are fixed too (a declaration withdrawn for other reasons may be re-declared
             # finer by a later rule, so it says nothing)
-            others = [_fixed(o) if is_fixed(o) else _as_partition(o)
-                      for o in symmetries if o is not sym and (is_fixed(o) or not o.get("withdrawn"))]
-            others += partitions
-            for other in others:
+            others = [indexed(o) for o in symmetries
+                      if o is not sym and (is_fixed(o) or not o.get("withdrawn"))]
+            mine = {roots(n) for n in sym["nodes"].tolist()}
+            for other, other_classes in others + static:
                 if sym.get("withdrawn"):
                     break
-                met = _meet(_as_partition(sym), other, classes)
+                if mine.isdisjoint(other_classes):
+                    continue
+                met = _meet(_as_partition(sym), other, roots)
                 if met is not None and _apply(sym, *met):
                     changed = True
+                    mine = {roots(n) for n in sym["nodes"].tolist()}
         if not changed:
             break
-    _check_moved_blocks(symmetries, partitions, classes)
+    _check_moved_blocks(symmetries, partitions, roots)
 
 
-def _check_moved_blocks(symmetries: list[dict], partitions: list[Partition], classes: UnitClasses) -> None:
+def _check_moved_blocks(symmetries: list[dict], partitions: list[Partition], roots: _Roots) -> None:
     """A declaration whose block swaps move other units' blocks (heads move their value dims,
     ``sym["moves"]``) stops allowing whole-block swaps once a partition or a fixed
     declaration cuts or fixes those blocks."""
-    fixed = [_fixed(s) for s in symmetries if is_fixed(s)]
+    fixed = [_index(_fixed(s), roots) for s in symmetries if is_fixed(s)]
+    cutting = [_index(p, roots) for p in partitions] + fixed
     for sym in symmetries:
         if sym.get("withdrawn") or not sym.get("permute_groups"):
             continue
         for link in sym.get("moves", []):
             blocks = len(set(link.block))
-            for other in partitions + fixed:
-                met = _meet(link, other, classes)
+            for other in cutting:
+                met = _meet(link, other, roots)
                 if met is not None and (not met[1] or len(set(met[0])) != blocks):
                     sym["permute_groups"] = False
                     if sym["groups"] == sym["nodes"].numel():

@@ -27,6 +27,15 @@ class LoweringError(CompileError):
     """A rule met a construct it cannot lower; the message names the op and its location."""
 
 
+class ProvenanceError(LoweringError):
+    """A rule emitted edge values of parameter ``param`` that are not its entries at the
+    offsets the rule gave (its ``ParamRef`` values and offsets went separate ways)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
 class Unsupported(Exception):
     """Raised by a normalizer: this instance of the op cannot be lowered, because of what the
     message says (``raise Unsupported("Gather with indices of rank > 1")``). The frontend

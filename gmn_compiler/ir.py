@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .offsets import Affine, Offsets, identity, view_through
+
 
 @dataclass(eq=False)
 class Value:
@@ -33,15 +35,17 @@ class Value:
 class ParamRef:
     """A parameter, buffer or constant as an op sees it.
 
-    ``tensor`` is the view the op consumes; ``offsets`` has the same shape and holds, for each
-    entry, its flat offset in the source tensor ``name`` (``None`` means the identity view:
-    ``tensor`` *is* the source tensor). Layout transforms (transpose, slice, reshape) applied
-    to a parameter in the model are applied to both, so rules emit the right provenance.
+    ``tensor`` is the view the op consumes; ``offsets`` gives, for each of its entries, the
+    flat offset in the source tensor ``name``: ``None`` means the identity view (``tensor``
+    *is* the source tensor), an :class:`~gmn_compiler.offsets.Affine` a layout view, else a
+    long tensor shaped like ``tensor``. Layout transforms (transpose, slice, reshape) applied
+    to a parameter in the model are applied to both (:meth:`apply`, :meth:`through`), so rules
+    emit the right provenance.
     """
 
     name: str
     tensor: torch.Tensor
-    offsets: torch.Tensor | None = None
+    offsets: Offsets = None
     kind: str = "parameter"  # "parameter" | "buffer" | "constant"
 
     @property
@@ -52,12 +56,27 @@ class ParamRef:
         """Offsets materialised (long tensor shaped like ``tensor``)."""
         if self.offsets is None:
             return torch.arange(self.tensor.numel()).view(self.tensor.shape)
+        if isinstance(self.offsets, Affine):
+            return self.offsets.tensor(self.shape).expand(self.shape)
         return self.offsets
+
+    def _views(self, fn: Callable[[torch.Tensor], list[torch.Tensor]],
+               values: list[torch.Tensor]) -> list[Offsets]:
+        """The offsets of ``values = fn(tensor)``: affine when ``fn`` only rearranges entries
+        (found without materialising them), else ``fn`` of the materialised offsets."""
+        current = identity(self.shape) if self.offsets is None else self.offsets
+        if isinstance(current, Affine):
+            found = view_through(fn, current, self.shape)
+            if found is not None and [s for _, s in found] == [tuple(v.shape) for v in values]:
+                return [affine for affine, _ in found]
+        return list(fn(self.flat_offsets()))
 
     def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "ParamRef":
         """A new reference seen through ``fn``, a pure layout function applied to the values
         and the offsets alike."""
-        return ParamRef(self.name, fn(self.tensor), fn(self.flat_offsets()), self.kind)
+        values = fn(self.tensor)
+        offsets = self._views(lambda t: [fn(t)], [values])[0]
+        return ParamRef(self.name, values, offsets, self.kind)
 
     def through(self, view: Callable[[torch.Tensor, dict, list[tuple[int, ...]]], list[torch.Tensor]],
                 attrs: dict, shapes: list[tuple[int, ...]],
@@ -67,9 +86,9 @@ class ParamRef:
         output (values cast to ``dtypes`` where given and floating). None when the view does
         not give one tensor of the expected shape per output."""
         values = view(self.tensor, attrs, shapes)
-        offsets = view(self.flat_offsets(), attrs, shapes)
         if len(values) != len(shapes) or any(tuple(v.shape) != tuple(s) for v, s in zip(values, shapes)):
             return None
+        offsets = self._views(lambda t: view(t, attrs, shapes), values)
         dtypes = dtypes or [None] * len(values)
         return [ParamRef(self.name, v.to(d) if d is not None and d.is_floating_point else v, o, self.kind)
                 for v, o, d in zip(values, offsets, dtypes)]

@@ -6,7 +6,8 @@ the layouts of all values and the node reuse policy.
 
 from __future__ import annotations
 
-from .builder import BuiltGraph, GraphBuilder
+from .blocks import EdgeBlocks
+from .builder import GraphBuilder
 from .context import LoweringContext
 from .declarations import fixed_units, reconcile
 from .errors import LoweringError, UnsupportedOpsError
@@ -38,7 +39,7 @@ def check_declarations(ir: IRGraph, registry: Registry) -> None:
             raise LoweringError(f"{op.kind} at {op.location}: {exc}") from None
 
 
-def lower(ir: IRGraph, registry: Registry) -> tuple[BuiltGraph, LoweringContext]:
+def lower(ir: IRGraph, registry: Registry) -> tuple[EdgeBlocks, LoweringContext]:
     """Lower every op of ``ir``; raises UnsupportedOpsError listing all ops without a rule."""
     missing = unsupported_ops(ir, registry)
     if missing:

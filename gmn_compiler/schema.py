@@ -1,6 +1,8 @@
 """The hand-over contract: feature columns of a compiled graph and their vocabularies.
 
-A compiled graph is a plain ``torch_geometric.data.Data`` with
+Schema v2 keeps a graph in a compact form (:mod:`gmn_compiler.blocks`: node columns, the
+parameter tensors, edge blocks; on disk :mod:`gmn_compiler.graph_file`) and hands consumers,
+on demand (``ParameterGraph.data``), a plain ``torch_geometric.data.Data`` with
 
 - ``x``: float ``[N, len(NODE_COLUMNS)]``, one row per node, columns ``NODE_COLUMNS``;
 - ``edge_index``: long ``[2, E]``, row 0 source, row 1 target;
@@ -9,6 +11,9 @@ A compiled graph is a plain ``torch_geometric.data.Data`` with
 - ``edge_param``: long ``[E]``, index into the parameter table (-1 for structural edges);
 - ``edge_offset``: long ``[E]``, flat offset into that parameter (-1 for structural edges);
 - ``num_nodes``.
+
+These columns are the same as in schema v1, whose files load converted; what v2 changed is the
+storage (edge blocks instead of per-edge tensors; safetensors files).
 
 Categorical columns (node ``role``, node ``activation``, edge ``type``) hold the integer code
 of a vocabulary entry (stored as float so that one tensor holds all features). Integer columns
@@ -30,7 +35,17 @@ if TYPE_CHECKING:  # torch is imported where codes are translated: the CLI's --h
     import torch
     from torch_geometric.data import Data
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+SAME_COLUMNS_AS: dict[int, tuple[int, ...]] = {2: (1, 2)}
+"""Schema versions whose materialised ``Data`` columns and codes equal this version's: a model
+trained on graphs of any of them reads this version's graphs unchanged (v2 changed only the
+storage, :mod:`gmn_compiler.blocks`)."""
+
+
+def reads_columns_of(version: int) -> bool:
+    """True when graphs of schema ``version`` have the columns of :data:`SCHEMA_VERSION`."""
+    return version in SAME_COLUMNS_AS.get(SCHEMA_VERSION, (SCHEMA_VERSION,))
 
 NODE_COLUMNS: tuple[str, ...] = ("role", "depth", "position", "activation")
 """role: NODE_ROLES code; depth: number of node-creating ops on the longest path from an

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import canonical
-from .errors import SymmetryError
+from .errors import ProvenanceError, SymmetryError
 from .graph import ParameterGraph
 from .registry import load_registry  # noqa: F401  (re-exported: the registry a plugin under test compiles with)
 from .symmetry import SymmetryReport, cast_floats, check_completeness, check_symmetry, fresh_eval, torch_runner
@@ -86,10 +86,16 @@ def assert_round_trip(model: nn.Module, inputs: tuple, **compile_options: Any) -
 
     Raises :class:`SymmetryError` ("round trip: NAME differs ...") otherwise. Parameters the
     graph does not represent at all are not checked here (a forgotten bias shows up in
-    :func:`assert_sound` or :func:`assert_swap_faithful`)."""
-    pg = _compile(model, inputs, compile_options)
+    :func:`assert_sound` or :func:`assert_swap_faithful`). A rule whose edge values are not
+    the entries its offsets name is caught while compiling (:class:`ProvenanceError`) and
+    reported the same way."""
+    try:
+        pg = _compile(model, inputs, compile_options)
+    except ProvenanceError as exc:
+        raise SymmetryError(f"round trip: {exc.param} differs after decompiling the unedited values "
+                            f"({exc})") from exc
     reference = model.state_dict()
-    for name, tensor in pg.to_state_dict(pg.data.edge_attr[:, 0]).items():
+    for name, tensor in pg.to_state_dict(pg.edge_values()).items():
         if name not in reference or not torch.equal(tensor, reference[name]):
             raise SymmetryError(f"round trip: {name} differs after decompiling the unedited values")
     return pg

@@ -258,7 +258,7 @@ def _task_file(folder: Path, out_dir: Path, row: ModelRow) -> list[tuple[int, st
         graph = compile_row(folder, row)
         _save(structure_path(out_dir, row.arch()),
               {"format": _STRUCTURE_FORMAT, "graph": graph.to_dict(), "state_shapes": {}})
-        values = graph.data.edge_attr[:, 0].clone()
+        values = graph.edge_values().clone()
         _save(values_path(out_dir, row), {"format": _VALUES_FORMAT, "path": row.path,
                                           "structure": row.arch(), "num_edges": values.numel(),
                                           "values": values})

@@ -233,7 +233,8 @@ def _checkpoint(out: Path, cfg: TrainConfig, model: nn.Module, optimizer, state:
         "best_val": state.best_val, "best_epoch": state.best_epoch, "best_model": state.best_model,
         "bad_epochs": state.bad_epochs, "stopped_early": state.stopped_early,
         "target_mean": norm[0], "target_std": norm[1], "config": cfg.to_dict(),
-        "vocabulary": getattr(model, "vocabulary", schema.BUILTIN).to_dict()})
+        "vocabulary": getattr(model, "vocabulary", schema.BUILTIN).to_dict(),
+        "schema_version": schema.SCHEMA_VERSION})
 
 
 _CHECKPOINT_TYPES = {"epoch": int, "model": dict, "optimizer": dict, "rng": torch.Tensor,
@@ -305,6 +306,11 @@ def _restore(out: Path, cfg: TrainConfig, model: nn.Module, optimizer) -> tuple[
     if changed:
         raise ConfigError(f"cannot resume {out}: the config changed in {changed}; use a new out "
                           "directory or overwrite")
+    version = ck.get("schema_version", 1)  # checkpoints before schema v2 did not record it
+    if not isinstance(version, int) or not schema.reads_columns_of(version):
+        raise ConfigError(f"{path}: trained on schema v{version} graphs, whose columns differ from the "
+                          f"v{schema.SCHEMA_VERSION} graphs this gmn-compiler builds; start over with "
+                          "--overwrite or use another --out")
     try:
         saved_vocabulary = schema.Vocabulary.from_dict(ck.get("vocabulary", {}))
     except (AttributeError, TypeError, ValueError):
@@ -402,7 +408,8 @@ class _Run:
             if self.rank == 0:
                 _save_torch(self.out / "best.pt", {"epoch": epoch, "model": state.best_model,
                                                    "target_mean": self.norm[0], "target_std": self.norm[1],
-                                                   "config": cfg.to_dict()})
+                                                   "config": cfg.to_dict(),
+                                                   "schema_version": schema.SCHEMA_VERSION})
         else:
             state.bad_epochs += 1
             state.stopped_early = state.bad_epochs >= cfg.patience

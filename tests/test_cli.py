@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -10,10 +11,11 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 import gmn_compiler as gc
-from gmn_compiler import api, cli, graph
+from gmn_compiler import api, cli, graph_file
 from oracles import randomize_buffers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,14 +111,12 @@ def test_output_loads_both_ways_and_round_trips_bit_exact(cnn, tmp_path, capfd):
     for name, tensor in reference.items():
         assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor), name
 
-    raw = torch.load(out, weights_only=True)  # plain tensors: no gmn_compiler needed
-    values, param, offset = raw["edge_attr"][:, 0], raw["edge_param"], raw["edge_offset"]
-    for index, info in enumerate(raw["params"]):
-        mask = param == index
-        flat = torch.empty(int(torch.tensor(info["shape"]).prod()))
-        flat[offset[mask]] = values[mask]
-        assert torch.equal(flat.view(info["shape"]), reference[info["name"]]), info["name"]
-    assert len(raw["params"]) == len(reference)
+    # a safetensors file: the weights are in it as they are, no gmn_compiler needed to read them
+    with safe_open(str(out), framework="pt") as handle:
+        rows = json.loads(handle.metadata()["graph"])["params"]
+        for index, info in enumerate(rows):
+            assert torch.equal(handle.get_tensor(f"param.{index}"), reference[info["name"]]), info["name"]
+    assert len(rows) == len(reference)
 
 
 def test_no_output_flags_prints_one_result_line(cnn, tmp_path, capfd):
@@ -309,12 +309,12 @@ def test_output_folder_missing_is_one_line(cnn, tmp_path, capfd):
 
 
 def test_failed_save_leaves_no_file_behind(cnn, tmp_path, capfd, monkeypatch):
-    def broken_save(obj, f, *args, **kwargs):
+    def broken_save(tensors, f, *args, **kwargs):
         with open(f, "wb") as handle:
             handle.write(b"partial")
         raise OSError(28, "No space left on device", f)
 
-    monkeypatch.setattr(graph.torch, "save", broken_save)
+    monkeypatch.setattr(graph_file, "save_file", broken_save)
     picture, out = tmp_path / "g.png", tmp_path / "g.pt"
     code, _, err = run(capfd, cnn[1], "-o", out, "--draw", picture)
     assert code == 1

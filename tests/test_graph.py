@@ -56,18 +56,16 @@ def test_wrong_shape_is_rejected():
         pg.to_state_dict(torch.zeros(3))
 
 
-def test_save_load_plain_torch_and_pyg(tmp_path):
+def test_save_load_and_pyg(tmp_path):
     model = _mlp()
     pg = gc.compile(model, (torch.randn(2, 3),))
-    path = tmp_path / "g.pt"
+    path = tmp_path / "g.safetensors"
     pg.save(path)
-    raw = torch.load(path, weights_only=True)
-    data = Data(x=raw["x"], edge_index=raw["edge_index"], edge_attr=raw["edge_attr"],
-                num_nodes=raw["num_nodes"])
+    loaded = gc.load(path)
+    data = Data(x=loaded.data.x, edge_index=loaded.data.edge_index, edge_attr=loaded.data.edge_attr,
+                num_nodes=loaded.data.num_nodes)
     batch = Batch.from_data_list([data, data])
     assert batch.num_nodes == 2 * pg.data.num_nodes
-    assert raw["schema"]["version"] == gc.schema.SCHEMA_VERSION
-    loaded = gc.load(path)
     assert torch.equal(loaded.data.edge_attr, pg.data.edge_attr)
     state = loaded.to_state_dict(loaded.data.edge_attr[:, 0])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
@@ -76,7 +74,7 @@ def test_save_load_plain_torch_and_pyg(tmp_path):
 
 def test_load_rejects_other_files(tmp_path):
     path = tmp_path / "x.pt"
-    torch.save({"a": torch.zeros(2)}, path)
+    torch.save({"a": torch.zeros(2)}, path)  # a torch.save file: read weights-only, then refused
     with pytest.raises(gc.CompileError, match="not a gmn-compiler graph"):
         gc.load(path)
     path.write_bytes(b"garbage")

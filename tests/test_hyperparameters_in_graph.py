@@ -50,6 +50,26 @@ class Masked(nn.Module):
         return self.b(self.a(x) * self.mask)
 
 
+class Rotary(nn.Module):
+    """One attention head whose queries and keys are rotated by RoPE with frequency ``base``."""
+
+    def __init__(self, base: float):
+        super().__init__()
+        self.base = base
+        self.q, self.k, self.v, self.o = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inv = 1.0 / (self.base ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+        freqs = torch.outer(torch.arange(x.shape[1], dtype=torch.float32), inv)
+        cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+
+        def rotate(h: torch.Tensor) -> torch.Tensor:
+            half = torch.cat([-h[..., 4:], h[..., :4]], -1)
+            return h * cos + half * sin
+
+        return self.o(F.scaled_dot_product_attention(rotate(self.q(x)), rotate(self.k(x)), self.v(x)))
+
+
 def _conv(**kw) -> Callable[[], nn.Module]:
     return lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 3, **kw), nn.ReLU()), 4)
 
@@ -82,6 +102,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], nn.Module], torch.T
     "gelu approximation": (_mlp(lambda h: F.gelu(h)), _mlp(lambda h: F.gelu(h, approximate="tanh")), VECTOR),
     "softmax axis": (lambda: nn.Sequential(Lambda(lambda h: torch.softmax(h, -1)), nn.Linear(6, 2)),
                      lambda: nn.Sequential(Lambda(lambda h: torch.softmax(h, 1)), nn.Linear(6, 2)), TOKENS),
+    "rotary base": (lambda: Rotary(10000.0), lambda: Rotary(100.0), TOKENS),
     "constant mask": (lambda: Masked([1.0, 0.0, 1.0, 1.0]), lambda: Masked([1.0, 1.0, 0.0, 1.0]), VECTOR),
     "max vs average pool": (lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.MaxPool2d(2)), 4),
                             lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.AvgPool2d(2)), 4), IMAGE),

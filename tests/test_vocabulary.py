@@ -105,7 +105,7 @@ def test_the_file_keeps_the_vocabulary_and_translation_maps_by_name(graph, tmp_p
 
 def test_a_file_with_a_foreign_vocabulary_is_refused(graph, tmp_path):
     d = graph.to_dict()
-    d["schema"]["activations"] = ["relu", "none"] + list(schema.ACTIVATIONS[2:])  # built-ins reordered
+    d["meta"]["schema"]["activations"] = ["relu", "none"] + list(schema.ACTIVATIONS[2:])  # built-ins reordered
     torch.save(d, tmp_path / "bad.pt")
     with pytest.raises(CompileError, match="invalid vocabulary"):
         gc.load(tmp_path / "bad.pt")

@@ -21,6 +21,7 @@ from torch import nn
 
 from gmn_compiler import registry as registry_module
 from gmn_compiler import schema
+from gmn_compiler.graph import ParameterGraph
 from gmn_compiler.registry import hookimpl, load_registry
 from gmn_models.model import GMN
 from gmn_models import compile_folder as cf_module
@@ -232,8 +233,8 @@ def test_worker_processes_give_the_same_files(folder, compiled, tmp_path):
     assert files == sorted(p.relative_to(compiled) for p in compiled.rglob("*.pt"))
     for rel in files:
         a, b = torch.load(out / rel, weights_only=True), torch.load(compiled / rel, weights_only=True)
-        tensor_a = a["values"] if "values" in a else a["graph"]["edge_attr"]
-        tensor_b = b["values"] if "values" in b else b["graph"]["edge_attr"]
+        tensor_a = a["values"] if "values" in a else ParameterGraph.from_dict(a["graph"]).data.edge_attr
+        tensor_b = b["values"] if "values" in b else ParameterGraph.from_dict(b["graph"]).data.edge_attr
         assert torch.equal(tensor_a, tensor_b), rel
 
 

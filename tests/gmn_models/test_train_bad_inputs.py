@@ -96,6 +96,8 @@ def _damage(path: Path, kind: str, marker: Path) -> str:
         torch.save({**good, "epoch": "1", "rng": None}, path)
     elif kind == "wrong-shapes":
         torch.save({**good, "model": {k: torch.zeros(3) for k in good["model"]}}, path)
+    elif kind == "future-schema":
+        torch.save({**good, "schema_version": 99}, path)
     elif kind == "directory":
         path.unlink()
         path.mkdir()
@@ -104,6 +106,7 @@ def _damage(path: Path, kind: str, marker: Path) -> str:
             "hostile": refused, "hostile-plain-pickle": refused,
             "not-ours": "is not a gmn-train checkpoint", "damaged": "damaged gmn-train checkpoint (bad or "
             "missing ['epoch', 'rng'])", "wrong-shapes": "does not fit this model",
+            "future-schema": "trained on schema v99 graphs",
             "directory": "cannot be read (Is a directory)"}[kind]
 
 
@@ -114,7 +117,7 @@ def test_the_hostile_payload_is_real(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "hostile", "hostile-plain-pickle",
-                                  "not-ours", "damaged", "wrong-shapes", "directory"])
+                                  "not-ours", "damaged", "wrong-shapes", "future-schema", "directory"])
 def test_a_bad_checkpoint_is_one_line_and_runs_nothing(project, finished_run, tmp_path, kind):
     out = _copy(finished_run, tmp_path / "run")
     marker = tmp_path / "marker"
@@ -197,6 +200,18 @@ def test_a_previous_run_needs_resume_or_overwrite(project, finished_run, tmp_pat
     (out / RUN_MARKER).unlink()  # a run made before the marker: checkpoint.pt still says so
     _one_error(_cli(project, "--out", str(out)), "already holds a training run")
     assert _cli(project, "--out", str(out), "--resume", "--epochs", "2").exit_code == 0
+
+
+def test_a_checkpoint_from_before_schema_v2_resumes(project, finished_run, tmp_path):
+    """Schema v2 changed the storage only: a checkpoint that records no schema version
+    (trained on v1 graphs) reads the same columns, so it resumes."""
+    out = _copy(finished_run, tmp_path / "run")
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved.pop("schema_version") == 2
+    torch.save(saved, out / "checkpoint.pt")
+    resumed = _cli(project, "--out", str(out), "--resume", "--epochs", "2")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
 
 
 def test_empty_missing_and_file_outs(project, tmp_path):
