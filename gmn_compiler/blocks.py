@@ -147,8 +147,12 @@ class EdgeBlocks:
             edge_param[start:end].fill_(block.param)
             if block.param < 0:
                 edge_offset[start:end].fill_(-1)
+            elif block.offsets is None:
+                torch.arange(block.count, out=edge_offset[start:end])
+            elif isinstance(block.offsets, Affine):
+                block.offsets.write(edge_offset[start:end].view(grid))
             else:
-                edge_offset[start:end].view(grid).copy_(block.offset_tensor().expand(grid))
+                edge_offset[start:end].view(grid).copy_(block.offsets.expand(grid))
         return Data(x=self.nodes.to(self.dtype), edge_index=edge_index, edge_attr=edge_attr,
                     edge_param=edge_param, edge_offset=edge_offset, num_nodes=self.num_nodes)
 

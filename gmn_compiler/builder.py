@@ -86,6 +86,7 @@ class GraphBuilder:
         self._columns["depth"].extend(count, depth)
         self._columns["position"].extend(count, -1)
         self._columns["activation"].extend(count, self.vocabulary.code("activations", activation))
+        self._columns["signature"].extend(count, 0)
         return torch.arange(start, start + count)
 
     def node_column(self, name: str) -> torch.Tensor:
@@ -96,8 +97,11 @@ class GraphBuilder:
         ids = ids[ids >= 0]
         return int(self.node_column("depth")[ids].max()) if ids.numel() else 0
 
-    def set_activation(self, ids: torch.Tensor, activation: str) -> None:
+    def set_activation(self, ids: torch.Tensor, activation: str, signature: int = 0) -> None:
+        """Mark nodes with the function applied at them (and its hyper-parameters' identifier,
+        :func:`~gmn_compiler.layout.signature_id`, when they are not the usual ones)."""
         self.node_column("activation")[ids] = self.vocabulary.code("activations", activation)
+        self.node_column("signature")[ids] = signature
 
     def has_activation(self, ids: torch.Tensor) -> bool:
         return bool((self.node_column("activation")[ids] != 0).any())

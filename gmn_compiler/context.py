@@ -212,20 +212,22 @@ class LoweringContext:
         ``activation`` when exclusive and unmarked, else fresh nodes carrying it, fed by
         one-to-one edges of type ``etype``. ``sig`` holds what else decides the function
         (a slope, the axis of a softmax, a pooling window): unless it is ``default`` (the
-        usual one, which the activation code alone stands for), the nodes are always fresh
-        and their edges carry its code, so two functions that differ only there (of the same
-        nodes, or of two branches' nodes) stay apart."""
+        usual one, which the activation code alone stands for), the nodes also get its
+        identifier in the node column ``signature`` (and fresh nodes' edges carry its code),
+        so two functions that differ only there (of the same nodes, or of two branches'
+        nodes) stay apart."""
         layout = self.layout(value)
         if layout is None:
             return None
         nodes = layout.nodes()
-        if (not sig or sig == default) and self.exclusive(value) and not self.builder.has_activation(nodes):
-            self.builder.set_activation(nodes, activation)
+        unusual = bool(sig) and sig != default
+        if self.exclusive(value) and not self.builder.has_activation(nodes):
+            self.builder.set_activation(nodes, activation, L.signature_id(sig) if unusual else 0)
             return layout
-        # with an unusual signature, always fresh nodes: marking the input's nodes would
-        # record the op's kind but not its signature (two branches' clamps, other bounds)
-        weight = L.signature_code(sig) if sig else 1.0
-        return self.fresh(value, layout, etype, activation, weight=weight)
+        fresh = self.fresh(value, layout, etype, activation, weight=L.signature_code(sig) if sig else 1.0)
+        if unusual:
+            self.builder.set_activation(fresh.nodes(), activation, L.signature_id(sig))
+        return fresh
 
     def declare_symmetry(self, nodes: torch.Tensor, what: str, groups: int = 1,
                          permute_groups: bool = False) -> None:

@@ -280,7 +280,11 @@ def from_v1(d: dict, where: str = "graph") -> StoredGraph:
     values = edge_attr[:, 0]
     sources = [_v1_source(info, values[edge_param == i], edge_offset[edge_param == i], where)
                for i, info in enumerate(params)]
-    graph = EdgeBlocks(x.long(), [], sources, edge_attr.dtype)
+    nodes = x.long()
+    missing = len(schema.NODE_COLUMNS) - nodes.shape[1]  # v2 added the column "signature"
+    if missing > 0:
+        nodes = torch.cat([nodes, torch.zeros(nodes.shape[0], missing, dtype=torch.long)], dim=1)
+    graph = EdgeBlocks(nodes, [], sources, edge_attr.dtype)
     key = edge_param * (1 << 20) + edge_attr[:, 1].long()
     cuts = torch.nonzero(key[1:] != key[:-1]).reshape(-1) + 1
     bounds = [0, *cuts.tolist(), int(key.numel())] if key.numel() else [0]

@@ -109,13 +109,18 @@ def rank_keys(keys: dict[int, tuple[int, ...]]) -> dict[int, int]:
     return {n: rank[k] for n, k in keys.items()}
 
 
+def signature_id(sig: tuple) -> int:
+    """A stable integer in [1, 2**20] identifying ``sig`` (the node column ``signature``)."""
+    import zlib
+
+    return zlib.crc32(repr(sig).encode()) % (1 << 20) + 1
+
+
 def signature_code(sig: tuple) -> float:
     """A stable number identifying ``sig`` in [2, 3): the value of the edges into the nodes
     that materialise a signed view. It is an identifier (equal signatures, equal codes), not
     a magnitude; float32-exact."""
-    import zlib
-
-    return 2.0 + (zlib.crc32(repr(sig).encode()) % (1 << 20)) / float(1 << 20)
+    return 2.0 + (signature_id(sig) - 1) / float(1 << 20)
 
 
 def for_axis(ids: torch.Tensor, ndim: int, axis: int) -> Layout:

@@ -37,6 +37,17 @@ class Affine:
                 out = out + stride * torch.arange(size).view(shape)
         return out
 
+    def write(self, out: torch.Tensor) -> None:
+        """Write the offsets into ``out`` (a long tensor shaped like the grid) in place,
+        one broadcast pass per moving axis, without a temporary of the grid's size."""
+        out.fill_(self.base)
+        grid = tuple(out.shape)
+        for axis, (stride, size) in enumerate(zip(self.strides, grid)):
+            if stride and size > 1:
+                shape = [1] * len(grid)
+                shape[axis] = size
+                out.add_(stride * torch.arange(size).view(shape))
+
     def injective(self, grid: tuple[int, ...]) -> bool:
         """True when no two grid indices share an offset."""
         axes = sorted((abs(s), g) for s, g in zip(self.strides, grid) if g > 1)

@@ -12,8 +12,11 @@ on demand (``ParameterGraph.data``), a plain ``torch_geometric.data.Data`` with
 - ``edge_offset``: long ``[E]``, flat offset into that parameter (-1 for structural edges);
 - ``num_nodes``.
 
-These columns are the same as in schema v1, whose files load converted; what v2 changed is the
-storage (edge blocks instead of per-edge tensors; safetensors files).
+Schema v2 changed the storage (edge blocks instead of per-edge tensors; safetensors files) and
+added the node column ``signature``: an elementwise function with unusual hyper-parameters
+marks its input's nodes in place (when it is their only consumer) with the identifier of those
+hyper-parameters, where v1 made a copy of the nodes fed by edges carrying the code. v1 files
+load converted (their ``signature`` column 0).
 
 Categorical columns (node ``role``, node ``activation``, edge ``type``) hold the integer code
 of a vocabulary entry (stored as float so that one tensor holds all features). Integer columns
@@ -37,20 +40,25 @@ if TYPE_CHECKING:  # torch is imported where codes are translated: the CLI's --h
 
 SCHEMA_VERSION = 2
 
-SAME_COLUMNS_AS: dict[int, tuple[int, ...]] = {2: (1, 2)}
+SAME_COLUMNS_AS: dict[int, tuple[int, ...]] = {2: (2,)}
 """Schema versions whose materialised ``Data`` columns and codes equal this version's: a model
-trained on graphs of any of them reads this version's graphs unchanged (v2 changed only the
-storage, :mod:`gmn_compiler.blocks`)."""
+trained on graphs of any of them reads this version's graphs unchanged. v2 added the node
+column ``signature`` (v1 graphs load with it 0 and with their extra copy nodes; a model
+trained on v1 graphs does not read v2 graphs)."""
 
 
 def reads_columns_of(version: int) -> bool:
     """True when graphs of schema ``version`` have the columns of :data:`SCHEMA_VERSION`."""
     return version in SAME_COLUMNS_AS.get(SCHEMA_VERSION, (SCHEMA_VERSION,))
 
-NODE_COLUMNS: tuple[str, ...] = ("role", "depth", "position", "activation")
+NODE_COLUMNS: tuple[str, ...] = ("role", "depth", "position", "activation", "signature")
 """role: NODE_ROLES code; depth: number of node-creating ops on the longest path from an
 input; position: fixed position of model input/output nodes, -1 for permutable nodes;
-activation: ACTIVATIONS code of the elementwise function applied at the node."""
+activation: ACTIVATIONS code of the elementwise function applied at the node; signature: an
+identifier (1 .. 2**20, :func:`gmn_compiler.layout.signature_id`) of that function's
+hyper-parameters when they are not its usual ones (a leaky slope, a sine's frequency, a
+softmax axis, a pooling window), 0 otherwise -- an identifier, not a magnitude: equal
+hyper-parameters, equal identifiers."""
 
 EDGE_COLUMNS: tuple[str, ...] = ("value", "type", "kernel0", "kernel1", "kernel2", "spatial")
 """value: the parameter value or structural constant; type: EDGE_TYPES code; kernel0..2:

@@ -19,6 +19,8 @@ single graph and on a ``Batch``.
 
 from __future__ import annotations
 
+import math
+
 import copy
 
 import torch
@@ -61,6 +63,23 @@ def sinusoids(values: Tensor, freqs: Tensor, flag: bool) -> Tensor:
     return torch.cat(blocks, dim=-1).to(torch.float32)
 
 
+SIGNATURE_IDS = 1 << 20  # signature identifiers are 1 .. 2**20 (0: none), layout.signature_id
+
+
+def signature_features(ids: Tensor, num_freqs: int = 8) -> Tensor:
+    """Float32 ``[n, 2 * num_freqs + 1]`` of the node column ``signature``: ``sin`` / ``cos``
+    of ``2 pi 2^e id / 2^20`` for ``num_freqs`` exponents ``e`` spread evenly over [0, 19]
+    (zero where ``id == 0``, "none"), then a flag that is 1.0 exactly where there is none.
+    The identifier names a set of hyper-parameters, it is no magnitude: the features only
+    need to tell identifiers apart (equal identifiers, equal features), which the fastest
+    frequency (half a turn per identifier) does for neighbours and the slowest for far ones."""
+    exponents = torch.linspace(0, 19, num_freqs, dtype=torch.float64)
+    freqs = 2 * math.pi * 2.0 ** exponents / SIGNATURE_IDS
+    v = ids.to(torch.float64)
+    values = torch.where(v > 0, v, torch.full_like(v, -1.0))
+    return sinusoids(values, freqs, flag=True)
+
+
 def symlog(values: Tensor) -> Tensor:
     """``sign(v) * log1p(|v|)``, elementwise."""
     return torch.sign(values) * torch.log1p(values.abs())
@@ -90,6 +109,7 @@ class DenseFeatures(BaseTransform):
     - ``activation``: one-hot ``[A + 1]`` (last slot: unknown);
     - ``depth``: ``[S]`` sin then cos of the depth;
     - ``position``: ``[S + 1]`` sin, cos (zero where -1), then a 0/1 flag "position is -1";
+    - ``signature``: ``[S + 1]`` :func:`signature_features` (the flag: "no signature");
 
     ``edge_attr`` float32 ``[E, edge_dim]`` =
 
@@ -134,7 +154,7 @@ class DenseFeatures(BaseTransform):
         s = 2 * self.num_freqs
         return self._slices([("role", self.vocabulary.size("node_roles") + 1),
                             ("activation", self.vocabulary.size("activations") + 1),
-                            ("depth", s), ("position", s + 1)])
+                            ("depth", s), ("position", s + 1), ("signature", s + 1)])
 
     @property
     def edge_blocks(self) -> dict[str, slice]:
@@ -163,6 +183,7 @@ class DenseFeatures(BaseTransform):
             one_hot_codes(x[:, col("activation")], self.vocabulary.size("activations")),
             sinusoids(x[:, col("depth")], self.freqs, flag=False),
             sinusoids(x[:, col("position")], self.freqs, flag=True),
+            signature_features(x[:, col("signature")], self.num_freqs),
         ], dim=1)
 
     def edge_features(self, edge_attr: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gmn_compiler import schema
+from gmn_compiler.transforms import signature_features
 
 __all__ = [
     "CategoricalEmbedding",
@@ -143,9 +144,11 @@ def _col(columns: tuple[str, ...], name: str) -> int:
 class NodeEncoder(nn.Module):
     """Node features ``data.x`` ``[N, len(schema.NODE_COLUMNS)]`` -> ``[N, dim]``.
 
-    ``embed(role) + embed(activation) + Linear([sin(depth), sin(position), log1p(in/out degree)])``.
-    The degrees come from ``edge_index`` (they are invariant under relabelling and tell the
-    model how many edges a node sums over)."""
+    ``embed(role) + embed(activation) + Linear([sin(depth), sin(position), signature features,
+    log1p(in/out degree)])``. The signature (an identifier of a function's unusual
+    hyper-parameters, 0 for none) enters through
+    :func:`gmn_compiler.transforms.signature_features`: equal identifiers, equal features. The degrees come from ``edge_index`` (they
+    are invariant under relabelling and tell the model how many edges a node sums over)."""
 
     def __init__(self, dim: int, int_freqs: int = 8, max_depth: int = 1024, max_position: int = 65536,
                  vocabulary: schema.Vocabulary = schema.BUILTIN):
@@ -153,11 +156,14 @@ class NodeEncoder(nn.Module):
         cols = schema.NODE_COLUMNS
         self.c_role, self.c_depth = _col(cols, "role"), _col(cols, "depth")
         self.c_pos, self.c_act = _col(cols, "position"), _col(cols, "activation")
+        self.c_sig = _col(cols, "signature")
         self.role = CategoricalEmbedding(vocabulary.node_roles, dim)
         self.activation = CategoricalEmbedding(vocabulary.activations, dim)
         self.depth = SinusoidalInt(int_freqs, max_depth)
         self.position = SinusoidalInt(int_freqs, max_position)
-        self.linear = nn.Linear(self.depth.out_dim + self.position.out_dim + 2, dim)
+        self.int_freqs = int_freqs
+        sig_dim = 1 + 2 * int_freqs
+        self.linear = nn.Linear(self.depth.out_dim + self.position.out_dim + sig_dim + 2, dim)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         """``x`` ``[N, F_node]`` float, ``edge_index`` ``[2, E]`` long -> ``[N, dim]``."""
@@ -167,6 +173,7 @@ class NodeEncoder(nn.Module):
         deg_in = torch.zeros(n, dtype=dtype, device=x.device).index_add_(0, edge_index[1], ones)
         deg_out = torch.zeros(n, dtype=dtype, device=x.device).index_add_(0, edge_index[0], ones)
         ints = torch.cat([self.depth(x[:, self.c_depth]), self.position(x[:, self.c_pos]),
+                          signature_features(x[:, self.c_sig], self.int_freqs).to(dtype),
                           torch.log1p(deg_in).unsqueeze(-1), torch.log1p(deg_out).unsqueeze(-1)], dim=-1)
         return (self.role(x[:, self.c_role]) + self.activation(x[:, self.c_act])
                 + self.linear(ints.to(dtype)))

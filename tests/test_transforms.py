@@ -73,7 +73,7 @@ def graphs() -> list[Data]:
 def test_widths_dtypes_and_blocks(graphs):
     tf = DenseFeatures(num_freqs=4)
     s = 2 * 4
-    assert tf.node_dim == len(schema.NODE_ROLES) + 1 + len(schema.ACTIVATIONS) + 1 + s + s + 1
+    assert tf.node_dim == len(schema.NODE_ROLES) + 1 + len(schema.ACTIVATIONS) + 1 + s + (s + 1) + (s + 1)
     assert tf.edge_dim == 2 + len(schema.EDGE_TYPES) + 1 + 4 * (s + 1)
     for blocks, dim in ((tf.node_blocks, tf.node_dim), (tf.edge_blocks, tf.edge_dim)):
         ends = [0] + [b.stop for b in blocks.values()]
@@ -114,6 +114,19 @@ def test_blocks_encode_the_columns(graphs):
             torch.testing.assert_close(block[:, 0], torch.sin(column.clamp(min=0)) * (column >= 0))
     kernel = tf(graphs[1]).edge_attr[:, eb["kernel1"]]
     assert (kernel[:, -1] == 0).any() and kernel[:, :-1].abs().sum() > 0  # the CNN has conv kernels
+
+
+def test_signature_block_tells_identifiers_apart():
+    tf = DenseFeatures(num_freqs=4)
+    ids = torch.tensor([0.0, 7.0, 7.0, 912_345.0, float(1 << 20)])
+    x = torch.zeros(len(ids), len(schema.NODE_COLUMNS))
+    x[:, schema.node_column("signature")] = ids
+    block = tf.node_features(x)[:, tf.node_blocks["signature"]]
+    assert torch.equal(block[:, -1], torch.tensor([1.0, 0, 0, 0, 0]))  # the "none" flag
+    assert not block[0, :-1].any()
+    assert torch.equal(block[1], block[2])
+    rows = [block[i] for i in (1, 3, 4)]
+    assert all(float((a - b).abs().max()) > 1e-3 for i, a in enumerate(rows) for b in rows[i + 1:])
 
 
 def test_codes_outside_the_vocabulary_go_to_the_unknown_slot(graphs):
@@ -162,7 +175,7 @@ def test_input_untouched_schema_kept_and_deterministic(graphs):
         assert out[key] is d[key]
     assert out.num_nodes == d.num_nodes
     again = tf.forward(d)  # forward (no copy by BaseTransform.__call__) must not mutate either
-    assert torch.equal(again.x, out.x) and torch.equal(again.edge_attr, out.edge_attr) and d.x.shape[1] == 4
+    assert torch.equal(again.x, out.x) and torch.equal(again.edge_attr, out.edge_attr) and d.x.shape[1] == len(gc.schema.NODE_COLUMNS)
     lean = DenseFeatures(keep_schema=False)(d)
     assert "schema_x" not in lean and "schema_edge_attr" not in lean and torch.equal(lean.x, out.x)
     with pytest.raises(ValueError, match="already transformed"):

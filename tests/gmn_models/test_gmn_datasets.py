@@ -308,7 +308,7 @@ def test_on_disk_dataset_matches_in_memory(folder, tmp_path):
     disk.close()
     with sqlite3.connect(db) as conn:
         blob, nodes = conn.execute("SELECT COL_x, COL_num_nodes FROM OnDiskModelGraphDataset WHERE id = 0").fetchone()
-    assert len(blob) == nodes * 4 * 4  # float32 [N, 4]
+    assert len(blob) == nodes * 4 * len(schema.NODE_COLUMNS)  # float32 [N, 5]
 
 
 def test_folder_errors_are_one_line(tmp_path):

@@ -104,6 +104,17 @@ def test_edge_encoder_equals_the_sum_of_its_parts(cnn_graph):
     assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in enc.parameters())
 
 
+def test_node_encoding_tells_signatures_apart():
+    """The node column ``signature`` (an identifier of a function's unusual hyper-parameters)
+    reaches the encoding: different identifiers, different encodings; equal ones, equal."""
+    enc = NodeEncoder(8).double()
+    x = torch.tensor([[1.0, 1.0, -1.0, 1.0, s] for s in (0.0, 5.0, 912_345.0, 5.0)])
+    with torch.no_grad():
+        h = enc(x, torch.zeros(2, 0, dtype=torch.long))
+    assert torch.equal(h[1], h[3])
+    assert all(float((h[i] - h[j]).abs().max()) > 1e-6 for i, j in [(0, 1), (0, 2), (1, 2)])
+
+
 def test_encoders_shapes_dtype_and_out_of_range_inputs(cnn_graph):
     d = cnn_graph
     node, edge = NodeEncoder(12).double(), EdgeEncoder(12).double()
@@ -111,7 +122,7 @@ def test_encoders_shapes_dtype_and_out_of_range_inputs(cnn_graph):
     assert hx.shape == (d.num_nodes, 12) and he.shape == (d.edge_index.shape[1], 12)
     assert hx.dtype == he.dtype == torch.float64
     x = d.x.clone()
-    x[:, 0], x[:, 1], x[:, 2], x[:, 3] = 1e4, 1e7, 1e9, 77
+    x[:, 0], x[:, 1], x[:, 2], x[:, 3], x[:, 4] = 1e4, 1e7, 1e9, 77, 2 ** 20
     ea = d.edge_attr.clone()
     ea[:, 1], ea[:, 2:5], ea[:, 5] = 1e3, 1e4, 1e9
     assert bool(torch.isfinite(node(x, d.edge_index)).all()) and bool(torch.isfinite(edge(ea)).all())
@@ -145,7 +156,7 @@ def test_edge_encoding_is_local_and_sees_every_column(cnn_graph, column):
 
 def test_node_encoding_sees_in_and_out_degree():
     enc = NodeEncoder(8).double()
-    x = torch.tensor([[1.0, 1.0, -1.0, 0.0]] * 4)  # four identical neurons
+    x = torch.tensor([[1.0, 1.0, -1.0, 0.0, 0.0]] * 4)  # four identical neurons
     edge_index = torch.tensor([[0, 0, 1], [2, 3, 2]])  # out-degrees 2, 1; in-degrees 2, 1
     with torch.no_grad():
         h = enc(x, edge_index)

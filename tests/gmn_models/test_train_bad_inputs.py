@@ -202,16 +202,15 @@ def test_a_previous_run_needs_resume_or_overwrite(project, finished_run, tmp_pat
     assert _cli(project, "--out", str(out), "--resume", "--epochs", "2").exit_code == 0
 
 
-def test_a_checkpoint_from_before_schema_v2_resumes(project, finished_run, tmp_path):
-    """Schema v2 changed the storage only: a checkpoint that records no schema version
-    (trained on v1 graphs) reads the same columns, so it resumes."""
+def test_a_checkpoint_from_before_schema_v2_is_refused(project, finished_run, tmp_path):
+    """A checkpoint that records no schema version was trained on v1 graphs, which lack the
+    node column ``signature``: resuming says so instead of feeding it the wrong columns."""
     out = _copy(finished_run, tmp_path / "run")
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert saved.pop("schema_version") == 2
     torch.save(saved, out / "checkpoint.pt")
-    resumed = _cli(project, "--out", str(out), "--resume", "--epochs", "2")
-    assert resumed.exit_code == 0, resumed.output
-    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
+    result = _cli(project, "--out", str(out), "--resume", "--epochs", "2")
+    _one_error(result, str(out / "checkpoint.pt"), "trained on schema v1 graphs", "--overwrite")
 
 
 def test_empty_missing_and_file_outs(project, tmp_path):
