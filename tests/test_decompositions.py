@@ -244,3 +244,36 @@ def test_silu_of_a_sum_written_out_is_silu():
     written = assert_oracles(Gated(True), x)
     torch.manual_seed(0)
     assert_isomorphic(gc.compile(Gated(False), x), written)
+
+
+class Affine(nn.Module):
+    """ResMLP's ``Affine`` (``addcmul(beta, alpha, x)``) or ``addcdiv`` after a hidden layer,
+    or the same computation written out (``spelling="plain"``)."""
+
+    def __init__(self, op: str, value: float = 1.0, spelling: str = "fused"):
+        super().__init__()
+        self.op, self.value, self.spelling = op, value, spelling
+        self.a, self.out = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.alpha, self.beta = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.spelling == "plain":
+            mixed = self.alpha * h if self.op == "addcmul" else h / self.alpha
+            return self.out(self.beta + (mixed if self.value == 1 else mixed * self.value))
+        if self.op == "addcmul":
+            return self.out(torch.addcmul(self.beta, self.alpha, h, value=self.value))
+        return self.out(torch.addcdiv(self.beta, h, self.alpha, value=self.value))
+
+
+@pytest.mark.parametrize("op", ["addcmul", "addcdiv"])
+@pytest.mark.parametrize("value", [1.0, 0.5])
+def test_addcmul_and_addcdiv_compile_as_written_out(op, value):
+    """PyTorch's own decomposition starts with ``value * tensor1``, an op on a parameter
+    alone, which the frontend refuses (issue 20); ours puts the activation first."""
+    torch.manual_seed(0)
+    fused, plain = Affine(op, value).eval(), Affine(op, value, "plain").eval()
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3)
+    assert_isomorphic(gc.compile(fused, (x,)), gc.compile(plain, (x,)))
+    assert_oracles(fused, (x,), trials=4)

@@ -14,6 +14,24 @@ from __future__ import annotations
 import torch
 
 
+def _addcmul(input, tensor1, tensor2, *, value=1):
+    product = tensor1 * tensor2  # the operands first: a parameter meets the activation at once
+    return input + (product if value == 1 else product * value)
+
+
+def _addcdiv(input, tensor1, tensor2, *, value=1):
+    quotient = tensor1 / tensor2
+    return input + (quotient if value == 1 else quotient * value)
+
+
+def _preferred() -> dict:
+    """Decompositions of our own, used before PyTorch's, where PyTorch's first step computes on
+    a parameter alone (``value * tensor1`` of ``addcmul``, ResMLP's ``Affine``), which the
+    frontend refuses; ours compute the same function with the activation in the first op."""
+    aten = torch.ops.aten
+    return {aten.addcmul.default: _addcmul, aten.addcdiv.default: _addcdiv}
+
+
 def trace_decomposition(node: torch.fx.Node) -> tuple[torch.fx.GraphModule, list[torch.fx.Node]] | None:
     """The decomposition of the call ``node`` as a graph whose placeholders stand, in order,
     for the returned tensor arguments of ``node``; ``None`` when the op does not decompose
@@ -27,7 +45,8 @@ def trace_decomposition(node: torch.fx.Node) -> tuple[torch.fx.GraphModule, list
     slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.fx.Node)]
     if not all(isinstance(leaves[i].meta.get("val"), torch.Tensor) for i in slots):
         return None
-    table = get_decompositions([node.target])
+    preferred = _preferred()
+    table = {node.target: preferred[node.target]} if node.target in preferred else get_decompositions([node.target])
     if not table:
         core = core_aten_decompositions()
         if node.target in core:

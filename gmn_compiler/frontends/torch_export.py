@@ -24,6 +24,7 @@ from ..errors import CompileError, Unsupported
 from ..ir import IRGraph, Op, ParamRef, Value
 from ..ir_patterns import normalize
 from ..registry import Registry, target_name
+from .higher_order import higher_order_name, inline, resolve_attribute
 from .checks import check_input_axes
 from .decompositions import trace_decomposition
 from .pt2_safe import load_exported_program
@@ -222,10 +223,33 @@ class _Converter:
                         value = self.env[item.name]
                         if isinstance(value, Value):
                             outputs.append(value)
+            elif node.op == "get_attr":  # the body of a higher-order op
+                self.env[node.name] = resolve_attribute(self.ep.graph_module, str(node.target), _location(node))
             elif node.op not in ("placeholder",):
                 raise CompileError(f"unexpected fx node {node.op} {node.target} in the exported graph")
         return normalize(IRGraph(inputs, outputs, self.ops, self.tensors, self.kinds, axes, "torch",
                                  self.aliases))
+
+    def _convert_body(self, body: torch.fx.GraphModule, operands: list[Any]) -> list[Any]:
+        """Convert a higher-order op's subgraph on ``operands`` (its placeholders, in order)
+        in a scope of its own; returns what its output node returns."""
+        outer, self.env = self.env, {}
+        try:
+            placeholders = [n for n in body.graph.nodes if n.op == "placeholder"]
+            if len(placeholders) != len(operands):
+                raise CompileError(f"a subgraph with {len(placeholders)} inputs called with {len(operands)}")
+            for node, operand in zip(placeholders, operands):
+                self.env[node.name] = operand
+            for node in body.graph.nodes:
+                if node.op == "call_function":
+                    self._convert_call(node)
+                elif node.op == "get_attr":
+                    self.env[node.name] = resolve_attribute(body, str(node.target), _location(node))
+                elif node.op == "output":
+                    return [self._arg(item) for item in node.args[0]]
+            raise CompileError("a subgraph without an output")
+        finally:
+            self.env = outer
 
     # ---------------------------------------------------------------- calls
     def _arg(self, a: Any) -> Any:
@@ -240,6 +264,10 @@ class _Converter:
         kwargs = {k: self._arg(v) for k, v in node.kwargs.items()}
         if node.target is operator.getitem:
             self.env[node.name] = args[0][args[1]]
+            return
+        hop = higher_order_name(node.target)
+        if hop is not None:
+            inline(hop, node, args, self.env, self._convert_body, _location(node))
             return
         name = target_name(node.target)
         if name in _NO_OP_TARGETS:
