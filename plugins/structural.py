@@ -147,6 +147,8 @@ def lower_cat(ctx: LoweringContext, op: Op) -> None:
     if not op.attrs.get("stack") and _views_along_free_axis(ctx, op, parts, dim):
         return
     # parts that are different views of the same nodes get their own nodes first
+    if not op.attrs.get("stack") and _constants_as_padding(ctx, op, parts, dim):
+        return
     found = [ctx.materialize(v) if ctx.layout(v) is not None else None for v in parts]
     layouts = [l for l in found if l is not None]
     if len(layouts) != len(found):
@@ -160,6 +162,36 @@ def lower_cat(ctx: LoweringContext, op: Op) -> None:
     else:
         shapes = [tuple(v.shape) for v in parts]
     ctx.set_layout(op.output, L.cat([L.align(l, ndim) for l in layouts], shapes, dim))
+
+
+def _constants_as_padding(ctx: LoweringContext, op: Op, parts: list[Value], dim: int) -> bool:
+    """``cat([h[:, 1:], zeros], dim=tokens)`` (MobileBERT's shifted copies of a sequence): one
+    part has neurons, the others are constants, along an axis free in it. That is padding: the
+    output is a view of the part's nodes with a ``pad`` signature -- the one ``F.pad`` gets when
+    every constant entry is one value, else one naming the constants' values. Constants that
+    vary along an axis carrying neurons would tell units apart: not handled here (False, and
+    the caller refuses); True when handled."""
+    with_nodes = [i for i, v in enumerate(parts) if ctx.layout(v) is not None]
+    constants = [v.constant for i, v in enumerate(parts) if i not in with_nodes]
+    if len(with_nodes) != 1 or any(c is None for c in constants):
+        return False
+    ndim = len(op.output.shape)
+    (i,) = with_nodes
+    layout = L.align(ctx.require_layout(parts[i]), ndim)
+    neuron_axes = [a for a in range(ndim) if layout.ids.shape[a] > 1]
+    if dim in neuron_axes or any(not torch.equal(c, c.narrow(a, 0, 1).expand_as(c))
+                                 for c in constants for a in neuron_axes):
+        return False
+    before = sum(int(v.shape[dim]) for v in parts[:i])
+    after = sum(int(v.shape[dim]) for v in parts[i + 1:])
+    entries = torch.cat([c.reshape(-1).double() for c in constants])
+    if bool((entries == entries[0]).all()):
+        fill: Any = L.plain(float(entries[0]) or 0.0)
+    else:
+        fill = ("constants", tuple(tuple(c.shape) for c in constants), tuple(entries.tolist()))
+    sig = ("pad", ((dim - ndim, before, after),), "constant", fill)
+    ctx.set_layout(op.output, layout.signed(sig))
+    return True
 
 
 def _views_along_free_axis(ctx: LoweringContext, op: Op, parts: list[Value], dim: int) -> bool:
@@ -405,6 +437,20 @@ def _index_select(x: Any, dim: int, index: Any) -> _Normalized:
     return [x], {"dim": dim, "index": index.constant}
 
 
+def _index(x: Any, indices: Any) -> _Normalized:
+    """``x[..., index, ...]`` with one constant integer index tensor (``aten.index.Tensor``,
+    e.g. Falcon's ``fused_qkv[..., [-2], :]``): an ``index_select`` along that axis."""
+    given = [(axis, i) for axis, i in enumerate(indices) if i is not None]
+    if len(given) != 1:
+        raise Unsupported("advanced indexing with several index tensors")
+    dim, index = given[0]
+    if not (isinstance(index, Value) and index.constant is not None):
+        raise Unsupported("indexing with indices computed from activations")
+    if index.constant.dtype == torch.bool or index.constant.dim() != 1:
+        raise Unsupported("indexing with a boolean mask or a multi-dimensional index tensor")
+    return [x], {"dim": dim, "index": index.constant % x.shape[dim]}
+
+
 def _repeat_interleave(x: Any, repeats: Any, dim: int | None = None, output_size: int | None = None) -> _Normalized:
     if dim is None or not isinstance(repeats, int):
         raise Unsupported("repeat_interleave without dim or with tensor repeats")
@@ -526,6 +572,7 @@ def gmn_register(registry: Registrar) -> None:
     registry.map_aten("aten.expand.default", "expand", _x_only)
     registry.map_aten("aten.expand_as.default", "expand", _x_only)
     registry.map_aten("aten.index_select.default", "index_select", _index_select)
+    registry.map_aten("aten.index.Tensor", "index_select", _index)
     registry.map_aten("aten.repeat_interleave.self_int", "index_select", _repeat_interleave)
     for op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
         registry.map_onnx(op_type, "reshape", _x_only)

@@ -12,7 +12,7 @@ import gmn_compiler as gc
 from gmn_compiler import canonical
 from gmn_compiler.errors import CompileError
 from gmn_compiler.testing import check_all, randomized
-from oracles import assert_not_isomorphic, assert_oracles
+from oracles import assert_isomorphic, assert_not_isomorphic, assert_oracles
 
 MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -92,3 +92,50 @@ def test_circular_padding_by_the_whole_length_matches_its_onnx_spelling(tmp_path
     path = str(tmp_path / "wrap.onnx")
     torch.onnx.export(model, x, path, dynamo=False, opset_version=17)
     assert canonical.isomorphic(pg, gc.compile(path))
+
+
+class Trigram(nn.Module):
+    """MobileBERT's trigram input: each token next to its neighbours, the sequence shifted
+    both ways and filled with ``fill`` (``spelling``: a concatenated constant, or ``F.pad``)."""
+
+    def __init__(self, spelling: str, fill: torch.Tensor | float = 0.0):
+        super().__init__()
+        self.spelling, self.fill = spelling, fill
+        self.a, self.out = nn.Linear(4, 4), nn.Linear(12, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.spelling == "pad":
+            after, before = F.pad(h[:, 1:], (0, 0, 0, 1), value=self.fill), F.pad(h[:, :-1], (0, 0, 1, 0), value=self.fill)
+        else:
+            z = self.fill if isinstance(self.fill, torch.Tensor) else torch.full((1, 1, 4), self.fill)
+            z = z.expand(h.shape[0], 1, 4)
+            after, before = torch.cat([h[:, 1:], z], 1), torch.cat([z, h[:, :-1]], 1)
+        return self.out(torch.cat([after, h, before], 2))
+
+
+def test_concatenating_a_constant_along_tokens_is_padding():
+    """Issue 20: ``cat`` of a constant with activations along a free axis compiles to the same
+    graph as ``F.pad`` with that value, and a different fill gives a different graph."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4)
+    cat, pad = Trigram("cat").eval(), Trigram("pad").eval()
+    pad.load_state_dict(cat.state_dict())
+    assert_isomorphic(gc.compile(cat, (x,)), gc.compile(pad, (x,)))
+    assert_oracles(cat, (x,), trials=4)
+    other = Trigram("cat", 1.0).eval()
+    other.load_state_dict(cat.state_dict())
+    assert_not_isomorphic(gc.compile(cat, (x,)), gc.compile(other, (x,)))
+
+
+def test_a_constant_varying_along_features_is_no_padding_and_stays_sound():
+    """Such a constant tells feature units apart (it is not padding): the units it meets are
+    pinned by the constant's own nodes, never left interchangeable."""
+    from gmn_compiler.testing import assert_sound
+
+    varying = Trigram("cat", torch.arange(4.0).view(1, 1, 4)).eval()
+    x = torch.randn(2, 5, 4)
+    assert_sound(randomized(varying), (x,))
+    zeros = Trigram("cat").eval()
+    zeros.load_state_dict(varying.state_dict())
+    assert_not_isomorphic(gc.compile(varying, (x,)), gc.compile(zeros, (x,)))

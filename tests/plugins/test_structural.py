@@ -345,3 +345,48 @@ def test_flip_relabels_and_passes_the_oracles(where):
         assert_isomorphic(pg, gc.compile(plain, inputs))
     else:  # a view along a free axis is recorded: the mean after it hides it here, not in general
         assert_not_isomorphic(pg, gc.compile(plain, inputs))
+
+
+class FusedMultiQuery(nn.Module):
+    """Falcon's multi-query layout: one fused projection holds the query heads, then one key
+    and one value head, read back with list indices (``aten.index.Tensor``) or with slices."""
+
+    def __init__(self, spelling: str, heads: int = 2, dim: int = 3):
+        super().__init__()
+        self.spelling, self.heads, self.dim = spelling, heads, dim
+        self.qkv, self.out = nn.Linear(4, (heads + 2) * dim), nn.Linear(heads * dim, 2)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        fused = self.qkv(x).view(b, t, self.heads + 2, self.dim)
+        q = fused[:, :, :-2]
+        if self.spelling == "index":
+            k, v = fused[:, :, [-2]], fused[:, :, [-1]]
+        else:
+            k, v = fused[:, :, -2:-1], fused[:, :, -1:]
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))
+        h = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        return self.out(h.transpose(1, 2).reshape(b, t, self.heads * self.dim))
+
+
+def test_constant_list_indices_on_an_activation_are_a_selection():
+    torch.manual_seed(0)
+    indexed, sliced = FusedMultiQuery("index").eval(), FusedMultiQuery("slice").eval()
+    sliced.load_state_dict(indexed.state_dict())
+    x = torch.randn(2, 5, 4)
+    assert_isomorphic(gc.compile(indexed, (x,)), gc.compile(sliced, (x,)))
+    assert_oracles(indexed, (x,), trials=4)
+
+
+class TwoIndexTensors(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+
+    def forward(self, x):
+        return self.a(x).view(-1, 2, 3)[:, [0, 1], [2, 0]]
+
+
+def test_advanced_indexing_with_several_index_tensors_is_refused():
+    with pytest.raises(gc.CompileError, match="several index tensors"):
+        gc.compile(TwoIndexTensors().eval(), (torch.randn(2, 4),))
