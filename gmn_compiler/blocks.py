@@ -8,8 +8,8 @@ block's values are not stored at all: they are its parameter's entries at its of
 offsets that are an affine function of the grid index (every layout view: transpose, slice,
 reshape, expand) are two small integer lists (:class:`Affine`). A GPT-2-sized graph therefore
 costs little more than its weights; the per-edge tensors of a PyG ``Data`` are built only when
-asked for (:meth:`EdgeBlocks.materialize`), in the block order, identical to schema v1's
-columns.
+asked for (:meth:`EdgeBlocks.materialize`), in the block order (the edge columns are schema
+v1's; the node columns gained ``signature``).
 """
 
 from __future__ import annotations
@@ -157,10 +157,14 @@ class EdgeBlocks:
                     edge_param=edge_param, edge_offset=edge_offset, num_nodes=self.num_nodes)
 
     def state_dict(self, edge_values: torch.Tensor, params: list[ParamInfo], *,
-                   include_constants: bool = False) -> dict[str, torch.Tensor]:
+                   include_constants: bool = False,
+                   into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Every parameter rebuilt from one value per edge (``[E]``, in the materialised
         order): entries no edge carries keep their stored value; copies of an entry carried
-        by several edges must agree (:class:`DecompileError` otherwise)."""
+        by several edges must agree (:class:`DecompileError` otherwise, before anything is
+        written). With ``into`` (name -> tensor of the parameter's shape), each parameter is
+        written into that tensor in place (entries no edge carries keep its values) and the
+        result holds those tensors: no second copy of the weights."""
         values = torch.as_tensor(edge_values)
         if values.dim() != 1 or values.numel() != self.num_edges:
             raise DecompileError(f"expected one value per edge, shape [{self.num_edges}], "
@@ -169,28 +173,69 @@ class EdgeBlocks:
         for start, block in zip(self.starts(), self.blocks):
             if block.param >= 0:
                 uses.setdefault(block.param, []).append((start, block))
+        chosen = [(i, p) for i, p in enumerate(params) if p.kind != "constant" or include_constants]
+        targets = _targets(into, [p for _, p in chosen])
+        # parameters whose copies must agree are rebuilt and checked first, so that a
+        # DecompileError leaves every target as it was
+        checked = {i for i, _ in chosen
+                   if len(uses.get(i, [])) > 1 or any(not b.injective() for _, b in uses.get(i, []))}
+        rebuilt = {i: self._rebuild(i, p, uses.get(i, []), values, targets.get(p.name))
+                   for i, p in chosen if i in checked}
         out: dict[str, torch.Tensor] = {}
-        for index, info in enumerate(params):
-            if info.kind == "constant" and not include_constants:
-                continue
+        for index, info in chosen:
             blocks = uses.get(index, [])
-            if any(b.count == math.prod(info.shape) and b.injective() for _, b in blocks):
-                flat = torch.empty(math.prod(info.shape), dtype=values.dtype)  # every entry is written
-            else:  # entries no edge carries keep their stored value
-                flat = self.sources[index].reshape(-1).to(values.dtype, copy=True)
-            for start, block in blocks:
-                mine = values[start:start + block.count].view(block.grid)
-                entries = _entries(flat, block)
-                if entries is not None:
-                    entries.copy_(mine)
-                else:
-                    flat[block.offset_tensor().expand(block.grid)] = mine
-            if len(blocks) > 1 or any(not b.injective() for _, b in blocks):
-                _check_copies_agree(info.name, flat, blocks, values)
-            out[info.name] = flat.view(info.shape).to(info.dtype)
+            target = targets.get(info.name)
+            if index in rebuilt:
+                result = rebuilt.pop(index)
+            elif target is not None and target.dtype == values.dtype and target.is_contiguous():
+                _write(target.view(-1), blocks, values)  # straight into the caller's tensor
+                result = target
+            else:
+                result = self._rebuild(index, info, blocks, values, target)
+            out[info.name] = result if target is None or result is target else target.copy_(result)
             for alias in info.aliases:  # tied weights: every name of the tensor
                 out[alias] = out[info.name]
         return out
+
+    def _rebuild(self, index: int, info: ParamInfo, blocks: list[tuple[int, Block]],
+                 values: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """Parameter ``index`` rebuilt from ``values`` in a tensor of its own (entries no edge
+        carries from ``target``, else from the stored tensor), its copies checked."""
+        if any(b.count == math.prod(info.shape) and b.injective() for _, b in blocks):
+            flat = torch.empty(math.prod(info.shape), dtype=values.dtype)  # every entry is written
+        else:  # entries no edge carries keep their stored value
+            kept = self.sources[index] if target is None else target
+            flat = kept.reshape(-1).to(values.dtype, copy=True)
+        _write(flat, blocks, values)
+        if len(blocks) > 1 or any(not b.injective() for _, b in blocks):
+            _check_copies_agree(info.name, flat, blocks, values)
+        return flat.view(info.shape).to(info.dtype)
+
+
+def _targets(into: dict[str, torch.Tensor] | None, params: list[ParamInfo]) -> dict[str, torch.Tensor]:
+    """The tensors of ``into`` the parameters are written into, checked before any is."""
+    if into is None:
+        return {}
+    missing = [p.name for p in params if p.name not in into]
+    if missing:
+        raise DecompileError(f"no tensor to write {missing[0]!r} into ({len(missing)} parameters "
+                             "of the graph are missing); pass the model the graph was compiled from")
+    wrong = [p.name for p in params if tuple(into[p.name].shape) != tuple(p.shape)]
+    if wrong:
+        raise DecompileError(f"{wrong[0]!r} has shape {list(into[wrong[0]].shape)}, the graph's is "
+                             f"{list(next(p.shape for p in params if p.name == wrong[0]))}")
+    return {p.name: into[p.name] for p in params}
+
+
+def _write(flat: torch.Tensor, blocks: list[tuple[int, Block]], values: torch.Tensor) -> None:
+    """Write each block's values at its offsets into ``flat`` (a parameter's flat entries)."""
+    for start, block in blocks:
+        mine = values[start:start + block.count].view(block.grid)
+        entries = _entries(flat, block)
+        if entries is not None:
+            entries.copy_(mine)
+        else:
+            flat[block.offset_tensor().expand(block.grid)] = mine
 
 
 def _entries(flat: torch.Tensor, block: Block) -> torch.Tensor | None:

@@ -1,6 +1,6 @@
 """A layered drawing of a small parameter graph (matplotlib, Agg; no pyplot global state).
 
-Layout: the x coordinate is the node's ``depth`` column (schema v1); nodes of one depth are
+Layout: the x coordinate is the node's ``depth`` column; nodes of one depth are
 stacked vertically. Input and neuron nodes sit on the integer column; auxiliary nodes (bias,
 norm parameters, statistics, groups, heads, ties, parameter operands) sit a little to the
 left of it, so their edges into the neurons of the same depth stay visible. Nodes are coloured

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from torch_geometric.data import Data
 
 from . import graph_file, schema
@@ -75,6 +76,16 @@ class ParameterGraph:
         ``include_constants``.
         """
         return self.blocks.state_dict(edge_values, self.params, include_constants=include_constants)
+
+    def write_into(self, model: nn.Module, edge_values: torch.Tensor) -> None:
+        """Decompile ``edge_values`` (``[E]``) straight into ``model``'s own parameters and
+        buffers, in place: what ``model.load_state_dict(self.to_state_dict(edge_values),
+        strict=False)`` does, without a second copy of the weights. ``model`` is the module the
+        graph was compiled from (or one with the same names and shapes); entries no edge
+        carries keep the model's values. A :class:`DecompileError` (disagreeing copies,
+        missing names, other shapes) is raised before anything is written."""
+        with torch.no_grad():
+            self.blocks.state_dict(edge_values, self.params, into=model.state_dict(keep_vars=True))
 
     def to_onnx_model(self, edge_values: torch.Tensor):
         """The source ONNX model with its initializers (and the constant tensors the graph

@@ -172,8 +172,8 @@ def _constants_as_padding(ctx: LoweringContext, op: Op, parts: list[Value], dim:
     vary along an axis carrying neurons would tell units apart: not handled here (False, and
     the caller refuses); True when handled."""
     with_nodes = [i for i, v in enumerate(parts) if ctx.layout(v) is not None]
-    constants = [v.constant for i, v in enumerate(parts) if i not in with_nodes]
-    if len(with_nodes) != 1 or any(c is None for c in constants):
+    constants = [v.constant for i, v in enumerate(parts) if i not in with_nodes and v.constant is not None]
+    if len(with_nodes) != 1 or len(constants) != len(parts) - 1:
         return False
     ndim = len(op.output.shape)
     (i,) = with_nodes

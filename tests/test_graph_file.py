@@ -215,3 +215,41 @@ def test_axis_positions_of_affine_offsets_match_the_materialised_offsets():
             stride = int(torch.tensor(shape[axis + 1:]).prod()) if axis + 1 < len(shape) else 1
             found = _affine_axis_position(offsets, grid, shape[axis], stride).expand(grid)
             assert torch.equal(found, (view // stride) % shape[axis]), (shape, grid, offsets, axis)
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_write_into_is_load_state_dict_in_place():
+    torch.manual_seed(0)
+    model = TokenModel().eval()
+    pg = gc.compile(model, (IDS,))
+    edited = pg.edge_values() * 1.25
+    expected = TokenModel().eval()
+    expected.load_state_dict(model.state_dict())
+    expected.load_state_dict(pg.to_state_dict(edited), strict=False)
+    pointers = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    pg.write_into(model, edited)
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == pointers  # in place
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    with torch.no_grad():
+        assert torch.equal(model(IDS), expected(IDS))
+
+
+def test_write_into_refuses_before_writing_anything():
+    torch.manual_seed(0)
+    model = TokenModel().eval()
+    pg = gc.compile(model, (IDS,))
+    before = _state(model)
+    values = pg.edge_values().clone()
+    shared = pg.data.edge_param == [p.name for p in pg.params].index("shared.weight")
+    values[torch.nonzero(shared)[0]] += 1  # one copy of the shared layer's weight disagrees
+    values[pg.data.edge_param == 0] += 1  # and the embedding (written earlier) is edited
+    with pytest.raises(gc.DecompileError, match="shared.weight"):
+        pg.write_into(model, values)
+    other = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(gc.DecompileError, match="no tensor to write"):
+        pg.write_into(other, pg.edge_values())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
