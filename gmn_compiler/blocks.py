@@ -179,8 +179,15 @@ class EdgeBlocks:
         # DecompileError leaves every target as it was
         checked = {i for i, _ in chosen
                    if len(uses.get(i, [])) > 1 or any(not b.injective() for _, b in uses.get(i, []))}
-        rebuilt = {i: self._rebuild(i, p, uses.get(i, []), values, targets.get(p.name))
-                   for i, p in chosen if i in checked}
+        rebuilt: dict[int, torch.Tensor] = {}
+        for i, p in chosen:
+            if i in checked:
+                target, blocks = targets.get(p.name), uses.get(i, [])
+                primary = _primary_copy(p, blocks, values)  # a view of the values: no copy yet
+                if primary is not None:
+                    rebuilt[i] = primary if target is not None else primary.clone()
+                else:
+                    rebuilt[i] = self._rebuild(i, p, blocks, values, target)
         out: dict[str, torch.Tensor] = {}
         for index, info in chosen:
             blocks = uses.get(index, [])
@@ -210,6 +217,20 @@ class EdgeBlocks:
         if len(blocks) > 1 or any(not b.injective() for _, b in blocks):
             _check_copies_agree(info.name, flat, blocks, values)
         return flat.view(info.shape).to(info.dtype)
+
+
+def _primary_copy(info: ParamInfo, blocks: list[tuple[int, Block]], values: torch.Tensor) -> torch.Tensor | None:
+    """When one block carries the whole parameter in its own layout (a tied embedding's
+    lookup), its slice of ``values`` *is* the parameter: every other copy is checked against
+    it and it is returned as a view (no rebuilt copy); None when no block does."""
+    numel = math.prod(info.shape)
+    primary = next(((s, b) for s, b in blocks if b.offsets is None and b.count == numel), None)
+    if primary is None or info.dtype != values.dtype:
+        return None
+    start, block = primary
+    flat = values[start:start + numel]
+    _check_copies_agree(info.name, flat, blocks, values)
+    return flat.view(info.shape)
 
 
 def _targets(into: dict[str, torch.Tensor] | None, params: list[ParamInfo]) -> dict[str, torch.Tensor]:
