@@ -95,6 +95,8 @@ class ParameterGraph:
         import onnx
         from onnx import numpy_helper
 
+        from .frontends.onnx_checks import check_onnx
+
         if self.onnx_model is None:
             raise DecompileError("to_onnx needs a graph compiled from an ONNX model in this process")
         state = self.to_state_dict(edge_values, include_constants=True)
@@ -112,7 +114,7 @@ class ParameterGraph:
                         attr.t.CopyFrom(numpy_helper.from_array(state[node.output[0]].numpy(), node.output[0]))
                         written.add(node.output[0])
         self._check_unwritten_constants(state, set(state) - written)
-        onnx.checker.check_model(model)
+        check_onnx(model)
         return model
 
     def _check_unwritten_constants(self, state: dict[str, torch.Tensor], unwritten: set[str]) -> None:

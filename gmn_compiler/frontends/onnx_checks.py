@@ -109,11 +109,42 @@ def _check_topology(graph: onnx.GraphProto) -> None:
             raise CompileError(f"ONNX graph output {out.name!r} is produced by no node")
 
 
-def _check_model(model: onnx.ModelProto) -> None:
-    """The ONNX checker; its first line, plus the graph inputs/outputs without a shape field
-    when that is what it refuses."""
+DEPRECATED_BUT_READ = ("GroupNormalization",)
+"""Op types the ONNX checker refuses as deprecated at some opsets although exporters write
+them there (``torch.onnx`` exports ``nn.GroupNorm`` as opset-18 GroupNormalization, which
+opset 21 deprecated and respecified); their attributes are checked by their normalizers."""
+
+
+def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy in which nodes of :data:`DEPRECATED_BUT_READ` types are stand-ins
+    with the same inputs and outputs (``Sum``), so that the checker still checks the rest."""
+    if not any(n.op_type in DEPRECATED_BUT_READ for n in model.graph.node):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        if node.op_type in DEPRECATED_BUT_READ and node.domain in ("", "ai.onnx"):
+            node.op_type = "Sum"
+            del node.attribute[:]
+    return copy
+
+
+def check_onnx(model: onnx.ModelProto) -> None:
+    """``onnx.checker.check_model``, except that nodes of :data:`DEPRECATED_BUT_READ` types
+    refused as deprecated do not fail it (the rest of the model is still checked)."""
     try:
         onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        if "is deprecated" not in str(exc) or _checkable(model) is model:
+            raise
+        onnx.checker.check_model(_checkable(model))
+
+
+def _check_model(model: onnx.ModelProto) -> None:
+    """The ONNX checker (:func:`check_onnx`); its first line, plus the graph inputs/outputs
+    without a shape field when that is what it refuses."""
+    try:
+        check_onnx(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         shapeless = [v.name for v in list(model.graph.input) + list(model.graph.output)
