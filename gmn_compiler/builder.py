@@ -18,7 +18,7 @@ from . import schema
 from .blocks import Block, EdgeBlocks
 from .offsets import Affine, Offsets, affine_of, compact
 from .declarations import UnitClasses
-from .errors import ProvenanceError
+from .errors import LoweringError, ProvenanceError
 from .ir import ParamInfo, ParamRef
 
 
@@ -145,6 +145,11 @@ class GraphBuilder:
             return
         etype_code = self.vocabulary.code("edge_types", etype)
         if param is not None:
+            if param.transform:
+                names = ", ".join(step[0] for step in param.transform)
+                raise LoweringError(f"parameter {param.name!r} is used after an elementwise function of it "
+                                    f"({names}) by a rule that does not record that function; a plugin "
+                                    "attaches such parameters through ctx.attach_param")
             if tuple(param.tensor.shape) != grid:
                 raise ValueError(f"grid {grid} != shape {tuple(param.tensor.shape)} of {param.name}")
             index = self.register_param(param.name, param.kind)

@@ -428,6 +428,9 @@ class LoweringContext:
         elif lay.pos is not None and spatial is None:
             spatial = lay.pos
         aux = self.builder.add_nodes(1, role, self.builder.depth_of(lay.ids.reshape(-1)))
+        if ref.transform:  # an elementwise function of the stored values: named by the aux node
+            self.builder.node_column("signature")[aux] = L.signature_id(("param_transform",) + ref.transform)
+            ref = ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind)
         # Along a neuron axis the parameter does not vary over (a per-dim table shared by all
         # heads), each entry meets one node per index: one edge block per index makes those
         # copies uses of a shared parameter, which the builder ties, so that an automorphism

@@ -47,6 +47,10 @@ class ParamRef:
     tensor: torch.Tensor
     offsets: Offsets = None
     kind: str = "parameter"  # "parameter" | "buffer" | "constant"
+    # Elementwise functions the model applies to the parameter before using it (``1 + w``,
+    # ``-exp(a_log)``), outermost last, each ``(aten name, scalar operands)``: ``tensor`` stays
+    # the stored values (what edges carry); the rule that attaches the parameter records these.
+    transform: tuple = ()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -76,7 +80,7 @@ class ParamRef:
         and the offsets alike."""
         values = fn(self.tensor)
         offsets = self._views(lambda t: [fn(t)], [values])[0]
-        return ParamRef(self.name, values, offsets, self.kind)
+        return ParamRef(self.name, values, offsets, self.kind, self.transform)
 
     def through(self, view: Callable[[torch.Tensor, dict, list[tuple[int, ...]]], list[torch.Tensor]],
                 attrs: dict, shapes: list[tuple[int, ...]],
@@ -90,8 +94,8 @@ class ParamRef:
             return None
         offsets = self._views(lambda t: view(t, attrs, shapes), values)
         dtypes = dtypes or [None] * len(values)
-        return [ParamRef(self.name, v.to(d) if d is not None and d.is_floating_point else v, o, self.kind)
-                for v, o, d in zip(values, offsets, dtypes)]
+        return [ParamRef(self.name, v.to(d) if d is not None and d.is_floating_point else v, o, self.kind,
+                         self.transform) for v, o, d in zip(values, offsets, dtypes)]
 
     def __repr__(self) -> str:
         return f"ParamRef({self.name}, {list(self.shape)})"

@@ -25,6 +25,7 @@ from ..ir import IRGraph, Op, ParamRef, Value
 from ..ir_patterns import normalize
 from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
+from .param_transforms import ELEMENTWISE_PARAM_TRANSFORMS, elementwise_transform
 from .checks import check_input_axes
 from .decompositions import trace_decomposition
 from .pt2_safe import load_exported_program
@@ -283,8 +284,13 @@ class _Converter:
         if not has_value and has_param and name in _CAST_TARGETS:
             ref = args[0]
             self.env[node.name] = ParamRef(ref.name, node.target(ref.tensor, *args[1:], **kwargs),
-                                           ref.offsets, ref.kind)
+                                           ref.offsets, ref.kind, ref.transform)
             return
+        if not has_value and has_param and name in ELEMENTWISE_PARAM_TRANSFORMS:
+            transformed = elementwise_transform(name, args, kwargs)
+            if transformed is not None:
+                self.env[node.name] = transformed
+                return
         if not has_value and has_param and name in _INDEX_TARGETS and _constant_index(args) is not None:
             self.env[node.name] = self._lookup(args[0], _constant_index(args))
             return

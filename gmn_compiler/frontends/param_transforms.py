@@ -1,0 +1,50 @@
+"""Elementwise functions of a parameter computed in ``forward`` (issue 20).
+
+Gemma's RMSNorm scales by ``1 + weight``, Mamba uses ``A = -exp(A_log)``: the model stores
+one tensor and uses a function of it, entry by entry. The graph keeps carrying the *stored*
+values (round trips stay bit-exact and a metanetwork sees what a checkpoint holds); the
+function becomes part of the structure: the parameter reference records it
+(``ParamRef.transform``) and the rule that attaches the parameter gives its auxiliary node the
+identifier of that function (node column ``signature``), so two models that differ only in
+the function compile to different graphs. An elementwise function commutes with every
+permutation of the entries, so no symmetry changes. Only functions of the parameter and
+Python scalars are taken; anything else stays a ``param_transform[...]`` refusal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..ir import ParamRef
+
+ELEMENTWISE_PARAM_TRANSFORMS = frozenset({
+    "aten.add.Tensor", "aten.add.Scalar", "aten.sub.Tensor", "aten.sub.Scalar", "aten.rsub.Scalar",
+    "aten.rsub.Tensor", "aten.mul.Tensor", "aten.mul.Scalar", "aten.div.Tensor", "aten.div.Scalar",
+    "aten.neg.default", "aten.exp.default", "aten.log.default", "aten.sigmoid.default",
+    "aten.tanh.default", "aten.abs.default", "aten.sqrt.default", "aten.rsqrt.default",
+    "aten.reciprocal.default", "aten.pow.Tensor_Scalar", "aten.softplus.default",
+    "aten.clamp.default", "aten.clamp_min.default", "aten.clamp_max.default",
+})
+"""ATen ops that map a tensor entry by entry (with scalar operands)."""
+
+
+def elementwise_transform(name: str, args: list[Any], kwargs: dict[str, Any]) -> ParamRef | None:
+    """The reference of ``name(*args, **kwargs)`` when exactly one operand is a parameter
+    reference and every other one a Python number (or None): the same stored values with
+    ``(name, position and scalars)`` appended to its transform. None otherwise."""
+    refs = [(i, a) for i, a in enumerate(args) if isinstance(a, ParamRef)]
+    others = [a for a in args if not isinstance(a, ParamRef)] + list(kwargs.values())
+    if len(refs) != 1 or not all(_scalar(a) for a in others):
+        return None
+    position, ref = refs[0]
+    step = (name, position, tuple(_plain(a) for a in args if not isinstance(a, ParamRef)),
+            tuple(sorted((k, _plain(v)) for k, v in kwargs.items())))
+    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, ref.transform + (step,))
+
+
+def _scalar(a: Any) -> bool:
+    return a is None or (isinstance(a, (int, float)) and not isinstance(a, bool))
+
+
+def _plain(a: Any) -> Any:
+    return float(a) if isinstance(a, (int, float)) and not isinstance(a, bool) else a

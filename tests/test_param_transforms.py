@@ -1,0 +1,75 @@
+"""Elementwise functions of a parameter computed in ``forward`` (issue 20): Gemma's
+``1 + weight``, Mamba's ``-exp(A_log)``. Edges carry the stored values (round trip exact); the
+function is named on the node that attaches the parameter, so models that differ only there
+compile to different graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gmn_compiler as gc
+from gmn_compiler import canonical
+from gmn_compiler.testing import assert_oracles
+
+X = torch.randn(3, 4)
+
+
+class Scaled(nn.Module):
+    """A hidden layer, RMS-normalised, times ``fn(w)`` for a parameter ``w``."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.a, self.out = nn.Linear(4, 6), nn.Linear(6, 2)
+        self.w = nn.Parameter(torch.randn(6) * 0.5)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.out(h * self.fn(self.w))
+
+
+FUNCTIONS = {
+    "w": lambda w: w,
+    "1 + w (Gemma)": lambda w: 1.0 + w.float(),
+    "2 + w": lambda w: 2.0 + w,
+    "-exp(w) (Mamba)": lambda w: -torch.exp(w.float()),
+    "exp(w)": lambda w: torch.exp(w),
+    "sigmoid(w) * 2": lambda w: torch.sigmoid(w) * 2,
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_a_function_of_a_parameter_compiles_and_passes_the_oracles(name):
+    torch.manual_seed(0)
+    assert_oracles(Scaled(FUNCTIONS[name]).eval(), (X,), trials=4)
+
+
+def test_models_differing_only_in_the_function_have_different_graphs():
+    torch.manual_seed(0)
+    models = {name: Scaled(fn).eval() for name, fn in FUNCTIONS.items()}
+    first = next(iter(models.values()))
+    for model in models.values():
+        model.load_state_dict(first.state_dict())
+    graphs = {name: gc.compile(m, (X,)) for name, m in models.items()}
+    names = sorted(graphs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not canonical.isomorphic(graphs[a], graphs[b]), (a, b)
+
+
+class ScaledWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(2, 4))
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, 2.0 * self.w)
+
+
+def test_a_function_of_a_weight_that_a_rule_cannot_record_is_refused_in_one_line():
+    with pytest.raises(gc.CompileError, match="'w' is used after an elementwise function") as info:
+        gc.compile(ScaledWeight().eval(), (X,))
+    assert "\n" not in str(info.value)
