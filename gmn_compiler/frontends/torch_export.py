@@ -323,6 +323,13 @@ class _Converter:
             self.ops.append(Op(mapping.kind, list(args), out_values, dict(kwargs), location, name,
                                unsupported=refusal.reason))
             return
+        transformed = [x for x in torch.utils._pytree.tree_leaves(inputs) if isinstance(x, ParamRef) and x.transform]
+        if transformed and not self.registry.is_elementwise(mapping.kind):
+            # only elementwise ops attach a parameter through ctx.attach_param, which records
+            # the function; any other use of it is reported, never mis-encoded
+            steps = ", ".join(step[0] for step in transformed[0].transform)
+            self.ops.append(Op(f"param_transform[{steps}]", list(args), out_values, {}, location, name))
+            return
         self.ops.append(Op(mapping.kind, inputs, out_values, attrs, location, name))
 
     def _convert_decomposed(self, node: torch.fx.Node) -> bool:
