@@ -23,7 +23,7 @@ from torch_geometric.data import Data
 from . import schema
 from .errors import DecompileError
 from .ir import ParamInfo
-from .offsets import Affine, Offsets
+from .offsets import Affine, Offsets, offsets_tensor
 
 try:
     import numpy as _np
@@ -56,11 +56,7 @@ class Block:
 
     def offset_tensor(self) -> torch.Tensor:
         """The offsets as a long tensor broadcasting to ``grid``."""
-        if self.offsets is None:
-            return torch.arange(self.count).view(self.grid)
-        if isinstance(self.offsets, Affine):
-            return self.offsets.tensor(self.grid)
-        return self.offsets
+        return offsets_tensor(self.offsets, self.grid)
 
     def injective(self) -> bool:
         """No two edges read the same entry of the parameter."""
@@ -111,12 +107,8 @@ class EdgeBlocks:
                 return value.to(self.dtype).expand(block.grid)
             return torch.full(block.grid, float(value), dtype=self.dtype)
         flat = self.sources[block.param].reshape(-1)
-        offsets = block.offsets
-        if offsets is None:
-            values = flat.view(block.grid)
-        elif isinstance(offsets, Affine) and min(offsets.strides, default=0) >= 0:
-            values = flat.as_strided(block.grid, offsets.strides, flat.storage_offset() + offsets.base)
-        else:
+        values = _strided(flat, block)
+        if values is None:
             values = flat[block.offset_tensor().expand(block.grid)]
         if block.value_dtype is not None:
             values = values.to(block.value_dtype)
@@ -177,8 +169,7 @@ class EdgeBlocks:
         targets = _targets(into, [p for _, p in chosen])
         # parameters whose copies must agree are rebuilt and checked first, so that a
         # DecompileError leaves every target as it was
-        checked = {i for i, _ in chosen
-                   if len(uses.get(i, [])) > 1 or any(not b.injective() for _, b in uses.get(i, []))}
+        checked = {i for i, _ in chosen if _copies(uses.get(i, []))}
         rebuilt: dict[int, torch.Tensor] = {}
         for i, p in chosen:
             if i in checked:
@@ -214,9 +205,14 @@ class EdgeBlocks:
             kept = self.sources[index] if target is None else target
             flat = kept.reshape(-1).to(values.dtype, copy=True)
         _write(flat, blocks, values)
-        if len(blocks) > 1 or any(not b.injective() for _, b in blocks):
+        if _copies(blocks):
             _check_copies_agree(info.name, flat, blocks, values)
         return flat.view(info.shape).to(info.dtype)
+
+
+def _copies(blocks: list[tuple[int, Block]]) -> bool:
+    """Some entry of the parameter is carried by more than one edge of ``blocks``."""
+    return len(blocks) > 1 or any(not b.injective() for _, b in blocks)
 
 
 def _primary_copy(info: ParamInfo, blocks: list[tuple[int, Block]], values: torch.Tensor) -> torch.Tensor | None:
@@ -259,14 +255,19 @@ def _write(flat: torch.Tensor, blocks: list[tuple[int, Block]], values: torch.Te
             flat[block.offset_tensor().expand(block.grid)] = mine
 
 
-def _entries(flat: torch.Tensor, block: Block) -> torch.Tensor | None:
+def _strided(flat: torch.Tensor, block: Block) -> torch.Tensor | None:
     """A view of ``flat`` (a parameter's flat entries) at ``block``'s offsets, shaped like its
-    grid, when the offsets are a layout view that reads each entry once; else None."""
+    grid, when the offsets are the identity or affine with no negative stride; else None."""
     if block.offsets is None:
         return flat.view(block.grid)
-    if isinstance(block.offsets, Affine) and min(block.offsets.strides, default=0) >= 0 and block.injective():
+    if isinstance(block.offsets, Affine) and min(block.offsets.strides, default=0) >= 0:
         return flat.as_strided(block.grid, block.offsets.strides, flat.storage_offset() + block.offsets.base)
     return None
+
+
+def _entries(flat: torch.Tensor, block: Block) -> torch.Tensor | None:
+    """:func:`_strided` when it reads each entry once (so it can be written); else None."""
+    return _strided(flat, block) if block.injective() else None
 
 
 def _check_copies_agree(name: str, flat: torch.Tensor, blocks: list[tuple[int, Block]],

@@ -16,7 +16,7 @@ import torch
 
 from . import schema
 from .blocks import Block, EdgeBlocks
-from .offsets import Affine, Offsets, affine_of, compact
+from .offsets import Affine, Offsets, affine_of, compact, offsets_tensor
 from .declarations import UnitClasses
 from .errors import LoweringError, ProvenanceError
 from .ir import ParamInfo, ParamRef
@@ -267,7 +267,7 @@ def _sharing_groups(blocks: list[EdgeBlock], numel: int) -> list[list[EdgeBlock]
     masks = []
     for b in blocks:
         mask = torch.zeros(numel, dtype=torch.bool)
-        mask[_offset_tensor(b).reshape(-1)] = True
+        mask[offsets_tensor(b.offsets, b.grid).reshape(-1)] = True
         masks.append(mask)
     groups = UnitClasses()
     for i in range(len(blocks)):
@@ -278,15 +278,6 @@ def _sharing_groups(blocks: list[EdgeBlock], numel: int) -> list[list[EdgeBlock]
     for i, b in enumerate(blocks):
         found.setdefault(groups.find(i), []).append(b)
     return list(found.values())
-
-
-def _offset_tensor(block: EdgeBlock) -> torch.Tensor:
-    """The block's offsets as a long tensor broadcasting to its grid."""
-    if block.offsets is None:
-        return torch.arange(block.count).view(block.grid)
-    if isinstance(block.offsets, Affine):
-        return block.offsets.tensor(block.grid)
-    return block.offsets
 
 
 def _axis_position(block: EdgeBlock, shape: tuple[int, ...], axis: int, stride: int) -> torch.Tensor:
@@ -300,7 +291,7 @@ def _axis_position(block: EdgeBlock, shape: tuple[int, ...], axis: int, stride: 
         return torch.arange(size).view(view)
     if isinstance(block.offsets, Affine):
         return _affine_axis_position(block.offsets, block.grid, size, stride)
-    return (compact(_offset_tensor(block), block.grid) // stride) % size
+    return (compact(offsets_tensor(block.offsets, block.grid), block.grid) // stride) % size
 
 
 def _affine_axis_position(offsets: Affine, grid: tuple[int, ...], size: int, stride: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .offsets import Affine, Offsets, identity, view_through
+from .offsets import Affine, Offsets, identity, offsets_tensor, view_through
 
 
 @dataclass(eq=False)
@@ -58,11 +58,7 @@ class ParamRef:
 
     def flat_offsets(self) -> torch.Tensor:
         """Offsets materialised (long tensor shaped like ``tensor``)."""
-        if self.offsets is None:
-            return torch.arange(self.tensor.numel()).view(self.tensor.shape)
-        if isinstance(self.offsets, Affine):
-            return self.offsets.tensor(self.shape).expand(self.shape)
-        return self.offsets
+        return offsets_tensor(self.offsets, self.shape).expand(self.shape)
 
     def _views(self, fn: Callable[[torch.Tensor], list[torch.Tensor]],
                values: list[torch.Tensor]) -> list[Offsets]:

@@ -26,27 +26,28 @@ class Affine:
     base: int
     strides: tuple[int, ...]
 
-    def tensor(self, grid: tuple[int, ...]) -> torch.Tensor:
-        """The offsets as a long tensor broadcasting to ``grid`` (compact: size 1 along the
-        axes of stride 0)."""
-        out = torch.tensor(self.base).view((1,) * len(grid))
+    def _terms(self, grid: tuple[int, ...]):
+        """``stride * index`` of each moving axis, shaped to broadcast over ``grid``."""
         for axis, (stride, size) in enumerate(zip(self.strides, grid)):
             if stride and size > 1:
                 shape = [1] * len(grid)
                 shape[axis] = size
-                out = out + stride * torch.arange(size).view(shape)
+                yield stride * torch.arange(size).view(shape)
+
+    def tensor(self, grid: tuple[int, ...]) -> torch.Tensor:
+        """The offsets as a long tensor broadcasting to ``grid`` (compact: size 1 along the
+        axes of stride 0)."""
+        out = torch.tensor(self.base).view((1,) * len(grid))
+        for term in self._terms(grid):
+            out = out + term
         return out
 
     def write(self, out: torch.Tensor) -> None:
         """Write the offsets into ``out`` (a long tensor shaped like the grid) in place,
         one broadcast pass per moving axis, without a temporary of the grid's size."""
         out.fill_(self.base)
-        grid = tuple(out.shape)
-        for axis, (stride, size) in enumerate(zip(self.strides, grid)):
-            if stride and size > 1:
-                shape = [1] * len(grid)
-                shape[axis] = size
-                out.add_(stride * torch.arange(size).view(shape))
+        for term in self._terms(tuple(out.shape)):
+            out.add_(term)
 
     def injective(self, grid: tuple[int, ...]) -> bool:
         """True when no two grid indices share an offset."""
@@ -129,3 +130,12 @@ def compact(t: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
 
 Offsets = torch.Tensor | Affine | None
 """A view's offsets: None (the identity), affine, or one int64 per entry."""
+
+
+def offsets_tensor(offsets: Offsets, grid: tuple[int, ...]) -> torch.Tensor:
+    """``offsets`` of a view shaped ``grid`` as a long tensor broadcasting to ``grid``."""
+    if offsets is None:
+        return torch.arange(math.prod(grid)).view(grid)
+    if isinstance(offsets, Affine):
+        return offsets.tensor(grid)
+    return offsets
