@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gmn_compiler as gc
+from gmn_compiler import canonical
 from oracles import assert_isomorphic, assert_oracles
 
 H, D, T = 2, 4, 5
@@ -277,3 +278,6 @@ def test_addcmul_and_addcdiv_compile_as_written_out(op, value):
     x = torch.randn(2, 3)
     assert_isomorphic(gc.compile(fused, (x,)), gc.compile(plain, (x,)))
     assert_oracles(fused, (x,), trials=4)
+    other = Affine(op, 0.25).eval()  # the scalar ``value`` reaches the graph
+    other.load_state_dict(fused.state_dict())
+    assert not canonical.isomorphic(gc.compile(fused, (x,)), gc.compile(other, (x,)))

@@ -126,6 +126,26 @@ def test_concatenating_a_constant_along_tokens_is_padding():
     other = Trigram("cat", 1.0).eval()
     other.load_state_dict(cat.state_dict())
     assert_not_isomorphic(gc.compile(cat, (x,)), gc.compile(other, (x,)))
+    # where the constant goes (before or after the sequence) matters too
+    after = Tail("after").eval()
+    before = Tail("before").eval()
+    before.load_state_dict(after.state_dict())
+    assert_not_isomorphic(gc.compile(after, (x,)), gc.compile(before, (x,)))
+
+
+class Tail(nn.Module):
+    """A shifted copy of the sequence with one zero row ``side`` of it."""
+
+    def __init__(self, side: str):
+        super().__init__()
+        self.side = side
+        self.a, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        z = torch.zeros(h.shape[0], 1, 4)
+        parts = [h[:, 1:], z] if self.side == "after" else [z, h[:, 1:]]
+        return self.out(torch.cat(parts, 1) * h)
 
 
 def test_a_constant_varying_along_features_is_no_padding_and_stays_sound():

@@ -362,6 +362,8 @@ class FusedMultiQuery(nn.Module):
         q = fused[:, :, :-2]
         if self.spelling == "index":
             k, v = fused[:, :, [-2]], fused[:, :, [-1]]
+        elif self.spelling == "index swapped":
+            k, v = fused[:, :, [-1]], fused[:, :, [-2]]
         else:
             k, v = fused[:, :, -2:-1], fused[:, :, -1:]
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))
@@ -376,6 +378,9 @@ def test_constant_list_indices_on_an_activation_are_a_selection():
     x = torch.randn(2, 5, 4)
     assert_isomorphic(gc.compile(indexed, (x,)), gc.compile(sliced, (x,)))
     assert_oracles(indexed, (x,), trials=4)
+    swapped = FusedMultiQuery("index swapped").eval()  # which rows the indices select matters
+    swapped.load_state_dict(indexed.state_dict())
+    assert_not_isomorphic(gc.compile(indexed, (x,)), gc.compile(swapped, (x,)))
 
 
 class TwoIndexTensors(nn.Module):
