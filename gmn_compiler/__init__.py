@@ -17,14 +17,16 @@ from .errors import (CompileError, DecompileError, DuplicateRegistrationError, L
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
     from . import schema
+    from .alignment import weight_matching
     from .api import compile, to_ir
+    from .permutations import permutation_spec
     from .graph import ParameterGraph, load
     from .registry import hookimpl
 
 __all__ = [
     "compile", "to_ir", "load", "check_symmetry", "ParameterGraph", "schema", "hookimpl",
     "CompileError", "DecompileError", "DuplicateRegistrationError", "LoweringError",
-    "SymmetryError", "UnsupportedOpsError",
+    "SymmetryError", "UnsupportedOpsError", "permutation_spec", "weight_matching",
 ]
 __version__ = "0.1.0"
 
@@ -33,6 +35,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load": ("graph", "load"), "ParameterGraph": ("graph", "ParameterGraph"),
     "hookimpl": ("registry", "hookimpl"), "schema": ("schema", None),
     "DenseFeatures": ("transforms", "DenseFeatures"),
+    "permutation_spec": ("permutations", "permutation_spec"),
+    "weight_matching": ("alignment", "weight_matching"),
 }
 """Public name -> (submodule, attribute of it; ``None`` for the submodule itself)."""
 

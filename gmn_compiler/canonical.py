@@ -108,21 +108,34 @@ def automorphism_generators(pg: ParameterGraph) -> list[torch.Tensor]:
 def extend_to_automorphism(pg: ParameterGraph, partial: dict[int, int]) -> torch.Tensor | None:
     """An automorphism of ``pg``'s structure mapping each ``u`` of ``partial`` to
     ``partial[u]`` (as a node permutation), or ``None`` when none exists (proved)."""
-    (c,) = _coloured([pg], with_values=False)
-    if sorted(partial) != sorted(partial.values()):
-        raise ValueError("the partial mapping must be a permutation of its own nodes")
-    top = max(c.colour) + 1
-    colour1, colour2 = list(c.colour), list(c.colour)
-    for k, (u, v) in enumerate(sorted(partial.items())):
-        if c.colour[u] != c.colour[v]:
+    return Extender(pg).extend(partial)
+
+
+class Extender:
+    """:func:`extend_to_automorphism` for many partial mappings of one graph: the coloured
+    BLISS graph is built once."""
+
+    def __init__(self, pg: ParameterGraph):
+        (self._c,) = _coloured([pg], with_values=False)
+        self._g = self._c.igraph()
+
+    def extend(self, partial: dict[int, int]) -> torch.Tensor | None:
+        """See :func:`extend_to_automorphism`."""
+        c = self._c
+        if sorted(partial) != sorted(partial.values()):
+            raise ValueError("the partial mapping must be a permutation of its own nodes")
+        top = max(c.colour) + 1
+        colour1, colour2 = list(c.colour), list(c.colour)
+        for k, (u, v) in enumerate(sorted(partial.items())):
+            if c.colour[u] != c.colour[v]:
+                return None
+            colour1[u] = top + k
+            colour2[v] = top + k
+        same, mapping, _ = self._g.isomorphic_bliss(self._g, return_mapping_12=True, color1=colour1,
+                                                    color2=colour2)
+        if not same:
             return None
-        colour1[u] = top + k
-        colour2[v] = top + k
-    g = c.igraph()
-    same, mapping, _ = g.isomorphic_bliss(g, return_mapping_12=True, color1=colour1, color2=colour2)
-    if not same:
-        return None
-    return torch.tensor(mapping[: c.n], dtype=torch.long)
+        return torch.tensor(mapping[: c.n], dtype=torch.long)
 
 
 def isomorphic(a: ParameterGraph, b: ParameterGraph, *, with_values: bool = True) -> bool:
