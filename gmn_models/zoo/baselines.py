@@ -15,6 +15,9 @@ are read with safetensors (never unpickled). All handle mixed architectures:
   :data:`STAT_LAST` floating-point tensors in state-dict order (missing positions NaN, which
   the boosted trees handle natively) plus the same statistics over all matrices and all
   vectors; ``HistGradientBoostingRegressor``.
+* :func:`statnn_recipe` — semi-supervised StatNN: also reads the split's unlabelled rows
+  (weights and recipe, never their accuracy) to learn the recipe from StatNN features, and
+  adds the predicted recipe to its features (the reference for the GMN's recipe pre-training).
 * :func:`deepsets` — DeepSets over parameters: each scalar an element with features (value,
   embedding of its tensor's index from the start and from the end, embedding of the tensor
   kind), φ MLP → mean per network → ρ MLP, in torch.
@@ -150,6 +153,35 @@ def _gbt(features: Callable[[dict], list[float]]):
 arch_only = _gbt(arch_features)
 hparams = _gbt(hparam_features)
 statnn = _gbt(statnn_features)
+
+
+def statnn_recipe(train_rows: Rows, test_rows: Rows, seed: int, target: str = "test_acc",
+                  unlabeled: Rows = ()) -> np.ndarray:
+    """Semi-supervised StatNN, the side-by-side reference for the GMN's recipe pre-training:
+    one boosted-tree regressor per :data:`RECIPE` column learns the recipe from
+    :func:`statnn_features` on the training *and* unlabelled rows (recipes are metadata, no
+    accuracy is read); the recipe it predicts (out of fold, 5 folds, for the rows it was fitted
+    on) is appended to the StatNN features of the accuracy regressor."""
+    from sklearn.model_selection import cross_val_predict
+
+    pool = [*train_rows, *unlabeled]
+    x_pool = np.array([statnn_features(r) for r in pool], dtype=np.float64)
+    x_te = np.array([statnn_features(r) for r in test_rows], dtype=np.float64)
+    empty = np.isnan(x_pool).all(0)
+    x_pool[:, empty], x_te[:, empty] = 0.0, 0.0
+    recipe = np.array([recipe_features(r) for r in pool], dtype=np.float64)
+    guess_pool, guess_te = [], []
+    for column in recipe.T:
+        model = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=seed)
+        guess_pool.append(cross_val_predict(model, x_pool, column, cv=5))
+        guess_te.append(model.fit(x_pool, column).predict(x_te))
+    n = len(train_rows)
+    x_tr = np.hstack([x_pool[:n], np.array(guess_pool).T[:n]])
+    x_te = np.hstack([x_te, np.array(guess_te).T])
+    y_tr = np.array([r[target] for r in train_rows], dtype=np.float64)
+    leaf = int(min(20, max(2, n // 10)))
+    model = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, min_samples_leaf=leaf, random_state=seed)
+    return model.fit(x_tr, y_tr).predict(x_te)
 
 
 class ParamDeepSets(nn.Module):
@@ -296,5 +328,6 @@ def constant(train_rows: Rows, test_rows: Rows, seed: int, target: str = "test_a
 
 BASELINES: dict[str, Callable[..., np.ndarray]] = {
     "constant": constant, "arch_only": arch_only, "hparams": hparams, "statnn": statnn,
-    "deepsets": deepsets, "dmc": dmc,
+    "deepsets": deepsets, "dmc": dmc, "statnn_recipe": statnn_recipe,
 }
+SEMI_SUPERVISED_BASELINES: frozenset[str] = frozenset({"statnn_recipe"})

@@ -12,6 +12,10 @@
 * Metrics: R² and Kendall τ (:func:`gmn_models.metrics.r2_tau`, equal to
   ``sklearn.metrics.r2_score`` and ``scipy.stats.kendalltau``) of the predicted vs. the true
   ``test_acc``; mean ± std over seeds (:func:`~gmn_models.zoo.report.markdown_table`).
+* Unlabelled rows (:func:`unlabeled_rows`): at ``10%`` the other 90 % of ``full``'s training
+  rows, whose weights and recipes a user holds but whose accuracies were not measured; a
+  method registered with ``semi_supervised=True`` receives them as ``unlabeled=`` (with
+  ``test_acc`` and ``train_acc`` removed); every other method never sees them.
 * Methods: a registry of ``fn(train_rows, test_rows, seed) -> predictions``
   (:data:`METHODS`, :func:`register_method`, :func:`run_method`): the baselines of
   :mod:`gmn_models.zoo.baselines` and ``gmn`` (:mod:`gmn_models.zoo.gmn_method`).
@@ -33,7 +37,7 @@ from threadpoolctl import threadpool_limits
 
 from ..metrics import r2_tau
 from ..workers import usable_workers
-from .baselines import BASELINES
+from .baselines import BASELINES, SEMI_SUPERVISED_BASELINES
 from .folder import load_rows
 from .report import markdown_table, write_report
 
@@ -42,14 +46,21 @@ SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 Method = Callable[[Sequence[dict], Sequence[dict], int], np.ndarray]
 METHODS: dict[str, Method] = {}
+SEMI_SUPERVISED: set[str] = set()
+LABELS = ("test_acc", "train_acc")  # measured accuracies: removed from unlabelled rows
 
 
-def register_method(name: str, fn: Method, *, override: bool = False) -> None:
+def register_method(name: str, fn: Method, *, override: bool = False, semi_supervised: bool = False) -> None:
     """Add ``fn(train_rows, test_rows, seed) -> np.ndarray`` (one prediction of ``test_acc``
-    per test row) under ``name``; registering a taken name needs ``override=True``."""
+    per test row) under ``name``; registering a taken name needs ``override=True``. With
+    ``semi_supervised``, the experiment also passes the split's :func:`unlabeled_rows` as
+    ``unlabeled=``."""
     if name in METHODS and not override:
         raise ValueError(f"method {name!r} is already registered")
     METHODS[name] = fn
+    SEMI_SUPERVISED.discard(name)
+    if semi_supervised:
+        SEMI_SUPERVISED.add(name)
 
 
 def run_method(name: str, train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int,
@@ -65,7 +76,7 @@ def run_method(name: str, train_rows: Sequence[dict], test_rows: Sequence[dict],
 
 
 for _name, _fn in BASELINES.items():
-    register_method(_name, _fn)
+    register_method(_name, _fn, semi_supervised=_name in SEMI_SUPERVISED_BASELINES)
 
 
 def _gmn(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int, **options) -> np.ndarray:
@@ -75,7 +86,7 @@ def _gmn(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int, **opt
     return gmn_predict(train_rows, test_rows, seed, config=config, **options)
 
 
-register_method("gmn", _gmn)
+register_method("gmn", _gmn, semi_supervised=True)
 
 
 def split_rows(rows: Sequence[dict], split: str, seed: int) -> tuple[list[dict], list[dict]]:
@@ -100,6 +111,17 @@ def split_rows(rows: Sequence[dict], split: str, seed: int) -> tuple[list[dict],
     raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
 
 
+def unlabeled_rows(rows: Sequence[dict], split: str, seed: int) -> list[dict]:
+    """Rows of ``split`` that are neither train nor test rows but whose weights a user of the
+    split holds without labels: at ``10%`` the rest of ``full``'s training rows (disjoint from
+    the test rows); none for ``full`` and ``ood`` (every non-test row is labelled there)."""
+    if split != "10%":
+        return []
+    train_full, _ = split_rows(rows, "full", seed)
+    labelled = {r["path"] for r in split_rows(rows, "10%", seed)[0]}
+    return [r for r in train_full if r["path"] not in labelled]
+
+
 metrics = r2_tau
 """``metrics(true, pred) -> {"r2", "tau"}`` (:func:`gmn_models.metrics.r2_tau`): τ is NaN when
 either side is constant, both are NaN for fewer than two rows."""
@@ -121,7 +143,11 @@ def _run_job(rows: Sequence[dict], job: Job, options: dict) -> dict:
     train, test = split_rows(rows, split, seed)
     true = np.array([r["test_acc"] for r in test])
     start = time.perf_counter()
-    pred = run_method(name, train, test, seed, **options.get(name, {}))
+    kwargs = dict(options.get(name, {}))
+    if name in SEMI_SUPERVISED:
+        kwargs["unlabeled"] = [{k: v for k, v in r.items() if k not in LABELS}
+                               for r in unlabeled_rows(rows, split, seed)]
+    pred = run_method(name, train, test, seed, **kwargs)
     return {"method": name, "split": split, "seed": seed, **metrics(true, pred),
             "n_train": len(train), "n_test": len(test), "seconds": round(time.perf_counter() - start, 2),
             "paths": [r["path"] for r in test], "families": [r["family"] for r in test],

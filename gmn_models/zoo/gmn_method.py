@@ -42,6 +42,12 @@ class GMNConfig:
     test) an exponential moving average of the weights with that decay per step. Neither of the
     last two helped (docs/results.md, ablation); both stay off by default.
 
+    ``pretrain_steps > 0`` (semi-supervised): before the accuracy fit, the GMN is trained for
+    that many steps to predict the standardised recipe of every training network *and* every
+    unlabelled one the experiment passes (at 10 %: the other 90 % of the training pool, whose
+    accuracies are withheld; :func:`gmn_models.zoo.experiment.unlabeled_rows`). The recipe is
+    metadata every network of the zoo carries; no accuracy of an unlabelled network is read.
+
     ``ensemble``: members separated by ``|``, each a comma-separated list of ``key=value``
     changes to this config (``"graph_stats=1|graph_stats=0"``); every member is trained on the
     same split with the same seed and the predictions are averaged (empty: one model)."""
@@ -59,6 +65,7 @@ class GMNConfig:
     stats_counts: bool = True
     aux_recipe: float = 0.0
     ema: float = 0.0
+    pretrain_steps: int = 0
     ensemble: str = ""
 
     def __post_init__(self) -> None:
@@ -67,13 +74,14 @@ class GMNConfig:
         if self.value_transform not in VALUE_TRANSFORMS:
             raise ValueError(f"--gmn value_transform={self.value_transform}: expected one of {VALUE_TRANSFORMS}")
         small = [f"{k}={getattr(self, k)}" for k in ("hidden", "epochs", "batch_size") if getattr(self, k) < 1]
-        small += [f"{k}={getattr(self, k)}" for k in ("num_blocks", "min_steps") if getattr(self, k) < 0]
+        small += [f"{k}={getattr(self, k)}" for k in ("num_blocks", "min_steps", "pretrain_steps")
+                  if getattr(self, k) < 0]
         small += [f"lr={self.lr}"] if not self.lr > 0 else []
         small += [f"aux_recipe={self.aux_recipe}"] if self.aux_recipe < 0 else []
         small += [f"ema={self.ema}"] if not 0 <= self.ema < 1 else []
         if small:
             raise ValueError(f"--gmn {', '.join(small)}: out of range (hidden, epochs, batch_size >= 1; "
-                             "num_blocks, min_steps, aux_recipe >= 0; lr > 0; 0 <= ema < 1)")
+                             "num_blocks, min_steps, pretrain_steps, aux_recipe >= 0; lr > 0; 0 <= ema < 1)")
         self.members()  # a malformed ensemble is refused when the config is made
 
     def members(self) -> list["GMNConfig"]:
@@ -133,21 +141,24 @@ def _zoo_graphs(root: str, target: str):
 
 
 def gmn_predict(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int, target: str = "test_acc",
-                config: GMNConfig = GMNConfig(), log: TextIO | None = None) -> np.ndarray:
+                config: GMNConfig = GMNConfig(), log: TextIO | None = None,
+                unlabeled: Sequence[dict] = ()) -> np.ndarray:
     """Predictions of ``target`` for ``test_rows`` (all rows from one zoo folder): the mean over
     the config's :meth:`~GMNConfig.members` (one model unless ``ensemble`` is set); with
-    ``log``, one line per epoch (train loss, validation MSE, seconds)."""
+    ``log``, one line per epoch (train loss, validation MSE, seconds). ``unlabeled`` rows (same
+    folder, disjoint from both) are read only by recipe pre-training (``pretrain_steps``), and
+    only for their weights and recipe."""
     members = config.members()
     predictions = []
     for k, member in enumerate(members):
         if log and len(members) > 1:
             print(f"  gmn ensemble member {k + 1}/{len(members)}", file=log, flush=True)
-        predictions.append(_predict_one(train_rows, test_rows, seed, target, member, log))
+        predictions.append(_predict_one(train_rows, test_rows, unlabeled, seed, target, member, log))
     return np.mean(predictions, axis=0)
 
 
-def _predict_one(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: int, target: str,
-                 config: GMNConfig, log: TextIO | None) -> np.ndarray:
+def _predict_one(train_rows: Sequence[dict], test_rows: Sequence[dict], unlabeled: Sequence[dict], seed: int,
+                 target: str, config: GMNConfig, log: TextIO | None) -> np.ndarray:
     """One model's predictions (see :func:`gmn_predict`)."""
     from torch_geometric.loader import DataLoader
 
@@ -157,7 +168,7 @@ def _predict_one(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: in
 
     ds = zoo_graphs(train_rows[0]["root"], target)
     position = {ds.metadata[mid]["path"]: i for i, mid in enumerate(ds.model_ids)}
-    missing = [r["path"] for r in [*train_rows, *test_rows] if r["path"] not in position]
+    missing = [r["path"] for r in [*train_rows, *test_rows, *unlabeled] if r["path"] not in position]
     if missing:
         raise ValueError(f"GMN method: {len(missing)} rows did not compile, e.g. {missing[0]} "
                          f"(dataset failures: {ds.failures[:1]})")
@@ -181,9 +192,13 @@ def _predict_one(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: in
     weights = torch.tensor([1.0] + [config.aux_recipe / len(RECIPE)] * (targets.shape[1] - 1))
 
     torch.manual_seed(seed)
-    model = GMN(hidden=config.hidden, num_blocks=config.num_blocks, graph_out=targets.shape[1],
+    recipe_head = config.aux_recipe > 0 or config.pretrain_steps > 0
+    model = GMN(hidden=config.hidden, num_blocks=config.num_blocks, graph_out=1 + len(RECIPE) * recipe_head,
                 dropout=config.dropout, value_transform=config.value_transform, graph_stats=config.graph_stats,
                 stats_counts=config.stats_counts)
+    if config.pretrain_steps > 0:
+        pool = [ds[position[r["path"]]] for r in [*train_rows, *unlabeled]]
+        _pretrain_on_recipe(model, pool, [*train_rows, *unlabeled], config, seed, log)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     averaged = (torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema)) if config.ema > 0 else None)
@@ -206,7 +221,7 @@ def _predict_one(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: in
         start, model_loss, seen = time.perf_counter(), 0.0, 0
         model.train()
         for batch in loader:
-            loss = ((model(batch) - batch.target) ** 2).mean(0) @ weights
+            loss = ((model(batch)[:, :targets.shape[1]] - batch.target) ** 2).mean(0) @ weights
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -223,3 +238,39 @@ def _predict_one(train_rows: Sequence[dict], test_rows: Sequence[dict], seed: in
                   f"val MSE {val_loss:.5f} ({time.perf_counter() - start:.1f}s)", file=log, flush=True)
     scored.load_state_dict(best_state)
     return predict(test).numpy()
+
+
+def _pretrain_on_recipe(model, graphs: list, rows: Sequence[dict], config: GMNConfig, seed: int,
+                        log: TextIO | None) -> None:
+    """Train ``model``'s graph outputs 1.. (output 0 is the accuracy head, untouched by the
+    loss) for ``config.pretrain_steps`` steps on the standardised recipe of ``rows`` (one graph
+    each), with AdamW and a cosine schedule of their own."""
+    from torch_geometric.loader import DataLoader
+
+    from .baselines import recipe_features
+
+    recipe = torch.tensor([recipe_features(r) for r in rows], dtype=torch.float32)
+    recipe = (recipe - recipe.mean(0)) / recipe.std(0).clamp_min(1e-6)
+    for graph, t in zip(graphs, recipe):
+        graph.target = t.unsqueeze(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.pretrain_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+    loader = DataLoader(graphs, batch_size=config.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed + 1))
+    model.train()
+    done, start, total = 0, time.perf_counter(), 0.0
+    while done < steps:
+        for batch in loader:
+            loss = ((model(batch)[:, 1:] - batch.target) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            done, total = done + 1, total + loss.item()
+            if log and done % 250 == 0:
+                print(f"  gmn pretrain step {done}/{steps} recipe MSE {total / 250:.4f} (standardised) "
+                      f"({time.perf_counter() - start:.1f}s)", file=log, flush=True)
+                total = 0.0
+            if done == steps:
+                break

@@ -27,14 +27,14 @@ def rows(synthetic_zoo):
 FAST = {"deepsets": dict(epochs=30, max_elements=256, lr=3e-3), "dmc": dict(epochs=20)}
 
 
-@pytest.mark.parametrize("name", ["constant", "arch_only", "hparams", "statnn", "deepsets", "dmc"])
+@pytest.mark.parametrize("name", ["constant", "arch_only", "hparams", "statnn", "statnn_recipe", "deepsets", "dmc"])
 def test_baselines_fit_predict_finite_and_learn_the_weight_scale(rows, name):
     train, test = rows[:45], rows[45:]
     pred = baselines.BASELINES[name](train, test, 0, **FAST.get(name, {}))
     assert pred.shape == (len(test),) and np.isfinite(pred).all()
     true = np.array([r["test_acc"] for r in test])
     r2 = 1 - ((pred - true) ** 2).sum() / ((true - true.mean()) ** 2).sum()
-    if name in ("statnn", "deepsets", "dmc"):  # the label is in the weights
+    if name in ("statnn", "statnn_recipe", "deepsets", "dmc"):  # the label is in the weights
         assert r2 > 0.5 and kendalltau(true, pred).statistic > 0.5, r2
     else:  # the label does not depend on the architecture or the (constant) recipe
         assert r2 < 0.3
@@ -151,6 +151,54 @@ def test_gmn_ensemble_averages_its_members(rows):
     for bad in ("hidden=0|graph_stats=0", "width=3", "ensemble=hidden=4"):
         with pytest.raises(ValueError, match="--gmn"):
             base.replace([f"ensemble={bad}"])
+
+
+def test_unlabeled_rows_are_the_rest_of_the_pool_and_reach_only_semi_supervised_methods(rows):
+    """At 10 % the unlabelled rows are full's training rows minus the labelled 10 %: disjoint
+    from train and test; none elsewhere. A semi-supervised method receives them without
+    their accuracies; other methods never see them."""
+    for seed in (0, 1):
+        pool, test = experiment.split_rows(rows, "full", seed)
+        train, _ = experiment.split_rows(rows, "10%", seed)
+        unlabeled = experiment.unlabeled_rows(rows, "10%", seed)
+        paths = [r["path"] for r in unlabeled]
+        assert sorted(paths + [r["path"] for r in train]) == sorted(r["path"] for r in pool)
+        assert not set(paths) & {r["path"] for r in test}
+    assert experiment.unlabeled_rows(rows, "full", 0) == [] and experiment.unlabeled_rows(rows, "ood", 0) == []
+    seen = {}
+
+    def spy(train_rows, test_rows, seed, unlabeled=()):
+        seen["unlabeled"] = list(unlabeled)
+        return np.zeros(len(test_rows))
+
+    experiment.register_method("spy_semi", spy, semi_supervised=True)
+    experiment.register_method("spy_plain", lambda tr, te, seed, **kw: seen.update(plain=kw) or np.zeros(len(te)))
+    try:
+        experiment.run_experiment(rows, ["spy_semi", "spy_plain"], ["10%"], [0])
+    finally:
+        for name in ("spy_semi", "spy_plain"):
+            experiment.METHODS.pop(name)
+            experiment.SEMI_SUPERVISED.discard(name)
+    assert len(seen["unlabeled"]) == len(experiment.unlabeled_rows(rows, "10%", 0)) > 0
+    assert all("test_acc" not in r and "train_acc" not in r for r in seen["unlabeled"])
+    assert seen["plain"] == {}
+
+
+def test_gmn_recipe_pretraining_reads_unlabeled_weights_not_labels(rows):
+    """``pretrain_steps`` trains on the recipe of the training and unlabelled rows first (the
+    unlabelled rows here carry no accuracy, so reading one would fail), then fits the label:
+    the predictions still learn it and differ from those without pre-training."""
+    from gmn_models.zoo.gmn_method import GMNConfig, gmn_predict
+
+    unlabeled = [{k: v for k, v in r.items() if k not in experiment.LABELS}
+                 for r in experiment.unlabeled_rows(rows, "10%", 0)]
+    train, test = experiment.split_rows(rows, "full", 0)  # (the unlabelled rows' weights reappear: harmless)
+    base = GMNConfig(hidden=16, num_blocks=2, epochs=40, batch_size=8, lr=3e-3, min_steps=0)
+    config = base.replace(["pretrain_steps=20"])
+    pred = gmn_predict(train, test, 0, config=config, unlabeled=unlabeled[:10])
+    scores = experiment.metrics(np.array([r["test_acc"] for r in test]), pred)
+    assert np.isfinite(pred).all() and scores["r2"] > 0.5, scores
+    assert not np.allclose(pred, gmn_predict(train, test, 0, config=base))
 
 
 def test_gmn_config_assignments():
