@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .canonical import edge_rows
+from .canonical import edge_feature_ids, edge_rows
 from .errors import CompileError
 from .graph import ParameterGraph
 from .permutations import PermutationSpec, UnitGroup, permutation_spec, permute_values
@@ -108,7 +108,7 @@ def _profiles(pg: ParameterGraph, role_nodes: torch.Tensor, group: UnitGroup, va
     role_of[role_nodes] = torch.arange(roles)[None, :].expand(rows, roles)
     moved = torch.zeros(n, dtype=torch.bool)
     moved[group.moved_nodes()] = True
-    _, fid = torch.unique(edge_rows(pg), dim=0, return_inverse=True)
+    fid = edge_feature_ids(pg)
     src, dst = pg.data.edge_index
     picked, row, key = [], [], []
     for side, (mine, other) in enumerate(((src, dst), (dst, src))):

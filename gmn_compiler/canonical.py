@@ -4,8 +4,12 @@ The *structure* of a parameter graph is everything except the values of paramete
 node feature rows, edge feature rows, and the values of structural (non-parameter) edges,
 which are constants of the computation (DESIGN §4, "faithful by construction"). Parallel
 edges ``u -> v`` are folded into one labelled pair whose label is the sorted multiset of
-their rows; BLISS colours vertices only, so each labelled pair becomes a middle vertex
-``u -> m -> v`` coloured by its label.
+their rows; BLISS colours vertices only, so a labelled pair becomes a middle vertex
+``u -> m -> v`` coloured by its label -- unless every pair between the colours of ``u`` and
+``v`` has that one label (in every graph compared), where the node colours imply it and a
+plain edge ``u -> v`` is exact (automorphisms preserve node colours). On parameter graphs
+that is nearly every pair: a 15,852-node CNN graph went from 419,062 BLISS vertices to
+15,852 and its automorphism group from 16.5 s to 0.7 s.
 
 Everything here is exact (no sampling, no time-out):
 
@@ -30,7 +34,8 @@ from .graph import ParameterGraph
 @dataclass
 class _Coloured:
     """A BLISS-ready digraph: ``n`` original vertices, then one middle vertex per labelled
-    node pair; ``colour`` per vertex."""
+    node pair whose label the two node colours do not imply (other pairs are plain edges);
+    ``colour`` per vertex."""
 
     n: int
     edges: list[tuple[int, int]]
@@ -57,6 +62,16 @@ def edge_rows(pg: ParameterGraph, with_values: bool = False) -> torch.Tensor:
     return torch.cat([flag[:, None], torch.nan_to_num(value, nan=0.0)[:, None], attr[:, 1:]], dim=1)
 
 
+def edge_feature_ids(pg: ParameterGraph) -> torch.Tensor:
+    """Per edge, an id of its :func:`edge_rows` row (equal rows, equal ids), computed once per
+    graph and kept on it (the structure of a compiled graph does not change)."""
+    cached = pg._structure_cache.get("edge_feature_ids")
+    if cached is None or cached.numel() != pg.num_edges:
+        _, cached = torch.unique(edge_rows(pg), dim=0, return_inverse=True)
+        pg._structure_cache["edge_feature_ids"] = cached
+    return cached
+
+
 def _palette(rows: list[torch.Tensor]) -> list[torch.Tensor]:
     """Integer ids of rows, shared across the given tensors (same row -> same id)."""
     sizes = [r.shape[0] for r in rows]
@@ -79,13 +94,26 @@ def _coloured(pgs: list[ParameterGraph], with_values: bool) -> list[_Coloured]:
         for lab in sorted(set(labels.values())):
             label_code.setdefault(lab, len(label_code))
     node_colours = int(max((int(i.max()) for i in node_ids if i.numel()), default=-1)) + 1
+    # Where every labelled pair between two node colours carries the same label (in all the
+    # graphs), the colours imply the label: a plain edge keeps every automorphism and
+    # isomorphism exact, and the BLISS graph shrinks from nodes + pairs to nodes + the rest.
+    seen: dict[tuple[int, int], set[int]] = {}
+    for nid, labels in zip(node_ids, pair_labels):
+        colours = nid.tolist()
+        for (u, v), lab in labels.items():
+            seen.setdefault((colours[u], colours[v]), set()).add(label_code[lab])
+    implied = {key for key, labs in seen.items() if len(labs) == 1}
     out = []
     for pg, nid, labels in zip(pgs, node_ids, pair_labels):
         n = int(pg.data.num_nodes)
         colour = nid.tolist()
+        node_colour = nid.tolist()
         edges = []
-        for k, ((u, v), lab) in enumerate(sorted(labels.items())):
-            m = n + k
+        for (u, v), lab in sorted(labels.items()):
+            if u != v and (node_colour[u], node_colour[v]) in implied:
+                edges.append((u, v))
+                continue
+            m = len(colour)
             edges += [(u, m), (m, v)]
             colour.append(node_colours + label_code[lab])
         out.append(_Coloured(n, edges, colour))
@@ -102,6 +130,53 @@ def automorphism_generators(pg: ParameterGraph) -> list[torch.Tensor]:
         perm = torch.tensor(g[: c.n], dtype=torch.long)
         if not torch.equal(perm, torch.arange(c.n)):
             out.append(perm)
+    return out
+
+
+def transposition_witnesses(pg: ParameterGraph, symmetries: list[torch.Tensor]) -> list[list[list[tuple[torch.Tensor, int, int]]]]:
+    """Proofs, from one BLISS call, that declared symmetries are in the automorphism group.
+
+    ``symmetries[i]`` is a ``[blocks, size]`` grid of node ids. BLISS computes generators of
+    the automorphisms that keep every block (of every symmetry) in place as a set; a generator
+    that moves exactly two units ``a``, ``b`` of symmetry ``i`` (exchanging them, every other
+    unit of ``i`` fixed) is an automorphism extending the transposition ``(a b)``. Returns,
+    per symmetry and block, such ``(automorphism, a, b)`` triples forming a spanning tree of
+    the units they join: when a block's triples join all of its units, the transpositions
+    generate the block's whole symmetric group (proved). Blocks left unjoined need another
+    proof (:class:`Extender`)."""
+    (c,) = _coloured([pg], with_values=False)
+    colour = list(c.colour)
+    top = max(colour) + 1
+    for blocks in symmetries:
+        for block in blocks.tolist():
+            for u in block:
+                colour[u] = top
+            top += 1
+    n = c.n
+    flat = torch.cat([b.reshape(-1) for b in symmetries]) if symmetries else torch.empty(0, dtype=torch.long)
+    owner = torch.cat([torch.full((b.numel(),), i) for i, b in enumerate(symmetries)]) if symmetries else flat
+    parent = {u: u for u in flat.tolist()}
+
+    def find(u: int) -> int:
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    block_of = {u: (i, k) for i, b in enumerate(symmetries) for k, block in enumerate(b.tolist()) for u in block}
+    out: list[list[list[tuple[torch.Tensor, int, int]]]] = [[[] for _ in range(b.shape[0])] for b in symmetries]
+    for gen in c.igraph().automorphism_group(color=colour):
+        perm = torch.tensor(gen[:n], dtype=torch.long)
+        moved = perm[flat] != flat
+        if not bool(moved.any()):
+            continue
+        counts = torch.bincount(owner[moved], minlength=len(symmetries))
+        for i in torch.nonzero(counts == 2).view(-1).tolist():
+            a, b = flat[moved & (owner == i)].tolist()
+            if int(perm[a]) == b and int(perm[b]) == a and find(a) != find(b):
+                parent[find(a)] = find(b)
+                sym, block = block_of[a]
+                out[sym][block].append((perm, a, b))
     return out
 
 

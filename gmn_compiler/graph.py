@@ -37,6 +37,8 @@ class ParameterGraph:
     onnx_model: object = None  # the source onnx.ModelProto when compiled from ONNX; not saved
     vocabulary: schema.Vocabulary = schema.BUILTIN  # names behind the categorical codes; saved
     _data: Data | None = field(default=None, repr=False)
+    # derived from the structure only, computed once: canonical.edge_feature_ids, symmetry.move_values
+    _structure_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def data(self) -> Data:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .canonical import Extender, edge_rows
+from .canonical import Extender
 from .errors import SymmetryError
 from .graph import ParameterGraph
 
@@ -273,29 +273,19 @@ def permute_values(pg: ParameterGraph, perm: torch.Tensor, values: torch.Tensor)
     """Edge values after moving every edge along the node automorphism ``perm``
     (deterministic: parallel edges with equal rows keep their order). Raises
     :class:`SymmetryError` if ``perm`` does not map edges to edges."""
-    key, moved = _edge_keys(pg, perm)
-    order_old = torch.argsort(key, stable=True)
-    order_new = torch.argsort(moved, stable=True)
-    if not torch.equal(key[order_old], moved[order_new]):
-        raise SymmetryError("the node permutation is not an automorphism: some edge has no image")
-    out = values.clone()
-    out[order_old] = values[order_new]
-    return out
+    from .symmetry import move_values
 
-
-def _edge_keys(pg: ParameterGraph, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    d = pg.data
-    n = pg.num_nodes
-    _, fid = torch.unique(edge_rows(pg), dim=0, return_inverse=True)
-    nf = int(fid.max()) + 1 if fid.numel() else 1
-    src, dst = d.edge_index
-    return (src * n + dst) * nf + fid, (perm[src] * n + perm[dst]) * nf + fid
+    return move_values(pg, perm, None, values)
 
 
 def _check_automorphism(pg: ParameterGraph, perm: torch.Tensor, what: str) -> None:
-    key, moved = _edge_keys(pg, perm)
-    node_rows = pg.data.x
-    if not (torch.equal(torch.sort(key).values, torch.sort(moved).values)
-            and torch.equal(node_rows[perm], node_rows)):
+    from .symmetry import move_values
+
+    failed = not torch.equal(pg.data.x[perm], pg.data.x)
+    try:
+        move_values(pg, perm, None)
+    except SymmetryError:
+        failed = True
+    if failed:
         raise SymmetryError(f"permutation spec: the node permutation built for {what} is not an automorphism "
                             "of the graph (its roles could not be told apart)")

@@ -71,25 +71,50 @@ def move_edge_values(pg: ParameterGraph, mapping: dict[int, int], rng: torch.Gen
     """Edge values after moving each edge along the node automorphism ``mapping``. Parallel
     edges with identical structural features are matched at random. Raises
     :class:`SymmetryError` if ``mapping`` does not map edges to edges."""
-    data = pg.data
-    n = int(data.num_nodes)
-    perm = torch.arange(n)
-    perm[torch.tensor(list(mapping.keys()))] = torch.tensor(list(mapping.values()))
-    _, fid = torch.unique(canonical.edge_rows(pg), dim=0, return_inverse=True)
-    nf = int(fid.max()) + 1 if fid.numel() else 1
-    src, dst = data.edge_index
-    key = (src * n + dst) * nf + fid
-    moved = (perm[src] * n + perm[dst]) * nf + fid
-    tie = torch.rand(key.numel(), generator=rng)
-    order_old = _lexsort(key, tie)
-    order_new = _lexsort(moved, torch.rand(key.numel(), generator=rng))
+    perm = torch.arange(pg.num_nodes)
+    perm[torch.tensor(list(mapping.keys()), dtype=torch.long)] = torch.tensor(list(mapping.values()), dtype=torch.long)
+    return move_values(pg, perm, rng)
+
+
+def move_values(pg: ParameterGraph, perm: torch.Tensor, rng: torch.Generator | None,
+                values: torch.Tensor | None = None) -> torch.Tensor:
+    """``values`` (default: the graph's own edge values) after moving each edge along the node
+    permutation ``perm`` (``perm[n]`` = image of node ``n``). Parallel edges with identical
+    structural features are matched at random (``rng``), or in their order (``rng`` None).
+    Raises :class:`SymmetryError` if ``perm`` does not map edges to edges."""
+    key, order_old, repeats, nf = _edge_keys(pg)
+    src, dst = pg.data.edge_index
+    n = pg.num_nodes
+    moved = (perm[src] * n + perm[dst]) * nf + canonical.edge_feature_ids(pg)
+    if rng is not None and repeats:  # shuffle which of the identical parallel edges goes where
+        order_old = _lexsort(key, torch.rand(key.numel(), generator=rng))
+        order_new = _lexsort(moved, torch.rand(key.numel(), generator=rng))
+    else:
+        order_new = torch.argsort(moved, stable=True)
     if not torch.equal(key[order_old], moved[order_new]):
         raise SymmetryError("the node mapping is not an automorphism: some edge has no image")
-    values = data.edge_attr[:, 0]
+    values = pg.data.edge_attr[:, 0] if values is None else values
     out = values.clone()
     # edge order_new[k] (moved key) lands on the existing edge order_old[k] with that key
     out[order_old] = values[order_new]
     return out
+
+
+def _edge_keys(pg: ParameterGraph) -> tuple[torch.Tensor, torch.Tensor, bool, int]:
+    """Per edge its key (source, target, feature row id), the keys' stable sort order,
+    whether some key repeats (identical parallel edges), and the number of feature ids;
+    kept on the graph."""
+    cached = pg._structure_cache.get("edge_keys")
+    if cached is None:
+        fid = canonical.edge_feature_ids(pg)
+        nf = int(fid.max()) + 1 if fid.numel() else 1
+        src, dst = pg.data.edge_index
+        key = (src * pg.num_nodes + dst) * nf + fid
+        order = torch.argsort(key, stable=True)
+        sorted_key = key[order]
+        repeats = bool((sorted_key[1:] == sorted_key[:-1]).any())
+        cached = pg._structure_cache["edge_keys"] = (key, order, repeats, nf)
+    return cached
 
 
 def _lexsort(primary: torch.Tensor, secondary: torch.Tensor) -> torch.Tensor:
@@ -142,7 +167,14 @@ def torch_runner(model: torch.nn.Module, pg: ParameterGraph, inputs: tuple):
             if dtype == torch.float32:
                 raise
             continue
-        return reference, lambda values: outputs_with_values(model, pg, values, inputs, dtype), dtype
+        work = copy.deepcopy(model).to(dtype).eval()  # one copy, rewritten in place for each run
+
+        def run(values: torch.Tensor) -> list[torch.Tensor]:
+            pg.write_into(work, values)
+            fresh_eval(work)
+            return [t.double() for t in _run(work, cast_floats(inputs, dtype))]
+
+        return reference, run, dtype
 
 
 def onnx_runner(pg: ParameterGraph, inputs: dict | None = None, seed: int = 0):
@@ -254,15 +286,42 @@ def check_completeness(pg: ParameterGraph,
     none exists. Declarations tied to model inputs/outputs are skipped. ``verify(perm, what)``,
     when given, is also called on each extending automorphism (soundness of the declaration).
     Returns the descriptions of the symmetries checked; raises :class:`SymmetryError`
-    ("missing symmetry (proved): ...") on the first one the graph lacks."""
+    ("missing symmetry (proved): ...") on the first one the graph lacks.
+
+    Most blocks are proved by one BLISS call for all of them
+    (:func:`~gmn_compiler.canonical.transposition_witnesses`: automorphisms exchanging two
+    units and fixing the rest of their symmetry, joining every unit of the block); only the
+    others, and block swaps, cost a BLISS call per adjacent transposition."""
     described: list[str] = []
     pinned = pinned_by_structure(pg)
-    for sym in getattr(pg, "symmetries", []):
+    symmetries = [s for s in getattr(pg, "symmetries", []) if not bool(pinned[s["nodes"]].any())]
+    grids = [s["nodes"].view(s["groups"], -1) for s in symmetries]
+    witnesses = canonical.transposition_witnesses(pg, grids) if symmetries else []
+    extender: canonical.Extender | None = None  # built on first use: one coloured graph for every call
+    for sym, grid, found in zip(symmetries, grids, witnesses):
         ids = sym["nodes"]
-        if bool(pinned[ids].any()):
-            continue  # tied to model inputs/outputs: not a symmetry
-        for what, partial in declared_generators(ids, sym["groups"], sym.get("permute_groups", False)):
-            perm = canonical.extend_to_automorphism(pg, partial)
+        base = {u: u for u in ids.tolist()}
+        checks = []
+        for b, block in enumerate(grid.tolist()):
+            if len(found[b]) == len(block) - 1:  # a spanning tree of transpositions: proved
+                if verify is not None:
+                    for perm, u, v in found[b]:
+                        verify(perm, f"the automorphism exchanging units {block.index(u)} and "
+                                     f"{block.index(v)} of block {b} of {sym['what']}")
+                continue
+            for i in range(len(block) - 1):
+                partial = dict(base)
+                partial[block[i]], partial[block[i + 1]] = block[i + 1], block[i]
+                checks.append((f"swapping units {i} and {i + 1} of block {b}", partial))
+        if sym.get("permute_groups", False):
+            for b in range(grid.shape[0] - 1):
+                partial = dict(base)
+                for u, v in zip(grid[b].tolist(), grid[b + 1].tolist()):
+                    partial[u], partial[v] = v, u
+                checks.append((f"swapping blocks {b} and {b + 1}", partial))
+        for what, partial in checks:
+            extender = extender or canonical.Extender(pg)
+            perm = extender.extend(partial)
             if perm is None:
                 raise SymmetryError(f"missing symmetry (proved): {what} of {sym['what']} is not an "
                                     "automorphism of the graph")
@@ -270,31 +329,6 @@ def check_completeness(pg: ParameterGraph,
                 verify(perm, f"the automorphism extending {what} of {sym['what']}")
         described.append(sym["what"])
     return described
-
-
-def declared_generators(ids: torch.Tensor, groups: int, permute_groups: bool):
-    """``(description, partial mapping)`` for permutations generating a declared symmetry:
-    adjacent transpositions inside each of ``groups`` consecutive blocks of ``ids`` and,
-    with ``permute_groups``, swaps of adjacent whole blocks. Every other node of ``ids``
-    stays fixed."""
-    blocks = ids.view(groups, -1).tolist()
-    base = {u: u for u in ids.tolist()}
-    for b, block in enumerate(blocks):
-        for i in range(len(block) - 1):
-            partial = dict(base)
-            partial[block[i]], partial[block[i + 1]] = block[i + 1], block[i]
-            yield f"swapping units {i} and {i + 1} of block {b}", partial
-    if permute_groups:
-        for b in range(groups - 1):
-            partial = dict(base)
-            for u, v in zip(blocks[b], blocks[b + 1]):
-                partial[u], partial[v] = v, u
-            yield f"swapping blocks {b} and {b + 1}", partial
-
-
-def move_values(pg: ParameterGraph, perm: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """Edge values after moving each edge along the node permutation ``perm``."""
-    return move_edge_values(pg, dict(enumerate(perm.tolist())), rng)
 
 
 def pinned_by_structure(pg: ParameterGraph) -> torch.Tensor:
