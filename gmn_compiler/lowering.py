@@ -6,6 +6,8 @@ the layouts of all values and the node reuse policy.
 
 from __future__ import annotations
 
+import torch
+
 from .blocks import EdgeBlocks
 from .builder import GraphBuilder
 from .context import LoweringContext
@@ -70,5 +72,7 @@ def lower(ir: IRGraph, registry: Registry) -> tuple[EdgeBlocks, LoweringContext]
     ctx.partitions.append(fixed_units(ctx.symmetries, ctx.unit_classes, ctx.derived))
     reconcile(ctx.symmetries, ctx.partitions, ctx.unit_classes)
     ctx.symmetries = [s for s in ctx.symmetries if not s.pop("withdrawn", False)]
+    for sym in ctx.symmetries:  # units tied one to one (a residual add) share a root
+        sym["roots"] = torch.tensor([ctx.unit_classes.find(n) for n in sym["nodes"].tolist()], dtype=torch.long)
     pin_outputs(ctx)
     return builder.finalize(), ctx

@@ -149,7 +149,10 @@ def permutation_spec(source, example_inputs: tuple | None = None, **options) -> 
     base = {u: u for u in fixed.tolist()}
     extender = Extender(pg)
     groups = []
-    for sym in declared:
+    for sym, tied in _tied_clusters(declared):
+        # the declarations tied to this one (the same units seen again after a residual add)
+        # move with it: they are its units' role nodes, not fixed
+        free_base = {u: u for u in base if u not in tied}
         ids = sym["nodes"].view(sym["groups"], -1)
         permute_blocks = bool(sym.get("permute_groups"))
         # declarations inside each of this one's blocks (a head's query/key and value dims)
@@ -157,7 +160,7 @@ def permutation_spec(source, example_inputs: tuple | None = None, **options) -> 
         nested = [h["nodes"].view(h["groups"], -1) for h in declared
                   if permute_blocks and h is not sym and h["groups"] == sym["groups"] > 1
                   and not h.get("permute_groups")]
-        groups.append(_unit_group(pg, extender, base, ids, nested, permute_blocks, sym["what"]))
+        groups.append(_unit_group(pg, extender, free_base, ids, nested, permute_blocks, sym["what"]))
     spec = PermutationSpec(pg, groups)
     for group in groups:  # every permutation we build must be an automorphism
         size, blocks = group.block_size, group.blocks
@@ -168,6 +171,23 @@ def permutation_spec(source, example_inputs: tuple | None = None, **options) -> 
             _check_automorphism(pg, group.node_permutation(pg.num_nodes, torch.roll(torch.arange(blocks), 1)),
                                 group.what)
     return spec
+
+
+def _tied_clusters(declared: list[dict]) -> list[tuple[dict, set[int]]]:
+    """One ``(declaration, nodes of the declarations tied to it)`` per cluster of
+    declarations whose units share a root (``sym["roots"]``, set by the compiler: units tied
+    one to one, e.g. by a residual add); the first of each cluster stands for it."""
+    clusters: list[tuple[dict, set[int], set[int]]] = []
+    for sym in declared:
+        roots = set(sym.get("roots", sym["nodes"]).tolist())
+        for first, tied, seen in clusters:
+            if roots & seen:
+                tied.update(u for u in sym["nodes"].tolist() if u not in first["nodes"].tolist())
+                seen.update(roots)
+                break
+        else:
+            clusters.append((sym, set(), roots))
+    return [(first, tied) for first, tied, _ in clusters]
 
 
 def _extend(extender: Extender, base: dict[int, int], swaps: dict[int, int], what: str) -> torch.Tensor:

@@ -81,10 +81,16 @@ def lower_conv(ctx: LoweringContext, op: Op) -> None:
         sig_node = ctx.add_nodes(1, "signature", depth)
         ctx.add_edges((c_out,), sig_node, out_ids, "signature",
                           value=L.signature_code(("conv", transposed) + window))
-    ctx.declare_symmetry(out_ids, "output channels of conv" + (f" (within {groups} groups)" if groups > 1 else ""),
-                         groups=groups)
-    if groups > 1:  # input channels only move within their group
-        ctx.refine_symmetry(ids, groups, f"grouped conv at {op.location}", permute_groups=False)
+    if groups > 1 and groups == c_in == c_out and not transposed and torch.unique(ids).numel() == c_in:
+        # depthwise: output channel c reads input channel c alone, so the two move together
+        # under any permutation of the input's channels (MobileNet's expanded channels keep
+        # their symmetry through it)
+        ctx.tie_units(ids, out_ids)
+    else:
+        ctx.declare_symmetry(out_ids, "output channels of conv" + (f" (within {groups} groups)" if groups > 1 else ""),
+                             groups=groups)
+        if groups > 1:  # input channels only move within their group
+            ctx.refine_symmetry(ids, groups, f"grouped conv at {op.location}", permute_groups=False)
     ctx.set_layout(op.output, L.for_axis(out_ids, len(op.output.shape), channel_axis))
 
 

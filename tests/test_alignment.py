@@ -55,6 +55,23 @@ class _Block(nn.Module):
         return self.out(x)
 
 
+class _InvertedResidual(nn.Module):
+    """MobileNetV2's block: pointwise expansion, depthwise conv, pointwise projection, a
+    residual add tying the projection's channels to the stem's."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.expand, self.bn1 = nn.Conv2d(4, 12, 1), nn.BatchNorm2d(12)
+        self.depthwise, self.bn2 = nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.BatchNorm2d(12)
+        self.project, self.head = nn.Conv2d(12, 4, 1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = h + self.project(torch.relu(self.bn2(self.depthwise(torch.relu(self.bn1(self.expand(h)))))))
+        return self.head(h.mean((2, 3)))
+
+
 class _LSTMNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -83,6 +100,7 @@ CASES = {
     "grouped_cnn": (_GroupedCNN, lambda: (torch.randn(2, 3, 6, 6),)),
     "transformer_block": (_Block, lambda: (torch.randn(2, 5, 8),)),
     "lstm": (_LSTMNet, lambda: (torch.randn(2, 5, 4),)),
+    "inverted_residual": (_InvertedResidual, lambda: (torch.randn(2, 3, 5, 5),)),
 }
 
 
@@ -116,6 +134,18 @@ def test_spec_of_attention_exchanges_heads_and_dims_within_heads():
     assert heads[0].block_units.shape[1] > 0  # a head's query/key and value dims move with it
     within = [g for g in spec.groups if "within each head" in g.what]
     assert [(g.blocks, g.block_size) for g in within] == [(2, 4), (2, 4)]
+
+
+def test_spec_of_an_inverted_residual_moves_tied_channels_together():
+    """The residual stream (stem and projection channels, tied by the add) is one group whose
+    units carry both; the expanded channels carry their depthwise copies."""
+    spec = gc.permutation_spec(_InvertedResidual().eval(), (torch.randn(2, 3, 5, 5),))
+    sizes = sorted((g.block_size, g.units.shape[2]) for g in spec.groups)
+    assert sizes == [(4, 3), (12, 2)], sizes
+    axes = spec.axes()
+    assert [len(axes["project.weight"][a]) for a in range(2)] == [1, 1]
+    # a depthwise filter moves with its channel: axis 0 indexes both its input and output node
+    assert len(axes["depthwise.weight"][0]) == 2 and len({g for g, _ in axes["depthwise.weight"][0]}) == 1
 
 
 def test_spec_of_a_grouped_conv_keeps_its_groups_apart():

@@ -235,6 +235,18 @@ def test_depthwise_conv():
     assert_not_isomorphic(pg, gc.compile(only_dw, inputs))
 
 
+def test_depthwise_conv_keeps_the_symmetry_of_the_channels_it_reads():
+    """A depthwise conv pairs output channel c with input channel c: the expanded channels
+    of an inverted residual (pointwise -> depthwise -> pointwise) stay declared through it,
+    and the completeness oracle proves their symmetry (it was withdrawn before: the depthwise
+    conv cut them into groups of one that could not move)."""
+    model = Depthwise().eval()
+    inputs = (torch.randn(1, 3, 4, 4),)
+    report = gc.check_symmetry(model, inputs, trials=3)
+    assert any(what.startswith("output channels of conv at pw1") for what in report.symmetries_checked)
+    assert not any("dw" in what.split(" at ")[1] for what in report.symmetries_checked if " at " in what)
+
+
 class Transposed2d(nn.Module):
     """Transposed conv with groups reading the input, then a 1x1 conv."""
 
