@@ -85,16 +85,30 @@ def move_values(pg: ParameterGraph, perm: torch.Tensor, rng: torch.Generator | N
     key, order_old, repeats, nf = _edge_keys(pg)
     src, dst = pg.data.edge_index
     n = pg.num_nodes
-    moved = (perm[src] * n + perm[dst]) * nf + canonical.edge_feature_ids(pg)
+    fid = canonical.edge_feature_ids(pg)
+    values = pg.data.edge_attr[:, 0] if values is None else values
+    out = values.clone()
+    moving = perm != torch.arange(n)
+    if int(moving.sum()) * 8 < n:
+        # few nodes move (a transposition of units): only the edges touching them can move,
+        # and they move among themselves
+        edges = torch.nonzero(moving[src] | moving[dst]).view(-1)
+        key = key[edges]
+        order_old = None
+    else:
+        edges = None
+    e_src, e_dst, e_fid = (src, dst, fid) if edges is None else (src[edges], dst[edges], fid[edges])
+    moved = (perm[e_src] * n + perm[e_dst]) * nf + e_fid
     if rng is not None and repeats:  # shuffle which of the identical parallel edges goes where
         order_old = _lexsort(key, torch.rand(key.numel(), generator=rng))
         order_new = _lexsort(moved, torch.rand(key.numel(), generator=rng))
     else:
+        order_old = torch.argsort(key, stable=True) if order_old is None else order_old
         order_new = torch.argsort(moved, stable=True)
     if not torch.equal(key[order_old], moved[order_new]):
         raise SymmetryError("the node mapping is not an automorphism: some edge has no image")
-    values = pg.data.edge_attr[:, 0] if values is None else values
-    out = values.clone()
+    if edges is not None:
+        order_old, order_new = edges[order_old], edges[order_new]
     # edge order_new[k] (moved key) lands on the existing edge order_old[k] with that key
     out[order_old] = values[order_new]
     return out
