@@ -150,13 +150,15 @@ class EdgeBlocks:
 
     def state_dict(self, edge_values: torch.Tensor, params: list[ParamInfo], *,
                    include_constants: bool = False,
-                   into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                   into: dict[str, torch.Tensor] | None = None,
+                   only: set[int] | None = None) -> dict[str, torch.Tensor]:
         """Every parameter rebuilt from one value per edge (``[E]``, in the materialised
         order): entries no edge carries keep their stored value; copies of an entry carried
         by several edges must agree (:class:`DecompileError` otherwise, before anything is
         written). With ``into`` (name -> tensor of the parameter's shape), each parameter is
         written into that tensor in place (entries no edge carries keep its values) and the
-        result holds those tensors: no second copy of the weights."""
+        result holds those tensors: no second copy of the weights. ``only``: the indices of
+        the parameters to rebuild (default: all)."""
         values = torch.as_tensor(edge_values)
         if values.dim() != 1 or values.numel() != self.num_edges:
             raise DecompileError(f"expected one value per edge, shape [{self.num_edges}], "
@@ -165,7 +167,8 @@ class EdgeBlocks:
         for start, block in zip(self.starts(), self.blocks):
             if block.param >= 0:
                 uses.setdefault(block.param, []).append((start, block))
-        chosen = [(i, p) for i, p in enumerate(params) if p.kind != "constant" or include_constants]
+        chosen = [(i, p) for i, p in enumerate(params)
+                  if (p.kind != "constant" or include_constants) and (only is None or i in only)]
         targets = _targets(into, [p for _, p in chosen])
         # parameters whose copies must agree are rebuilt and checked first, so that a
         # DecompileError leaves every target as it was

@@ -182,9 +182,17 @@ def torch_runner(model: torch.nn.Module, pg: ParameterGraph, inputs: tuple):
                 raise
             continue
         work = copy.deepcopy(model).to(dtype).eval()  # one copy, rewritten in place for each run
+        written: list[torch.Tensor] = []  # the values the copy holds
 
         def run(values: torch.Tensor) -> list[torch.Tensor]:
-            pg.write_into(work, values)
+            with torch.no_grad():
+                if not written:
+                    pg.blocks.state_dict(values, pg.params, into=work.state_dict(keep_vars=True))
+                else:  # rewrite only the parameters whose edges changed since the last run
+                    param = pg.data.edge_param[values != written[0]]
+                    only = set(torch.unique(param[param >= 0]).tolist())
+                    pg.blocks.state_dict(values, pg.params, into=work.state_dict(keep_vars=True), only=only)
+            written[:] = [values]
             fresh_eval(work)
             return [t.double() for t in _run(work, cast_floats(inputs, dtype))]
 
