@@ -25,9 +25,11 @@ Everything here is exact (no sampling, no time-out):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
+from .declarations import UnitClasses
 from .graph import ParameterGraph
 
 
@@ -97,20 +99,19 @@ def _coloured(pgs: list[ParameterGraph], with_values: bool) -> list[_Coloured]:
     # Where every labelled pair between two node colours carries the same label (in all the
     # graphs), the colours imply the label: a plain edge keeps every automorphism and
     # isomorphism exact, and the BLISS graph shrinks from nodes + pairs to nodes + the rest.
+    node_colour = [nid.tolist() for nid in node_ids]
     seen: dict[tuple[int, int], set[int]] = {}
-    for nid, labels in zip(node_ids, pair_labels):
-        colours = nid.tolist()
+    for colours, labels in zip(node_colour, pair_labels):
         for (u, v), lab in labels.items():
             seen.setdefault((colours[u], colours[v]), set()).add(label_code[lab])
     implied = {key for key, labs in seen.items() if len(labs) == 1}
     out = []
-    for pg, nid, labels in zip(pgs, node_ids, pair_labels):
+    for pg, colours, labels in zip(pgs, node_colour, pair_labels):
         n = int(pg.data.num_nodes)
-        colour = nid.tolist()
-        node_colour = nid.tolist()
+        colour = list(colours)
         edges = []
         for (u, v), lab in sorted(labels.items()):
-            if u != v and (node_colour[u], node_colour[v]) in implied:
+            if u != v and (colours[u], colours[v]) in implied:
                 edges.append((u, v))
                 continue
             m = len(colour)
@@ -155,14 +156,7 @@ def transposition_witnesses(pg: ParameterGraph, symmetries: list[torch.Tensor]) 
     n = c.n
     flat = torch.cat([b.reshape(-1) for b in symmetries]) if symmetries else torch.empty(0, dtype=torch.long)
     owner = torch.cat([torch.full((b.numel(),), i) for i, b in enumerate(symmetries)]) if symmetries else flat
-    parent = {u: u for u in flat.tolist()}
-
-    def find(u: int) -> int:
-        while parent[u] != u:
-            parent[u] = parent[parent[u]]
-            u = parent[u]
-        return u
-
+    joined = UnitClasses()
     block_of = {u: (i, k) for i, b in enumerate(symmetries) for k, block in enumerate(b.tolist()) for u in block}
     out: list[list[list[tuple[torch.Tensor, int, int]]]] = [[[] for _ in range(b.shape[0])] for b in symmetries]
     for gen in c.igraph().automorphism_group(color=colour):
@@ -173,8 +167,8 @@ def transposition_witnesses(pg: ParameterGraph, symmetries: list[torch.Tensor]) 
         counts = torch.bincount(owner[moved], minlength=len(symmetries))
         for i in torch.nonzero(counts == 2).view(-1).tolist():
             a, b = flat[moved & (owner == i)].tolist()
-            if int(perm[a]) == b and int(perm[b]) == a and find(a) != find(b):
-                parent[find(a)] = find(b)
+            if int(perm[a]) == b and int(perm[b]) == a and joined.find(a) != joined.find(b):
+                joined.union(a, b)
                 sym, block = block_of[a]
                 out[sym][block].append((perm, a, b))
     return out
@@ -211,6 +205,14 @@ class Extender:
         if not same:
             return None
         return torch.tensor(mapping[: c.n], dtype=torch.long)
+
+    def swap(self, fixed: Iterable[int], a: list[int], b: list[int]) -> torch.Tensor | None:
+        """An automorphism exchanging ``a[k]`` with ``b[k]`` for every ``k`` and fixing every
+        other node of ``fixed`` (see :meth:`extend`)."""
+        partial = {u: u for u in fixed}
+        for u, v in zip(a, b):
+            partial[u], partial[v] = v, u
+        return self.extend(partial)
 
 
 def isomorphic(a: ParameterGraph, b: ParameterGraph, *, with_values: bool = True) -> bool:

@@ -79,15 +79,16 @@ class ParameterGraph:
         """
         return self.blocks.state_dict(edge_values, self.params, include_constants=include_constants)
 
-    def write_into(self, model: nn.Module, edge_values: torch.Tensor) -> None:
+    def write_into(self, model: nn.Module, edge_values: torch.Tensor, *, only: set[int] | None = None) -> None:
         """Decompile ``edge_values`` (``[E]``) straight into ``model``'s own parameters and
         buffers, in place: what ``model.load_state_dict(self.to_state_dict(edge_values),
         strict=False)`` does, without a second copy of the weights. ``model`` is the module the
         graph was compiled from (or one with the same names and shapes); entries no edge
         carries keep the model's values. A :class:`DecompileError` (disagreeing copies,
-        missing names, other shapes) is raised before anything is written."""
+        missing names, other shapes) is raised before anything is written. ``only``: indices
+        into :attr:`params` of the parameters to write (default: all)."""
         with torch.no_grad():
-            self.blocks.state_dict(edge_values, self.params, into=model.state_dict(keep_vars=True))
+            self.blocks.state_dict(edge_values, self.params, into=model.state_dict(keep_vars=True), only=only)
 
     def to_onnx_model(self, edge_values: torch.Tensor):
         """The source ONNX model with its initializers (and the constant tensors the graph

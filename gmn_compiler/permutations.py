@@ -146,13 +146,13 @@ def permutation_spec(source, example_inputs: tuple | None = None, **options) -> 
     pinned = pinned_by_structure(pg)
     declared = [s for s in pg.symmetries if not bool(pinned[s["nodes"]].any())]
     fixed = torch.unique(torch.cat([s["nodes"] for s in declared])) if declared else torch.empty(0, dtype=torch.long)
-    base = {u: u for u in fixed.tolist()}
+    base = set(fixed.tolist())
     extender = Extender(pg)
     groups = []
     for sym, tied in _tied_clusters(declared):
         # the declarations tied to this one (the same units seen again after a residual add)
         # move with it: they are its units' role nodes, not fixed
-        free_base = {u: u for u in base if u not in tied}
+        free_base = base - tied
         ids = sym["nodes"].view(sym["groups"], -1)
         permute_blocks = bool(sym.get("permute_groups"))
         # declarations inside each of this one's blocks (a head's query/key and value dims)
@@ -190,10 +190,9 @@ def _tied_clusters(declared: list[dict]) -> list[tuple[dict, set[int]]]:
     return [(first, tied) for first, tied, _ in clusters]
 
 
-def _extend(extender: Extender, base: dict[int, int], swaps: dict[int, int], what: str) -> torch.Tensor:
-    partial = dict(base)
-    partial.update(swaps)
-    perm = extender.extend(partial)
+def _swap(extender: Extender, fixed: set[int], a: list[int], b: list[int], what: str) -> torch.Tensor:
+    """The automorphism exchanging ``a[k]`` with ``b[k]`` and fixing the rest of ``fixed``."""
+    perm = extender.swap(fixed, a, b)
     if perm is None:
         raise SymmetryError(f"permutation spec: {what} is declared but is no automorphism of the graph")
     return perm
@@ -209,7 +208,7 @@ def _unit_roles(pg, extender, base, block: list[int], what: str) -> torch.Tensor
     size = len(block)
     if size == 1:
         return torch.tensor([[block[0]]])
-    swaps = [_extend(extender, base, {block[0]: block[k], block[k]: block[0]}, what) for k in range(1, size)]
+    swaps = [_swap(extender, base, [block[0]], [block[k]], what) for k in range(1, size)]
     roles = _first_side(pg, swaps, [block[0]], [block[1]])
     roles_0 = torch.nonzero(roles).view(-1)
     return torch.stack([roles_0] + [p[roles_0] for p in swaps])
@@ -251,25 +250,16 @@ def _hops(pg: ParameterGraph, start: list[int]) -> torch.Tensor:
     return dist
 
 
-def _positional(a: list[int], b: list[int]) -> dict[int, int]:
-    swaps = {}
-    for u, v in zip(a, b):
-        swaps[u], swaps[v] = v, u
-    return swaps
-
-
 def _unit_group(pg, extender, base, ids: torch.Tensor, nested: list[torch.Tensor], permute_blocks: bool,
                 what: str) -> UnitGroup:
     blocks = ids.shape[0]
     block_maps = [torch.arange(pg.num_nodes)]
     if permute_blocks:
-        inner = {u for h in nested for u in h.reshape(-1).tolist()}
-        free = {u: u for u in base if u not in inner}
+        free = base - {u for h in nested for u in h.reshape(-1).tolist()}
+        first = [u for grid in (ids, *nested) for u in grid[0].tolist()]
         for b in range(1, blocks):
-            swaps = _positional(ids[0].tolist(), ids[b].tolist())
-            for h in nested:
-                swaps.update(_positional(h[0].tolist(), h[b].tolist()))
-            block_maps.append(_extend(extender, free, swaps, what))
+            other = [u for grid in (ids, *nested) for u in grid[b].tolist()]
+            block_maps.append(_swap(extender, free, first, other, what))
     roles_0 = _unit_roles(pg, extender, base, ids[0].tolist(), what)
     if permute_blocks:
         units = torch.stack([m[roles_0] for m in block_maps])

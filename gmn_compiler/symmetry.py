@@ -185,13 +185,11 @@ def torch_runner(model: torch.nn.Module, pg: ParameterGraph, inputs: tuple):
         written: list[torch.Tensor] = []  # the values the copy holds
 
         def run(values: torch.Tensor) -> list[torch.Tensor]:
-            with torch.no_grad():
-                if not written:
-                    pg.blocks.state_dict(values, pg.params, into=work.state_dict(keep_vars=True))
-                else:  # rewrite only the parameters whose edges changed since the last run
-                    param = pg.data.edge_param[values != written[0]]
-                    only = set(torch.unique(param[param >= 0]).tolist())
-                    pg.blocks.state_dict(values, pg.params, into=work.state_dict(keep_vars=True), only=only)
+            only = None
+            if written:  # rewrite only the parameters whose edges changed since the last run
+                param = pg.data.edge_param[values != written[0]]
+                only = set(torch.unique(param[param >= 0]).tolist())
+            pg.write_into(work, values, only=only)
             written[:] = [values]
             fresh_eval(work)
             return [t.double() for t in _run(work, cast_floats(inputs, dtype))]
@@ -321,29 +319,22 @@ def check_completeness(pg: ParameterGraph,
     witnesses = canonical.transposition_witnesses(pg, grids) if symmetries else []
     extender: canonical.Extender | None = None  # built on first use: one coloured graph for every call
     for sym, grid, found in zip(symmetries, grids, witnesses):
-        ids = sym["nodes"]
-        base = {u: u for u in ids.tolist()}
-        checks = []
-        for b, block in enumerate(grid.tolist()):
+        rows = grid.tolist()
+        checks = []  # (what, units a, units b): a[k] and b[k] exchanged, the symmetry's other units fixed
+        for b, block in enumerate(rows):
             if len(found[b]) == len(block) - 1:  # a spanning tree of transpositions: proved
                 if verify is not None:
                     for perm, u, v in found[b]:
                         verify(perm, f"the automorphism exchanging units {block.index(u)} and "
                                      f"{block.index(v)} of block {b} of {sym['what']}")
                 continue
-            for i in range(len(block) - 1):
-                partial = dict(base)
-                partial[block[i]], partial[block[i + 1]] = block[i + 1], block[i]
-                checks.append((f"swapping units {i} and {i + 1} of block {b}", partial))
+            checks += [(f"swapping units {i} and {i + 1} of block {b}", [block[i]], [block[i + 1]])
+                       for i in range(len(block) - 1)]
         if sym.get("permute_groups", False):
-            for b in range(grid.shape[0] - 1):
-                partial = dict(base)
-                for u, v in zip(grid[b].tolist(), grid[b + 1].tolist()):
-                    partial[u], partial[v] = v, u
-                checks.append((f"swapping blocks {b} and {b + 1}", partial))
-        for what, partial in checks:
+            checks += [(f"swapping blocks {b} and {b + 1}", rows[b], rows[b + 1]) for b in range(len(rows) - 1)]
+        for what, a, b in checks:
             extender = extender or canonical.Extender(pg)
-            perm = extender.extend(partial)
+            perm = extender.swap(sym["nodes"].tolist(), a, b)
             if perm is None:
                 raise SymmetryError(f"missing symmetry (proved): {what} of {sym['what']} is not an "
                                     "automorphism of the graph")

@@ -134,18 +134,28 @@ def statnn_features(row: dict) -> list[float]:
     return feats + [math.log(values.size)]
 
 
+def _matrices(features: Callable[[dict], list[float]], fit_rows: Rows,
+              other_rows: Rows) -> tuple[np.ndarray, np.ndarray]:
+    """Feature matrices of ``fit_rows`` and ``other_rows``; a column missing in every fitted
+    row is zeroed in both (it breaks the binning and carries nothing)."""
+    x_fit = np.array([features(r) for r in fit_rows], dtype=np.float64)
+    x_other = np.array([features(r) for r in other_rows], dtype=np.float64)
+    empty = np.isnan(x_fit).all(0)
+    x_fit[:, empty], x_other[:, empty] = 0.0, 0.0
+    return x_fit, x_other
+
+
+def _regressor(n_train: int, seed: int) -> HistGradientBoostingRegressor:
+    """The boosted trees of the label: leaves of at least a tenth of the rows (2..20)."""
+    leaf = int(min(20, max(2, n_train // 10)))
+    return HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, min_samples_leaf=leaf, random_state=seed)
+
+
 def _gbt(features: Callable[[dict], list[float]]):
     def method(train_rows: Rows, test_rows: Rows, seed: int, target: str = "test_acc") -> np.ndarray:
-        x_tr = np.array([features(r) for r in train_rows], dtype=np.float64)
-        x_te = np.array([features(r) for r in test_rows], dtype=np.float64)
-        empty = np.isnan(x_tr).all(0)  # an all-missing column breaks the binning; it carries nothing
-        x_tr[:, empty], x_te[:, empty] = 0.0, 0.0
+        x_tr, x_te = _matrices(features, train_rows, test_rows)
         y_tr = np.array([r[target] for r in train_rows], dtype=np.float64)
-        leaf = int(min(20, max(2, len(train_rows) // 10)))
-        model = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, min_samples_leaf=leaf,
-                                              random_state=seed)
-        model.fit(x_tr, y_tr)
-        return model.predict(x_te)
+        return _regressor(len(train_rows), seed).fit(x_tr, y_tr).predict(x_te)
     method.__doc__ = f"HistGradientBoostingRegressor on :func:`{features.__name__}`."
     return method
 
@@ -165,10 +175,7 @@ def statnn_recipe(train_rows: Rows, test_rows: Rows, seed: int, target: str = "t
     from sklearn.model_selection import cross_val_predict
 
     pool = [*train_rows, *unlabeled]
-    x_pool = np.array([statnn_features(r) for r in pool], dtype=np.float64)
-    x_te = np.array([statnn_features(r) for r in test_rows], dtype=np.float64)
-    empty = np.isnan(x_pool).all(0)
-    x_pool[:, empty], x_te[:, empty] = 0.0, 0.0
+    x_pool, x_te = _matrices(statnn_features, pool, test_rows)
     recipe = np.array([recipe_features(r) for r in pool], dtype=np.float64)
     guess_pool, guess_te = [], []
     for column in recipe.T:
@@ -179,9 +186,7 @@ def statnn_recipe(train_rows: Rows, test_rows: Rows, seed: int, target: str = "t
     x_tr = np.hstack([x_pool[:n], np.array(guess_pool).T[:n]])
     x_te = np.hstack([x_te, np.array(guess_te).T])
     y_tr = np.array([r[target] for r in train_rows], dtype=np.float64)
-    leaf = int(min(20, max(2, n // 10)))
-    model = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, min_samples_leaf=leaf, random_state=seed)
-    return model.fit(x_tr, y_tr).predict(x_te)
+    return _regressor(n, seed).fit(x_tr, y_tr).predict(x_te)
 
 
 class ParamDeepSets(nn.Module):

@@ -164,7 +164,7 @@ def _predict_one(train_rows: Sequence[dict], test_rows: Sequence[dict], unlabele
 
     from gmn_models.model import GMN
 
-    from .baselines import RECIPE, recipe_features
+    from .baselines import RECIPE
 
     ds = zoo_graphs(train_rows[0]["root"], target)
     position = {ds.metadata[mid]["path"]: i for i, mid in enumerate(ds.model_ids)}
@@ -182,8 +182,7 @@ def _predict_one(train_rows: Sequence[dict], test_rows: Sequence[dict], unlabele
     # one target row per graph: the standardised label, then (multi-task) the standardised recipe
     targets = ((y - mu) / sd).unsqueeze(1)
     if config.aux_recipe > 0:
-        recipe = torch.tensor([recipe_features(r) for r in fit_rows], dtype=torch.float32)
-        targets = torch.cat([targets, (recipe - recipe.mean(0)) / recipe.std(0).clamp_min(1e-6)], dim=1)
+        targets = torch.cat([targets, _standardised_recipe(fit_rows)], dim=1)
     fit = []
     for row, t in zip(fit_rows, targets):
         graph = ds[position[row["path"]]]
@@ -240,6 +239,14 @@ def _predict_one(train_rows: Sequence[dict], test_rows: Sequence[dict], unlabele
     return predict(test).numpy()
 
 
+def _standardised_recipe(rows: Sequence[dict]) -> torch.Tensor:
+    """``[len(rows), 5]``: the rows' recipe columns, standardised over these rows."""
+    from .baselines import recipe_features
+
+    recipe = torch.tensor([recipe_features(r) for r in rows], dtype=torch.float32)
+    return (recipe - recipe.mean(0)) / recipe.std(0).clamp_min(1e-6)
+
+
 def _pretrain_on_recipe(model, graphs: list, rows: Sequence[dict], config: GMNConfig, seed: int,
                         log: TextIO | None) -> None:
     """Train ``model``'s graph outputs 1.. (output 0 is the accuracy head, untouched by the
@@ -247,11 +254,7 @@ def _pretrain_on_recipe(model, graphs: list, rows: Sequence[dict], config: GMNCo
     each), with AdamW and a cosine schedule of their own."""
     from torch_geometric.loader import DataLoader
 
-    from .baselines import recipe_features
-
-    recipe = torch.tensor([recipe_features(r) for r in rows], dtype=torch.float32)
-    recipe = (recipe - recipe.mean(0)) / recipe.std(0).clamp_min(1e-6)
-    for graph, t in zip(graphs, recipe):
+    for graph, t in zip(graphs, _standardised_recipe(rows)):
         graph.target = t.unsqueeze(0)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.pretrain_steps
