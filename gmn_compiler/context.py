@@ -429,7 +429,8 @@ class LoweringContext:
             spatial = lay.pos
         aux = self.builder.add_nodes(1, role, self.builder.depth_of(lay.ids.reshape(-1)))
         if ref.transform:  # an elementwise function of the stored values: named by the aux node
-            self.builder.node_column("signature")[aux] = L.signature_id(("param_transform",) + ref.transform)
+            steps = ("param_transform",) + ref.transform + _mask_signature(self, ref, lay)
+            self.builder.node_column("signature")[aux] = L.signature_id(steps)
             ref = ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind)
         # Along a neuron axis the parameter does not vary over (a per-dim table shared by all
         # heads), each entry meets one node per index: one edge block per index makes those
@@ -461,6 +462,21 @@ def _select(t: torch.Tensor, axes: list[int], index: tuple[int, ...]) -> torch.T
     return t
 
 
+def _mask_signature(ctx: "LoweringContext", ref: ParamRef, layout: Layout) -> tuple:
+    """The content of the mask of a masked parameter (``where(mask, w, c)``), which must be
+    the same for every index of an axis carrying neurons: a mask that kept one head's bias
+    and replaced another's would tell the heads apart."""
+    if ref.mask is None:
+        return ()
+    mask = ref.mask.expand(ref.shape)
+    for axis in range(mask.dim()):
+        if layout.ids.shape[axis] > 1 and not bool((mask == mask.narrow(axis, 0, 1)).all()):
+            raise ctx.error(f"parameter {ref.name} is masked by a constant that differs along an "
+                            f"axis carrying neurons (axis {axis}); only masks over free axes "
+                            "(positions) are supported")
+    return (("mask", tuple(mask.shape), L.content_digest(mask)),)
+
+
 def _drop_broadcast_axes(ref: ParamRef, layout: Layout) -> ParamRef:
     """Narrow to one entry every free axis along which ``ref`` only repeats itself (an
     ``expand`` over the batch), so the graph does not depend on the example's batch size."""
@@ -468,7 +484,9 @@ def _drop_broadcast_axes(ref: ParamRef, layout: Layout) -> ParamRef:
     for axis in range(offsets.dim()):
         if offsets.shape[axis] > 1 and layout.ids.shape[axis] == 1:
             first = offsets.narrow(axis, 0, 1)
-            if bool((offsets == first).all()):
+            mask = None if ref.mask is None else ref.mask.expand(ref.shape)
+            same_mask = mask is None or bool((mask == mask.narrow(axis, 0, 1)).all())
+            if same_mask and bool((offsets == first).all()):
                 ref = ref.apply(lambda t, axis=axis: t.narrow(axis, 0, 1))
                 offsets = ref.flat_offsets()
     return ref

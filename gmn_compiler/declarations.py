@@ -148,10 +148,39 @@ def _apply(sym: dict, keys: list[tuple], movable: bool) -> bool:
     return True
 
 
+def _one_node_per_class(sym: dict, roots: _Roots) -> None:
+    """A declaration holding one unit twice (stream channels c and c + 2 tied through a ghost
+    module's depthwise half) cannot let the two copies move apart: keep one node per class, so
+    that the class moves as one unit. Withdrawn when a class spans two blocks, the blocks end
+    up of different sizes, or whole blocks move other units' blocks (heads)."""
+    nodes = sym["nodes"].tolist()
+    size = len(nodes) // sym["groups"]
+    first: dict[int, int] = {}
+    keep = []
+    for k, n in enumerate(nodes):
+        c = roots(n)
+        if c not in first:
+            first[c] = k
+            keep.append(k)
+        elif first[c] // size != k // size or sym.get("moves"):
+            sym["withdrawn"] = True
+            return
+    if len(keep) == len(nodes):
+        return
+    per_block = [sum(1 for k in keep if k // size == b) for b in range(sym["groups"])]
+    if len(set(per_block)) != 1 or per_block[0] < 2 and not sym.get("permute_groups"):
+        sym["withdrawn"] = True
+        return
+    sym["nodes"] = sym["nodes"][torch.tensor(keep)]
+
+
 def reconcile(symmetries: list[dict], partitions: list[Partition], classes: UnitClasses) -> None:
     """Narrow every live declaration of ``symmetries`` (in place; withdrawn ones get
     ``"withdrawn": True``) to its meet with every overlapping declaration and partition."""
     roots = _Roots(classes)
+    for sym in symmetries:
+        if not sym.get("withdrawn"):
+            _one_node_per_class(sym, roots)
     fixed_partitions = [_index(p, roots) for p in partitions]
     seen: dict[int, tuple[tuple, _Indexed, set[int]]] = {}
 

@@ -51,6 +51,10 @@ class ParamRef:
     # ``-exp(a_log)``), outermost last, each ``(aten name, scalar operands)``: ``tensor`` stays
     # the stored values (what edges carry); the rule that attaches the parameter records these.
     transform: tuple = ()
+    # Where the model keeps the (transformed) value, shaped like ``tensor``: ``where(mask, w,
+    # c)`` on a constant mask (T5's causal position bias) uses ``c`` elsewhere, recorded as the
+    # last ``transform`` step. None: every entry is used. Views apply to it as to the values.
+    mask: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -76,7 +80,8 @@ class ParamRef:
         and the offsets alike."""
         values = fn(self.tensor)
         offsets = self._views(lambda t: [fn(t)], [values])[0]
-        return ParamRef(self.name, values, offsets, self.kind, self.transform)
+        mask = None if self.mask is None else fn(self.mask)
+        return ParamRef(self.name, values, offsets, self.kind, self.transform, mask)
 
     def through(self, view: Callable[[torch.Tensor, dict, list[tuple[int, ...]]], list[torch.Tensor]],
                 attrs: dict, shapes: list[tuple[int, ...]],
@@ -90,8 +95,9 @@ class ParamRef:
             return None
         offsets = self._views(lambda t: view(t, attrs, shapes), values)
         dtypes = dtypes or [None] * len(values)
+        masks = [None] * len(values) if self.mask is None else view(self.mask, attrs, shapes)
         return [ParamRef(self.name, v.to(d) if d is not None and d.is_floating_point else v, o, self.kind,
-                         self.transform) for v, o, d in zip(values, offsets, dtypes)]
+                         self.transform, m) for v, o, d, m in zip(values, offsets, dtypes, masks)]
 
     def __repr__(self) -> str:
         return f"ParamRef({self.name}, {list(self.shape)})"

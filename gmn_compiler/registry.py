@@ -91,6 +91,9 @@ class OpKind:
     view: View | None = None
     """How the kind rearranges a tensor (aliasing kinds): applied to a parameter, the op is a
     view of it, and the parameter stays a parameter."""
+    attaches_params: bool = False
+    """The rule attaches every parameter operand through ``ctx.attach_param`` (so a parameter
+    the model transforms elementwise or masks may reach it)."""
 
     def axis_of_input(self, op: "Op") -> int | None:
         return self.input_axis(op) if callable(self.input_axis) else self.input_axis
@@ -155,6 +158,13 @@ class Registry:
         entry = self.rules.get(kind)
         return bool(entry and entry.elementwise)
 
+    def attaches_transformed(self, kind: str) -> bool:
+        """The rule of ``kind`` attaches its parameter operands through ``ctx.attach_param``,
+        which records their elementwise functions and masks (elementwise kinds, and kinds
+        declared with ``attaches_params=True``)."""
+        entry = self.rules.get(kind)
+        return bool(entry and (entry.elementwise or entry.attaches_params))
+
     def view(self, kind: str) -> View | None:
         """How ``kind`` rearranges a tensor, when it is declared a view (see :attr:`OpKind.view`)."""
         entry = self.rules.get(kind)
@@ -191,7 +201,7 @@ class Registrar:
     def add_rule(self, kind: str, rule: Rule, *, inputs: tuple[str, ...] | None = None,
                  attributes: tuple[str, ...] | None = None, aliasing: bool = False,
                  elementwise: bool = False, input_axis: InputAxis = None, view: View | None = None,
-                 override: bool = False) -> None:
+                 attaches_params: bool = False, override: bool = False) -> None:
         """Declare the op kind ``kind``, lowered by ``rule(ctx, op)``; the core reads the rest
         of the declaration instead of knowing kinds by name:
 
@@ -205,13 +215,16 @@ class Registrar:
           channels-first convolutions, -1 for linear layers), or a function of the op;
         - ``view(tensor, attrs, output_shapes) -> outputs``: for aliasing kinds, what the op does
           to a tensor; a parameter read only through such ops stays a parameter (seen through
-          the view) in both frontends.
+          the view) in both frontends;
+        - ``attaches_params``: the rule attaches every parameter operand through
+          ``ctx.attach_param``, which records a function the model applies to the parameter
+          first (``1 + w``, a constant mask); without it such a parameter is refused.
         """
         if view is not None and not aliasing:
             raise ValueError(f"kind {kind!r}: a view must be declared aliasing=True")
         entry = OpKind(kind, rule, self.plugin, None if inputs is None else tuple(inputs),
                        None if attributes is None else tuple(attributes), aliasing, elementwise,
-                       input_axis, view)
+                       input_axis, view, attaches_params)
         _put(self._registry.rules, kind, entry, "kind", override)
 
     def add_node_role(self, name: str) -> None:

@@ -42,9 +42,10 @@ __all__ = ["assert_round_trip", "assert_sound", "assert_complete", "assert_swap_
            "check_round_trip", "swap_test", "check_all"]
 
 
-def randomized(model: nn.Module, seed: int = 0, keep: tuple[str, ...] = ()) -> nn.Module:
+def randomized(model: nn.Module, seed: int = 0, keep: tuple[str, ...] = (), scale: float = 1.0) -> nn.Module:
     """A deep copy of ``model`` in eval mode with every floating parameter and buffer drawn
-    at random (standard normal; buffers named ``running_var`` uniform in [0.5, 1.5]), except
+    at random (normal with standard deviation ``scale``; buffers named ``running_var`` uniform
+    in [0.5, 1.5]), except
     entries whose name ends with one of ``keep``: fixed structure a layer builds from its
     configuration (e2cnn's ``bias_expansion``), which a random draw would turn into another
     kind of layer."""
@@ -57,7 +58,7 @@ def randomized(model: nn.Module, seed: int = 0, keep: tuple[str, ...] = ()) -> n
             if name.rsplit(".", 1)[-1] == "running_var":
                 t.copy_(torch.rand(t.shape, generator=g, dtype=torch.float64) + 0.5)
             else:
-                t.copy_(torch.randn(t.shape, generator=g, dtype=torch.float64))
+                t.copy_(torch.randn(t.shape, generator=g, dtype=torch.float64) * scale)
     return fresh_eval(clone)  # caches derived from parameters follow the new values
 
 

@@ -217,7 +217,8 @@ def _apply_mask(ctx: LoweringContext, mask: torch.Tensor | ParamRef | Value | No
                 out_shape: tuple[int, ...]) -> None:
     """An ``attn_mask`` tensor: a parameter or buffer is attached to the head nodes like an
     additive operand; a computed constant must be the same for every head (it is then not
-    encoded: it does not change the symmetries)."""
+    encoded: it does not change the symmetries; T5's cross-attention passes zeros shaped per
+    head)."""
     if mask is None or isinstance(mask, torch.Tensor) and mask.dim() < 3:
         return  # a constant [L, S] table (causal): the same for every head
     shape = tuple(out_shape[:-1]) + (mask.shape[-1],)
@@ -226,7 +227,9 @@ def _apply_mask(ctx: LoweringContext, mask: torch.Tensor | ParamRef | Value | No
         ctx.attach_param(L.Layout(scores), shape, ref, "param_add", "param_operand")
         return
     head_axis = len(mask.shape) - 3
-    if head_axis >= 0 and mask.shape[head_axis] > 1:
+    constant = getattr(mask, "constant", None)
+    if head_axis >= 0 and mask.shape[head_axis] > 1 and (
+            constant is None or not bool((constant == constant.narrow(head_axis, 0, 1)).all())):
         raise ctx.error("an attention mask computed in the model that differs per head is not "
                         "supported; register it as a buffer")
 
@@ -251,5 +254,5 @@ def gmn_register(registry: Registrar) -> None:
     registry.map_aten("aten.isnan.default", "isnan", lambda x: ([x], {}))
     registry.add_rule("contract", lower_contract)
     registry.add_rule("sdpa", lower_sdpa, inputs=("q", "k", "v", "attn_mask"),
-                      attributes=("is_causal", "scale", "enable_gqa"))
+                      attributes=("is_causal", "scale", "enable_gqa"), attaches_params=True)
     registry.map_aten("aten.scaled_dot_product_attention.default", "sdpa", _sdpa)

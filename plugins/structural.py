@@ -287,11 +287,20 @@ def lower_split(ctx: LoweringContext, op: Op) -> None:
 
 
 def lower_index_select(ctx: LoweringContext, op: Op) -> None:
-    """attrs ``dim``, ``index`` (1-D long tensor of constant indices)."""
-    if _keep_none(ctx, op):
-        return
+    """attrs ``dim``, ``index`` (long tensor of constant indices, of any rank: selected flat,
+    then reshaped to the output, as ``x[:, idx2d]`` does)."""
+    if not _keep_none(ctx, op):
+        _set_indexed_layout(ctx, op, op.attrs["dim"], torch.as_tensor(op.attrs["index"]))
+
+
+def _set_indexed_layout(ctx: LoweringContext, op: Op, dim: int, index: torch.Tensor) -> None:
     x = op.inputs[0]
-    ctx.set_layout(op.output, _index_layout(ctx, x, op.attrs["dim"], torch.as_tensor(op.attrs["index"])))
+    dim %= len(x.shape)
+    flat = index.reshape(-1)
+    layout = _index_layout(ctx, x, dim, flat)
+    if index.dim() != 1:
+        layout = L.reshape(layout, x.shape[:dim] + (flat.numel(),) + x.shape[dim + 1:], op.output.shape)
+    ctx.set_layout(op.output, layout)
 
 
 def _index_layout(ctx: LoweringContext, x: Value, dim: int, index: torch.Tensor) -> Layout:
@@ -314,11 +323,7 @@ def lower_gather(ctx: LoweringContext, op: Op) -> None:
     elif op.attrs["kind"] == "select":
         lower_select(ctx, op)
     elif not _keep_none(ctx, op):
-        x, dim = op.inputs[0], op.attrs["dim"] % len(op.inputs[0].shape)
-        flat = op.attrs["index"].reshape(-1)
-        layout = _index_layout(ctx, x, dim, flat)
-        shape = x.shape[:dim] + (flat.numel(),) + x.shape[dim + 1:]
-        ctx.set_layout(op.output, L.reshape(layout, shape, op.output.shape))
+        _set_indexed_layout(ctx, op, op.attrs["dim"], op.attrs["index"])
 
 
 def lower_expand(ctx: LoweringContext, op: Op) -> None:
@@ -439,15 +444,16 @@ def _index_select(x: Any, dim: int, index: Any) -> _Normalized:
 
 def _index(x: Any, indices: Any) -> _Normalized:
     """``x[..., index, ...]`` with one constant integer index tensor (``aten.index.Tensor``,
-    e.g. Falcon's ``fused_qkv[..., [-2], :]``): an ``index_select`` along that axis."""
+    e.g. Falcon's ``fused_qkv[..., [-2], :]``, LeViT's ``attention_biases[:, idxs]`` with a 2-D
+    ``idxs``): an ``index_select`` along that axis."""
     given = [(axis, i) for axis, i in enumerate(indices) if i is not None]
     if len(given) != 1:
         raise Unsupported("advanced indexing with several index tensors")
     dim, index = given[0]
     if not (isinstance(index, Value) and index.constant is not None):
         raise Unsupported("indexing with indices computed from activations")
-    if index.constant.dtype == torch.bool or index.constant.dim() != 1:
-        raise Unsupported("indexing with a boolean mask or a multi-dimensional index tensor")
+    if index.constant.dtype == torch.bool:
+        raise Unsupported("indexing with a boolean mask")
     return [x], {"dim": dim, "index": index.constant % x.shape[dim]}
 
 

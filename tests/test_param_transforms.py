@@ -74,3 +74,50 @@ def test_a_function_of_a_weight_that_a_rule_cannot_record_is_reported():
     layer's weight computed as ``2 * w`` is reported as the transform it needs."""
     with pytest.raises(gc.UnsupportedOpsError, match=r"param_transform\[aten.mul.Tensor\]"):
         gc.compile(ScaledWeight().eval(), (X,))
+
+
+class MaskedPositionBias(nn.Module):
+    """T5's sdpa path: a relative-position bias table looked up per (query, key) pair, kept
+    where a constant mask allows and set to a large negative number elsewhere
+    (``where(mask, bias, min)``), passed to ``scaled_dot_product_attention`` as ``attn_mask``."""
+
+    def __init__(self, mask: str = "causal", tokens: int = 4, heads: int = 2, dim: int = 3):
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.qkv, self.out = nn.Linear(5, 3 * heads * dim), nn.Linear(heads * dim, 2)
+        self.table = nn.Embedding(2 * tokens - 1, heads)
+        pos = torch.arange(tokens)
+        self.register_buffer("buckets", pos[None, :] - pos[:, None] + tokens - 1, persistent=False)
+        keep = torch.ones(tokens, tokens, dtype=torch.bool).tril()
+        if mask == "anti-causal":
+            keep = keep.T
+        self.register_buffer("keep", keep if mask != "per head" else torch.stack([keep, keep.T]),
+                             persistent=False)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4)
+        bias = self.table(self.buckets).permute(2, 0, 1).unsqueeze(0)  # (1, heads, t, t)
+        bias = torch.where(self.keep, bias, -1e4)
+        h = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.out(h.transpose(1, 2).reshape(b, t, self.heads * self.dim))
+
+
+def test_a_masked_position_bias_compiles_and_passes_the_oracles():
+    torch.manual_seed(0)
+    model, x = MaskedPositionBias().eval(), torch.randn(2, 4, 5)
+    assert_oracles(model, (x,), trials=4)
+    pg = gc.compile(model, (x,))
+    report = gc.check_symmetry(model, (x,), trials=2, graph=pg)
+    assert any("head" in what for what in report.symmetries_checked), report.symmetries_checked
+    # the other mask: the same parameters, another function, another graph
+    other = MaskedPositionBias("anti-causal").eval()
+    other.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(x), other(x))
+    assert not canonical.isomorphic(pg, gc.compile(other, (x,)))
+
+
+def test_a_mask_that_differs_per_head_is_refused_in_one_line():
+    model, x = MaskedPositionBias("per head").eval(), torch.randn(2, 4, 5)
+    with pytest.raises(gc.CompileError, match="masked by a constant that differs along an axis carrying neurons"):
+        gc.compile(model, (x,))

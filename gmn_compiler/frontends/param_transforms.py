@@ -9,11 +9,19 @@ identifier of that function (node column ``signature``), so two models that diff
 the function compile to different graphs. An elementwise function commutes with every
 permutation of the entries, so no symmetry changes. Only functions of the parameter and
 Python scalars are taken; anything else stays a ``param_transform[...]`` refusal.
+
+One function is positional: ``where(mask, w, c)`` / ``w.masked_fill(~mask, c)`` with a constant
+mask (T5's sdpa path keeps its relative position bias only where the causal mask allows). The
+reference then also carries the mask (``ParamRef.mask``), which views rearrange like the values;
+the rule attaching it names the mask's content and refuses a mask that varies along an axis
+carrying neurons (it would tell units apart).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 from ..ir import ParamRef
 
@@ -27,6 +35,9 @@ ELEMENTWISE_PARAM_TRANSFORMS = frozenset({
 })
 """ATen ops that map a tensor entry by entry (with scalar operands)."""
 
+MASKING_PARAM_TRANSFORMS = frozenset({"aten.where.ScalarOther", "aten.masked_fill.Scalar"})
+"""ATen ops that keep a tensor where a constant mask says and a number elsewhere."""
+
 
 def elementwise_transform(name: str, args: list[Any], kwargs: dict[str, Any]) -> ParamRef | None:
     """The reference of ``name(*args, **kwargs)`` when exactly one operand is a parameter
@@ -39,7 +50,38 @@ def elementwise_transform(name: str, args: list[Any], kwargs: dict[str, Any]) ->
     position, ref = refs[0]
     step = (name, position, tuple(_plain(a) for a in args if not isinstance(a, ParamRef)),
             tuple(sorted((k, _plain(v)) for k, v in kwargs.items())))
-    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, ref.transform + (step,))
+    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, ref.transform + (step,), ref.mask)
+
+
+def masked_transform(name: str, args: list[Any], kwargs: dict[str, Any]) -> ParamRef | None:
+    """``where(cond, ref, number)`` or ``masked_fill(ref, cond, number)`` with ``cond`` a constant
+    boolean: ``ref`` broadcast to the result, kept where ``cond`` (resp. ``~cond``) holds, the
+    number recorded as a transform step. None for any other operands."""
+    if kwargs:
+        return None
+    if name == "aten.where.ScalarOther" and len(args) == 3:
+        cond, ref, fill = args
+        keep = _constant_bool(cond)
+    elif name == "aten.masked_fill.Scalar" and len(args) == 3:
+        ref, cond, fill = args
+        keep = _constant_bool(cond)
+        keep = None if keep is None else ~keep
+    else:
+        return None
+    if keep is None or not isinstance(ref, ParamRef) or not _scalar(fill):
+        return None
+    shape = torch.broadcast_shapes(tuple(keep.shape), ref.shape)
+    ref = ref.apply(lambda t: t.reshape((1,) * (len(shape) - t.dim()) + tuple(t.shape)).expand(shape))
+    keep = keep.expand(shape)
+    if ref.mask is not None:
+        keep = keep & ref.mask
+    step = ("masked", 1, (_plain(fill),), ())
+    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, ref.transform + (step,), keep.clone())
+
+
+def _constant_bool(value: Any) -> torch.Tensor | None:
+    constant = getattr(value, "constant", None)
+    return constant if isinstance(constant, torch.Tensor) and constant.dtype == torch.bool else None
 
 
 def _scalar(a: Any) -> bool:

@@ -25,7 +25,8 @@ from ..ir import IRGraph, Op, ParamRef, Value
 from ..ir_patterns import normalize
 from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
-from .param_transforms import ELEMENTWISE_PARAM_TRANSFORMS, elementwise_transform
+from .param_transforms import (ELEMENTWISE_PARAM_TRANSFORMS, MASKING_PARAM_TRANSFORMS, elementwise_transform,
+                               masked_transform)
 from .checks import check_input_axes
 from .decompositions import trace_decomposition
 from .pt2_safe import load_exported_program
@@ -284,12 +285,17 @@ class _Converter:
         if not has_value and has_param and name in _CAST_TARGETS:
             ref = args[0]
             self.env[node.name] = ParamRef(ref.name, node.target(ref.tensor, *args[1:], **kwargs),
-                                           ref.offsets, ref.kind, ref.transform)
+                                           ref.offsets, ref.kind, ref.transform, ref.mask)
             return
         if not has_value and has_param and name in ELEMENTWISE_PARAM_TRANSFORMS:
             transformed = elementwise_transform(name, args, kwargs)
             if transformed is not None:
                 self.env[node.name] = transformed
+                return
+        if not has_value and has_param and name in MASKING_PARAM_TRANSFORMS:
+            masked = masked_transform(name, args, kwargs)
+            if masked is not None:
+                self.env[node.name] = masked
                 return
         if not has_value and has_param and name in _INDEX_TARGETS and _constant_index(args) is not None:
             self.env[node.name] = self._lookup(args[0], _constant_index(args))
@@ -324,9 +330,9 @@ class _Converter:
                                unsupported=refusal.reason))
             return
         transformed = [x for x in torch.utils._pytree.tree_leaves(inputs) if isinstance(x, ParamRef) and x.transform]
-        if transformed and not self.registry.is_elementwise(mapping.kind):
-            # only elementwise ops attach a parameter through ctx.attach_param, which records
-            # the function; any other use of it is reported, never mis-encoded
+        if transformed and not self.registry.attaches_transformed(mapping.kind):
+            # only kinds whose rules attach a parameter through ctx.attach_param (which records
+            # the function and the mask) take it; any other use is reported, never mis-encoded
             steps = ", ".join(step[0] for step in transformed[0].transform)
             self.ops.append(Op(f"param_transform[{steps}]", list(args), out_values, {}, location, name))
             return

@@ -686,3 +686,34 @@ def test_bert_with_attention_mask_as_model_input(options):
         changed = permuted_copy(model, change)
         assert functions_differ(model, changed, inputs)
         assert_not_isomorphic(pg, gc.compile(changed, inputs, **options))
+
+
+class ComputedMask(SDPA):
+    """An ``attn_mask`` computed in ``forward`` from constants, shaped per head: T5's
+    cross-attention passes ``zeros(1, heads, q, k)``; ``differs`` makes head 1's mask causal."""
+
+    def __init__(self, differs: bool):
+        super().__init__()
+        self.differs = differs
+
+    def forward(self, h):
+        q, k, v = self.split(self.wq(h), self.heads), self.split(self.wk(h), self.kv_heads), \
+            self.split(self.wv(h), self.kv_heads)
+        mask = torch.zeros(1, self.heads, q.shape[-2], k.shape[-2])
+        if self.differs:
+            mask[:, 1] = torch.full((q.shape[-2], k.shape[-2]), -1e4).triu(1)
+        return self.wo(self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
+
+
+def test_a_computed_mask_shaped_per_head_but_equal_for_all_heads_keeps_the_heads():
+    torch.manual_seed(0)
+    model = Wrapped(ComputedMask(differs=False)).eval()
+    inputs = (torch.randn(B, N, D_IN),)
+    pg = assert_oracles(model, inputs, trials=4)
+    assert_symmetry(model, pg, inputs, permute_heads)
+
+
+def test_a_computed_mask_that_differs_per_head_is_refused():
+    model = Wrapped(ComputedMask(differs=True)).eval()
+    with pytest.raises(gc.CompileError, match="differs per head is not supported"):
+        gc.compile(model, (torch.randn(B, N, D_IN),))

@@ -251,6 +251,43 @@ def test_depthwise_conv_keeps_the_symmetry_of_the_channels_it_reads():
     assert gc.check_symmetry(on_input, (torch.randn(1, 3, 5, 5),), trials=3).symmetries_checked == []
 
 
+class GhostResidual(nn.Module):
+    """GhostNet's ghost module on a residual stream: half the channels from a 1x1 conv, the
+    other half a depthwise conv of that half, concatenated and added to the stream. Stream
+    channel c and c + 2 are tied (through the depthwise conv): only the four pairs move."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.primary = nn.Conv2d(4, 2, 1)
+        self.cheap = nn.Conv2d(2, 2, 3, padding=1, groups=2)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        p = self.primary(h)
+        return self.head(h + torch.cat([p, self.cheap(p)], 1))
+
+
+def test_declaration_over_units_tied_to_each_other_moves_them_together():
+    """The stem's declaration used to hold its 4 channels freely permutable although channel
+    c and c + 2 are the same unit twice: the completeness oracle proved swapping 0 and 1 was
+    no automorphism. Now one channel per tied pair is declared, and the pairs move."""
+    model = GhostResidual().eval()
+    inputs = (torch.randn(1, 3, 4, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    report = gc.check_symmetry(model, inputs, trials=3, graph=pg)
+    stem = [what for what in report.symmetries_checked if what.startswith("output channels of conv at stem")]
+    assert stem, report.symmetries_checked
+    pairs = torch.tensor([1, 0])
+    both = torch.tensor([1, 0, 3, 2])
+    permuted = permuted_copy(model, lambda m: (permute_rows(m.stem, both), permute_cols(m.primary, both),
+                                               permute_rows(m.primary, pairs), permute_rows(m.cheap, pairs),
+                                               permute_cols(m.head, both)))
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+
 class Transposed2d(nn.Module):
     """Transposed conv with groups reading the input, then a 1x1 conv."""
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import gmn_compiler as gc
 from oracles import (assert_isomorphic, assert_not_isomorphic, assert_not_symmetry, assert_oracles,
-                     assert_round_trip, assert_symmetry, permute_cols, permute_rows)
+                     assert_round_trip, assert_symmetry, functions_differ, permute_cols, permute_rows)
 
 S = gc.schema
 SPATIAL = S.edge_column("spatial")
@@ -395,3 +395,56 @@ class TwoIndexTensors(nn.Module):
 def test_advanced_indexing_with_several_index_tensors_is_refused():
     with pytest.raises(gc.CompileError, match="several index tensors"):
         gc.compile(TwoIndexTensors().eval(), (torch.randn(2, 4),))
+
+
+class IndexedAttentionBias(nn.Module):
+    """LeViT's attention biases: a learned (heads, offsets) table read through a constant 2-D
+    index of position offsets, ``ab[:, idxs]`` (``aten.index.Tensor``), added to the scores."""
+
+    def __init__(self, tokens: int = 4, heads: int = 2, dim: int = 3, mirrored: bool = False):
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.qkv, self.out = nn.Linear(5, 3 * heads * dim), nn.Linear(heads * dim, 2)
+        pos = torch.arange(tokens)
+        offsets = (pos[:, None] - pos[None, :]).abs()
+        self.biases = nn.Parameter(torch.randn(heads, tokens))
+        self.register_buffer("idxs", offsets.T.contiguous() if mirrored else offsets, persistent=False)
+        if mirrored:  # an asymmetric index: which offset each score reads
+            self.idxs[0, 1] = 3
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) + self.biases[:, self.idxs]
+        h = torch.softmax(scores, -1) @ v
+        return self.out(h.transpose(1, 2).reshape(b, t, self.heads * self.dim))
+
+
+def test_a_table_read_through_a_two_dimensional_constant_index_is_a_view():
+    torch.manual_seed(0)
+    model, x = IndexedAttentionBias().eval(), torch.randn(2, 4, 5)
+    pg = assert_oracles(model, (x,), trials=4)
+    # every table entry is an edge per score position reading it: 2 heads x 4 x 4 reads
+    biases = [p.name for p in pg.params].index("biases")
+    assert int((pg.data.edge_param == biases).sum()) == 2 * 4 * 4
+    other = IndexedAttentionBias(mirrored=True).eval()
+    other.load_state_dict(model.state_dict())
+    assert functions_differ(model, other, (x,))
+    assert_not_isomorphic(pg, gc.compile(other, (x,)))
+
+
+class TwoDimensionalIndexOnTokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+        self.register_buffer("idx", torch.tensor([[0, 2], [1, 1]]), persistent=False)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))[:, self.idx])
+
+
+def test_a_two_dimensional_constant_index_on_an_activation_selects_and_reshapes():
+    torch.manual_seed(0)
+    model, x = TwoDimensionalIndexOnTokens().eval(), torch.randn(2, 3, 4)
+    assert model(x).shape == (2, 2, 2, 2)
+    assert_oracles(model, (x,), trials=4)
