@@ -70,12 +70,24 @@ def _declare_head_symmetries(ctx: LoweringContext, heads: torch.Tensor, q: torch
     kv_rows, group = torch.unique(k, dim=0, return_inverse=True)
     n_kv = kv_rows.shape[0]
     sizes = torch.bincount(group, minlength=n_kv)
-    if heads.numel() > 1 and bool((sizes == sizes[0]).all()):
+    if heads.numel() > 1 and bool((sizes == sizes[0]).all()) and _same_fixed_positions(ctx, q, k):
         order = torch.argsort(group, stable=True)
         ctx.declare_symmetry(heads[order], "attention heads (with their K/V head)",
                              groups=n_kv, permute_groups=n_kv > 1)
     if torch.unique(kv_rows).numel() == kv_rows.numel() and kv_rows.shape[1] > 1 and not ctx.anchored(q):
         ctx.declare_symmetry(kv_rows.reshape(-1), "query/key dims within each head", groups=n_kv)
+
+
+def _same_fixed_positions(ctx: LoweringContext, q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether every head's q dims, and every head's k dims, hold the same multiset of fixed
+    positions (a rotary table fixes dim p of every head alike: heads may still swap; a constant
+    added along all of the key units tells each head's dims apart: they may not)."""
+    position = ctx.builder.node_column("position")
+    for rows in (q, k, ctx.root_nodes(q), ctx.root_nodes(k)):  # a pinned node, or what it copies
+        labels = position[rows].sort(dim=1).values
+        if not bool((labels == labels[:1]).all()):
+            return False
+    return True
 
 
 def weighted_sum(ctx: LoweringContext, weights: torch.Tensor | None, v: Value, v_ids: torch.Tensor, out_ndim: int) -> L.Layout:

@@ -121,3 +121,65 @@ def test_a_mask_that_differs_per_head_is_refused_in_one_line():
     model, x = MaskedPositionBias("per head").eval(), torch.randn(2, 4, 5)
     with pytest.raises(gc.CompileError, match="masked by a constant that differs along an axis carrying neurons"):
         gc.compile(model, (x,))
+
+
+class AssembledBias(nn.Module):
+    """BEiT / EVA-02 attention: the fused qkv projection's bias assembled in ``forward`` from a
+    query bias, a zero buffer for the keys (no key bias) and a value bias."""
+
+    def __init__(self, spelling: str = "linear", heads: int = 2, dim: int = 3):
+        super().__init__()
+        self.spelling, self.heads, self.dim = spelling, heads, dim
+        width = heads * dim
+        self.qkv = nn.Linear(5, 3 * width, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(width)), nn.Parameter(torch.randn(width))
+        self.register_buffer("k_bias", torch.zeros(width), persistent=False)
+        self.out = nn.Linear(width, 2)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        if self.spelling == "swapped":
+            bias = torch.cat((self.v_bias, self.k_bias, self.q_bias))
+        else:
+            bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        if self.spelling == "add":
+            qkv = self.qkv(x) + bias
+        else:
+            qkv = nn.functional.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.view(b, t, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4)
+        h = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        return self.out(h.transpose(1, 2).reshape(b, t, self.heads * self.dim))
+
+
+@pytest.mark.parametrize("spelling", ["linear", "add"])
+def test_a_bias_assembled_from_parameters_compiles_and_passes_the_oracles(spelling):
+    torch.manual_seed(0)
+    model, x = AssembledBias(spelling).eval(), torch.randn(2, 4, 5)
+    assert_oracles(model, (x,), trials=4)
+    pg = gc.compile(model, (x,))
+    report = gc.check_symmetry(model, (x,), trials=2, graph=pg)
+    assert any("head" in what for what in report.symmetries_checked), report.symmetries_checked
+    # one edge per bias entry: the zeros are no parameter and add nothing
+    names = [p.name for p in pg.params]
+    for bias in ("q_bias", "v_bias"):
+        assert int((pg.data.edge_param == names.index(bias)).sum()) == 6
+    # which parameter goes where is part of the graph
+    swapped = AssembledBias("swapped").eval()
+    swapped.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(x), swapped(x))
+    assert not canonical.isomorphic(pg, gc.compile(swapped, (x,)))
+
+
+class ConcatenatedScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.s1, self.s2 = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        return self.a(x) * torch.cat((self.s1, self.s2))
+
+
+def test_a_concatenation_of_parameters_used_otherwise_is_refused_in_one_line():
+    with pytest.raises(gc.CompileError, match=r"param_transform\[aten.cat.default\]"):
+        gc.compile(ConcatenatedScale().eval(), (X,))
