@@ -376,6 +376,15 @@ class LoweringContext:
         self.withdraw_symmetries(uniq)
         self.anchor(uniq)
 
+    def attach_weight_norm_gain(self, weight: ParamRef, out_ids: torch.Tensor, out_axis: int, depth: int) -> None:
+        """For a weight-normalised ``weight`` (``ParamRef.weight_norm``; a no-op otherwise): its
+        gain ``g`` as edges from one auxiliary node to the layer's output units ``out_ids`` (the
+        weight's axis ``out_axis``), see :mod:`gmn_compiler.weight_norm`. Rules that call it
+        declare ``weight_norm=True``."""
+        from .weight_norm import attach_gain
+
+        attach_gain(self, weight, out_ids, out_axis, depth)
+
     def attach_per_channel(self, layout: Layout, shape: tuple[int, ...], channel_axis: int,
                            named: list[tuple[ParamRef | Value | None, str, str]]) -> None:
         """Attach per-channel vectors (a norm's weight, bias, running statistics) to the

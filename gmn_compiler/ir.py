@@ -55,6 +55,10 @@ class ParamRef:
     # c)`` on a constant mask (T5's causal position bias) uses ``c`` elsewhere, recorded as the
     # last ``transform`` step. None: every entry is used. Views apply to it as to the values.
     mask: torch.Tensor | None = None
+    # ``(g, dim)`` when the model uses ``v * g / ||v||`` (weight normalisation, the norm over
+    # every axis but ``dim``; ``dim=-1``: over all): this reference is ``v``, ``g`` another.
+    # Only kinds declared ``weight_norm=True`` take it (they attach ``g``).
+    weight_norm: tuple | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -81,7 +85,7 @@ class ParamRef:
         values = fn(self.tensor)
         offsets = self._views(lambda t: [fn(t)], [values])[0]
         mask = None if self.mask is None else fn(self.mask)
-        return ParamRef(self.name, values, offsets, self.kind, self.transform, mask)
+        return ParamRef(self.name, values, offsets, self.kind, self.transform, mask, self.weight_norm)
 
     def through(self, view: Callable[[torch.Tensor, dict, list[tuple[int, ...]]], list[torch.Tensor]],
                 attrs: dict, shapes: list[tuple[int, ...]],
@@ -97,7 +101,7 @@ class ParamRef:
         dtypes = dtypes or [None] * len(values)
         masks = [None] * len(values) if self.mask is None else view(self.mask, attrs, shapes)
         return [ParamRef(self.name, v.to(d) if d is not None and d.is_floating_point else v, o, self.kind,
-                         self.transform, m) for v, o, d, m in zip(values, offsets, dtypes, masks)]
+                         self.transform, m, self.weight_norm) for v, o, d, m in zip(values, offsets, dtypes, masks)]
 
     def __repr__(self) -> str:
         return f"ParamRef({self.name}, {list(self.shape)})"

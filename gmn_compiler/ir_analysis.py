@@ -78,18 +78,25 @@ def broadcast_axes(ir: IRGraph, registry: Registry) -> dict[int, frozenset[int]]
     return {v: axes for v, axes in found.items() if axes}
 
 
-def infer_input_axis(ir: IRGraph, value: Value, registry: Registry) -> int | None:
+MADE_AXIS = "made"
+"""What :func:`infer_input_axis` returns when the axis the first reader declares is one the
+model inserts (``audio.unsqueeze(1)`` read by a conv as its single channel): the input then
+gets one node, for all its entries."""
+
+
+def infer_input_axis(ir: IRGraph, value: Value, registry: Registry) -> int | str | None:
     """The neuron axis of a model input: given by the user, else the one its first consumer
     declares (:attr:`~gmn_compiler.registry.OpKind.input_axis`: channels for conv/norm layers,
-    the last axis for linear/layer norm), followed through permutes and elementwise kinds;
-    else axis 1 for rank >= 2 (NC..., [B, F]); ``None`` (no neurons) for integer inputs and
-    scalars."""
+    the last axis for linear/layer norm), followed through permutes, elementwise kinds and
+    reshapes that only insert unit axes (:data:`MADE_AXIS` when the declared axis is one of
+    those: raw audio ``[B, T]`` unsqueezed into one conv channel); else axis 1 for rank >= 2
+    (NC..., [B, F]); ``None`` (no neurons) for integer inputs and scalars."""
     if value.id in ir.input_neuron_axes:
         return ir.input_neuron_axes[value.id]
     if value.dtype in (torch.long, torch.int32, torch.int64, torch.bool) or len(value.shape) == 0:
         return None
     current = value
-    origin = list(range(len(value.shape)))  # axis of `current` -> axis of the input
+    origin: list[int | None] = list(range(len(value.shape)))  # axis of `current` -> input axis (None: made)
     for op in ir.ops:
         if not any(v.id == current.id for v in op.values()):
             continue
@@ -97,9 +104,16 @@ def infer_input_axis(ir: IRGraph, value: Value, registry: Registry) -> int | Non
         declared = registry.rule(op.kind)
         axis = declared.axis_of_input(op) if declared is not None else None
         if axis is not None:
-            return origin[axis % rank]
+            found = origin[axis % rank]
+            return MADE_AXIS if found is None else found
         if op.kind == "permute" and len(op.outputs) == 1:
             origin = [origin[d % rank] for d in op.attrs["dims"]]
+            current = op.output
+            continue
+        inserted = _unit_axes_inserted(current.shape, op.output.shape) if op.kind == "reshape" \
+            and len(op.outputs) == 1 else None
+        if inserted is not None:
+            origin = [None if a is None else origin[a] for a in inserted]
             current = op.output
             continue
         if registry.is_elementwise(op.kind) and len(op.outputs) == 1 and op.output.shape == current.shape:
@@ -107,3 +121,23 @@ def infer_input_axis(ir: IRGraph, value: Value, registry: Registry) -> int | Non
             continue
         break
     return 1 if len(value.shape) >= 2 else 0
+
+
+def _unit_axes_inserted(before: tuple[int, ...], after: tuple[int, ...]) -> list[int | None] | None:
+    """For a reshape from ``before`` to ``after`` that only inserts axes of size 1: the axis of
+    ``before`` each axis of ``after`` is (None for an inserted one); None for any other reshape."""
+    before, after = tuple(before), tuple(after)
+    if len(after) <= len(before):
+        return None
+    mapped: list[int | None] = []
+    i = 0
+    for size in after:
+        if i < len(before) and size == before[i]:
+            mapped.append(i)
+            i += 1
+        elif size == 1:
+            mapped.append(None)
+        else:
+            return None
+    return mapped if i == len(before) else None
+

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import layout as L
-from .ir_analysis import infer_input_axis
+from .ir_analysis import MADE_AXIS, infer_input_axis
 
 if TYPE_CHECKING:
     from .context import LoweringContext
@@ -28,12 +28,15 @@ def create_inputs(ctx: LoweringContext) -> None:
                 ctx.integer_inputs[value.id] = int(node)
                 position += 1
             continue
-        size = value.shape[axis]
+        size = 1 if axis == MADE_AXIS else value.shape[axis]
         ids = ctx.builder.add_nodes(size, "input", depth=0)
         ctx.builder.pin(ids, torch.arange(position, position + size))
         ctx.io_nodes.update(ids.tolist())
         position += size
-        ctx.set_layout(value, L.for_axis(ids, len(value.shape), axis))
+        if axis == MADE_AXIS:  # one node for every entry (mono audio: its samples are positions)
+            ctx.set_layout(value, L.Layout(ids.view((1,) * len(value.shape))))
+        else:
+            ctx.set_layout(value, L.for_axis(ids, len(value.shape), axis))
 
 
 def pin_outputs(ctx: LoweringContext) -> None:

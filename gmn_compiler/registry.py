@@ -94,6 +94,9 @@ class OpKind:
     attaches_params: bool = False
     """The rule attaches every parameter operand through ``ctx.attach_param`` (so a parameter
     the model transforms elementwise or masks may reach it)."""
+    weight_norm: bool = False
+    """The rule encodes a weight-normalised weight (``ParamRef.weight_norm``: the stored ``v``
+    as its edges, the gain ``g`` attached beside them)."""
 
     def axis_of_input(self, op: "Op") -> int | None:
         return self.input_axis(op) if callable(self.input_axis) else self.input_axis
@@ -165,6 +168,11 @@ class Registry:
         entry = self.rules.get(kind)
         return bool(entry and (entry.elementwise or entry.attaches_params))
 
+    def takes_weight_norm(self, kind: str) -> bool:
+        """The rule of ``kind`` encodes weight-normalised weights (declared ``weight_norm=True``)."""
+        entry = self.rules.get(kind)
+        return bool(entry and entry.weight_norm)
+
     def view(self, kind: str) -> View | None:
         """How ``kind`` rearranges a tensor, when it is declared a view (see :attr:`OpKind.view`)."""
         entry = self.rules.get(kind)
@@ -201,7 +209,7 @@ class Registrar:
     def add_rule(self, kind: str, rule: Rule, *, inputs: tuple[str, ...] | None = None,
                  attributes: tuple[str, ...] | None = None, aliasing: bool = False,
                  elementwise: bool = False, input_axis: InputAxis = None, view: View | None = None,
-                 attaches_params: bool = False, override: bool = False) -> None:
+                 attaches_params: bool = False, weight_norm: bool = False, override: bool = False) -> None:
         """Declare the op kind ``kind``, lowered by ``rule(ctx, op)``; the core reads the rest
         of the declaration instead of knowing kinds by name:
 
@@ -218,13 +226,15 @@ class Registrar:
           the view) in both frontends;
         - ``attaches_params``: the rule attaches every parameter operand through
           ``ctx.attach_param``, which records a function the model applies to the parameter
-          first (``1 + w``, a constant mask); without it such a parameter is refused.
+          first (``1 + w``, a constant mask); without it such a parameter is refused;
+        - ``weight_norm``: the rule encodes a weight-normalised weight operand (see
+          :meth:`LoweringContext.attach_weight_norm_gain`); without it such a weight is refused.
         """
         if view is not None and not aliasing:
             raise ValueError(f"kind {kind!r}: a view must be declared aliasing=True")
         entry = OpKind(kind, rule, self.plugin, None if inputs is None else tuple(inputs),
                        None if attributes is None else tuple(attributes), aliasing, elementwise,
-                       input_axis, view, attaches_params)
+                       input_axis, view, attaches_params, weight_norm)
         _put(self._registry.rules, kind, entry, "kind", override)
 
     def add_node_role(self, name: str) -> None:

@@ -71,6 +71,7 @@ def lower_conv(ctx: LoweringContext, op: Op) -> None:
     spatial = None if pos is None else pos[src_index].view(src_index.shape + tail)
     etype = "conv_transpose" if transposed else "conv"
     ctx.add_edges(grid, src, dst, etype, param=weight, kernel=kernel, spatial=spatial)
+    ctx.attach_weight_norm_gain(weight, out_ids, 1 if transposed else 0, depth)
     if bias is not None:
         if not isinstance(bias, ParamRef):
             raise ctx.error("convolution bias must be a parameter")
@@ -159,7 +160,7 @@ def _onnx_conv_transpose(x: Any, weight: Any, bias: Any = None, group: int = 1, 
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
     # attributes stay open: ONNX Conv passes its own (pads, strides, auto_pad...) through
-    registry.add_rule("conv", lower_conv, inputs=("x", "weight", "bias"), input_axis=1)
+    registry.add_rule("conv", lower_conv, inputs=("x", "weight", "bias"), input_axis=1, weight_norm=True)
     for d in (1, 2, 3):
         registry.map_aten(f"aten.conv{d}d.default", "conv", _conv)
         registry.map_aten(f"aten.conv{d}d.padding", "conv", _conv)

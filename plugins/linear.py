@@ -38,6 +38,7 @@ def lower_linear(ctx: LoweringContext, op: Op) -> None:
     ctx.add_edges((out_features, in_features), ids.view(1, in_features),
                       out_ids.view(out_features, 1), "linear", param=weight,
                       spatial=None if pos is None else pos.view(1, in_features))
+    ctx.attach_weight_norm_gain(weight, out_ids, 0, depth)
     if bias is not None:
         bias_node = ctx.add_nodes(1, "bias", depth)
         ctx.add_edges((out_features,), bias_node, out_ids, "linear_bias",
@@ -104,7 +105,7 @@ def _contracted_axis(op: Op) -> int:
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
     registry.add_rule("linear", lower_linear, inputs=("x", "weight", "bias"), attributes=("axis",),
-                      input_axis=_contracted_axis)
+                      input_axis=_contracted_axis, weight_norm=True)
     registry.add_rule("matmul", lower_matmul, inputs=("a", "b", "bias"), attributes=("axis", "between_activations"),
                       input_axis=lambda op: _contracted_axis(op) if len(op.inputs) == 3 else None)
     registry.map_aten("aten.linear.default", "linear", _linear)

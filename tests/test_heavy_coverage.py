@@ -19,7 +19,6 @@ from real_models.checks import check
 pytestmark = pytest.mark.heavy
 
 REFUSED = {  # family -> what the compiler's one-line refusal names
-    "Wav2Vec2": "param_transform[aten._weight_norm.default]",
     # rotary embedding on the patch tokens only: cat([q_cls, rope(q_patches)]) along the tokens
     # gives the tokens neurons, and q @ k^T is refused
     "EVA": "contracting two activations whose row/column axes also carry neurons",

@@ -183,3 +183,51 @@ class ConcatenatedScale(nn.Module):
 def test_a_concatenation_of_parameters_used_otherwise_is_refused_in_one_line():
     with pytest.raises(gc.CompileError, match=r"param_transform\[aten.cat.default\]"):
         gc.compile(ConcatenatedScale().eval(), (X,))
+
+
+class WeightNormed(nn.Module):
+    """A 1-D conv with weight normalisation (Wav2Vec2's positional conv: ``dim=2``, the kernel
+    axis, grouped) or a linear layer (``dim=0``, per output unit), between two linear layers."""
+
+    def __init__(self, layer: str, dim: int):
+        super().__init__()
+        self.layer = layer
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+        inner = nn.Conv1d(4, 4, 3, padding=1, groups=2) if layer == "conv" else nn.Linear(4, 4)
+        self.inner = nn.utils.parametrizations.weight_norm(inner, dim=dim)
+
+    def forward(self, x):  # x: [batch, time, 3]
+        h = torch.relu(self.a(x))
+        if self.layer == "conv":
+            h = self.inner(h.transpose(1, 2)).transpose(1, 2)
+        else:
+            h = self.inner(h)
+        return self.b(torch.relu(h))
+
+
+@pytest.mark.parametrize("layer, dim", [("conv", 2), ("conv", 0), ("conv", -1), ("linear", 0)])
+def test_a_weight_normalised_layer_compiles_and_passes_the_oracles(layer, dim):
+    torch.manual_seed(0)
+    model, x = WeightNormed(layer, dim).eval(), torch.randn(2, 5, 3)
+    assert_oracles(model, (x,), trials=4)
+    pg = gc.compile(model, (x,))
+    names = [p.name for p in pg.params]
+    # the stored direction and gain are the edges; the computed weight is no parameter
+    assert "inner.parametrizations.weight.original0" in names and "inner.parametrizations.weight.original1" in names
+    report = gc.check_symmetry(model, (x,), trials=2, graph=pg)
+    assert any("inner" in what for what in report.symmetries_checked), report.symmetries_checked
+    # which kernel position each gain scales is part of the graph
+    if layer == "conv" and dim == 2:
+        other = WeightNormed(layer, dim).eval()
+        other.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            gain = other.inner.parametrizations.weight.original0
+            gain.copy_(gain.flip(-1))
+        assert not torch.allclose(model(x), other(x))
+        assert not canonical.isomorphic(pg, gc.compile(other, (x,)))
+
+
+def test_weight_normalisation_along_the_input_axis_is_refused_in_one_line():
+    model = WeightNormed("linear", 1).eval()
+    with pytest.raises(gc.CompileError, match="weight normalisation of .* along its input axis"):
+        gc.compile(model, (torch.randn(2, 5, 3),))

@@ -90,3 +90,15 @@ def _scalar(a: Any) -> bool:
 
 def _plain(a: Any) -> Any:
     return float(a) if isinstance(a, (int, float)) and not isinstance(a, bool) else a
+
+
+def weight_normalised(args: list[Any], kwargs: dict[str, Any]) -> ParamRef | None:
+    """``_weight_norm(v, g, dim)`` of two plain parameters: ``v`` carrying ``(g, dim)`` (see
+    ``ParamRef.weight_norm``). None for anything else."""
+    v, g = args[0], args[1] if len(args) > 1 else kwargs.get("g")
+    dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+    plain = all(isinstance(r, ParamRef) and not r.transform and r.mask is None and r.weight_norm is None
+                for r in (v, g))
+    if not plain or not isinstance(dim, int):
+        return None
+    return ParamRef(v.name, v.tensor, v.offsets, v.kind, (), None, (g, dim))

@@ -27,7 +27,7 @@ from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
 from .param_concat import ParamConcat, add_concat
 from .param_transforms import (ELEMENTWISE_PARAM_TRANSFORMS, MASKING_PARAM_TRANSFORMS, elementwise_transform,
-                               masked_transform)
+                               masked_transform, weight_normalised)
 from .checks import check_input_axes
 from .decompositions import trace_decomposition
 from .pt2_safe import load_exported_program
@@ -286,13 +286,25 @@ class _Converter:
         if not has_value and has_param and name in _CAST_TARGETS:
             ref = args[0]
             self.env[node.name] = ParamRef(ref.name, node.target(ref.tensor, *args[1:], **kwargs),
-                                           ref.offsets, ref.kind, ref.transform, ref.mask)
+                                           ref.offsets, ref.kind, ref.transform, ref.mask, ref.weight_norm)
             return
         if not has_value and has_param and name in ELEMENTWISE_PARAM_TRANSFORMS:
             transformed = elementwise_transform(name, args, kwargs)
             if transformed is not None:
                 self.env[node.name] = transformed
                 return
+        if name == "aten._weight_norm.default" and not has_value:
+            normed = weight_normalised(args, kwargs)
+            if normed is not None:  # v * g / ||v||: see ParamRef.weight_norm
+                self.env[node.name] = normed
+                return
+        if any(isinstance(x, ParamRef) and x.weight_norm is not None for x in leaves) \
+                and name not in _CAST_TARGETS and not self._takes_weight_norm(name):
+            outputs = self.values_for(node)
+            self.env[node.name] = outputs
+            outs = [v for v in (outputs if isinstance(outputs, list) else [outputs]) if isinstance(v, Value)]
+            self.ops.append(Op("param_transform[aten._weight_norm.default]", list(args), outs, {}, _location(node), name))
+            return
         if name == "aten.cat.default" and not has_value and has_param:
             concat = ParamConcat.of(args, kwargs)
             if concat is not None:  # a bias assembled from parameters (BEiT): see param_concat
@@ -350,6 +362,10 @@ class _Converter:
             self.ops.append(Op(f"param_transform[{steps}]", list(args), out_values, {}, location, name))
             return
         self.ops.append(Op(mapping.kind, inputs, out_values, attrs, location, name))
+
+    def _takes_weight_norm(self, name: str) -> bool:
+        mapping = self.registry.aten.get(name)
+        return mapping is not None and self.registry.takes_weight_norm(mapping.kind)
 
     def _concat_added(self, node: torch.fx.Node, name: str, args: list, kwargs: dict) -> bool:
         """``linear(x, W, cat(...))`` or ``x + cat(...)`` with a :class:`ParamConcat` of

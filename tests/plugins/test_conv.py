@@ -375,3 +375,23 @@ def test_transposed_conv_after_conv(dims, shape):
     flipped = permuted_copy(model, taps)
     assert functions_differ(model, flipped, inputs)
     assert_not_isomorphic(pg, gc.compile(flipped, inputs))
+
+
+class RawAudio(nn.Module):
+    """Wav2Vec2's feature extractor on raw audio ``[batch, samples]``: one conv channel made by
+    ``unsqueeze(1)``, so the input has no neuron axis (its samples are positions)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = nn.Conv1d(1, 4, 5, stride=2), nn.Linear(4, 2)
+
+    def forward(self, audio):
+        return self.out(torch.relu(self.conv(audio.unsqueeze(1))).mean(-1))
+
+
+def test_raw_audio_unsqueezed_into_one_channel_has_no_input_neurons():
+    model, audio = RawAudio().eval(), torch.randn(2, 40)
+    pg = assert_oracles(model, (audio,), trials=3)
+    # the samples are positions: one input node (the conv's single in-channel), not 40
+    inputs = pg.data.x[:, 0] == gc.schema.NODE_ROLES.index("input")
+    assert int(inputs.sum()) == 1
