@@ -39,6 +39,7 @@ class LoweringContext:
         self._origin: dict[int, int] = {}  # node made by fresh() -> the node it copies
         self.io_nodes: set[int] = set()  # nodes of model inputs and outputs
         self._anchored: set[int] = set()  # nodes a constant tells apart, and nodes mixing them
+        self._attached: dict[int, set[str]] = {}  # node -> edge types of parameters attached to it
         self.summary: dict[str, dict[str, int]] = {}
         self.integer_inputs: dict[int, int] = {}  # value id of an integer model input -> its node
         self.unit_classes = UnitClasses()  # nodes tied one-to-one (copies, elementwise pairs)
@@ -376,6 +377,15 @@ class LoweringContext:
         self.withdraw_symmetries(uniq)
         self.anchor(uniq)
 
+    def attached_param_types(self, nodes: torch.Tensor) -> set[str]:
+        """Edge types of the parameters :meth:`attach_param` attached to any of ``nodes``: a
+        rule attaching another parameter to the same nodes must first check that the two
+        operations commute (``(h + a) * w`` and ``h * w + a`` would otherwise look alike)."""
+        found: set[str] = set()
+        for node in torch.unique(nodes).tolist():
+            found |= self._attached.get(node, set())
+        return found
+
     def attach_weight_norm_gain(self, weight: ParamRef, out_ids: torch.Tensor, out_axis: int, depth: int) -> None:
         """For a weight-normalised ``weight`` (``ParamRef.weight_norm``; a no-op otherwise): its
         gain ``g`` as edges from one auxiliary node to the layer's output units ``out_ids`` (the
@@ -436,6 +446,8 @@ class LoweringContext:
                 stride *= grid[axis]
         elif lay.pos is not None and spatial is None:
             spatial = lay.pos
+        for node in torch.unique(lay.ids).tolist():
+            self._attached.setdefault(node, set()).add(etype)
         aux = self.builder.add_nodes(1, role, self.builder.depth_of(lay.ids.reshape(-1)))
         if ref.transform:  # an elementwise function of the stored values: named by the aux node
             steps = ("param_transform",) + ref.transform + _mask_signature(self, ref, lay)

@@ -215,6 +215,10 @@ def _free_axes_spelled_out(ctx: LoweringContext, a: Value | torch.Tensor, la: La
     return sorted(set(axes))
 
 
+_COMMUTING = ({"param_add", "param_sub_rhs"}, {"param_mul", "param_div_den"})
+"""Parameter operations that may share nodes in any order: ``h + a - b``, ``h * g / s``."""
+
+
 def _lower_param(ctx: LoweringContext, op: Op, x: Value, ref: ParamRef, param_is_lhs: bool) -> None:
     if op.kind not in PARAM_TYPES:
         raise ctx.error(f"{op.kind} with a parameter operand is not supported")
@@ -224,6 +228,11 @@ def _lower_param(ctx: LoweringContext, op: Op, x: Value, ref: ParamRef, param_is
     if layout is None:
         raise ctx.error(f"parameter {ref.name} combined with a value that carries no neurons")
     etype = PARAM_TYPES[op.kind][0 if param_is_lhs else 1]
+    before = ctx.attached_param_types(layout.ids)
+    if before and not any(before | {etype} <= group for group in _COMMUTING):
+        # the nodes already carry a parameter operation this one does not commute with: new
+        # nodes keep the order ((h + a) * w is not h * w + a)
+        layout = ctx.fresh(x, layout, "activation")
     ctx.attach_param(layout, op.output.shape, ref, etype, "param_operand")
     ctx.set_layout(op.output, L.align(layout, len(op.output.shape)))
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Unsupported, Value, hookimpl, layout as L
 
 # what a normalizer returns: the kind's canonical inputs and attrs
@@ -28,8 +30,12 @@ def lower_linear(ctx: LoweringContext, op: Op) -> None:
     if bias is not None and not isinstance(bias, ParamRef):
         raise ctx.error("linear bias must be a parameter")
     axis = op.attrs.get("axis", -1)
+    layout = ctx.require_layout(x)
+    if any(a != axis % len(x.shape) for a in L.align(layout, len(x.shape)).neuron_axes()):
+        _lower_copies(ctx, op, layout, weight, bias, axis % len(x.shape))
+        return
     try:
-        ids, pos = L.axis_entries(ctx.require_layout(x), x.shape, axis)
+        ids, pos = L.axis_entries(layout, x.shape, axis)
     except ValueError as exc:
         raise ctx.error(f"cannot contract axis {axis} of {x}: {exc}") from None
     out_features, in_features = weight.shape
@@ -45,6 +51,42 @@ def lower_linear(ctx: LoweringContext, op: Op) -> None:
                           param=bias.apply(lambda t: t.reshape(out_features)))
     ctx.declare_symmetry(out_ids, "hidden units of linear")
     ctx.set_layout(op.output, L.for_axis(out_ids, len(op.output.shape), axis))
+
+
+def _lower_copies(ctx: LoweringContext, op: Op, layout: L.Layout, weight: ParamRef, bias: ParamRef | None,
+                  axis: int) -> None:
+    """A linear layer applied along ``axis`` while other axes carry neurons: MLP-Mixer's token
+    mixing (``x.transpose(1, 2)`` through a linear over the tokens, the channels kept) and the
+    linear after it. Each index ``n`` of the other neuron axes gets its own copy of the layer
+    with the same weights: ``out[n, o] = sum_i W[o, i] x[n, i]``, reading ``x[n]``'s node at
+    each position ``i`` of a free axis (``spatial`` = ``i``) or its node ``i`` of a neuron
+    axis. The copies share the parameter (the builder ties their uses), and their hidden
+    units are tied one to one: hidden unit ``o`` moves in every copy alike."""
+    ndim = len(op.inputs[0].shape)
+    if layout.pos is not None:
+        raise ctx.error("a linear layer along one axis of a value whose other axes carry merged "
+                        "positions is not supported")
+    ids = L.align(layout, ndim).ids.movedim(axis, -1)
+    batch = tuple(ids.shape[:-1])
+    rows = ids.reshape(-1, ids.shape[-1])
+    out_features, in_features = weight.shape
+    free = rows.shape[1] == 1 and in_features > 1
+    spatial = torch.arange(in_features).view(1, in_features) if free else None
+    depth = ctx.depth_of(rows) + 1
+    out_ids = ctx.add_nodes(rows.shape[0] * out_features, "neuron", depth).view(rows.shape[0], out_features)
+    biases = None
+    if bias is not None:
+        biases = (ctx.add_nodes(1, "bias", depth), bias.apply(lambda t: t.reshape(out_features)))
+    for n, row in enumerate(rows):
+        ctx.add_edges((out_features, in_features), row.view(1, -1), out_ids[n].view(out_features, 1), "linear",
+                      param=weight, spatial=spatial)
+        ctx.attach_weight_norm_gain(weight, out_ids[n], 0, depth)
+        if biases is not None:
+            ctx.add_edges((out_features,), biases[0], out_ids[n], "linear_bias", param=biases[1])
+        if n:
+            ctx.tie_units(out_ids[0], out_ids[n])
+    ctx.declare_symmetry(out_ids[0], "hidden units of linear (one copy per index of the other neuron axes)")
+    ctx.set_layout(op.output, L.Layout(out_ids.view(batch + (out_features,)).movedim(-1, axis)))
 
 
 def _linear(x: Any, weight: Any, bias: Any = None) -> _Normalized:

@@ -231,3 +231,28 @@ def test_weight_normalisation_along_the_input_axis_is_refused_in_one_line():
     model = WeightNormed("linear", 1).eval()
     with pytest.raises(gc.CompileError, match="weight normalisation of .* along its input axis"):
         gc.compile(model, (torch.randn(2, 5, 3),))
+
+
+class ShapeOfParameter(nn.Module):
+    """``w.new_ones(n)`` reads only the parameter's dtype and device: a constant (Mamba builds
+    its scan state with ``A.new_zeros(...)``)."""
+
+    def __init__(self, spelling: str):
+        super().__init__()
+        self.spelling = spelling
+        self.a, self.out = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        ones = self.a.weight.new_ones(6) if self.spelling == "new_ones" else torch.ones(6)
+        return self.out(torch.relu(h + 2 * ones))
+
+
+def test_a_tensor_made_from_a_parameters_shape_is_a_constant():
+    torch.manual_seed(0)
+    model = ShapeOfParameter("new_ones").eval()
+    assert_oracles(model, (X,), trials=3)
+    pg = gc.compile(model, (X,))
+    plain = ShapeOfParameter("torch.ones").eval()
+    plain.load_state_dict(model.state_dict())
+    assert canonical.isomorphic(pg, gc.compile(plain, (X,)))

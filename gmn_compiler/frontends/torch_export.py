@@ -38,6 +38,11 @@ _MAX_CONSTANT = 1 << 22  # entries; larger constants are not materialised
 _MAX_DECOMPOSITION_DEPTH = 4  # an op without a rule decomposes into ops that may decompose…
 # Lookups into a parameter with constant indices: the result is a view of the parameter.
 _INDEX_TARGETS = {"aten.embedding.default"}
+# Ops that read only the shape, dtype and device of their tensor operand: on a parameter, the
+# result is a constant (Mamba's ``A.new_zeros(...)``).
+_SHAPE_ONLY_TARGETS = {"aten.new_zeros.default", "aten.new_ones.default", "aten.new_empty.default",
+                       "aten.new_full.default", "aten.zeros_like.default", "aten.ones_like.default",
+                       "aten.empty_like.default", "aten.full_like.default"}
 # Casts of a parameter view keep its provenance (offsets unchanged).
 _CAST_TARGETS = {"aten.to.dtype_layout", "aten.to.dtype", "aten.to.device", "aten._to_copy.default",
                  "aten.type_as.default"}
@@ -322,6 +327,9 @@ class _Converter:
             if masked is not None:
                 self.env[node.name] = masked
                 return
+        if has_param and name in _SHAPE_ONLY_TARGETS:  # ``a.new_zeros(...)``: no value read
+            args = [a.tensor.detach() if isinstance(a, ParamRef) else a for a in args]
+            has_param = False
         if not has_value and has_param and name in _INDEX_TARGETS and _constant_index(args) is not None:
             self.env[node.name] = self._lookup(args[0], _constant_index(args))
             return

@@ -491,3 +491,51 @@ def test_constant_tensor_times_a_value_of_integer_inputs_compiles_soundly():
 
     torch.manual_seed(0)
     assert_oracles(Masked(), (torch.randint(1, 10, (2, 5)),))
+
+
+class ParameterChain(nn.Module):
+    """MobileBERT's embeddings: ``(h + a) * w + b`` with three parameter vectors applied one
+    after another to a linear layer's output (``+ a`` a token-type row, then a NoNorm)."""
+
+    def __init__(self, order: str = "add-mul-add"):
+        super().__init__()
+        self.order = order
+        self.lin, self.out = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.a, self.w, self.b = (nn.Parameter(torch.randn(4)) for _ in range(3))
+
+    def forward(self, x):
+        h = self.lin(x)
+        if self.order == "add-mul-add":
+            h = (h + self.a) * self.w + self.b
+        elif self.order == "mul-add-add":  # the same three operations in another order
+            h = h * self.w + self.a + self.b
+        else:  # "add-add-mul"
+            h = (h + self.a + self.b) * self.w
+        return self.out(torch.relu(h))
+
+
+def test_parameter_operations_that_do_not_commute_keep_their_order():
+    """They all used to attach to the linear layer's nodes: (h + a) * w + b and h * w + a + b
+    compiled to isomorphic graphs, and an automorphism exchanged a and b (a false symmetry the
+    soundness oracle found on MobileBERT)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3)
+    graphs = {}
+    for order in ("add-mul-add", "mul-add-add", "add-add-mul"):
+        model = ParameterChain(order).eval()
+        assert_oracles(model, (x,), trials=4)
+        graphs[order] = gc.compile(model, (x,))
+    reference = ParameterChain("add-mul-add").eval()
+    for order in ("mul-add-add", "add-add-mul"):
+        other = ParameterChain(order).eval()
+        other.load_state_dict(reference.state_dict())
+        assert functions_differ(reference, other, (x,))
+        assert_not_isomorphic(graphs["add-mul-add"], graphs[order])
+    # exchanging a and b changes (h + a) * w + b: the graphs differ
+    swapped = ParameterChain().eval()
+    swapped.load_state_dict({**reference.state_dict(), "a": reference.b.detach(), "b": reference.a.detach()})
+    assert functions_differ(reference, swapped, (x,))
+    assert_not_isomorphic(graphs["add-mul-add"], gc.compile(swapped, (x,)))
+    # adds that commute still share the nodes: h + a + b is one set of nodes with two operands
+    commuting = gc.compile(ParameterChain("add-add-mul").eval(), (x,))
+    assert commuting.num_nodes < graphs["add-mul-add"].num_nodes

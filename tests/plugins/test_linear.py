@@ -15,7 +15,8 @@ from torch import nn
 
 import gmn_compiler as gc
 from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
-                     assert_round_trip, assert_same_function, permuted_copy)
+                     assert_round_trip, assert_same_function, functions_differ, permute_cols, permute_rows,
+                     permuted_copy)
 
 S = gc.schema
 ROLE, ACT = S.node_column("role"), S.node_column("activation")
@@ -241,3 +242,39 @@ def test_addmm_with_beta_is_rejected_not_miscompiled():
 
     with pytest.raises(gc.CompileError):
         gc.compile(Scaled(), (torch.randn(2, 4),))
+
+
+class TokenMixing(nn.Module):
+    """An MLP-Mixer block: a channel linear, then an MLP over the tokens (transpose, linear over
+    the token axis, GELU, linear back to the tokens, transpose), added to the stream, then a
+    channel MLP and a head."""
+
+    def __init__(self, tokens: int = 4, channels: int = 3, hidden: int = 5):
+        super().__init__()
+        self.embed = nn.Linear(2, channels)
+        self.fc1, self.fc2 = nn.Linear(tokens, hidden), nn.Linear(hidden, tokens)
+        self.head = nn.Linear(channels, 2)
+
+    def forward(self, x):  # [batch, tokens, 2]
+        h = self.embed(x)
+        mixed = self.fc2(torch.nn.functional.gelu(self.fc1(h.transpose(1, 2)))).transpose(1, 2)
+        return self.head(h + mixed).mean(1)
+
+
+def test_token_mixing_mlp_compiles_and_passes_the_oracles():
+    torch.manual_seed(0)
+    model, x = TokenMixing().eval(), torch.randn(2, 4, 2)
+    pg = assert_oracles(model, (x,), trials=4)
+    report = gc.check_symmetry(model, (x,), trials=2, graph=pg)
+    assert any(what.startswith("hidden units of linear (one copy") and "fc1" in what
+               for what in report.symmetries_checked), report.symmetries_checked
+    # the token MLP's hidden units permute (fc1 rows with fc2 columns) ...
+    p = torch.tensor([2, 0, 4, 1, 3])
+    permuted = permuted_copy(model, lambda m: (permute_rows(m.fc1, p), permute_cols(m.fc2, p)))
+    assert_same_function(model, permuted, (x,))
+    assert_isomorphic(pg, gc.compile(permuted, (x,)))
+    # ... the tokens do not: fc1's columns read fixed positions
+    t = torch.tensor([1, 0, 2, 3])
+    moved = permuted_copy(model, lambda m: permute_cols(m.fc1, t))
+    assert functions_differ(model, moved, (x,))
+    assert_not_isomorphic(pg, gc.compile(moved, (x,)))

@@ -196,3 +196,61 @@ def poolformer():
 @register("FastViT", "timm", "fastvit_t8")
 def fastvit():
     return _create("fastvit_t8", 32, layers=(1, 1, 1, 1), embed_dims=(8, 8, 16, 16))
+
+
+# ---------------------------------------------------------------- issue 20's families
+@register("ResMLP", "timm", "resmlp_12_224")
+def resmlp():
+    # Affine layers: addcmul(beta, alpha, x); token-mixing linear
+    from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock
+
+    model = MlpMixer(num_classes=5, img_size=16, patch_size=4, num_blocks=2, embed_dim=16, mlp_ratio=2,
+                     block_layer=ResBlock, norm_layer=Affine)
+    return randomized(model), (image(16),)
+
+
+@register("NF-ResNet", "timm", "nf_resnet26")
+def nf_resnet():
+    # ScaledStdConv2d: weight standardisation computed in forward
+    from timm.models import nfnet
+
+    cfg = replace(nfnet.model_cfgs["nf_resnet26"], depths=(1, 1, 1, 1), channels=(16, 16, 32, 32), stem_chs=8)
+    return randomized(nfnet.NormFreeNet(cfg, num_classes=5)), (image(16),)
+
+
+@register("EfficientNet (TF padding)", "timm", "tf_efficientnet_b0")
+def tf_efficientnet():
+    # Conv2dSame: asymmetric "SAME" padding computed in forward
+    from timm.models._efficientnet_builder import decode_arch_def
+    from timm.models.efficientnet import EfficientNet
+
+    arch = [["ds_r1_k3_s1_e1_c8_se0.25"], ["ir_r1_k3_s2_e6_c8_se0.25"], ["ir_r1_k5_s2_e6_c16_se0.25"]]
+    model = EfficientNet(decode_arch_def(arch), num_classes=5, stem_size=8, num_features=32, pad_type="same")
+    return randomized(model), (image(17),)
+
+
+@register("ConvNeXt-V2", "timm", "convnextv2_atto")
+def convnext_v2():
+    # global response normalisation
+    return _create("convnextv2_atto", 32, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16))
+
+
+@register("Res2Net", "timm", "res2net50_26w_4s")
+def res2net():
+    # hierarchical split / cat of channel groups inside each bottleneck
+    return _create("res2net50_26w_4s", 16, layers=(1, 1, 1, 1), channels=(16, 16, 32, 32), base_width=16,
+                   stem_width=8)
+
+
+@register("CoaT", "timm", "coat_lite_tiny")
+def coat():
+    # class token + convolutional position encoding concatenated along the tokens
+    return _create("coat_lite_tiny", 32, img_size=32, embed_dims=(8, 16, 16, 16), serial_depths=(1, 1, 1, 1),
+                   num_heads=2, mlp_ratios=(2, 2, 2, 2), crpe_window={3: 2})
+
+
+@register("EdgeNeXt", "timm", "edgenext_xx_small")
+def edgenext():
+    # a conv over Fourier position features computed from constants
+    return _create("edgenext_xx_small", 32, depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), heads=(2, 2, 2, 2),
+                   d2_scales=(2, 2, 2, 2))

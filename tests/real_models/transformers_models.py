@@ -166,3 +166,56 @@ def wav2vec2():
     audio = torch.randn(1, 200, generator=torch.Generator().manual_seed(1))
     return hf(tf().Wav2Vec2Model(config), (audio,), names=("input_values",))
 
+
+
+# ---------------------------------------------------------------- issue 20's families
+@register("Gemma", "transformers", "GemmaModel")
+def gemma():
+    # RMSNorm scaled by (1 + weight)
+    return hf(tf().GemmaModel(tf().GemmaConfig(**_grouped_query())), _ids())
+
+
+@register("Mamba", "transformers", "MambaModel")
+def mamba():
+    # A = -exp(A_log); the selective scan unrolled (no CUDA kernels on the CPU)
+    config = tf().MambaConfig(hidden_size=WIDTH, state_size=4, num_hidden_layers=1, vocab_size=VOCAB,
+                              expand=2, conv_kernel=3, time_step_rank=2, use_cache=False)
+    return hf(tf().MambaModel(config), _ids())
+
+
+@register("MobileBERT", "transformers", "MobileBertModel")
+def mobilebert():
+    # trigram embeddings: shifted copies of the sequence padded with zeros along the tokens
+    config = tf().MobileBertConfig(hidden_size=WIDTH, embedding_size=8, num_hidden_layers=1, num_attention_heads=HEADS,
+                                   intermediate_size=FFN, intra_bottleneck_size=8, true_hidden_size=8,
+                                   num_feedforward_networks=1, vocab_size=VOCAB, max_position_embeddings=POSITIONS)
+    return hf(tf().MobileBertModel(config, add_pooling_layer=False), _ids())
+
+
+@register("DeBERTa-v2", "transformers", "DebertaV2Model")
+def deberta_v2():
+    # disentangled attention: relative positions through gather / ceil / where
+    config = tf().DebertaV2Config(num_hidden_layers=1, max_position_embeddings=POSITIONS, position_buckets=4,
+                                  max_relative_positions=8, relative_attention=True, **TINY)
+    return hf(tf().DebertaV2Model(config), _ids())
+
+
+@register("Mixtral", "transformers", "MixtralModel")
+def mixtral():
+    # a mixture of experts: top-k routing
+    config = tf().MixtralConfig(**_grouped_query(num_local_experts=4, num_experts_per_tok=2))
+    return hf(tf().MixtralModel(config), _ids())
+
+
+@register("GPT-BigCode", "transformers", "GPTBigCodeModel")
+def gpt_bigcode():
+    # multi-query attention with a fused c_attn
+    config = tf().GPTBigCodeConfig(n_layer=1, n_head=HEADS, n_embd=WIDTH, vocab_size=VOCAB, n_positions=POSITIONS,
+                                   multi_query=True, use_cache=False)
+    return hf(tf().GPTBigCodeModel(config), _ids())
+
+
+@register("ELECTRA", "transformers", "ElectraModel")
+def electra():
+    config = tf().ElectraConfig(embedding_size=8, num_hidden_layers=1, max_position_embeddings=POSITIONS, **TINY)
+    return hf(tf().ElectraModel(config), _ids())
