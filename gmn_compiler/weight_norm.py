@@ -1,6 +1,8 @@
 """Weight normalisation (``torch.nn.utils.parametrizations.weight_norm``): the model stores a
 direction ``v`` and a gain ``g`` and computes its weight as ``v * g / ||v||``, the norm over
-every axis but ``dim`` (``dim=-1``: over all of ``v``).
+every axis but ``dim`` (``dim=-1``: over all of ``v``). Weight standardisation (timm's
+``ScaledStdConv2d``, NF-Nets) is the same shape of computation: each output unit's weights
+centred and scaled to unit variance, times a per-unit gain.
 
 A layer whose weight is normalised keeps ``v`` as its weight edges (what the checkpoint holds;
 round trips stay exact), and the gain becomes edges from one auxiliary node, named by the
@@ -30,9 +32,15 @@ def attach_gain(ctx: "LoweringContext", weight: ParamRef, out_ids: torch.Tensor,
     the weight's axes from 2 on."""
     if weight.weight_norm is None:
         return
-    g, dim = weight.weight_norm
+    g, how = weight.weight_norm
     ndim = weight.tensor.dim()
-    dim = -1 if dim == -1 else dim % ndim
+    if isinstance(how, tuple):  # ("standardise", eps): per output unit, over everything else
+        if weight.shape[out_axis] != g.tensor.numel():
+            raise ctx.error(f"weight standardisation of {weight.name}: the gain does not match its output units")
+        dim, sig = out_axis, ("weight_standardisation", how[1], ndim)
+    else:
+        dim = -1 if how == -1 else how % ndim
+        sig = ("weight_norm", dim, ndim)
     c_out = out_ids.numel()
     kernel_shape = tuple(weight.shape[2:])
     grid: tuple[int, ...]
@@ -50,6 +58,8 @@ def attach_gain(ctx: "LoweringContext", weight: ParamRef, out_ids: torch.Tensor,
     else:
         raise ctx.error(f"weight normalisation of {weight.name} along its input axis ({dim}) is not supported")
     node = ctx.add_nodes(1, "param_operand", depth)
-    ctx.builder.node_column("signature")[node] = L.signature_id(("weight_norm", dim, ndim))
+    # a function the model applies to the gain first (``gain * scale``) is part of the name
+    ctx.builder.node_column("signature")[node] = L.signature_id(sig + g.transform)
+    gain = ParamRef(gain.name, gain.tensor, gain.offsets, gain.kind)
     dst = out_ids.view((c_out,) + (1,) * (len(grid) - 1))
     ctx.add_edges(grid, node, dst, "param_mul", param=gain, kernel=kernel)

@@ -80,11 +80,11 @@ def lower_reduce(ctx: LoweringContext, op: Op) -> None:
             return
         ctx.set_layout(op.outputs[0], _combine(ctx, op, layout, dims, keepdim))
         return
-    if op.attrs["mode"] == "norm":
-        raise ctx.error("a vector norm over axes without neurons (per-neuron norm over positions) "
-                        "is not supported; write a plugin rule for it")
+    # over positions only: one value per unit, a function of that unit's entries (a norm over
+    # positions is ConvNeXt-V2's global response normalisation)
     sig = ("reduce", op.attrs["mode"], tuple(d - ndim for d in dims))  # axes from the end
-    out = ctx.derive(x, _MODE_ACTIVATION[op.attrs["mode"]], "pool", sig=sig)
+    activation = "sqrt" if op.attrs["mode"] == "norm" else _MODE_ACTIVATION[op.attrs["mode"]]
+    out = ctx.derive(x, activation, "pool", sig=sig)
     assert out is not None  # x has a layout (checked above)
     if not keepdim:  # the reduced axes are free (size 1 in the id tensor): drop them
         kept = [i for i in range(ndim) if i not in dims]

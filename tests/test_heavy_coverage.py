@@ -20,8 +20,6 @@ pytestmark = pytest.mark.heavy
 
 REFUSED = {  # family -> what the compiler's one-line refusal names
     # issue 20's families still refused
-    "NF-ResNet": "param_transform[aten.batch_norm.default]",  # weight standardisation in forward
-    "ConvNeXt-V2": "a vector norm over axes without neurons",  # global response normalisation
     "CoaT": "other axes carry merged positions",  # class token + conv position encoding
     "EdgeNeXt": "param_transform[aten.conv2d.default]",  # a conv over constant Fourier features
     "Mamba": "contracting two activations whose row/column axes also carry neurons",  # the scan

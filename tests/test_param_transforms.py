@@ -256,3 +256,37 @@ def test_a_tensor_made_from_a_parameters_shape_is_a_constant():
     plain = ShapeOfParameter("torch.ones").eval()
     plain.load_state_dict(model.state_dict())
     assert canonical.isomorphic(pg, gc.compile(plain, (X,)))
+
+
+class StandardisedConv(nn.Module):
+    """NF-ResNet's ``ScaledStdConv2d``: each output channel's weights standardised in
+    ``forward`` (``batch_norm`` over the reshaped weight, training mode), times a gain and a
+    fixed scale, then the convolution."""
+
+    def __init__(self, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.stem, self.head = nn.Conv2d(2, 4, 1), nn.Linear(3, 2)
+        self.weight = nn.Parameter(torch.randn(3, 4, 3, 3))
+        self.gain = nn.Parameter(torch.randn(3, 1, 1, 1))
+
+    def forward(self, x):
+        w = nn.functional.batch_norm(self.weight.reshape(1, 3, -1), None, None, weight=(self.gain * 0.5).view(-1),
+                                     training=True, momentum=0.0, eps=self.eps).reshape_as(self.weight)
+        h = nn.functional.conv2d(torch.relu(self.stem(x)), w, padding=1)
+        return self.head(torch.relu(h).mean((2, 3)))
+
+
+def test_a_standardised_weight_compiles_and_passes_the_oracles():
+    torch.manual_seed(0)
+    model, x = StandardisedConv().eval(), torch.randn(2, 2, 4, 4)
+    assert_oracles(model, (x,), trials=4)
+    pg = gc.compile(model, (x,))
+    report = gc.check_symmetry(model, (x,), trials=2, graph=pg)
+    assert any(what.startswith("output channels of conv at stem") for what in report.symmetries_checked)
+    assert {"weight", "gain"} <= {p.name for p in pg.params}
+    # eps is part of the function and of the graph
+    other = StandardisedConv(eps=0.5).eval()
+    other.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(x), other(x))
+    assert not canonical.isomorphic(pg, gc.compile(other, (x,)))

@@ -102,3 +102,25 @@ def weight_normalised(args: list[Any], kwargs: dict[str, Any]) -> ParamRef | Non
     if not plain or not isinstance(dim, int):
         return None
     return ParamRef(v.name, v.tensor, v.offsets, v.kind, (), None, (g, dim))
+
+
+def weight_standardised(args: list[Any], kwargs: dict[str, Any]) -> ParamRef | None:
+    """``batch_norm(w.reshape(1, O, -1), gain, None, None, None, training=True, ...)`` on a
+    parameter ``w`` (timm's ``ScaledStdConv2d``: each output unit's weights standardised, times
+    a gain): ``w.reshape(1, O, -1)`` carrying ``(gain, ("standardise", eps))`` (see
+    ``ParamRef.weight_norm``), which a reshape back to ``w``'s shape keeps. None otherwise."""
+    names = ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps")
+    given = dict(zip(names, args), **{k: v for k, v in kwargs.items() if k in names})
+    ref, gain = given.get("input"), given.get("weight")
+    if not (isinstance(ref, ParamRef) and isinstance(gain, ParamRef) and given.get("training") is True
+            and given.get("bias") is None and given.get("running_mean") is None and given.get("running_var") is None):
+        return None
+    if ref.transform or ref.mask is not None or ref.weight_norm is not None or gain.mask is not None:
+        return None
+    if ref.tensor.dim() != 3 or ref.shape[0] != 1 or gain.tensor.numel() != ref.shape[1]:
+        return None
+    whole = torch.arange(ref.tensor.numel()).view(ref.shape)
+    if not torch.equal(ref.flat_offsets(), whole):  # every entry of w, rows in order
+        return None
+    how = ("standardise", float(given.get("eps", 1e-5)))
+    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, (), None, (gain, how))

@@ -27,7 +27,7 @@ from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
 from .param_concat import ParamConcat, add_concat
 from .param_transforms import (ELEMENTWISE_PARAM_TRANSFORMS, MASKING_PARAM_TRANSFORMS, elementwise_transform,
-                               masked_transform, weight_normalised)
+                               masked_transform, weight_normalised, weight_standardised)
 from .checks import check_input_axes
 from .decompositions import trace_decomposition
 from .pt2_safe import load_exported_program
@@ -46,6 +46,18 @@ _SHAPE_ONLY_TARGETS = {"aten.new_zeros.default", "aten.new_ones.default", "aten.
 # Casts of a parameter view keep its provenance (offsets unchanged).
 _CAST_TARGETS = {"aten.to.dtype_layout", "aten.to.dtype", "aten.to.device", "aten._to_copy.default",
                  "aten.type_as.default"}
+
+
+def _rows_kept(ref: ParamRef, name: str, node: torch.fx.Node) -> bool:
+    """A reshape of a standardised weight ``(1, O, K)`` back to ``(O, ...)``: its rows (output
+    units) stay whole and in order, which is all the standardisation needs."""
+    val = node.meta.get("val")
+    return (isinstance(ref.weight_norm[1], tuple) and name in _RESHAPE_BACK and isinstance(val, torch.Tensor)
+            and ref.tensor.dim() == 3 and val.dim() >= 2 and int(val.shape[0]) == ref.shape[1])
+
+
+_AS_TARGETS = {"aten.reshape_as.default", "aten.view_as.default", "aten.expand_as.default"}
+_RESHAPE_BACK = {"aten.reshape_as.default", "aten.reshape.default", "aten.view.default", "aten._unsafe_view.default"}
 
 
 def _constant_index(args) -> torch.Tensor | None:
@@ -280,6 +292,8 @@ class _Converter:
         name = target_name(node.target)
         if name in _NO_OP_TARGETS:
             return
+        if name in _AS_TARGETS and len(args) > 1 and isinstance(args[1], ParamRef):
+            args = [args[0], args[1].tensor.detach()]  # ``w2.reshape_as(w)`` reads w's shape only
         leaves = torch.utils._pytree.tree_leaves((args, kwargs))
         has_param = any(isinstance(x, ParamRef) for x in leaves)
         # values computed from constants only (position ids, masks) count as constants
@@ -298,17 +312,19 @@ class _Converter:
             if transformed is not None:
                 self.env[node.name] = transformed
                 return
-        if name == "aten._weight_norm.default" and not has_value:
-            normed = weight_normalised(args, kwargs)
+        if name in ("aten._weight_norm.default", "aten.batch_norm.default") and not has_value:
+            normed = (weight_normalised if name == "aten._weight_norm.default" else weight_standardised)(args, kwargs)
             if normed is not None:  # v * g / ||v||: see ParamRef.weight_norm
                 self.env[node.name] = normed
                 return
-        if any(isinstance(x, ParamRef) and x.weight_norm is not None for x in leaves) \
-                and name not in _CAST_TARGETS and not self._takes_weight_norm(name):
+        normed = [x for x in leaves if isinstance(x, ParamRef) and x.weight_norm is not None]
+        if normed and name not in _CAST_TARGETS and not self._takes_weight_norm(name) \
+                and not _rows_kept(normed[0], name, node):
             outputs = self.values_for(node)
             self.env[node.name] = outputs
             outs = [v for v in (outputs if isinstance(outputs, list) else [outputs]) if isinstance(v, Value)]
-            self.ops.append(Op("param_transform[aten._weight_norm.default]", list(args), outs, {}, _location(node), name))
+            made = "batch_norm" if isinstance(normed[0].weight_norm[1], tuple) else "_weight_norm"
+            self.ops.append(Op(f"param_transform[aten.{made}.default]", list(args), outs, {}, _location(node), name))
             return
         if name == "aten.cat.default" and not has_value and has_param:
             concat = ParamConcat.of(args, kwargs)

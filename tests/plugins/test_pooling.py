@@ -271,3 +271,43 @@ def test_pooling_arguments_left_out_take_their_defaults():
     torch.manual_seed(0)
     explicit = gc.compile(_Pooled(lambda h: F.max_pool2d(h, 3, 1, 1, 2, ceil_mode=False)), x)
     assert_isomorphic(short, explicit)
+
+
+class ResponseNorm(nn.Module):
+    """ConvNeXt-V2's global response normalisation: the 2-norm of each channel over the
+    positions, divided by its mean over the channels, scales the input (``x * (g * n + 1) + b``)."""
+
+    def __init__(self, over: str = "positions"):
+        super().__init__()
+        self.over = over
+        self.conv, self.out = nn.Conv2d(2, 4, 1), nn.Linear(4, 2)
+        self.gamma, self.beta = nn.Parameter(torch.randn(4, 1, 1)), nn.Parameter(torch.randn(4, 1, 1))
+
+    def forward(self, x):
+        h = self.conv(x)
+        if self.over == "positions":
+            g = torch.linalg.vector_norm(h, ord=2, dim=(2, 3), keepdim=True)
+        else:  # a sum of squares: the same units and positions, another function
+            g = h.pow(2).sum(dim=(2, 3), keepdim=True)
+        n = g / (g.mean(dim=1, keepdim=True) + 1e-6)
+        return self.out((h + self.gamma * (h * n) + self.beta).mean((2, 3)))
+
+
+def test_a_vector_norm_over_positions_is_one_value_per_unit():
+    torch.manual_seed(0)
+    model, x = ResponseNorm().eval(), torch.randn(2, 2, 3, 3)
+    pg = assert_oracles(model, (x,), trials=4)
+    p = torch.tensor([2, 0, 3, 1])
+
+    def permute(m):
+        permute_rows(m.conv, p)
+        permute_cols(m.out, p)
+        m.gamma.copy_(m.gamma[p])
+        m.beta.copy_(m.beta[p])
+    permuted = permuted_copy(model, permute)
+    assert_same_function(model, permuted, (x,))
+    assert_isomorphic(pg, gc.compile(permuted, (x,)))
+    squares = ResponseNorm("squares").eval()
+    squares.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(x), squares(x))
+    assert_not_isomorphic(pg, gc.compile(squares, (x,)))
