@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..ir import ParamRef, Value
+from ..errors import Unsupported
+from ..ir import Op, ParamRef, Value
 
 
 @dataclass(eq=False)
@@ -75,3 +76,41 @@ def add_concat(x: Value, concat: ParamConcat, emit: Callable[[str, tuple, list[V
     emit("aten.cat.default", (pieces, axis), [out])
     return out
 
+
+def concat_used(converter: Any, node: torch.fx.Node, name: str, args: list, kwargs: dict, location: str) -> bool:
+    """``linear(x, W, cat(...))`` or ``x + cat(...)`` with a :class:`ParamConcat` of
+    parameters: emitted piece by piece (:func:`add_concat`) into ``converter`` (the torch
+    frontend: its ``registry``, ``ops``, ``env``, ``new_value``). False for any other use."""
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return False
+
+    made = []
+
+    def new_value(shape: tuple[int, ...], dtype: torch.dtype) -> Value:
+        made.append(converter.new_value(torch.empty(shape, dtype=dtype, device="meta"), f"{node.name}.{len(made)}"))
+        return made[-1]
+
+    def emit(target: str, operands: tuple, outs: list[Value]) -> None:
+        mapping = converter.registry.aten[target]
+        try:
+            inputs, attrs = mapping.normalized(*operands)
+        except Unsupported as refusal:
+            converter.ops.append(Op(mapping.kind, list(operands), outs, {}, location, target,
+                               unsupported=refusal.reason))
+            return
+        converter.ops.append(Op(mapping.kind, inputs, outs, attrs, location, target))
+
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    if name == "aten.linear.default" and isinstance(bias, ParamConcat) and isinstance(args[0], Value) \
+            and isinstance(args[1], ParamRef) and not args[1].transform:
+        h = new_value(tuple(val.shape), val.dtype)
+        emit(name, (args[0], args[1], None), [h])
+        converter.env[node.name] = add_concat(h, bias, emit, new_value)
+        return True
+    if name == "aten.add.Tensor" and len(args) == 2 and not kwargs:
+        x, concat = args if isinstance(args[1], ParamConcat) else args[::-1]
+        if isinstance(x, Value) and isinstance(concat, ParamConcat) and tuple(x.shape) == tuple(val.shape):
+            converter.env[node.name] = add_concat(x, concat, emit, new_value)
+            return True
+    return False

@@ -25,7 +25,7 @@ from ..ir import IRGraph, Op, ParamRef, Value
 from ..ir_patterns import normalize
 from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
-from .param_concat import ParamConcat, add_concat
+from .param_concat import ParamConcat, concat_used
 from .param_transforms import (ELEMENTWISE_PARAM_TRANSFORMS, MASKING_PARAM_TRANSFORMS, elementwise_transform,
                                masked_transform, weight_normalised, weight_standardised)
 from .checks import check_input_axes
@@ -314,17 +314,14 @@ class _Converter:
                 return
         if name in ("aten._weight_norm.default", "aten.batch_norm.default") and not has_value:
             normed = (weight_normalised if name == "aten._weight_norm.default" else weight_standardised)(args, kwargs)
-            if normed is not None:  # v * g / ||v||: see ParamRef.weight_norm
+            if normed is not None:  # v * g / ||v||, or standardised rows: see ParamRef.weight_norm
                 self.env[node.name] = normed
                 return
         normed = [x for x in leaves if isinstance(x, ParamRef) and x.weight_norm is not None]
         if normed and name not in _CAST_TARGETS and not self._takes_weight_norm(name) \
                 and not _rows_kept(normed[0], name, node):
-            outputs = self.values_for(node)
-            self.env[node.name] = outputs
-            outs = [v for v in (outputs if isinstance(outputs, list) else [outputs]) if isinstance(v, Value)]
             made = "batch_norm" if isinstance(normed[0].weight_norm[1], tuple) else "_weight_norm"
-            self.ops.append(Op(f"param_transform[aten.{made}.default]", list(args), outs, {}, _location(node), name))
+            self._refuse_transform(node, name, args, f"aten.{made}.default")
             return
         if name == "aten.cat.default" and not has_value and has_param:
             concat = ParamConcat.of(args, kwargs)
@@ -332,11 +329,8 @@ class _Converter:
                 self.env[node.name] = concat
                 return
         if any(isinstance(x, ParamConcat) for x in leaves):
-            if not self._concat_added(node, name, args, kwargs):
-                outputs = self.values_for(node)
-                self.env[node.name] = outputs
-                outs = [v for v in (outputs if isinstance(outputs, list) else [outputs]) if isinstance(v, Value)]
-                self.ops.append(Op("param_transform[aten.cat.default]", list(args), outs, {}, _location(node), name))
+            if not concat_used(self, node, name, args, kwargs, _location(node)):
+                self._refuse_transform(node, name, args, "aten.cat.default")
             return
         if not has_value and has_param and name in MASKING_PARAM_TRANSFORMS:
             masked = masked_transform(name, args, kwargs)
@@ -387,47 +381,17 @@ class _Converter:
             return
         self.ops.append(Op(mapping.kind, inputs, out_values, attrs, location, name))
 
+    def _refuse_transform(self, node: torch.fx.Node, name: str, args: list, what: str) -> None:
+        """An op on a parameter the model transformed in a way this op's rule cannot encode:
+        a ``param_transform[what]`` refusal (reported with every other one)."""
+        outputs = self.values_for(node)
+        self.env[node.name] = outputs
+        outs = [v for v in (outputs if isinstance(outputs, list) else [outputs]) if isinstance(v, Value)]
+        self.ops.append(Op(f"param_transform[{what}]", list(args), outs, {}, _location(node), name))
+
     def _takes_weight_norm(self, name: str) -> bool:
         mapping = self.registry.aten.get(name)
         return mapping is not None and self.registry.takes_weight_norm(mapping.kind)
-
-    def _concat_added(self, node: torch.fx.Node, name: str, args: list, kwargs: dict) -> bool:
-        """``linear(x, W, cat(...))`` or ``x + cat(...)`` with a :class:`ParamConcat` of
-        parameters: emitted piece by piece (:func:`add_concat`). False for any other use."""
-        location = _location(node)
-        val = node.meta.get("val")
-        if not isinstance(val, torch.Tensor):
-            return False
-
-        made = []
-
-        def new_value(shape: tuple[int, ...], dtype: torch.dtype) -> Value:
-            made.append(self.new_value(torch.empty(shape, dtype=dtype, device="meta"), f"{node.name}.{len(made)}"))
-            return made[-1]
-
-        def emit(target: str, operands: tuple, outs: list[Value]) -> None:
-            mapping = self.registry.aten[target]
-            try:
-                inputs, attrs = mapping.normalized(*operands)
-            except Unsupported as refusal:
-                self.ops.append(Op(mapping.kind, list(operands), outs, {}, location, target,
-                                   unsupported=refusal.reason))
-                return
-            self.ops.append(Op(mapping.kind, inputs, outs, attrs, location, target))
-
-        bias = args[2] if len(args) > 2 else kwargs.get("bias")
-        if name == "aten.linear.default" and isinstance(bias, ParamConcat) and isinstance(args[0], Value) \
-                and isinstance(args[1], ParamRef) and not args[1].transform:
-            h = new_value(tuple(val.shape), val.dtype)
-            emit(name, (args[0], args[1], None), [h])
-            self.env[node.name] = add_concat(h, bias, emit, new_value)
-            return True
-        if name == "aten.add.Tensor" and len(args) == 2 and not kwargs:
-            x, concat = args if isinstance(args[1], ParamConcat) else args[::-1]
-            if isinstance(x, Value) and isinstance(concat, ParamConcat) and tuple(x.shape) == tuple(val.shape):
-                self.env[node.name] = add_concat(x, concat, emit, new_value)
-                return True
-        return False
 
     def _convert_decomposed(self, node: torch.fx.Node) -> bool:
         """Convert an op that has no rule through the ops PyTorch decomposes it into (see
