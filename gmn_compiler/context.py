@@ -40,6 +40,7 @@ class LoweringContext:
         self.io_nodes: set[int] = set()  # nodes of model inputs and outputs
         self._anchored: set[int] = set()  # nodes a constant tells apart, and nodes mixing them
         self._attached: dict[int, set[str]] = {}  # node -> edge types of parameters attached to it
+        self._constant_layouts: dict[tuple[int, int], Layout] = {}  # constants read by layers
         self.summary: dict[str, dict[str, int]] = {}
         self.integer_inputs: dict[int, int] = {}  # value id of an integer model input -> its node
         self.unit_classes = UnitClasses()  # nodes tied one-to-one (copies, elementwise pairs)
@@ -127,12 +128,34 @@ class LoweringContext:
     def _in_aliasing_op(self) -> bool:
         return self.op is not None and self.registry.is_aliasing(self.op.kind)
 
-    def require_layout(self, value: Value) -> Layout:
+    def require_layout(self, value: Value, constant_axis: int | None = None) -> Layout:
+        """The layout of ``value``, which must carry neurons. With ``constant_axis``, a value
+        computed from constants only whose entries are known (Fourier position features a
+        conv reads) gets one pinned node per index of that axis, named by the constant's
+        content: data the model fixed, which no permutation may move."""
         found = self.layout(value)
+        if found is None and constant_axis is not None and value.constant is not None:
+            found = self._constant_nodes(value, constant_axis)
         if found is None:
             raise self.error(f"operand {value} carries no neurons (it is invariant to every "
                              "permutation), so this op cannot attach weights to it")
         return found
+
+    def _constant_nodes(self, value: Value, axis: int) -> Layout:
+        assert value.constant is not None
+        axis %= len(value.shape)
+        known = self._constant_layouts.get((value.id, axis))
+        if known is not None:  # read by several layers: the same nodes
+            return known
+        size = value.shape[axis]
+        ids = self.builder.add_nodes(size, "input", depth=0)
+        self.builder.pin(ids, torch.arange(size))
+        content = L.signature_id(("constant operand", axis, tuple(value.shape), L.content_digest(value.constant)))
+        self.builder.node_column("signature")[ids] = content
+        self._anchored.update(ids.tolist())
+        layout = L.for_axis(ids, len(value.shape), axis)
+        self._constant_layouts[(value.id, axis)] = layout  # not its layout: other ops see a constant
+        return layout
 
     def set_layout(self, value: Value, layout: Layout | None) -> None:
         if layout is not None and layout.ndim != len(value.shape):

@@ -36,7 +36,7 @@ def lower_conv(ctx: LoweringContext, op: Op) -> None:
         raise ctx.error(f"{spatial_dims}-D convolution: at most 3 kernel dimensions are encoded")
     channel_axis = len(x.shape) - spatial_dims - 1
     try:
-        ids, pos = L.axis_entries(ctx.require_layout(x), x.shape, channel_axis)
+        ids, pos = L.axis_entries(ctx.require_layout(x, constant_axis=channel_axis), x.shape, channel_axis)
     except ValueError as exc:
         raise ctx.error(f"convolution input {x}: {exc}") from None
     kernel_shape = tuple(weight.shape[2:])

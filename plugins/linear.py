@@ -30,7 +30,7 @@ def lower_linear(ctx: LoweringContext, op: Op) -> None:
     if bias is not None and not isinstance(bias, ParamRef):
         raise ctx.error("linear bias must be a parameter")
     axis = op.attrs.get("axis", -1)
-    layout = ctx.require_layout(x)
+    layout = ctx.require_layout(x, constant_axis=axis)
     if any(a != axis % len(x.shape) for a in L.align(layout, len(x.shape)).neuron_axes()):
         _lower_copies(ctx, op, layout, weight, bias, axis % len(x.shape))
         return

@@ -359,10 +359,10 @@ class _Converter:
             self._evaluate_constant(node, args, kwargs, out_values)
             self.ops.append(Op("constant", [], out_values, {}, location, name))
             return
-        if not has_value:
+        mapping = self.registry.aten.get(name)
+        if not has_value and not self._reads_constant(mapping, args):
             self.ops.append(Op(f"param_transform[{name}]", list(args), out_values, {}, location, name))
             return
-        mapping = self.registry.aten.get(name)
         if mapping is None:
             self.ops.append(Op(name, list(args), out_values, dict(kwargs), location, name))
             return
@@ -388,6 +388,15 @@ class _Converter:
         self.env[node.name] = outputs
         outs = [v for v in (outputs if isinstance(outputs, list) else [outputs]) if isinstance(v, Value)]
         self.ops.append(Op(f"param_transform[{what}]", list(args), outs, {}, _location(node), name))
+
+    def _reads_constant(self, mapping: Any, args: list) -> bool:
+        """A layer (a kind that names the neuron axis of what it reads: conv, linear) applied to
+        a constant with known values (EdgeNeXt's conv over Fourier position features): its rule
+        gives the constant pinned nodes (``ctx.require_layout(x, constant_axis=...)``)."""
+        rule = self.registry.rule(mapping.kind) if mapping is not None else None
+        first = args[0] if args else None
+        return (rule is not None and rule.input_axis is not None and isinstance(first, Value)
+                and first.constant is not None)
 
     def _takes_weight_norm(self, name: str) -> bool:
         mapping = self.registry.aten.get(name)

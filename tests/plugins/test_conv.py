@@ -395,3 +395,36 @@ def test_raw_audio_unsqueezed_into_one_channel_has_no_input_neurons():
     # the samples are positions: one input node (the conv's single in-channel), not 40
     inputs = pg.data.x[:, 0] == gc.schema.NODE_ROLES.index("input")
     assert int(inputs.sum()) == 1
+
+
+class FourierPositions(nn.Module):
+    """EdgeNeXt's positional encoding: a 1x1 conv over sin/cos features of the pixel grid (a
+    constant computed in ``forward``), added to the stream."""
+
+    def __init__(self, temperature: float = 10.0):
+        super().__init__()
+        self.temperature = temperature
+        self.stem, self.proj, self.head = nn.Conv2d(2, 4, 1), nn.Conv2d(6, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        ys = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1).expand(1, 1, h, w)
+        xs = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w).expand(1, 1, h, w)
+        freq = self.temperature ** torch.arange(3, dtype=torch.float32).view(1, 3, 1, 1) / 3
+        features = torch.cat([torch.sin(ys / freq[:, :2]), torch.cos(xs / freq[:, 1:2]), torch.sin(xs * ys / freq[:, 2:]),
+                              torch.cos(ys / freq[:, :2])], 1)[:, :6]
+        h_ = torch.relu(self.stem(x)) + self.proj(features)
+        return self.head(h_.mean((2, 3)))
+
+
+def test_a_conv_over_a_constant_reads_pinned_constant_nodes():
+    torch.manual_seed(0)
+    model, x = FourierPositions().eval(), torch.randn(2, 2, 3, 3)
+    assert_oracles(model, (x,), trials=4)
+    report = gc.check_symmetry(model, (x,), trials=2)
+    assert any(what.startswith("output channels of conv at stem") for what in report.symmetries_checked)
+    # the constant is part of the graph: another temperature, another graph
+    other = FourierPositions(temperature=20.0).eval()
+    other.load_state_dict(model.state_dict())
+    assert functions_differ(model, other, (x,))
+    assert_not_isomorphic(gc.compile(model, (x,)), gc.compile(other, (x,)))
