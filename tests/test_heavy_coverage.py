@@ -1,7 +1,7 @@
 """Heavy tests (issue 17 item 5): every architecture of the catalogue (``tests/real_models``:
 timm, transformers and torch models built small from their own classes and configs, random
 weights, no downloads) compiles, round-trips bit for bit and passes the soundness,
-completeness and swap oracles. ``python bench/coverage.py`` runs the same checks and writes
+completeness and swap oracles. ``python bench/coverage_table.py`` runs the same checks and writes
 ``docs/coverage.md``.
 
 Architectures the compiler still refuses are listed in ``REFUSED`` with the op the refusal names:

@@ -2,7 +2,7 @@
 
 A catalogue of real architectures, each built small from its library's own classes and
 configs with random weights (nothing is downloaded), for the heavy coverage tests
-(``tests/test_heavy_coverage.py``) and the coverage table (``python bench/coverage.py`` writes
+(``tests/test_heavy_coverage.py``) and the coverage table (``python bench/coverage_table.py`` writes
 ``docs/coverage.md``).
 
 Every entry is an :class:`Architecture`: ``build()`` returns ``(model, example_inputs)``, the model
