@@ -247,6 +247,10 @@ def check_symmetry(model, example_inputs=None, trials: int = 8, seed: int = 0, *
         reference, run, dtype = torch_runner(model, pg, example_inputs)
         tight = dtype == torch.float64
         rtol, atol = rtol or (1e-7 if tight else 1e-4), atol or (1e-9 if tight else 1e-5)
+        if graph is not None and not _close(reference, run(pg.edge_values()), rtol, atol):
+            raise ValueError("check_symmetry: graph= does not hold this model's parameter values (its "
+                             "unpermuted edge values change the outputs); pass the graph compiled from "
+                             "this very model, or none")
     else:
         reference, run = onnx_runner(pg, example_inputs, seed)
         rtol, atol = rtol or 1e-4, atol or 1e-5
@@ -367,3 +371,9 @@ def pinned_by_structure(pg: ParameterGraph) -> torch.Tensor:
     io = pg.io_nodes if pg.io_nodes is not None else torch.nonzero(position >= 0).view(-1)
     pinned_label[label[io]] = True
     return pinned_label[label]
+
+
+def _close(a: list[torch.Tensor], b: list[torch.Tensor], rtol: float, atol: float) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and torch.allclose(x, y, rtol=rtol, atol=atol)
+                                    for x, y in zip(a, b))
+

@@ -290,3 +290,4 @@ def test_a_standardised_weight_compiles_and_passes_the_oracles():
     other.load_state_dict(model.state_dict())
     assert not torch.allclose(model(x), other(x))
     assert not canonical.isomorphic(pg, gc.compile(other, (x,)))
+

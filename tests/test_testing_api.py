@@ -222,3 +222,15 @@ def test_readme_three_line_test_runs_and_catches_a_broken_plugin():
 
 def test_readme_fixture_example_runs(gmn_oracles):
     _readme_plugin_namespace()["test_positive_linear_is_sound"](gmn_oracles)
+
+
+def test_check_symmetry_refuses_a_graph_compiled_from_other_values():
+    """``assert_oracles`` returns the graph of a randomized copy: checking that graph against
+    the original model used to report a false 'not function-preserving' failure."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    x = (torch.randn(5, 3),)
+    of_a_copy = assert_oracles(model, x, trials=2)
+    with pytest.raises(ValueError, match="graph= does not hold this model's parameter values"):
+        gc.check_symmetry(model, x, trials=2, graph=of_a_copy)
+    assert gc.check_symmetry(model, x, trials=2, graph=gc.compile(model, x)).automorphisms_checked == 2
