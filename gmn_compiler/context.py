@@ -152,7 +152,7 @@ class LoweringContext:
         self.builder.pin(ids, torch.arange(size))
         content = L.signature_id(("constant operand", axis, tuple(value.shape), L.content_digest(value.constant)))
         self.builder.node_column("signature")[ids] = content
-        self._anchored.update(ids.tolist())
+        self.anchor(ids)
         layout = L.for_axis(ids, len(value.shape), axis)
         self._constant_layouts[(value.id, axis)] = layout  # not its layout: other ops see a constant
         return layout
@@ -514,7 +514,7 @@ def _mask_signature(ctx: "LoweringContext", ref: ParamRef, layout: Layout) -> tu
         return ()
     mask = ref.mask.expand(ref.shape)
     for axis in range(mask.dim()):
-        if layout.ids.shape[axis] > 1 and not bool((mask == mask.narrow(axis, 0, 1)).all()):
+        if layout.ids.shape[axis] > 1 and not L.same_along(mask, axis):
             raise ctx.error(f"parameter {ref.name} is masked by a constant that differs along an "
                             f"axis carrying neurons (axis {axis}); only masks over free axes "
                             "(positions) are supported")
@@ -527,10 +527,8 @@ def _drop_broadcast_axes(ref: ParamRef, layout: Layout) -> ParamRef:
     offsets = ref.flat_offsets()
     for axis in range(offsets.dim()):
         if offsets.shape[axis] > 1 and layout.ids.shape[axis] == 1:
-            first = offsets.narrow(axis, 0, 1)
-            mask = None if ref.mask is None else ref.mask.expand(ref.shape)
-            same_mask = mask is None or bool((mask == mask.narrow(axis, 0, 1)).all())
-            if same_mask and bool((offsets == first).all()):
+            same_mask = ref.mask is None or L.same_along(ref.mask.expand(ref.shape), axis)
+            if same_mask and L.same_along(offsets, axis):
                 ref = ref.apply(lambda t, axis=axis: t.narrow(axis, 0, 1))
                 offsets = ref.flat_offsets()
     return ref

@@ -141,6 +141,12 @@ def align(layout: Layout, ndim: int) -> Layout:
     return layout.map(lambda t: t.reshape((1,) * extra + tuple(t.shape)))
 
 
+def same_along(t: torch.Tensor, axis: int) -> bool:
+    """Whether every entry of ``t`` equals the first one along ``axis`` (a constant, mask or
+    id tensor that does not vary there)."""
+    return bool((t == t.narrow(axis, 0, 1)).all())
+
+
 def compress(ids: torch.Tensor, pos: torch.Tensor | None) -> Layout:
     """Collapse every axis along which the ids do not vary into a free (size-1) axis."""
     for axis in range(ids.dim()):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import layout as L
 from .canonical import Extender
 from .errors import SymmetryError
 from .graph import ParameterGraph
@@ -122,13 +123,13 @@ def _numel(shape) -> int:
 
 
 def _depends_on(t: torch.Tensor, axis: int) -> bool:
-    return t.shape[axis] > 1 and not bool((t == t.narrow(axis, 0, 1)).all())
+    return t.shape[axis] > 1 and not L.same_along(t, axis)
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:
     """``t`` narrowed to one entry along every axis where it only repeats."""
     for axis in range(t.dim()):
-        if t.shape[axis] > 1 and bool((t == t.narrow(axis, 0, 1)).all()):
+        if t.shape[axis] > 1 and L.same_along(t, axis):
             t = t.narrow(axis, 0, 1)
     return t.contiguous()
 

@@ -241,7 +241,7 @@ def _apply_mask(ctx: LoweringContext, mask: torch.Tensor | ParamRef | Value | No
     head_axis = len(mask.shape) - 3
     constant = getattr(mask, "constant", None)
     if head_axis >= 0 and mask.shape[head_axis] > 1 and (
-            constant is None or not bool((constant == constant.narrow(head_axis, 0, 1)).all())):
+            constant is None or not L.same_along(constant, head_axis)):
         raise ctx.error("an attention mask computed in the model that differs per head is not "
                         "supported; register it as a buffer")
 

@@ -190,7 +190,7 @@ def _varying_neuron_axes(ctx: LoweringContext, constant: Value | torch.Tensor, o
     for axis in L.align(layout, ndim).neuron_axes():
         if shape[axis] == 1:
             continue
-        if known is not None and bool((known == known.narrow(axis, 0, 1)).all()):
+        if known is not None and L.same_along(known, axis):
             continue  # equal along the axis: no neuron is told apart
         axes.append(axis)
     return axes

@@ -263,15 +263,15 @@ class StandardisedConv(nn.Module):
     ``forward`` (``batch_norm`` over the reshaped weight, training mode), times a gain and a
     fixed scale, then the convolution."""
 
-    def __init__(self, eps: float = 1e-6):
+    def __init__(self, eps: float = 1e-6, scale: float = 0.5):
         super().__init__()
-        self.eps = eps
+        self.eps, self.scale = eps, scale
         self.stem, self.head = nn.Conv2d(2, 4, 1), nn.Linear(3, 2)
         self.weight = nn.Parameter(torch.randn(3, 4, 3, 3))
         self.gain = nn.Parameter(torch.randn(3, 1, 1, 1))
 
     def forward(self, x):
-        w = nn.functional.batch_norm(self.weight.reshape(1, 3, -1), None, None, weight=(self.gain * 0.5).view(-1),
+        w = nn.functional.batch_norm(self.weight.reshape(1, 3, -1), None, None, weight=(self.gain * self.scale).view(-1),
                                      training=True, momentum=0.0, eps=self.eps).reshape_as(self.weight)
         h = nn.functional.conv2d(torch.relu(self.stem(x)), w, padding=1)
         return self.head(torch.relu(h).mean((2, 3)))
@@ -285,9 +285,9 @@ def test_a_standardised_weight_compiles_and_passes_the_oracles():
     report = gc.check_symmetry(model, (x,), trials=2, graph=pg)
     assert any(what.startswith("output channels of conv at stem") for what in report.symmetries_checked)
     assert {"weight", "gain"} <= {p.name for p in pg.params}
-    # eps is part of the function and of the graph
-    other = StandardisedConv(eps=0.5).eval()
-    other.load_state_dict(model.state_dict())
-    assert not torch.allclose(model(x), other(x))
-    assert not canonical.isomorphic(pg, gc.compile(other, (x,)))
+    # eps, and the fixed scale the gain is multiplied by, are part of the function and of the graph
+    for other in (StandardisedConv(eps=0.5).eval(), StandardisedConv(scale=0.25).eval()):
+        other.load_state_dict(model.state_dict())
+        assert not torch.allclose(model(x), other(x))
+        assert not canonical.isomorphic(pg, gc.compile(other, (x,)))
 

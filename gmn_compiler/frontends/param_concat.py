@@ -18,8 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import Unsupported
-from ..ir import Op, ParamRef, Value
+from ..ir import ParamRef, Value
 
 
 @dataclass(eq=False)
@@ -80,7 +79,7 @@ def add_concat(x: Value, concat: ParamConcat, emit: Callable[[str, tuple, list[V
 def concat_used(converter: Any, node: torch.fx.Node, name: str, args: list, kwargs: dict, location: str) -> bool:
     """``linear(x, W, cat(...))`` or ``x + cat(...)`` with a :class:`ParamConcat` of
     parameters: emitted piece by piece (:func:`add_concat`) into ``converter`` (the torch
-    frontend: its ``registry``, ``ops``, ``env``, ``new_value``). False for any other use."""
+    frontend: its ``append_op``, ``env``, ``new_value``). False for any other use."""
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
         return False
@@ -92,14 +91,7 @@ def concat_used(converter: Any, node: torch.fx.Node, name: str, args: list, kwar
         return made[-1]
 
     def emit(target: str, operands: tuple, outs: list[Value]) -> None:
-        mapping = converter.registry.aten[target]
-        try:
-            inputs, attrs = mapping.normalized(*operands)
-        except Unsupported as refusal:
-            converter.ops.append(Op(mapping.kind, list(operands), outs, {}, location, target,
-                               unsupported=refusal.reason))
-            return
-        converter.ops.append(Op(mapping.kind, inputs, outs, attrs, location, target))
+        converter.append_op(target, operands, {}, outs, location)
 
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     if name == "aten.linear.default" and isinstance(bias, ParamConcat) and isinstance(args[0], Value) \

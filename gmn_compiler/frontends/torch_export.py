@@ -56,6 +56,8 @@ def _rows_kept(ref: ParamRef, name: str, node: torch.fx.Node) -> bool:
             and ref.tensor.dim() == 3 and val.dim() >= 2 and int(val.shape[0]) == ref.shape[1])
 
 
+# weight reparametrisations computed in forward, recognised on plain parameters
+_WEIGHT_NORMS = {"aten._weight_norm.default": weight_normalised, "aten.batch_norm.default": weight_standardised}
 _AS_TARGETS = {"aten.reshape_as.default", "aten.view_as.default", "aten.expand_as.default"}
 _RESHAPE_BACK = {"aten.reshape_as.default", "aten.reshape.default", "aten.view.default", "aten._unsafe_view.default"}
 
@@ -312,10 +314,10 @@ class _Converter:
             if transformed is not None:
                 self.env[node.name] = transformed
                 return
-        if name in ("aten._weight_norm.default", "aten.batch_norm.default") and not has_value:
-            normed = (weight_normalised if name == "aten._weight_norm.default" else weight_standardised)(args, kwargs)
-            if normed is not None:  # v * g / ||v||, or standardised rows: see ParamRef.weight_norm
-                self.env[node.name] = normed
+        if name in _WEIGHT_NORMS and not has_value:
+            reparametrised = _WEIGHT_NORMS[name](args, kwargs)
+            if reparametrised is not None:  # v * g / ||v||, or standardised rows: ParamRef.weight_norm
+                self.env[node.name] = reparametrised
                 return
         normed = [x for x in leaves if isinstance(x, ParamRef) and x.weight_norm is not None]
         if normed and name not in _CAST_TARGETS and not self._takes_weight_norm(name) \
@@ -366,10 +368,16 @@ class _Converter:
         if mapping is None:
             self.ops.append(Op(name, list(args), out_values, dict(kwargs), location, name))
             return
+        self.append_op(name, args, kwargs, out_values, location)
+
+    def append_op(self, name: str, args: list | tuple, kwargs: dict, outs: list[Value], location: str) -> None:
+        """The op of aten ``name`` with a rule: its canonical operands and attributes, or the
+        normalizer's refusal, or a refusal of a transformed parameter its rule cannot record."""
+        mapping = self.registry.aten[name]
         try:
             inputs, attrs = mapping.normalized(*args, **kwargs)
         except Unsupported as refusal:
-            self.ops.append(Op(mapping.kind, list(args), out_values, dict(kwargs), location, name,
+            self.ops.append(Op(mapping.kind, list(args), outs, dict(kwargs), location, name,
                                unsupported=refusal.reason))
             return
         transformed = [x for x in torch.utils._pytree.tree_leaves(inputs) if isinstance(x, ParamRef) and x.transform]
@@ -377,9 +385,9 @@ class _Converter:
             # only kinds whose rules attach a parameter through ctx.attach_param (which records
             # the function and the mask) take it; any other use is reported, never mis-encoded
             steps = ", ".join(step[0] for step in transformed[0].transform)
-            self.ops.append(Op(f"param_transform[{steps}]", list(args), out_values, {}, location, name))
+            self.ops.append(Op(f"param_transform[{steps}]", list(args), outs, {}, location, name))
             return
-        self.ops.append(Op(mapping.kind, inputs, out_values, attrs, location, name))
+        self.ops.append(Op(mapping.kind, inputs, outs, attrs, location, name))
 
     def _refuse_transform(self, node: torch.fx.Node, name: str, args: list, what: str) -> None:
         """An op on a parameter the model transformed in a way this op's rule cannot encode:
