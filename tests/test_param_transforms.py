@@ -291,3 +291,21 @@ def test_a_standardised_weight_compiles_and_passes_the_oracles():
         assert not torch.allclose(model(x), other(x))
         assert not canonical.isomorphic(pg, gc.compile(other, (x,)))
 
+
+
+class WeightNormedOperand(nn.Module):
+    """A weight-normalised parameter used as an elementwise operand after a function of it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.g = nn.utils.parametrizations.weight_norm(nn.Linear(1, 4), dim=0)
+
+    def forward(self, x):
+        return self.a(x).unsqueeze(-1) * (self.g.weight * 2)
+
+
+def test_a_function_of_a_weight_normalised_parameter_is_refused_not_mis_encoded():
+    """``w * 2`` used to drop the normalisation: the graph carried 2 v and no gain g at all."""
+    with pytest.raises(gc.CompileError, match=r"param_transform\[aten._weight_norm.default\]"):
+        gc.compile(WeightNormedOperand().eval(), (torch.randn(2, 3),))

@@ -45,7 +45,7 @@ def elementwise_transform(name: str, args: list[Any], kwargs: dict[str, Any]) ->
     ``(name, position and scalars)`` appended to its transform. None otherwise."""
     refs = [(i, a) for i, a in enumerate(args) if isinstance(a, ParamRef)]
     others = [a for a in args if not isinstance(a, ParamRef)] + list(kwargs.values())
-    if len(refs) != 1 or not all(_scalar(a) for a in others):
+    if len(refs) != 1 or not all(_scalar(a) for a in others) or refs[0][1].weight_norm is not None:
         return None
     position, ref = refs[0]
     step = (name, position, tuple(_plain(a) for a in args if not isinstance(a, ParamRef)),
@@ -68,7 +68,7 @@ def masked_transform(name: str, args: list[Any], kwargs: dict[str, Any]) -> Para
         keep = None if keep is None else ~keep
     else:
         return None
-    if keep is None or not isinstance(ref, ParamRef) or not _scalar(fill):
+    if keep is None or not isinstance(ref, ParamRef) or not _scalar(fill) or ref.weight_norm is not None:
         return None
     shape = torch.broadcast_shapes(tuple(keep.shape), ref.shape)
     ref = ref.apply(lambda t: t.reshape((1,) * (len(shape) - t.dim()) + tuple(t.shape)).expand(shape))

@@ -58,6 +58,9 @@ def _rows_kept(ref: ParamRef, name: str, node: torch.fx.Node) -> bool:
 
 # weight reparametrisations computed in forward, recognised on plain parameters
 _WEIGHT_NORMS = {"aten._weight_norm.default": weight_normalised, "aten.batch_norm.default": weight_standardised}
+# functions of one parameter computed in forward, recorded on its reference
+_PARAM_FUNCTIONS = {**{name: elementwise_transform for name in ELEMENTWISE_PARAM_TRANSFORMS},
+                    **{name: masked_transform for name in MASKING_PARAM_TRANSFORMS}}
 _AS_TARGETS = {"aten.reshape_as.default", "aten.view_as.default", "aten.expand_as.default"}
 _RESHAPE_BACK = {"aten.reshape_as.default", "aten.reshape.default", "aten.view.default", "aten._unsafe_view.default"}
 
@@ -309,11 +312,6 @@ class _Converter:
             self.env[node.name] = ParamRef(ref.name, node.target(ref.tensor, *args[1:], **kwargs),
                                            ref.offsets, ref.kind, ref.transform, ref.mask, ref.weight_norm)
             return
-        if not has_value and has_param and name in ELEMENTWISE_PARAM_TRANSFORMS:
-            transformed = elementwise_transform(name, args, kwargs)
-            if transformed is not None:
-                self.env[node.name] = transformed
-                return
         if name in _WEIGHT_NORMS and not has_value:
             reparametrised = _WEIGHT_NORMS[name](args, kwargs)
             if reparametrised is not None:  # v * g / ||v||, or standardised rows: ParamRef.weight_norm
@@ -334,10 +332,10 @@ class _Converter:
             if not concat_used(self, node, name, args, kwargs, _location(node)):
                 self._refuse_transform(node, name, args, "aten.cat.default")
             return
-        if not has_value and has_param and name in MASKING_PARAM_TRANSFORMS:
-            masked = masked_transform(name, args, kwargs)
-            if masked is not None:
-                self.env[node.name] = masked
+        if not has_value and has_param and name in _PARAM_FUNCTIONS:
+            transformed = _PARAM_FUNCTIONS[name](name, args, kwargs)
+            if transformed is not None:  # 1 + w, -exp(w), where(mask, w, c): see param_transforms
+                self.env[node.name] = transformed
                 return
         if has_param and name in _SHAPE_ONLY_TARGETS:  # ``a.new_zeros(...)``: no value read
             args = [a.tensor.detach() if isinstance(a, ParamRef) else a for a in args]
