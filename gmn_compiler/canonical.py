@@ -76,62 +76,66 @@ def edge_feature_ids(pg: ParameterGraph) -> torch.Tensor:
 
 def _palette(rows: list[torch.Tensor]) -> list[torch.Tensor]:
     """Integer ids of rows, shared across the given tensors (same row -> same id)."""
+    import numpy as np
+
     sizes = [r.shape[0] for r in rows]
-    _, ids = torch.unique(torch.cat(rows), dim=0, return_inverse=True)
-    return list(torch.split(ids, sizes))
+    flat = torch.cat(rows).double().contiguous().numpy()
+    # one opaque item per row: numpy's 1-d unique on them is far faster than unique over rows
+    items = np.ascontiguousarray(flat).view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1])))
+    _, ids = np.unique(items.reshape(-1), return_inverse=True)
+    return list(torch.split(torch.from_numpy(ids.reshape(-1)).long(), sizes))
+
+
+def _pair_labels(pg: ParameterGraph, eid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, ...]]]:
+    """The node pairs ``u -> v`` joined by edges (sorted by ``(u, v)``) and per pair its label:
+    the sorted multiset of the edge ids of its parallel edges."""
+    n = int(pg.data.num_nodes)
+    src, dst = pg.data.edge_index
+    key = src * n + dst
+    order = torch.argsort(eid, stable=True)
+    order = order[torch.argsort(key[order], stable=True)]  # by pair, then edge id
+    pair_key, counts = torch.unique_consecutive(key[order], return_counts=True)
+    sorted_ids = eid[order].tolist()
+    labels: list[tuple[int, ...]] = []
+    start = 0
+    for c in counts.tolist():  # nearly every pair holds one edge
+        labels.append((sorted_ids[start],) if c == 1 else tuple(sorted_ids[start:start + c]))
+        start += c
+    return pair_key // n, pair_key % n, labels
 
 
 def _coloured(pgs: list[ParameterGraph], with_values: bool) -> list[_Coloured]:
     """Coloured digraphs of ``pgs`` with one palette, so colours compare across graphs."""
     node_ids = _palette([pg.data.x.double() for pg in pgs])
     edge_ids = _palette([edge_rows(pg, with_values) for pg in pgs])
-    pair_labels: list[dict[tuple[int, int], tuple[int, ...]]] = []
-    for pg, eid in zip(pgs, edge_ids):
-        labels: dict[tuple[int, int], list[int]] = {}
-        for (u, v), f in zip(pg.data.edge_index.t().tolist(), eid.tolist()):
-            labels.setdefault((u, v), []).append(f)
-        pair_labels.append({k: tuple(sorted(fs)) for k, fs in labels.items()})
-    label_code: dict[tuple[int, ...], int] = {}
-    for labels in pair_labels:
-        for lab in sorted(set(labels.values())):
-            label_code.setdefault(lab, len(label_code))
+    pairs = [_pair_labels(pg, eid) for pg, eid in zip(pgs, edge_ids)]
+    label_code = {lab: k for k, lab in enumerate(sorted({lab for _, _, labels in pairs for lab in labels}))}
     node_colours = int(max((int(i.max()) for i in node_ids if i.numel()), default=-1)) + 1
+    codes = [torch.tensor([label_code[lab] for lab in labels], dtype=torch.long) for _, _, labels in pairs]
     # Where every labelled pair between two node colours carries the same label (in all the
     # graphs), the colours imply the label: a plain edge keeps every automorphism and
     # isomorphism exact, and the BLISS graph shrinks from nodes + pairs to nodes + the rest.
-    node_colour = [nid.tolist() for nid in node_ids]
-    seen: dict[tuple[int, int], set[int]] = {}
-    for colours, labels in zip(node_colour, pair_labels):
-        for (u, v), lab in labels.items():
-            seen.setdefault((colours[u], colours[v]), set()).add(label_code[lab])
-    implied = {key for key, labs in seen.items() if len(labs) == 1}
+    colour_pair = [nid[u] * node_colours + nid[v] for nid, (u, v, _), code in zip(node_ids, pairs, codes)]
+    distinct = torch.unique(torch.cat([cp * len(label_code) + code for cp, code in zip(colour_pair, codes)]))
+    by_colours, labels_per = torch.unique(distinct // max(len(label_code), 1), return_counts=True)
+    implied = by_colours[labels_per == 1]
     out = []
-    for pg, colours, labels in zip(pgs, node_colour, pair_labels):
+    for pg, nid, (u, v, _), code, cp in zip(pgs, node_ids, pairs, codes, colour_pair):
         n = int(pg.data.num_nodes)
-        colour = list(colours)
-        edges = []
-        for (u, v), lab in sorted(labels.items()):
-            if u != v and (colours[u], colours[v]) in implied:
-                edges.append((u, v))
-                continue
-            m = len(colour)
-            edges += [(u, m), (m, v)]
-            colour.append(node_colours + label_code[lab])
-        out.append(_Coloured(n, edges, colour))
+        plain = torch.isin(cp, implied) & (u != v)
+        middle = torch.nonzero(~plain).view(-1)
+        m = n + torch.arange(middle.numel())
+        edges = torch.cat([torch.stack([u[plain], v[plain]], dim=1),
+                           torch.stack([u[middle], m], dim=1), torch.stack([m, v[middle]], dim=1)])
+        colour = nid.tolist() + (node_colours + code[middle]).tolist()
+        out.append(_Coloured(n, edges.tolist(), colour))
     return out
 
 
 def automorphism_generators(pg: ParameterGraph) -> list[torch.Tensor]:
     """Generators of the automorphism group of ``pg``'s structure, each a node permutation
     ``perm`` (node ``i`` maps to ``perm[i]``); identities are left out."""
-    (c,) = _coloured([pg], with_values=False)
-    gens = c.igraph().automorphism_group(color=c.colour)
-    out = []
-    for g in gens:
-        perm = torch.tensor(g[: c.n], dtype=torch.long)
-        if not torch.equal(perm, torch.arange(c.n)):
-            out.append(perm)
-    return out
+    return Extender.of(pg).generators()
 
 
 def transposition_witnesses(pg: ParameterGraph, symmetries: list[torch.Tensor]) -> list[list[list[tuple[torch.Tensor, int, int]]]]:
@@ -145,7 +149,8 @@ def transposition_witnesses(pg: ParameterGraph, symmetries: list[torch.Tensor]) 
     the units they join: when a block's triples join all of its units, the transpositions
     generate the block's whole symmetric group (proved). Blocks left unjoined need another
     proof (:class:`Extender`)."""
-    (c,) = _coloured([pg], with_values=False)
+    ext = Extender.of(pg)
+    c = ext._c
     colour = list(c.colour)
     top = max(colour) + 1
     for blocks in symmetries:
@@ -159,7 +164,7 @@ def transposition_witnesses(pg: ParameterGraph, symmetries: list[torch.Tensor]) 
     joined = UnitClasses()
     block_of = {u: (i, k) for i, b in enumerate(symmetries) for k, block in enumerate(b.tolist()) for u in block}
     out: list[list[list[tuple[torch.Tensor, int, int]]]] = [[[] for _ in range(b.shape[0])] for b in symmetries]
-    for gen in c.igraph().automorphism_group(color=colour):
+    for gen in ext._g.automorphism_group(color=colour):
         perm = torch.tensor(gen[:n], dtype=torch.long)
         moved = perm[flat] != flat
         if not bool(moved.any()):
@@ -177,7 +182,7 @@ def transposition_witnesses(pg: ParameterGraph, symmetries: list[torch.Tensor]) 
 def extend_to_automorphism(pg: ParameterGraph, partial: dict[int, int]) -> torch.Tensor | None:
     """An automorphism of ``pg``'s structure mapping each ``u`` of ``partial`` to
     ``partial[u]`` (as a node permutation), or ``None`` when none exists (proved)."""
-    return Extender(pg).extend(partial)
+    return Extender.of(pg).extend(partial)
 
 
 class Extender:
@@ -187,6 +192,48 @@ class Extender:
     def __init__(self, pg: ParameterGraph):
         (self._c,) = _coloured([pg], with_values=False)
         self._g = self._c.igraph()
+
+    @classmethod
+    def of(cls, pg: ParameterGraph) -> "Extender":
+        """The extender of ``pg``, built once and kept on the graph (its structure is fixed)."""
+        cached = pg._structure_cache.get("extender")
+        if cached is None:
+            cached = pg._structure_cache["extender"] = cls(pg)
+        return cached
+
+    def refined(self, keys: dict[int, object]) -> list[int]:
+        """The structure's colouring refined: node ``u`` of ``keys`` gets a new colour per
+        (structural colour, ``keys[u]``); automorphisms of the result are the automorphisms of
+        the structure that map each such node to one with the same key."""
+        colour = list(self._c.colour)
+        top = max(colour) + 1
+        new: dict[tuple[int, object], int] = {}
+        for u, key in keys.items():
+            colour[u] = new.setdefault((colour[u], key), top + len(new))
+        return colour
+
+    def count(self, colour: list[int] | None = None) -> int:
+        """The exact order of the automorphism group of the structure (under ``colour``, a
+        :meth:`refined` colouring), without listing generators."""
+        import sys
+
+        limit = sys.get_int_max_str_digits()
+        sys.set_int_max_str_digits(0)  # python-igraph passes the order as a decimal string
+        try:
+            return int(self._g.count_automorphisms(color=colour or self._c.colour))
+        finally:
+            sys.set_int_max_str_digits(limit)
+
+    def generators(self, colour: list[int] | None = None) -> list[torch.Tensor]:
+        """Generators of the automorphism group (under ``colour``) as node permutations,
+        identities left out."""
+        n = self._c.n
+        out = []
+        for gen in self._g.automorphism_group(color=colour or self._c.colour):
+            perm = torch.tensor(gen[:n], dtype=torch.long)
+            if not torch.equal(perm, torch.arange(n)):
+                out.append(perm)
+        return out
 
     def extend(self, partial: dict[int, int]) -> torch.Tensor | None:
         """See :func:`extend_to_automorphism`."""

@@ -148,7 +148,7 @@ def permutation_spec(source, example_inputs: tuple | None = None, **options) -> 
     declared = [s for s in pg.symmetries if not bool(pinned[s["nodes"]].any())]
     fixed = torch.unique(torch.cat([s["nodes"] for s in declared])) if declared else torch.empty(0, dtype=torch.long)
     base = set(fixed.tolist())
-    extender = Extender(pg)
+    extender = Extender.of(pg)
     groups = []
     for sym, tied in _tied_clusters(declared):
         # the declarations tied to this one (the same units seen again after a residual add)

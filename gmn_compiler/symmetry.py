@@ -18,13 +18,14 @@ structural edges are constants of the computation and count as structure).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import networkx as nx
 import torch
 
-from . import canonical
+from . import canonical, symmetry_proof
 from .automorphisms import random_automorphism
 from .errors import DecompileError, SymmetryError
 from .graph import ParameterGraph
@@ -38,6 +39,7 @@ class SymmetryReport:
     identity_automorphisms: int
     symmetries_checked: list[str]
     max_abs_error: float
+    proof: str = ""  # what stood for the whole automorphism group
 
 
 def structure_graph(pg: ParameterGraph) -> nx.DiGraph:
@@ -259,11 +261,11 @@ def check_symmetry(model, example_inputs=None, trials: int = 8, seed: int = 0, *
 
 def _check(pg, reference, run, trials, seed, completeness, timeout, rtol, atol,
            max_generators: int = 256) -> SymmetryReport:
-    """Soundness: every BLISS generator of the structure's automorphism group (up to
-    ``max_generators``, spread evenly) and ``trials`` random products of generators must
-    preserve the function. Completeness: every adjacent transposition inside each declared
-    block, and every swap of adjacent blocks where whole blocks may move, must extend to an
-    automorphism (an exact BLISS answer, never a time-out)."""
+    """Soundness: automorphisms generating the structure's whole automorphism group must
+    preserve the function -- the few witnesses of :mod:`gmn_compiler.symmetry_proof` where
+    four group orders prove they generate it, otherwise every BLISS generator (up to
+    ``max_generators``, spread evenly) -- and so must ``trials`` random products of them.
+    Completeness: see :func:`check_completeness`."""
     rng = torch.Generator().manual_seed(seed)
     checked, identities, worst = 0, 0, 0.0
 
@@ -282,12 +284,23 @@ def _check(pg, reference, run, trials, seed, completeness, timeout, rtol, atol,
                 raise SymmetryError(f"{what} is not function-preserving (max |Δ| = {err:.3g}); "
                                     f"it moves nodes {moved} …")
 
-    gens = canonical.automorphism_generators(pg)
-    chosen = gens if len(gens) <= max_generators else [
-        gens[i] for i in torch.linspace(0, len(gens) - 1, max_generators).round().long().unique().tolist()]
-    for k, perm in enumerate(chosen):
-        verify(perm, f"automorphism group generator #{k}")
-    all_generators_checked = len(chosen) == len(gens)
+    symmetries = free_declarations(pg)
+    witnesses = symmetry_proof.find_witnesses(pg, symmetries) if symmetries else None
+    if witnesses is not None and witnesses.sound:
+        gens = [perm for perm, _ in witnesses.generators]
+        for perm, what in witnesses.generators:
+            verify(perm, what)
+        proof = (f"{len(gens)} witnesses generate all {_order(witnesses.orders['A'])} automorphisms "
+                 "(|A| |A_S| = |A_B| |A_P|)")
+        all_generators_checked = True
+    else:
+        gens = canonical.automorphism_generators(pg)
+        chosen = gens if len(gens) <= max_generators else [
+            gens[i] for i in torch.linspace(0, len(gens) - 1, max_generators).round().long().unique().tolist()]
+        for k, perm in enumerate(chosen):
+            verify(perm, f"automorphism group generator #{k}")
+        all_generators_checked = len(chosen) == len(gens)
+        proof = f"{len(chosen)} of {len(gens)} BLISS generators"
     n = int(pg.data.num_nodes)
     for trial in range(trials):
         perm = torch.arange(n)
@@ -298,46 +311,56 @@ def _check(pg, reference, run, trials, seed, completeness, timeout, rtol, atol,
             identities += 1
         verify(perm, f"random automorphism #{trial}")
         checked += 1
-    described = check_completeness(pg, None if all_generators_checked else verify) if completeness else []
-    return SymmetryReport(checked, identities, described, worst)
+    described = (check_completeness(pg, None if all_generators_checked else verify, witnesses=witnesses)
+                 if completeness else [])
+    return SymmetryReport(checked, identities, described, worst, proof)
 
 
-def check_completeness(pg: ParameterGraph,
-                       verify: Callable[[torch.Tensor, str], None] | None = None) -> list[str]:
+def _order(n: int) -> str:
+    """``n`` written out when short, else its power of ten."""
+    return str(n) if n < 10 ** 12 else f"~10^{int(n.bit_length() * math.log10(2))}"
+
+
+def free_declarations(pg: ParameterGraph) -> list[dict]:
+    """The declared symmetries whose units can move: those tied to model inputs/outputs
+    (:func:`pinned_by_structure`) are left out."""
+    pinned = pinned_by_structure(pg)
+    return [s for s in getattr(pg, "symmetries", []) if not bool(pinned[s["nodes"]].any())]
+
+
+def check_completeness(pg: ParameterGraph, verify: Callable[[torch.Tensor, str], None] | None = None,
+                       witnesses: symmetry_proof.Witnesses | None = None) -> list[str]:
     """Completeness alone (no model is run): every adjacent transposition inside each block of
     every declared symmetry of ``pg`` (and every swap of adjacent blocks, where whole blocks
-    may move) must extend to an automorphism of the structure; BLISS proves it or proves that
-    none exists. Declarations tied to model inputs/outputs are skipped. ``verify(perm, what)``,
-    when given, is also called on each extending automorphism (soundness of the declaration).
+    may move) must extend to an automorphism of the structure that fixes the symmetry's other
+    units. Declarations tied to model inputs/outputs are skipped. ``verify(perm, what)``, when
+    given, is also called on the automorphisms that prove it (soundness of the declarations).
     Returns the descriptions of the symmetries checked; raises :class:`SymmetryError`
     ("missing symmetry (proved): ...") on the first one the graph lacks.
 
-    Most blocks are proved by one BLISS call for all of them
-    (:func:`~gmn_compiler.canonical.transposition_witnesses`: automorphisms exchanging two
-    units and fixing the rest of their symmetry, joining every unit of the block); only the
-    others, and block swaps, cost a BLISS call per adjacent transposition."""
+    Most of it is proved by the few witnesses of :mod:`gmn_compiler.symmetry_proof`
+    (``witnesses``, found when not given) or, where they do not exist, by one BLISS call for
+    all blocks (:func:`~gmn_compiler.canonical.transposition_witnesses`); the rest costs a BLISS
+    call per adjacent transposition (an exact answer either way)."""
+    symmetries = free_declarations(pg)
+    if witnesses is None and symmetries:
+        witnesses = symmetry_proof.find_witnesses(pg, symmetries)
+    if witnesses is not None:
+        if verify is not None:
+            for perm, what in witnesses.generators:
+                verify(perm, what)
+        proved = [symmetry_proof.proved_parts(witnesses, sym) for sym in symmetries]
+    else:
+        proved = _proved_by_one_call(pg, symmetries, verify)
     described: list[str] = []
-    pinned = pinned_by_structure(pg)
-    symmetries = [s for s in getattr(pg, "symmetries", []) if not bool(pinned[s["nodes"]].any())]
-    grids = [s["nodes"].view(s["groups"], -1) for s in symmetries]
-    witnesses = canonical.transposition_witnesses(pg, grids) if symmetries else []
-    extender: canonical.Extender | None = None  # built on first use: one coloured graph for every call
-    for sym, grid, found in zip(symmetries, grids, witnesses):
-        rows = grid.tolist()
-        checks = []  # (what, units a, units b): a[k] and b[k] exchanged, the symmetry's other units fixed
-        for b, block in enumerate(rows):
-            if len(found[b]) == len(block) - 1:  # a spanning tree of transpositions: proved
-                if verify is not None:
-                    for perm, u, v in found[b]:
-                        verify(perm, f"the automorphism exchanging units {block.index(u)} and "
-                                     f"{block.index(v)} of block {b} of {sym['what']}")
-                continue
-            checks += [(f"swapping units {i} and {i + 1} of block {b}", [block[i]], [block[i + 1]])
-                       for i in range(len(block) - 1)]
-        if sym.get("permute_groups", False):
+    extender = canonical.Extender.of(pg)
+    for sym, (complete, swaps) in zip(symmetries, proved):
+        rows = sym["nodes"].view(sym["groups"], -1).tolist()
+        checks = [(f"swapping units {i} and {i + 1} of block {b}", [block[i]], [block[i + 1]])
+                  for b, block in enumerate(rows) if not complete[b] for i in range(len(block) - 1)]
+        if sym.get("permute_groups", False) and not swaps:
             checks += [(f"swapping blocks {b} and {b + 1}", rows[b], rows[b + 1]) for b in range(len(rows) - 1)]
         for what, a, b in checks:
-            extender = extender or canonical.Extender(pg)
             perm = extender.swap(sym["nodes"].tolist(), a, b)
             if perm is None:
                 raise SymmetryError(f"missing symmetry (proved): {what} of {sym['what']} is not an "
@@ -346,6 +369,23 @@ def check_completeness(pg: ParameterGraph,
                 verify(perm, f"the automorphism extending {what} of {sym['what']}")
         described.append(sym["what"])
     return described
+
+
+def _proved_by_one_call(pg, symmetries, verify) -> list[tuple[list[bool], bool]]:
+    """Per declaration, which blocks one BLISS call proves complete
+    (:func:`~gmn_compiler.canonical.transposition_witnesses`; its witnesses are verified);
+    block swaps are left to per-swap calls."""
+    grids = [s["nodes"].view(s["groups"], -1) for s in symmetries]
+    out = []
+    for sym, grid, found in zip(symmetries, grids, canonical.transposition_witnesses(pg, grids) if grids else []):
+        rows = grid.tolist()
+        complete = [len(found[b]) == len(block) - 1 for b, block in enumerate(rows)]
+        for b, block in enumerate(rows):
+            for perm, u, v in found[b] if complete[b] and verify is not None else ():
+                verify(perm, f"the automorphism exchanging units {block.index(u)} and "
+                             f"{block.index(v)} of block {b} of {sym['what']}")
+        out.append((complete, False))
+    return out
 
 
 def pinned_by_structure(pg: ParameterGraph) -> torch.Tensor:
