@@ -35,7 +35,8 @@ from . import canonical
 from .errors import ProvenanceError, SymmetryError
 from .graph import ParameterGraph
 from .registry import load_registry  # noqa: F401  (re-exported: the registry a plugin under test compiles with)
-from .symmetry import SymmetryReport, cast_floats, check_completeness, check_symmetry, fresh_eval, torch_runner
+from .model_runs import cast_floats, fresh_eval, torch_runner
+from .symmetry import SymmetryReport, check_completeness, check_symmetry
 
 __all__ = ["assert_round_trip", "assert_sound", "assert_complete", "assert_swap_faithful",
            "assert_oracles", "randomized", "swap_candidates", "SwapReport", "SymmetryReport",
