@@ -40,6 +40,7 @@ class SymmetryReport:
     symmetries_checked: list[str]
     max_abs_error: float
     proof: str = ""  # what stood for the whole automorphism group
+    generators_checked: int = 0  # generators run through the model (random products aside)
 
 
 def structure_graph(pg: ParameterGraph) -> nx.DiGraph:
@@ -198,7 +199,7 @@ def _check(pg, reference, run, trials, seed, completeness, timeout, rtol, atol,
     symmetries = free_declarations(pg)
     witnesses = symmetry_proof.find_witnesses(pg, symmetries) if symmetries else None
     if witnesses is not None and witnesses.sound:
-        gens = [perm for perm, _ in witnesses.generators]
+        gens = chosen = [perm for perm, _ in witnesses.generators]
         for perm, what in witnesses.generators:
             verify(perm, what)
         proof = (f"{len(gens)} witnesses generate all {_order(witnesses.orders['A'])} automorphisms "
@@ -224,7 +225,7 @@ def _check(pg, reference, run, trials, seed, completeness, timeout, rtol, atol,
         checked += 1
     described = (check_completeness(pg, None if all_generators_checked else verify, witnesses=witnesses)
                  if completeness else [])
-    return SymmetryReport(checked, identities, described, worst, proof)
+    return SymmetryReport(checked, identities, described, worst, proof, len(chosen))
 
 
 def _order(n: int) -> str:
