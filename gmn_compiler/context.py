@@ -113,6 +113,14 @@ class LoweringContext:
         layout = self.layouts[value.id]
         if not layout.sig:
             return layout
+        copied = self.copy_view(value, layout)
+        self.layouts[value.id] = copied
+        return copied
+
+    def copy_view(self, value: Value, layout: Layout) -> Layout:
+        """``layout``, a signed view (of ``value``), copied into fresh nodes as
+        :meth:`materialize` does; for a rule that composes views itself (a reshape after a
+        transpose of free axes), so it compiles as the separate ops would."""
         # the same view of the same nodes, taken twice (one transpose per reader, where an
         # exporter keeps one), holds the same data: one copy
         key = (tuple(layout.ids.shape), tuple(layout.ids.reshape(-1).tolist()),
@@ -122,7 +130,6 @@ class LoweringContext:
         if copied is None:
             copied = self.fresh(value, layout.unsigned(), "copy", weight=L.signature_code(layout.sig))
             self._copies[key] = copied
-        self.layouts[value.id] = copied
         return copied
 
     def _in_aliasing_op(self) -> bool:

@@ -222,6 +222,14 @@ def permute(layout: Layout, dims: list[int]) -> Layout:
     return layout.map(lambda t: t.permute(*dims))
 
 
+def permute_view(layout: Layout, dims: list[int], shape: tuple[int, ...]) -> Layout:
+    """:func:`permute` of a value of ``shape``, signed when free axes (of more than one entry)
+    change their relative order: the result is then a different view of the same nodes."""
+    out = permute(layout, dims)
+    free = [d for d in dims if out.ids.shape[dims.index(d)] == 1 and shape[d] > 1]
+    return out.signed(("permute", tuple(free))) if free != sorted(free) else out
+
+
 def transpose(layout: Layout, dim0: int, dim1: int) -> Layout:
     return layout.map(lambda t: t.transpose(dim0, dim1))
 

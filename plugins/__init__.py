@@ -8,7 +8,7 @@ imports this package, which imports it (through :mod:`gmn_compiler.rules`).
 """
 
 from . import (activations, attention, constants, conv, elementwise, embedding, group_conv, linear,
-               norms, padding, pooling, recurrent, resize, structural)
+               norms, padding, pooling, rearrange, recurrent, resize, structural)
 
 DEFAULT_PLUGINS = [linear, conv, norms, activations, elementwise, structural, padding, pooling,
-                   constants, attention, embedding, group_conv, resize, recurrent]
+                   constants, attention, embedding, group_conv, resize, recurrent, rearrange]

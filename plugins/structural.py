@@ -50,11 +50,7 @@ def lower_permute(ctx: LoweringContext, op: Op) -> None:
     if _keep_none(ctx, op):
         return
     dims = [d % len(op.inputs[0].shape) for d in op.attrs["dims"]]
-    layout = L.permute(ctx.require_layout(op.inputs[0]), dims)
-    free = [d for d in dims if layout.ids.shape[dims.index(d)] == 1 and op.inputs[0].shape[d] > 1]
-    if free != sorted(free):  # free axes change their relative order: a different view
-        layout = layout.signed(("permute", tuple(free)))
-    ctx.set_layout(op.output, layout)
+    ctx.set_layout(op.output, L.permute_view(ctx.require_layout(op.inputs[0]), dims, tuple(op.inputs[0].shape)))
 
 
 def lower_flip(ctx: LoweringContext, op: Op) -> None:
