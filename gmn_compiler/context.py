@@ -9,6 +9,8 @@ they never reach into the builder.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import itertools
 import math
 
@@ -39,6 +41,7 @@ class LoweringContext:
         self._origin: dict[int, int] = {}  # node made by fresh() -> the node it copies
         self.io_nodes: set[int] = set()  # nodes of model inputs and outputs
         self._anchored: set[int] = set()  # nodes a constant tells apart, and nodes mixing them
+        self._anchor_keys: dict[int, Hashable] = {}  # what tells an anchored node apart
         self._attached: dict[int, set[str]] = {}  # node -> edge types of parameters attached to it
         self._constant_layouts: dict[tuple[int, int], Layout] = {}  # constants read by layers
         self.summary: dict[str, dict[str, int]] = {}
@@ -159,7 +162,7 @@ class LoweringContext:
         self.builder.pin(ids, torch.arange(size))
         content = L.signature_id(("constant operand", axis, tuple(value.shape), L.content_digest(value.constant)))
         self.builder.node_column("signature")[ids] = content
-        self.anchor(ids)
+        self.anchor(ids, [("constant", content, k) for k in range(size)])
         layout = L.for_axis(ids, len(value.shape), axis)
         self._constant_layouts[(value.id, axis)] = layout  # not its layout: other ops see a constant
         return layout
@@ -337,12 +340,31 @@ class LoweringContext:
                     sym["withdrawn"] = True
                     break
 
-    def anchor(self, nodes: torch.Tensor) -> None:
+    def anchor(self, nodes: torch.Tensor, keys: list[Hashable] | None = None) -> None:
         """Mark nodes that a constant tells apart (fixed positions), or that combine such
         nodes elementwise: no symmetry is declared over them, and declarations made
-        before (the layer that created them) are withdrawn."""
-        self._anchored.update(nodes.reshape(-1).tolist())
+        before (the layer that created them) are withdrawn. ``keys`` (one per node of
+        ``nodes``, flattened) say what tells each apart, so that a rule can compare groups of
+        anchored nodes (:meth:`anchor_keys`): equal keys, told apart alike."""
+        flat = nodes.reshape(-1).tolist()
+        self._anchored.update(flat)
+        if keys is not None:
+            self._anchor_keys.update(zip(flat, keys))
         self.withdraw_symmetries(nodes)
+
+    def anchor_keys(self, nodes: torch.Tensor) -> list[Hashable]:
+        """Per node (flattened), what anchors it: its own key, else the key of the node it
+        copies; ``"free"`` for a node no constant tells apart, ``"unknown"`` for one anchored
+        without a key."""
+        out: list[Hashable] = []
+        for n in nodes.reshape(-1).tolist():
+            for m in (n, self._root(n)):
+                if m in self._anchor_keys:
+                    out.append(self._anchor_keys[m])
+                    break
+            else:
+                out.append("unknown" if n in self._anchored or self._root(n) in self._anchored else "free")
+        return out
 
     def anchored(self, nodes: torch.Tensor) -> bool:
         """True when any of ``nodes``, or a node one of them copies, is anchored."""
@@ -405,7 +427,7 @@ class LoweringContext:
         # units tied one to one to these (a residual add before) are told apart as well
         self.partition_units(uniq, positions, "positions a constant fixes")
         self.withdraw_symmetries(uniq)
-        self.anchor(uniq)
+        self.anchor(uniq, [("position", p) for p in positions.tolist()])
 
     def attached_param_types(self, nodes: torch.Tensor) -> set[str]:
         """Edge types of the parameters :meth:`attach_param` attached to any of ``nodes``: a
@@ -494,8 +516,14 @@ class LoweringContext:
         neuron_axes = [a for a in range(ndim) if lay.ids.shape[a] > 1]
         varies = any(ref.shape[a] > 1 for a in neuron_axes)
         copies = [a for a in neuron_axes if ref.shape[a] == 1] if varies else []
-        if copies:
-            self.anchor(lay.ids)
+        if copies:  # each node told apart by the table entry it meets (equal in every copy)
+            entry = torch.zeros(lay.ids.shape, dtype=torch.long)
+            for a in range(ndim):
+                if ref.shape[a] > 1 and lay.ids.shape[a] > 1:
+                    view = [1] * ndim
+                    view[a] = lay.ids.shape[a]
+                    entry = entry * lay.ids.shape[a] + torch.arange(lay.ids.shape[a]).view(view)
+            self.anchor(lay.ids, [("table", ref.name, e) for e in entry.reshape(-1).tolist()])
         block = tuple(1 if a in copies else g for a, g in enumerate(grid))
         if block != ref.shape:
             ref = ref.apply(lambda t: t.expand(block))

@@ -80,13 +80,21 @@ def _declare_head_symmetries(ctx: LoweringContext, heads: torch.Tensor, q: torch
 
 def _same_fixed_positions(ctx: LoweringContext, q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether every head's q dims, and every head's k dims, hold the same multiset of fixed
-    positions (a rotary table fixes dim p of every head alike: heads may still swap; a constant
-    added along all of the key units tells each head's dims apart: they may not)."""
+    positions, and of what anchors them upstream (``ctx.anchor_keys``): a rotary table fixes dim
+    p of every head alike, and a norm's per-dim table is shared by all heads: heads may still
+    swap; a constant added along all of the key units tells each head's dims apart, also after
+    the keys are normalised: they may not."""
     position = ctx.builder.node_column("position")
     for rows in (q, k, ctx.root_nodes(q), ctx.root_nodes(k)):  # a pinned node, or what it copies
         labels = position[rows].sort(dim=1).values
         if not bool((labels == labels[:1]).all()):
             return False
+    for rows in (q, k):  # anchored upstream (a constant added, then normalised): compare what anchors them
+        if ctx.anchored(rows):
+            keys = ctx.anchor_keys(rows)
+            per_head = [sorted(map(repr, keys[h * rows.shape[1]:(h + 1) * rows.shape[1]])) for h in range(rows.shape[0])]
+            if "'unknown'" in per_head[0] or any(head != per_head[0] for head in per_head):
+                return False
     return True
 
 

@@ -134,8 +134,11 @@ def _lower_pair(ctx: LoweringContext, op: Op, a: Value | torch.Tensor, b: Value 
         for src in (src_a, src_b):
             if bool((src >= 0).all()) and torch.unique(src).numel() == src.numel():
                 ctx.tie_units(src, new)
-    if ctx.anchored(nodes_in):
-        ctx.anchor(new)
+    if ctx.anchored(nodes_in):  # told apart by what tells their operands apart
+        keys_a = ctx.anchor_keys(src_a.clamp(min=0))
+        keys_b = ctx.anchor_keys(src_b.clamp(min=0))
+        ctx.anchor(new, [("pair", op.kind, ka if a >= 0 else None, kb if b >= 0 else None)
+                         for ka, kb, a, b in zip(keys_a, keys_b, src_a.tolist(), src_b.tolist())])
     pos = _merged_pos(ctx, la, lb, ndim, keys.shape)
     ids = new[inverse].view(keys.shape)
     if pos is not None:  # entries of one node at several positions meet other units: each

@@ -748,3 +748,40 @@ def test_key_dims_fixed_differently_per_head_keep_the_heads_apart():
     report = gc.check_symmetry(model, inputs, trials=3)
     assert not any(what.startswith("attention heads") for what in report.symmetries_checked)
     assert any(what.startswith("value dims") for what in report.symmetries_checked)
+
+
+class CosineAttention(nn.Module):
+    """Swin-V2's attention: the qkv bias is ``cat(q_bias, k_bias, v_bias)`` with ``k_bias`` a
+    constant buffer, and q, k are l2-normalised before their product (so a per-dim constant on
+    the keys changes the output)."""
+
+    def __init__(self, k_bias: torch.Tensor, dim: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(dim)), nn.Parameter(torch.randn(dim))
+        self.register_buffer("k_bias", k_bias, persistent=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = F.linear(x, self.qkv.weight, torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+        q, k, v = qkv.reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_a_constant_on_the_keys_keeps_heads_apart_after_normalising():
+    """The constant is added before the keys are normalised: the normalised keys carry no
+    fixed position of their own, yet what anchors them (the constant's index along all key
+    units) differs between heads, so the heads are not declared swappable (they used to be,
+    and the completeness oracle proved the swap was no automorphism). A zero constant, as
+    Swin-V2 ships it, leaves heads and q/k dims free."""
+    torch.manual_seed(0)
+    inputs = (torch.randn(1, 5, 8),)
+    varying = gc.check_symmetry(CosineAttention(torch.randn(8)).eval(), inputs, trials=3)
+    assert not any(what.startswith(("attention heads", "query/key dims")) for what in varying.symmetries_checked)
+    assert any(what.startswith("value dims") for what in varying.symmetries_checked)
+    zero = gc.check_symmetry(CosineAttention(torch.zeros(8)).eval(), inputs, trials=3)
+    assert any(what.startswith("attention heads") for what in zero.symmetries_checked)
+    assert any(what.startswith("query/key dims") for what in zero.symmetries_checked)

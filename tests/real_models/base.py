@@ -48,6 +48,8 @@ CATALOGUE: dict[str, Architecture] = {}
 
 def register(family: str, library: str, source: str, **oracle):
     def add(build):
+        if family in CATALOGUE:
+            raise ValueError(f"family {family!r} is registered twice")
         CATALOGUE[family] = Architecture(family, library, source, build, oracle)
         return build
     return add

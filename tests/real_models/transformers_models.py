@@ -11,7 +11,7 @@ TINY = dict(hidden_size=WIDTH, num_attention_heads=HEADS, intermediate_size=FFN,
 DECODER = dict(TINY, num_hidden_layers=1, max_position_embeddings=POSITIONS, use_cache=False)
 
 
-def _ids() -> tuple:
+def id_inputs() -> tuple:
     return (token_ids(),)
 
 
@@ -19,36 +19,36 @@ def _ids() -> tuple:
 def gpt2():
     config = tf().GPT2Config(n_layer=2, n_head=HEADS, n_embd=WIDTH, vocab_size=VOCAB, n_positions=POSITIONS,
                              use_cache=False)
-    return hf(tf().GPT2Model(config), _ids())
+    return hf(tf().GPT2Model(config), id_inputs())
 
 
 @register("BERT", "transformers", "BertModel")
 def bert():
     config = tf().BertConfig(num_hidden_layers=2, max_position_embeddings=POSITIONS, **TINY)
-    return hf(tf().BertModel(config), _ids())
+    return hf(tf().BertModel(config), id_inputs())
 
 
 @register("RoBERTa", "transformers", "RobertaModel")
 def roberta():
     config = tf().RobertaConfig(num_hidden_layers=1, max_position_embeddings=POSITIONS, pad_token_id=1, **TINY)
-    return hf(tf().RobertaModel(config), _ids())
+    return hf(tf().RobertaModel(config), id_inputs())
 
 
 @register("ALBERT", "transformers", "AlbertModel")
 def albert():
     # one layer's weights shared by both layers; a factorised embedding (8 -> 16)
     config = tf().AlbertConfig(embedding_size=8, num_hidden_layers=2, max_position_embeddings=POSITIONS, **TINY)
-    return hf(tf().AlbertModel(config), _ids())
+    return hf(tf().AlbertModel(config), id_inputs())
 
 
 @register("DistilBERT", "transformers", "DistilBertModel")
 def distilbert():
     config = tf().DistilBertConfig(dim=WIDTH, n_layers=1, n_heads=HEADS, hidden_dim=FFN, vocab_size=VOCAB,
                                    max_position_embeddings=POSITIONS)
-    return hf(tf().DistilBertModel(config), _ids())
+    return hf(tf().DistilBertModel(config), id_inputs())
 
 
-def _seq2seq(model) -> tuple:
+def seq2seq(model) -> tuple:
     decoder = token_ids(SEQ - 2)
     return hf(model, (token_ids(), decoder), names=("input_ids", "decoder_input_ids"))
 
@@ -58,7 +58,7 @@ def t5():
     config = tf().T5Config(d_model=WIDTH, d_kv=8, d_ff=FFN, num_layers=1, num_decoder_layers=1, num_heads=HEADS,
                            vocab_size=VOCAB, relative_attention_num_buckets=8,
                            relative_attention_max_distance=16, use_cache=False)
-    return _seq2seq(tf().T5Model(config))
+    return seq2seq(tf().T5Model(config))
 
 
 @register("BART", "transformers", "BartModel")
@@ -66,47 +66,47 @@ def bart():
     config = tf().BartConfig(d_model=WIDTH, encoder_layers=1, decoder_layers=1, encoder_attention_heads=HEADS,
                              decoder_attention_heads=HEADS, encoder_ffn_dim=FFN, decoder_ffn_dim=FFN,
                              vocab_size=VOCAB, max_position_embeddings=POSITIONS, use_cache=False)
-    return _seq2seq(tf().BartModel(config))
+    return seq2seq(tf().BartModel(config))
 
 
-def _grouped_query(**extra) -> dict:
+def grouped_query(**extra) -> dict:
     # 4 query heads sharing 2 key/value heads, head dim 4
     return dict(DECODER, num_attention_heads=4, num_key_value_heads=2, head_dim=4, **extra)
 
 
 @register("Llama", "transformers", "LlamaModel")
 def llama():
-    return hf(tf().LlamaModel(tf().LlamaConfig(**_grouped_query())), _ids())
+    return hf(tf().LlamaModel(tf().LlamaConfig(**grouped_query())), id_inputs())
 
 
 @register("Mistral", "transformers", "MistralModel")
 def mistral():
-    return hf(tf().MistralModel(tf().MistralConfig(**_grouped_query(sliding_window=4))), _ids())
+    return hf(tf().MistralModel(tf().MistralConfig(**grouped_query(sliding_window=4))), id_inputs())
 
 
 @register("Qwen2", "transformers", "Qwen2Model")
 def qwen2():
-    return hf(tf().Qwen2Model(tf().Qwen2Config(**_grouped_query())), _ids())
+    return hf(tf().Qwen2Model(tf().Qwen2Config(**grouped_query())), id_inputs())
 
 
 @register("Gemma2", "transformers", "Gemma2Model")
 def gemma2():
     # two layers: one sliding-window, one global; logit soft-capping; RMSNorm with (1 + weight)
-    config = tf().Gemma2Config(**_grouped_query(num_hidden_layers=2, sliding_window=4, query_pre_attn_scalar=4))
-    return hf(tf().Gemma2Model(config), _ids())
+    config = tf().Gemma2Config(**grouped_query(num_hidden_layers=2, sliding_window=4, query_pre_attn_scalar=4))
+    return hf(tf().Gemma2Model(config), id_inputs())
 
 
 @register("Phi-3", "transformers", "Phi3Model")
 def phi3():
     # fused qkv and gate/up projections
-    config = tf().Phi3Config(**dict(_grouped_query(), pad_token_id=0))
-    return hf(tf().Phi3Model(config), _ids())
+    config = tf().Phi3Config(**dict(grouped_query(), pad_token_id=0))
+    return hf(tf().Phi3Model(config), id_inputs())
 
 
 @register("GPT-NeoX", "transformers", "GPTNeoXModel")
 def gpt_neox():
     config = tf().GPTNeoXConfig(**dict(DECODER, rotary_pct=0.5))
-    return hf(tf().GPTNeoXModel(config), _ids())
+    return hf(tf().GPTNeoXModel(config), id_inputs())
 
 
 @register("OPT", "transformers", "OPTModel")
@@ -114,13 +114,13 @@ def opt():
     config = tf().OPTConfig(hidden_size=WIDTH, num_hidden_layers=1, ffn_dim=FFN, num_attention_heads=HEADS,
                             vocab_size=VOCAB, max_position_embeddings=POSITIONS, word_embed_proj_dim=WIDTH,
                             use_cache=False)
-    return hf(tf().OPTModel(config), _ids())
+    return hf(tf().OPTModel(config), id_inputs())
 
 
 @register("Bloom", "transformers", "BloomModel")
 def bloom():
     config = tf().BloomConfig(hidden_size=WIDTH, n_layer=1, n_head=HEADS, vocab_size=VOCAB, use_cache=False)
-    return hf(tf().BloomModel(config), _ids())
+    return hf(tf().BloomModel(config), id_inputs())
 
 
 @register("Falcon", "transformers", "FalconModel")
@@ -129,7 +129,7 @@ def falcon():
     config = tf().FalconConfig(hidden_size=WIDTH, num_hidden_layers=1, num_attention_heads=HEADS,
                                vocab_size=VOCAB, multi_query=True, new_decoder_architecture=False,
                                use_cache=False)
-    return hf(tf().FalconModel(config), _ids())
+    return hf(tf().FalconModel(config), id_inputs())
 
 
 @register("CLIP vision", "transformers", "CLIPVisionModel")
@@ -172,7 +172,7 @@ def wav2vec2():
 @register("Gemma", "transformers", "GemmaModel")
 def gemma():
     # RMSNorm scaled by (1 + weight)
-    return hf(tf().GemmaModel(tf().GemmaConfig(**_grouped_query())), _ids())
+    return hf(tf().GemmaModel(tf().GemmaConfig(**grouped_query())), id_inputs())
 
 
 @register("Mamba", "transformers", "MambaModel")
@@ -180,7 +180,7 @@ def mamba():
     # A = -exp(A_log); the selective scan unrolled (no CUDA kernels on the CPU)
     config = tf().MambaConfig(hidden_size=WIDTH, state_size=4, num_hidden_layers=1, vocab_size=VOCAB,
                               expand=2, conv_kernel=3, time_step_rank=2, use_cache=False)
-    return hf(tf().MambaModel(config), _ids())
+    return hf(tf().MambaModel(config), id_inputs())
 
 
 @register("MobileBERT", "transformers", "MobileBertModel")
@@ -189,7 +189,7 @@ def mobilebert():
     config = tf().MobileBertConfig(hidden_size=WIDTH, embedding_size=8, num_hidden_layers=1, num_attention_heads=HEADS,
                                    intermediate_size=FFN, intra_bottleneck_size=8, true_hidden_size=8,
                                    num_feedforward_networks=1, vocab_size=VOCAB, max_position_embeddings=POSITIONS)
-    return hf(tf().MobileBertModel(config, add_pooling_layer=False), _ids())
+    return hf(tf().MobileBertModel(config, add_pooling_layer=False), id_inputs())
 
 
 @register("DeBERTa-v2", "transformers", "DebertaV2Model")
@@ -197,14 +197,14 @@ def deberta_v2():
     # disentangled attention: relative positions through gather / ceil / where
     config = tf().DebertaV2Config(num_hidden_layers=1, max_position_embeddings=POSITIONS, position_buckets=4,
                                   max_relative_positions=8, relative_attention=True, **TINY)
-    return hf(tf().DebertaV2Model(config), _ids())
+    return hf(tf().DebertaV2Model(config), id_inputs())
 
 
 @register("Mixtral", "transformers", "MixtralModel")
 def mixtral():
     # a mixture of experts: top-k routing
-    config = tf().MixtralConfig(**_grouped_query(num_local_experts=4, num_experts_per_tok=2))
-    return hf(tf().MixtralModel(config), _ids())
+    config = tf().MixtralConfig(**grouped_query(num_local_experts=4, num_experts_per_tok=2))
+    return hf(tf().MixtralModel(config), id_inputs())
 
 
 @register("GPT-BigCode", "transformers", "GPTBigCodeModel")
@@ -212,10 +212,10 @@ def gpt_bigcode():
     # multi-query attention with a fused c_attn
     config = tf().GPTBigCodeConfig(n_layer=1, n_head=HEADS, n_embd=WIDTH, vocab_size=VOCAB, n_positions=POSITIONS,
                                    multi_query=True, use_cache=False)
-    return hf(tf().GPTBigCodeModel(config), _ids())
+    return hf(tf().GPTBigCodeModel(config), id_inputs())
 
 
 @register("ELECTRA", "transformers", "ElectraModel")
 def electra():
     config = tf().ElectraConfig(embedding_size=8, num_hidden_layers=1, max_position_embeddings=POSITIONS, **TINY)
-    return hf(tf().ElectraModel(config), _ids())
+    return hf(tf().ElectraModel(config), id_inputs())
