@@ -32,6 +32,14 @@ REFUSED = {  # family -> what the compiler's one-line refusal names
     "ConvBERT": "aten.im2col.default",  # span-based dynamic convolution unfolds the sequence
     # the relative position bias (a table lookup) plus the shifted windows' constant mask
     "Swin (HF)": "param_transform[aten.add.Tensor]",
+    # cross-covariance / channel attention: the attention matrix is over channels
+    "XCiT": "attention weights with neurons on their token axes",
+    "DaViT": "attention weights with neurons on their token axes",
+    "EfficientViT (MIT)": "padding axis 3, which carries neurons",  # LiteMLA pads the values with ones
+    # class token(s) concatenated with conv-pooled or cross-branch tokens
+    "PiT": "other axes carry merged positions",
+    "CrossViT": "other axes carry merged positions",
+    "MViT-v2": "aten.copy_.default",  # in-place copy into the pooled residual
 }
 
 
