@@ -358,20 +358,26 @@ class LoweringContext:
         without a key."""
         out: list[Hashable] = []
         for n in nodes.reshape(-1).tolist():
-            for m in (n, self._root(n)):
-                if m in self._anchor_keys:
-                    out.append(self._anchor_keys[m])
-                    break
-            else:
-                out.append("unknown" if n in self._anchored or self._root(n) in self._anchored else "free")
+            lineage = self._lineage(n)
+            key = next((self._anchor_keys[m] for m in lineage if m in self._anchor_keys), None)
+            if key is None:
+                key = "unknown" if any(m in self._anchored for m in lineage) else "free"
+            out.append(key)
         return out
 
+    def _lineage(self, node: int) -> list[int]:
+        """``node``, the node it copies, the node that one copies, ... up to its root."""
+        chain = [node]
+        while chain[-1] in self._origin:
+            chain.append(self._origin[chain[-1]])
+        return chain
+
     def anchored(self, nodes: torch.Tensor) -> bool:
-        """True when any of ``nodes``, or a node one of them copies, is anchored."""
+        """True when any of ``nodes``, or a node one of them copies (through any chain of
+        copies), is anchored."""
         if not self._anchored:
             return False
-        return any(n in self._anchored or self._root(n) in self._anchored
-                   for n in nodes.reshape(-1).tolist())
+        return any(m in self._anchored for n in nodes.reshape(-1).tolist() for m in self._lineage(n))
 
     def note_copies(self, new: torch.Tensor, old: torch.Tensor) -> None:
         """Record that nodes ``new`` are one-to-one copies of ``old`` (same function of the
@@ -427,7 +433,7 @@ class LoweringContext:
         # units tied one to one to these (a residual add before) are told apart as well
         self.partition_units(uniq, positions, "positions a constant fixes")
         self.withdraw_symmetries(uniq)
-        self.anchor(uniq, [("position", p) for p in positions.tolist()])
+        self.anchor(uniq, [("position", p, k) for p, k in zip(positions.tolist(), self.anchor_keys(uniq))])
 
     def attached_param_types(self, nodes: torch.Tensor) -> set[str]:
         """Edge types of the parameters :meth:`attach_param` attached to any of ``nodes``: a
@@ -523,7 +529,8 @@ class LoweringContext:
                     view = [1] * ndim
                     view[a] = lay.ids.shape[a]
                     entry = entry * lay.ids.shape[a] + torch.arange(lay.ids.shape[a]).view(view)
-            self.anchor(lay.ids, [("table", ref.name, e) for e in entry.reshape(-1).tolist()])
+            prior = self.anchor_keys(lay.ids)  # what told them apart before, if anything
+            self.anchor(lay.ids, [("table", ref.name, e, k) for e, k in zip(entry.reshape(-1).tolist(), prior)])
         block = tuple(1 if a in copies else g for a, g in enumerate(grid))
         if block != ref.shape:
             ref = ref.apply(lambda t: t.expand(block))

@@ -152,12 +152,52 @@ def lower_cat(ctx: LoweringContext, op: Op) -> None:
                         "statistic) with one that has neurons is not supported")
     dim = op.attrs.get("dim", 0) % len(op.output.shape)
     ndim = len(op.output.shape)
+    if not op.attrs.get("stack") and _merge_along_free_axis(ctx, op, [L.align(l, ndim) for l in layouts], dim):
+        return
     if op.attrs.get("stack"):
         layouts = [L.unsqueeze(l, dim) for l in layouts]
         shapes = [tuple(v.shape[:dim]) + (1,) + tuple(v.shape[dim:]) for v in parts]
     else:
         shapes = [tuple(v.shape) for v in parts]
     ctx.set_layout(op.output, L.cat([L.align(l, ndim) for l in layouts], shapes, dim))
+
+
+def _merge_along_free_axis(ctx: LoweringContext, op: Op, layouts: list[L.Layout], dim: int) -> bool:
+    """``cat([fc(cls), pooled.flatten(2).transpose(1, 2)], dim=tokens)`` (PiT, CoaT, EVA's
+    class token beside rotary patch tokens): parts on different nodes, laid out alike, along
+    an axis free in all of them. Unit ``k`` of the result is one node, fed by unit ``k`` of
+    every part through a ``cat_part`` edge that says which entries along ``dim`` the part
+    fills (``spatial``: its start; ``kernel0``: its length); the parts' units are tied to it
+    (whatever reads the result with shared weights moves them together), and the result
+    stays free along ``dim``. Only where some part holds several entries along ``dim`` on the
+    same nodes (``dim`` is an axis of data, the tokens, not one of units: heads concatenated
+    one by one must keep their own nodes). True when handled (parts with merged positions, or
+    repeating a node, are left to the general concatenation)."""
+    first = layouts[0]
+    if any(l.pos is not None or l.ids.shape != first.ids.shape or l.ids.shape[dim] != 1 for l in layouts):
+        return False
+    sizes = [int(v.shape[dim - len(op.output.shape) + len(v.shape)]) for v in op.inputs[0]]
+    if max(sizes) < 2:  # one entry per part (one head each, as GQA spelled with slices): an axis of units
+        return False
+    if any(torch.unique(l.ids).numel() != l.ids.numel() for l in layouts):
+        return False
+    if all(torch.equal(l.ids, first.ids) for l in layouts):
+        return False
+    merged = ctx.add_nodes(first.ids.numel(), "neuron", max(ctx.depth_of(l.ids.reshape(-1)) for l in layouts) + 1)
+    start = 0
+    for layout, part in zip(layouts, op.inputs[0]):
+        length = int(part.shape[dim - len(op.output.shape) + len(part.shape)])
+        count = merged.numel()
+        ctx.add_edges((count,), layout.ids.reshape(-1), merged, "cat_part", spatial=torch.full((count,), start),
+                      kernel=(torch.full((count,), length),))
+        ctx.tie_units(layout.ids.reshape(-1), merged)
+        start += length
+    parts = [l.ids.reshape(-1) for l in layouts]
+    if any(ctx.anchored(p) for p in parts):  # told apart by what tells each part's unit apart
+        keys = list(zip(*(ctx.anchor_keys(p) for p in parts)))
+        ctx.anchor(merged, [("cat", k) for k in keys])
+    ctx.set_layout(op.output, L.Layout(merged.view(first.ids.shape)))
+    return True
 
 
 def _constants_as_padding(ctx: LoweringContext, op: Op, parts: list[Value], dim: int) -> bool:
@@ -545,6 +585,7 @@ def gmn_register(registry: Registrar) -> None:
         ("gather", lower_gather, ("x", "indices"), ("dim", "index", "kind"), _view_gather),
         ("cat", lower_cat, ("tensors",), ("dim", "stack"), None),
     ]
+    registry.add_edge_type("cat_part")
     for kind, rule, inputs, attributes, view in declared:
         registry.add_rule(kind, rule, inputs=inputs, attributes=attributes, aliasing=True, view=view,
                           elementwise=kind == "identity")

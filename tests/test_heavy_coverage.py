@@ -20,15 +20,12 @@ pytestmark = pytest.mark.heavy
 
 REFUSED = {  # family -> what the compiler's one-line refusal names
     # issue 20's families still refused
-    "CoaT": "other axes carry merged positions",  # class token + conv position encoding
+    "CoaT": "attention weights with neurons on their token axes",  # factorised attention: softmax(k)^T v
     # its conv over constant Fourier features compiles; cross-covariance attention (over channels) not
     "EdgeNeXt": "attention weights with neurons on their token axes",
     "Mamba": "contracting two activations whose row/column axes also carry neurons",  # the scan
     "DeBERTa-v2": "param_transform[aten.div.Tensor]",  # relative positions computed in forward
     "Mixtral": "aten.topk.default",  # mixture-of-experts routing
-    # rotary embedding on the patch tokens only: cat([q_cls, rope(q_patches)]) along the tokens
-    # gives the tokens neurons, and q @ k^T is refused
-    "EVA": "contracting two activations whose row/column axes also carry neurons",
     "ConvBERT": "aten.im2col.default",  # span-based dynamic convolution unfolds the sequence
     # the relative position bias (a table lookup) plus the shifted windows' constant mask
     "Swin (HF)": "param_transform[aten.add.Tensor]",
@@ -36,9 +33,6 @@ REFUSED = {  # family -> what the compiler's one-line refusal names
     "XCiT": "attention weights with neurons on their token axes",
     "DaViT": "attention weights with neurons on their token axes",
     "EfficientViT (MIT)": "padding axis 3, which carries neurons",  # LiteMLA pads the values with ones
-    # class token(s) concatenated with conv-pooled or cross-branch tokens
-    "PiT": "other axes carry merged positions",
-    "CrossViT": "other axes carry merged positions",
     "MViT-v2": "aten.copy_.default",  # in-place copy into the pooled residual
 }
 

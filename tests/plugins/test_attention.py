@@ -785,3 +785,54 @@ def test_a_constant_on_the_keys_keeps_heads_apart_after_normalising():
     zero = gc.check_symmetry(CosineAttention(torch.zeros(8)).eval(), inputs, trials=3)
     assert any(what.startswith("attention heads") for what in zero.symmetries_checked)
     assert any(what.startswith("query/key dims") for what in zero.symmetries_checked)
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, -1)
+    return torch.cat([-x2, x1], -1)
+
+
+class RotaryWithKeyConstant(nn.Module):
+    """EVA-02's attention: qkv bias ``cat(q_bias, k_bias, v_bias)`` with ``k_bias`` a constant
+    buffer; rotary embedding on the patch tokens only (``class_token``: token 0 kept as it is,
+    concatenated back), or on every token with the keys then normalised."""
+
+    def __init__(self, k_bias: torch.Tensor, class_token: bool, dim: int = 8, heads: int = 2, tokens: int = 5):
+        super().__init__()
+        self.heads, self.class_token = heads, class_token
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(dim)), nn.Parameter(torch.randn(dim))
+        self.register_buffer("k_bias", k_bias, persistent=False)
+        angles = torch.arange(tokens - class_token).float()[:, None] * torch.arange(1, dim // heads // 2 + 1).float()
+        self.register_buffer("cos", torch.cat([angles.cos()] * 2, -1))
+        self.register_buffer("sin", torch.cat([angles.sin()] * 2, -1))
+
+    def rope(self, t):
+        if not self.class_token:
+            return t * self.cos + _rotate_half(t) * self.sin
+        rest = t[:, :, 1:]
+        return torch.cat([t[:, :, :1], rest * self.cos + _rotate_half(rest) * self.sin], 2)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = F.linear(x, self.qkv.weight, torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+        q, k, v = qkv.reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.rope(q), self.rope(k)
+        if not self.class_token:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("class_token", [True, False], ids=["class-token", "normalised"])
+def test_what_anchors_the_keys_is_followed_through_rotary_and_copies(class_token):
+    """The key constant tells each head's k dims apart; the rotary table then anchors the same
+    nodes again (its key keeps the earlier one), and the class token's keys are copies of the
+    biased units (the copy's anchor is found up its chain of copies). Heads stay apart, and
+    the oracles pass; with a zero constant they are declared swappable."""
+    torch.manual_seed(0)
+    inputs = (torch.randn(1, 5, 8),)
+    varying = gc.check_symmetry(RotaryWithKeyConstant(torch.randn(8), class_token).eval(), inputs, trials=3)
+    assert not any(what.startswith("attention heads") for what in varying.symmetries_checked)
+    zero = gc.check_symmetry(RotaryWithKeyConstant(torch.zeros(8), class_token).eval(), inputs, trials=3)
+    assert any(what.startswith("attention heads") for what in zero.symmetries_checked)

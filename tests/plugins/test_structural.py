@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import gmn_compiler as gc
+from gmn_compiler import canonical, testing
 from oracles import (assert_isomorphic, assert_not_isomorphic, assert_not_symmetry, assert_oracles,
                      assert_round_trip, assert_symmetry, functions_differ, permute_cols, permute_rows)
 
@@ -448,3 +449,38 @@ def test_a_two_dimensional_constant_index_on_an_activation_selects_and_reshapes(
     model, x = TwoDimensionalIndexOnTokens().eval(), torch.randn(2, 3, 4)
     assert model(x).shape == (2, 2, 2, 2)
     assert_oracles(model, (x,), trials=4)
+
+
+class PooledTokens(nn.Module):
+    """PiT's pooling stage: the class token goes through a linear layer, the patch tokens through
+    a strided depthwise conv, and the two are concatenated along the tokens (``cls_first``) or
+    the other way round, then read by one linear layer."""
+
+    def __init__(self, cls_first: bool = True):
+        super().__init__()
+        self.cls_first = cls_first
+        self.embed, self.pool = nn.Conv2d(3, 4, 2, stride=2), nn.Conv2d(4, 8, 2, stride=2, groups=4)
+        self.cls, self.fc, self.qkv = nn.Parameter(torch.randn(1, 1, 4)), nn.Linear(4, 8), nn.Linear(8, 6)
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, c, hh, ww = h.shape
+        tokens = torch.cat([self.cls.expand(b, -1, -1), h.flatten(2).transpose(1, 2)], 1)
+        cls, patches = self.fc(tokens[:, :1]), self.pool(tokens[:, 1:].transpose(1, 2).reshape(b, c, hh, ww))
+        parts = [cls, patches.flatten(2).transpose(1, 2)]
+        return self.qkv(torch.cat(parts if self.cls_first else parts[::-1], 1))
+
+
+def test_tokens_from_different_units_concatenated_along_the_tokens():
+    """Each unit of the result is one node fed by the matching unit of each part (``cat_part``
+    edges saying which tokens the part fills), the parts' units tied to it: the linear layer
+    reading the result moves the class token's and the patches' units together. Every oracle
+    passes, and the order of the parts is in the graph."""
+    x = (torch.randn(1, 3, 8, 8),)
+    model = testing.randomized(PooledTokens())
+    graph = assert_oracles(model, x, trials=3)
+    testing.assert_swap_faithful(model, x, max_pairs=6)
+    assert graph.summary["cat"]["edges"] == 4 + 2 * 8  # the class token attached (4), two parts merged (2 x 8)
+    swapped = PooledTokens(cls_first=False)
+    swapped.load_state_dict(model.state_dict())
+    assert not canonical.isomorphic(graph, gc.compile(swapped, x))
