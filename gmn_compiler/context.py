@@ -549,18 +549,22 @@ def _select(t: torch.Tensor, axes: list[int], index: tuple[int, ...]) -> torch.T
 
 
 def _mask_signature(ctx: "LoweringContext", ref: ParamRef, layout: Layout) -> tuple:
-    """The content of the mask of a masked parameter (``where(mask, w, c)``), which must be
-    the same for every index of an axis carrying neurons: a mask that kept one head's bias
-    and replaced another's would tell the heads apart."""
-    if ref.mask is None:
-        return ()
-    mask = ref.mask.expand(ref.shape)
-    for axis in range(mask.dim()):
-        if layout.ids.shape[axis] > 1 and not L.same_along(mask, axis):
-            raise ctx.error(f"parameter {ref.name} is masked by a constant that differs along an "
-                            f"axis carrying neurons (axis {axis}); only masks over free axes "
-                            "(positions) are supported")
-    return (("mask", tuple(mask.shape), L.content_digest(mask)),)
+    """The content of the mask of a masked parameter (``where(mask, w, c)``) and of a constant
+    added to it (``w + c``), each of which must be the same for every index of an axis
+    carrying neurons: a mask that kept one head's bias and replaced another's would tell the
+    heads apart."""
+    out: tuple = ()
+    for what, data in (("mask", ref.mask), ("offset", ref.offset)):
+        if data is None:
+            continue
+        data = data.expand(ref.shape)
+        for axis in range(data.dim()):
+            if layout.ids.shape[axis] > 1 and not L.same_along(data, axis):
+                raise ctx.error(f"parameter {ref.name} is {'masked by' if what == 'mask' else 'offset by'} a "
+                                f"constant that differs along an axis carrying neurons (axis {axis}); only "
+                                "constants over free axes (positions) are supported")
+        out += ((what, tuple(data.shape), L.content_digest(data)),)
+    return out
 
 
 def _drop_broadcast_axes(ref: ParamRef, layout: Layout) -> ParamRef:
@@ -569,7 +573,7 @@ def _drop_broadcast_axes(ref: ParamRef, layout: Layout) -> ParamRef:
     offsets = ref.flat_offsets()
     for axis in range(offsets.dim()):
         if offsets.shape[axis] > 1 and layout.ids.shape[axis] == 1:
-            same_mask = ref.mask is None or L.same_along(ref.mask.expand(ref.shape), axis)
+            same_mask = all(data is None or L.same_along(data.expand(ref.shape), axis) for data in (ref.mask, ref.offset))
             if same_mask and L.same_along(offsets, axis):
                 ref = ref.apply(lambda t, axis=axis: t.narrow(axis, 0, 1))
                 offsets = ref.flat_offsets()

@@ -59,6 +59,10 @@ class ParamRef:
     # every axis but ``dim``; ``dim=-1``: over all): this reference is ``v``, ``g`` another.
     # Only kinds declared ``weight_norm=True`` take it (they attach ``g``).
     weight_norm: tuple | None = None
+    # A constant the model adds to the (transformed) value, shaped like ``tensor`` (HF Swin's
+    # relative position bias plus its shifted windows' mask), recorded as a ``transform`` step
+    # too. None: nothing added. Views apply to it as to the values.
+    offset: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -85,7 +89,8 @@ class ParamRef:
         values = fn(self.tensor)
         offsets = self._views(lambda t: [fn(t)], [values])[0]
         mask = None if self.mask is None else fn(self.mask)
-        return ParamRef(self.name, values, offsets, self.kind, self.transform, mask, self.weight_norm)
+        offset = None if self.offset is None else fn(self.offset)
+        return ParamRef(self.name, values, offsets, self.kind, self.transform, mask, self.weight_norm, offset)
 
     def through(self, view: Callable[[torch.Tensor, dict, list[tuple[int, ...]]], list[torch.Tensor]],
                 attrs: dict, shapes: list[tuple[int, ...]],
@@ -100,8 +105,10 @@ class ParamRef:
         offsets = self._views(lambda t: view(t, attrs, shapes), values)
         dtypes = dtypes or [None] * len(values)
         masks = [None] * len(values) if self.mask is None else view(self.mask, attrs, shapes)
+        added = [None] * len(values) if self.offset is None else view(self.offset, attrs, shapes)
         return [ParamRef(self.name, v.to(d) if d is not None and d.is_floating_point else v, o, self.kind,
-                         self.transform, m, self.weight_norm) for v, o, d, m in zip(values, offsets, dtypes, masks)]
+                         self.transform, m, self.weight_norm, a)
+                for v, o, d, m, a in zip(values, offsets, dtypes, masks, added)]
 
     def __repr__(self) -> str:
         return f"ParamRef({self.name}, {list(self.shape)})"

@@ -27,8 +27,6 @@ REFUSED = {  # family -> what the compiler's one-line refusal names
     "DeBERTa-v2": "param_transform[aten.div.Tensor]",  # relative positions computed in forward
     "Mixtral": "aten.topk.default",  # mixture-of-experts routing
     "ConvBERT": "aten.im2col.default",  # span-based dynamic convolution unfolds the sequence
-    # the relative position bias (a table lookup) plus the shifted windows' constant mask
-    "Swin (HF)": "param_transform[aten.add.Tensor]",
     # cross-covariance / channel attention: the attention matrix is over channels
     "XCiT": "attention weights with neurons on their token axes",
     "DaViT": "attention weights with neurons on their token axes",

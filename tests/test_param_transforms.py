@@ -123,6 +123,54 @@ def test_a_mask_that_differs_per_head_is_refused_in_one_line():
         gc.compile(model, (x,))
 
 
+class ShiftedWindowBias(nn.Module):
+    """HF Swin's shifted windows: the relative-position bias (a table lookup, ``(1, heads, t, t)``)
+    plus a constant mask per window (``(windows, 1, t, t)``, 0 or -100), passed to
+    ``scaled_dot_product_attention`` as ``attn_mask``; the windows are the batch."""
+
+    def __init__(self, shift: str = "shifted", tokens: int = 4, heads: int = 2, dim: int = 3):
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.qkv, self.out = nn.Linear(5, 3 * heads * dim), nn.Linear(heads * dim, 2)
+        self.table = nn.Embedding(2 * tokens - 1, heads)
+        pos = torch.arange(tokens)
+        self.register_buffer("buckets", pos[None, :] - pos[:, None] + tokens - 1, persistent=False)
+        region = torch.tensor([0, 0, 1, 1] if shift == "shifted" else [0, 1, 1, 1])
+        apart = (region[:, None] != region[None, :]).float() * -100.0
+        mask = torch.stack([torch.zeros(tokens, tokens), apart])[:, None]  # window 0 unshifted, window 1 split
+        if shift == "per head":
+            mask = torch.stack([torch.zeros(tokens, tokens), apart])[None]  # (1, heads, t, t): differs per head
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4)
+        bias = self.table(self.buckets).permute(2, 0, 1).unsqueeze(0)  # (1, heads, t, t)
+        h = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias + self.mask)
+        return self.out(h.transpose(1, 2).reshape(b, t, self.heads * self.dim))
+
+
+def test_a_position_bias_plus_a_constant_mask_compiles_and_passes_the_oracles():
+    """The constant added to the looked-up bias is part of the structure (its content names the
+    bias's auxiliary node): another mask is another graph; the heads stay swappable."""
+    torch.manual_seed(0)
+    model, x = ShiftedWindowBias().eval(), torch.randn(2, 4, 5)
+    assert_oracles(model, (x,), trials=4)
+    pg = gc.compile(model, (x,))
+    report = gc.check_symmetry(model, (x,), trials=2, graph=pg)
+    assert any(what.startswith("attention heads") for what in report.symmetries_checked)
+    other = ShiftedWindowBias("other split").eval()
+    other.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(x), other(x))
+    assert not canonical.isomorphic(pg, gc.compile(other, (x,)))
+
+
+def test_a_constant_added_per_head_is_refused_in_one_line():
+    model, x = ShiftedWindowBias("per head").eval(), torch.randn(1, 4, 5)
+    with pytest.raises(gc.CompileError, match="offset by a constant that differs along an axis carrying neurons"):
+        gc.compile(model, (x,))
+
+
 class AssembledBias(nn.Module):
     """BEiT / EVA-02 attention: the fused qkv projection's bias assembled in ``forward`` from a
     query bias, a zero buffer for the keys (no key bias) and a value bias."""

@@ -14,7 +14,9 @@ One function is positional: ``where(mask, w, c)`` / ``w.masked_fill(~mask, c)`` 
 mask (T5's sdpa path keeps its relative position bias only where the causal mask allows). The
 reference then also carries the mask (``ParamRef.mask``), which views rearrange like the values;
 the rule attaching it names the mask's content and refuses a mask that varies along an axis
-carrying neurons (it would tell units apart).
+carrying neurons (it would tell units apart). A constant tensor added to the parameter (HF
+Swin's relative position bias plus its shifted windows' mask) is carried the same way
+(``ParamRef.offset``), under the same rule.
 """
 
 from __future__ import annotations
@@ -50,7 +52,40 @@ def elementwise_transform(name: str, args: list[Any], kwargs: dict[str, Any]) ->
     position, ref = refs[0]
     step = (name, position, tuple(_plain(a) for a in args if not isinstance(a, ParamRef)),
             tuple(sorted((k, _plain(v)) for k, v in kwargs.items())))
-    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, ref.transform + (step,), ref.mask)
+    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, ref.transform + (step,), ref.mask, None, ref.offset)
+
+
+OFFSET_PARAM_TRANSFORMS = frozenset({"aten.add.Tensor", "aten.sub.Tensor"})
+"""ATen ops that may add a constant tensor to a parameter (entry by entry, broadcasting)."""
+
+
+def offset_transform(name: str, args: list[Any], kwargs: dict[str, Any]) -> ParamRef | None:
+    """``ref + c`` / ``c + ref`` / ``ref - c`` with ``c`` a constant floating tensor (``alpha``
+    a number): ``ref`` broadcast to the result, carrying ``c`` (times ``alpha``, negated for a
+    subtraction) as its ``offset``, the operation recorded as a transform step. None for any
+    other operands, and for a reference that already carries an offset or a weight norm."""
+    if len(args) != 2 or set(kwargs) - {"alpha"}:
+        return None
+    alpha = kwargs.get("alpha", 1)
+    position = next((i for i, a in enumerate(args) if isinstance(a, ParamRef)), None)
+    if position is None or not _scalar(alpha):
+        return None
+    ref, other = args[position], args[1 - position]
+    constant = getattr(other, "constant", None)
+    if not isinstance(constant, torch.Tensor) or not constant.is_floating_point() or constant.numel() < 2:
+        return None
+    if ref.offset is not None or ref.weight_norm is not None:
+        return None
+    added = constant.double()
+    if position == 0:  # ref + alpha * c (or ref - alpha * c)
+        added = added * float(alpha) * (-1.0 if name == "aten.sub.Tensor" else 1.0)
+    elif name == "aten.sub.Tensor" or float(alpha) != 1.0:  # c - alpha * ref: not an offset of ref
+        return None
+    shape = torch.broadcast_shapes(tuple(added.shape), ref.shape)
+    ref = ref.apply(lambda t: t.reshape((1,) * (len(shape) - t.dim()) + tuple(t.shape)).expand(shape))
+    added = added.reshape((1,) * (len(shape) - added.dim()) + tuple(added.shape)).expand(shape).clone()
+    step = ("offset", position, (), ())
+    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, ref.transform + (step,), ref.mask, None, added)
 
 
 def masked_transform(name: str, args: list[Any], kwargs: dict[str, Any]) -> ParamRef | None:
@@ -76,7 +111,23 @@ def masked_transform(name: str, args: list[Any], kwargs: dict[str, Any]) -> Para
     if ref.mask is not None:
         keep = keep & ref.mask
     step = ("masked", 1, (_plain(fill),), ())
-    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, ref.transform + (step,), keep.clone())
+    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, ref.transform + (step,), keep.clone(), None, ref.offset)
+
+
+PARAM_FUNCTIONS = ELEMENTWISE_PARAM_TRANSFORMS | MASKING_PARAM_TRANSFORMS | OFFSET_PARAM_TRANSFORMS
+"""ATen ops :func:`param_function` may turn into a transformed parameter reference."""
+
+
+def param_function(name: str, args: list[Any], kwargs: dict[str, Any]) -> ParamRef | None:
+    """``name(*args, **kwargs)`` on one parameter reference as a transformed reference: an
+    elementwise function with scalars, a constant mask, or a constant added; None when none
+    applies (the frontend then refuses ``param_transform[name]``)."""
+    if name in MASKING_PARAM_TRANSFORMS:
+        return masked_transform(name, args, kwargs)
+    found = elementwise_transform(name, args, kwargs) if name in ELEMENTWISE_PARAM_TRANSFORMS else None
+    if found is None and name in OFFSET_PARAM_TRANSFORMS:
+        found = offset_transform(name, args, kwargs)
+    return found
 
 
 def _constant_bool(value: Any) -> torch.Tensor | None:
@@ -98,7 +149,7 @@ def weight_normalised(args: list[Any], kwargs: dict[str, Any]) -> ParamRef | Non
     v, g = args[0], args[1] if len(args) > 1 else kwargs.get("g")
     dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
     plain = all(isinstance(r, ParamRef) and not r.transform and r.mask is None and r.weight_norm is None
-                for r in (v, g))
+                and r.offset is None for r in (v, g))
     if not plain or not isinstance(dim, int):
         return None
     return ParamRef(v.name, v.tensor, v.offsets, v.kind, (), None, (g, dim))
@@ -115,7 +166,7 @@ def weight_standardised(args: list[Any], kwargs: dict[str, Any]) -> ParamRef | N
     if not (isinstance(ref, ParamRef) and isinstance(gain, ParamRef) and given.get("training") is True
             and given.get("bias") is None and given.get("running_mean") is None and given.get("running_var") is None):
         return None
-    if ref.transform or ref.mask is not None or ref.weight_norm is not None or gain.mask is not None:
+    if ref.transform or ref.mask is not None or ref.weight_norm is not None or gain.mask is not None or gain.offset is not None:
         return None
     if ref.tensor.dim() != 3 or ref.shape[0] != 1 or gain.tensor.numel() != ref.shape[1]:
         return None

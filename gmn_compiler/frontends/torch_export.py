@@ -26,8 +26,7 @@ from ..ir_patterns import normalize
 from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
 from .param_concat import ParamConcat, concat_used
-from .param_transforms import (ELEMENTWISE_PARAM_TRANSFORMS, MASKING_PARAM_TRANSFORMS, elementwise_transform,
-                               masked_transform, weight_normalised, weight_standardised)
+from .param_transforms import PARAM_FUNCTIONS, param_function, weight_normalised, weight_standardised
 from .checks import check_input_axes
 from .decompositions import trace_decomposition
 from .pt2_safe import load_exported_program
@@ -59,8 +58,6 @@ def _rows_kept(ref: ParamRef, name: str, node: torch.fx.Node) -> bool:
 # weight reparametrisations computed in forward, recognised on plain parameters
 _WEIGHT_NORMS = {"aten._weight_norm.default": weight_normalised, "aten.batch_norm.default": weight_standardised}
 # functions of one parameter computed in forward, recorded on its reference
-_PARAM_FUNCTIONS = {**{name: elementwise_transform for name in ELEMENTWISE_PARAM_TRANSFORMS},
-                    **{name: masked_transform for name in MASKING_PARAM_TRANSFORMS}}
 _AS_TARGETS = {"aten.reshape_as.default", "aten.view_as.default", "aten.expand_as.default"}
 _RESHAPE_BACK = {"aten.reshape_as.default", "aten.reshape.default", "aten.view.default", "aten._unsafe_view.default"}
 
@@ -310,7 +307,8 @@ class _Converter:
         if not has_value and has_param and name in _CAST_TARGETS:
             ref = args[0]
             self.env[node.name] = ParamRef(ref.name, node.target(ref.tensor, *args[1:], **kwargs),
-                                           ref.offsets, ref.kind, ref.transform, ref.mask, ref.weight_norm)
+                                           ref.offsets, ref.kind, ref.transform, ref.mask, ref.weight_norm,
+                                           None if ref.offset is None else node.target(ref.offset, *args[1:], **kwargs))
             return
         if name in _WEIGHT_NORMS and not has_value:
             reparametrised = _WEIGHT_NORMS[name](args, kwargs)
@@ -332,8 +330,8 @@ class _Converter:
             if not concat_used(self, node, name, args, kwargs, _location(node)):
                 self._refuse_transform(node, name, args, "aten.cat.default")
             return
-        if not has_value and has_param and name in _PARAM_FUNCTIONS:
-            transformed = _PARAM_FUNCTIONS[name](name, args, kwargs)
+        if not has_value and has_param and name in PARAM_FUNCTIONS:
+            transformed = param_function(name, args, kwargs)
             if transformed is not None:  # 1 + w, -exp(w), where(mask, w, c): see param_transforms
                 self.env[node.name] = transformed
                 return
