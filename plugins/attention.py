@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, Value, hookimpl, layout as L
+from .channel_mixing import EDGE_TYPES, mix_over_neuron_axis, outer_over_free_axis
 
 
 
@@ -171,7 +172,15 @@ def lower_contract(ctx: LoweringContext, op: Op) -> None:
         return
     a_ids = _operand_ids(ctx, a, ndim) if la is not None else None
     b_ids = _operand_ids(ctx, b, ndim)
-    if a_ids is not None and a_ids.shape[-1] > 1 and b_ids.shape[-2] > 1:
+    if a_ids is not None and a_ids.shape[-2] > 1 and b_ids.shape[-1] > 1 and a_ids.shape[-1] == 1 and b_ids.shape[-2] == 1:
+        ctx.set_layout(op.output, L.compress(outer_over_free_axis(ctx, a_ids, b_ids), None))  # q @ k^T over tokens
+    elif a_ids is not None and a_ids.shape[-2] > 1 and a_ids.shape[-1] > 1 and b_ids.shape[-2] > 1 and b_ids.shape[-1] == 1:
+        ctx.set_layout(op.output, L.compress(mix_over_neuron_axis(ctx, a_ids, b_ids), None))  # attn @ v over dims
+    elif a_ids is not None and a_ids.shape[-2] == 1 and a_ids.shape[-1] > 1 and b_ids.shape[-2] > 1 and b_ids.shape[-1] > 1:
+        # q @ (k^T v) (CoaT's factorised attention): the transpose of the case above
+        mixed = mix_over_neuron_axis(ctx, b_ids.transpose(-1, -2), a_ids.transpose(-1, -2))
+        ctx.set_layout(op.output, L.compress(mixed.transpose(-1, -2), None))
+    elif a_ids is not None and a_ids.shape[-1] > 1 and b_ids.shape[-2] > 1:
         ctx.set_layout(op.output, L.compress(contract_neurons(ctx, a_ids, b_ids), None))
     elif (a_ids is None or a_ids.shape[-1] == 1) and b_ids.shape[-2] == 1:
         ctx.set_layout(op.output, weighted_sum(ctx, a_ids, b, b_ids, ndim))
@@ -272,6 +281,8 @@ def gmn_register(registry: Registrar) -> None:
     registry.add_rule("isnan", lower_isnan, inputs=("x",), attributes=(), elementwise=True)
     registry.map_onnx("IsNaN", "isnan", lambda x: ([x], {}))
     registry.map_aten("aten.isnan.default", "isnan", lambda x: ([x], {}))
+    for name in EDGE_TYPES:
+        registry.add_edge_type(name)
     registry.add_rule("contract", lower_contract)
     registry.add_rule("sdpa", lower_sdpa, inputs=("q", "k", "v", "attn_mask"),
                       attributes=("is_causal", "scale", "enable_gqa"), attaches_params=True)

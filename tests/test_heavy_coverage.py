@@ -20,16 +20,12 @@ pytestmark = pytest.mark.heavy
 
 REFUSED = {  # family -> what the compiler's one-line refusal names
     # issue 20's families still refused
-    "CoaT": "attention weights with neurons on their token axes",  # factorised attention: softmax(k)^T v
-    # its conv over constant Fourier features compiles; cross-covariance attention (over channels) not
-    "EdgeNeXt": "attention weights with neurons on their token axes",
+    # factorised attention where the class token's stage gives the tokens neurons
+    "CoaT": "contracting two activations whose row/column axes also carry neurons",
     "Mamba": "contracting two activations whose row/column axes also carry neurons",  # the scan
     "DeBERTa-v2": "param_transform[aten.div.Tensor]",  # relative positions computed in forward
     "Mixtral": "aten.topk.default",  # mixture-of-experts routing
     "ConvBERT": "aten.im2col.default",  # span-based dynamic convolution unfolds the sequence
-    # cross-covariance / channel attention: the attention matrix is over channels
-    "XCiT": "attention weights with neurons on their token axes",
-    "DaViT": "attention weights with neurons on their token axes",
     "EfficientViT (MIT)": "padding axis 3, which carries neurons",  # LiteMLA pads the values with ones
     "MViT-v2": "aten.copy_.default",  # in-place copy into the pooled residual
 }
