@@ -1,6 +1,6 @@
 """Cross-covariance attention (XCiT, EdgeNeXt, DaViT's channel attention) and factorised
 attention (CoaT): products of two activations whose outer axes carry neurons
-(``gmn_plugins.channel_mixing``)."""
+(``gmn_plugins.attention``, channel attention)."""
 
 from __future__ import annotations
 
