@@ -20,8 +20,6 @@ pytestmark = pytest.mark.heavy
 
 REFUSED = {  # family -> what the compiler's one-line refusal names
     # issue 20's families still refused
-    # factorised attention where the class token's stage gives the tokens neurons
-    "CoaT": "contracting two activations whose row/column axes also carry neurons",
     "DeBERTa-v2": "param_transform[aten.div.Tensor]",  # relative positions computed in forward
     "Mixtral": "aten.topk.default",  # mixture-of-experts routing
     "ConvBERT": "aten.im2col.default",  # span-based dynamic convolution unfolds the sequence

@@ -244,8 +244,10 @@ def res2net():
 
 @register("CoaT", "timm", "coat_lite_tiny")
 def coat():
-    # class token + convolutional position encoding concatenated along the tokens
-    return _create("coat_lite_tiny", 32, img_size=32, embed_dims=(8, 16, 16, 16), serial_depths=(1, 1, 1, 1),
+    # class token + convolutional position encoding concatenated along the tokens; 64 px so that the
+    # last stage keeps 2 x 2 patch tokens (with one patch token beside the class token, two
+    # one-entry parts along the tokens cannot be told from units concatenated one by one: refused)
+    return _create("coat_lite_tiny", 64, img_size=64, embed_dims=(8, 16, 16, 16), serial_depths=(1, 1, 1, 1),
                    num_heads=2, mlp_ratios=(2, 2, 2, 2), crpe_window={3: 2})
 
 
