@@ -150,22 +150,12 @@ def transposition_witnesses(pg: ParameterGraph, symmetries: list[torch.Tensor]) 
     generate the block's whole symmetric group (proved). Blocks left unjoined need another
     proof (:class:`Extender`)."""
     ext = Extender.of(pg)
-    c = ext._c
-    colour = list(c.colour)
-    top = max(colour) + 1
-    for blocks in symmetries:
-        for block in blocks.tolist():
-            for u in block:
-                colour[u] = top
-            top += 1
-    n = c.n
+    block_of = {u: (i, k) for i, b in enumerate(symmetries) for k, block in enumerate(b.tolist()) for u in block}
     flat = torch.cat([b.reshape(-1) for b in symmetries]) if symmetries else torch.empty(0, dtype=torch.long)
     owner = torch.cat([torch.full((b.numel(),), i) for i, b in enumerate(symmetries)]) if symmetries else flat
     joined = UnitClasses()
-    block_of = {u: (i, k) for i, b in enumerate(symmetries) for k, block in enumerate(b.tolist()) for u in block}
     out: list[list[list[tuple[torch.Tensor, int, int]]]] = [[[] for _ in range(b.shape[0])] for b in symmetries]
-    for gen in ext._g.automorphism_group(color=colour):
-        perm = torch.tensor(gen[:n], dtype=torch.long)
+    for perm in ext.generators(ext.refined({u: ("block", *where) for u, where in block_of.items()})):
         moved = perm[flat] != flat
         if not bool(moved.any()):
             continue

@@ -50,6 +50,7 @@ class Witnesses:
     cycle: torch.Tensor | None  # every block one step round; None when no block has two units
     block_maps: list[torch.Tensor]  # generators of A_P
     extender: Extender
+    colourings: dict[str, list[int]]  # the refined colourings of A_B, A_P, A_S
     orders: dict[str, int] = field(default_factory=dict)  # filled by `sound`
 
     @property
@@ -65,13 +66,8 @@ class Witnesses:
         """``|A| |A_S| = |A_B| |A_P|`` (four exact BLISS counts): the witnesses generate every
         automorphism."""
         if not self.orders:
-            ext, nodes = self.extender, [(u, b, j) for b, block in enumerate(self.blocks) for j, u in enumerate(block)]
-            self.orders = {
-                "A": ext.count(),
-                "A_B": ext.count(ext.refined({u: ("block", b) for u, b, _ in nodes})),
-                "A_P": ext.count(ext.refined({u: ("position", j) for u, _, j in nodes})),
-                "A_S": ext.count(ext.refined({u: ("node", u) for u, _, _ in nodes})),
-            }
+            self.orders = {"A": self.extender.count(),
+                           **{name: self.extender.count(c) for name, c in self.colourings.items()}}
         o = self.orders
         return o["A"] * o["A_S"] == o["A_B"] * o["A_P"]
 
@@ -84,12 +80,16 @@ def find_witnesses(pg: ParameterGraph, symmetries: list[dict]) -> Witnesses | No
     if not blocks:
         return None
     ext = Extender.of(pg)
-    position = {u: j for block in blocks for j, u in enumerate(block)}
     block_of = {u: b for b, block in enumerate(blocks) for u in block}
-    block_maps = ext.generators(ext.refined({u: ("position", j) for u, j in position.items()}))
+    colourings = {
+        "A_B": ext.refined({u: ("block", b) for u, b in block_of.items()}),
+        "A_P": ext.refined({u: ("position", j) for block in blocks for j, u in enumerate(block)}),
+        "A_S": ext.refined({u: ("node", u) for u in block_of}),
+    }
+    block_maps = ext.generators(colourings["A_P"])
     fixed = {u: u for u in block_of}
     transpositions = []
-    for b in _orbit_representatives(blocks, block_of, position, block_maps):
+    for b in _orbit_representatives(blocks, block_maps):
         partial = dict(fixed)
         partial[blocks[b][0]], partial[blocks[b][1]] = blocks[b][1], blocks[b][0]
         t = ext.extend(partial)
@@ -102,7 +102,7 @@ def find_witnesses(pg: ParameterGraph, symmetries: list[dict]) -> Witnesses | No
         cycle = ext.extend(partial)
         if cycle is None:
             return None
-    return Witnesses(blocks, transpositions, cycle, block_maps, ext)
+    return Witnesses(blocks, transpositions, cycle, block_maps, ext, colourings)
 
 
 def _independent_blocks(symmetries: list[dict]) -> list[list[int]]:
@@ -120,16 +120,26 @@ def _independent_blocks(symmetries: list[dict]) -> list[list[int]]:
     return blocks
 
 
-def _orbit_representatives(blocks, block_of, position, block_maps) -> list[int]:
+def _block_images(g: torch.Tensor, blocks: list[list[int]]) -> list[int | None]:
+    """Per block, the block ``g`` maps all of its units into (None: units sent to several
+    blocks, or outside them)."""
+    block_of = {u: b for b, block in enumerate(blocks) for u in block}
+    images = g.tolist()
+    out: list[int | None] = []
+    for block in blocks:
+        targets = {block_of.get(images[u]) for u in block}
+        out.append(targets.pop() if len(targets) == 1 else None)
+    return out
+
+
+def _orbit_representatives(blocks: list[list[int]], block_maps: list[torch.Tensor]) -> list[int]:
     """One block of two or more units per orbit of blocks under the generators of ``A_P``
     that map blocks onto blocks."""
     joined = UnitClasses()
     for g in block_maps:
-        images = g.tolist()
-        for b, block in enumerate(blocks):
-            image = {block_of.get(images[u], -1) for u in block}
-            if len(image) == 1 and -1 not in image:
-                joined.union(b, image.pop())
+        for b, image in enumerate(_block_images(g, blocks)):
+            if image is not None:
+                joined.union(b, image)
     seen, reps = set(), []
     for b, block in enumerate(blocks):
         root = joined.find(b)
@@ -178,16 +188,10 @@ def _swaps_generated(rows: list[list[int]], conjugators: list[torch.Tensor]) -> 
 
     if len(rows) < 2:
         return True
-    block_of = {u: b for b, row in enumerate(rows) for u in row}
     images = []
     for g in conjugators:
-        image = []
-        for row in rows:
-            targets = {block_of[int(g[u])] for u in row}
-            if len(targets) != 1:
-                break
-            image.append(targets.pop())
-        else:
+        image = _block_images(g, rows)
+        if None not in image:
             images.append(Permutation(image))
     if not images:
         return False

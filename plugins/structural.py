@@ -185,8 +185,7 @@ def _merge_along_free_axis(ctx: LoweringContext, op: Op, layouts: list[L.Layout]
         return False
     merged = ctx.add_nodes(first.ids.numel(), "neuron", max(ctx.depth_of(l.ids.reshape(-1)) for l in layouts) + 1)
     start = 0
-    for layout, part in zip(layouts, op.inputs[0]):
-        length = int(part.shape[dim - len(op.output.shape) + len(part.shape)])
+    for layout, length in zip(layouts, sizes):
         count = merged.numel()
         ctx.add_edges((count,), layout.ids.reshape(-1), merged, "cat_part", spatial=torch.full((count,), start),
                       kernel=(torch.full((count,), length),))
