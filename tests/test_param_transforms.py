@@ -76,31 +76,44 @@ def test_a_function_of_a_weight_that_a_rule_cannot_record_is_reported():
         gc.compile(ScaledWeight().eval(), (X,))
 
 
-class MaskedPositionBias(nn.Module):
-    """T5's sdpa path: a relative-position bias table looked up per (query, key) pair, kept
-    where a constant mask allows and set to a large negative number elsewhere
-    (``where(mask, bias, min)``), passed to ``scaled_dot_product_attention`` as ``attn_mask``."""
+class _PositionBiasAttention(nn.Module):
+    """Attention with a relative-position bias table looked up per (query, key) pair, combined
+    with a constant (:meth:`combine`) and passed to ``scaled_dot_product_attention`` as
+    ``attn_mask``."""
 
-    def __init__(self, mask: str = "causal", tokens: int = 4, heads: int = 2, dim: int = 3):
+    def __init__(self, tokens: int = 4, heads: int = 2, dim: int = 3):
         super().__init__()
         self.heads, self.dim = heads, dim
         self.qkv, self.out = nn.Linear(5, 3 * heads * dim), nn.Linear(heads * dim, 2)
         self.table = nn.Embedding(2 * tokens - 1, heads)
         pos = torch.arange(tokens)
         self.register_buffer("buckets", pos[None, :] - pos[:, None] + tokens - 1, persistent=False)
+
+    def combine(self, bias: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4)
+        bias = self.table(self.buckets).permute(2, 0, 1).unsqueeze(0)  # (1, heads, t, t)
+        h = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.combine(bias))
+        return self.out(h.transpose(1, 2).reshape(b, t, self.heads * self.dim))
+
+
+class MaskedPositionBias(_PositionBiasAttention):
+    """T5's sdpa path: the bias kept where a constant mask allows and set to a large negative
+    number elsewhere (``where(mask, bias, min)``)."""
+
+    def __init__(self, mask: str = "causal", tokens: int = 4, heads: int = 2, dim: int = 3):
+        super().__init__(tokens, heads, dim)
         keep = torch.ones(tokens, tokens, dtype=torch.bool).tril()
         if mask == "anti-causal":
             keep = keep.T
         self.register_buffer("keep", keep if mask != "per head" else torch.stack([keep, keep.T]),
                              persistent=False)
 
-    def forward(self, x):
-        b, t, _ = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4)
-        bias = self.table(self.buckets).permute(2, 0, 1).unsqueeze(0)  # (1, heads, t, t)
-        bias = torch.where(self.keep, bias, -1e4)
-        h = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.out(h.transpose(1, 2).reshape(b, t, self.heads * self.dim))
+    def combine(self, bias):
+        return torch.where(self.keep, bias, -1e4)
 
 
 def test_a_masked_position_bias_compiles_and_passes_the_oracles():
@@ -123,18 +136,12 @@ def test_a_mask_that_differs_per_head_is_refused_in_one_line():
         gc.compile(model, (x,))
 
 
-class ShiftedWindowBias(nn.Module):
-    """HF Swin's shifted windows: the relative-position bias (a table lookup, ``(1, heads, t, t)``)
-    plus a constant mask per window (``(windows, 1, t, t)``, 0 or -100), passed to
-    ``scaled_dot_product_attention`` as ``attn_mask``; the windows are the batch."""
+class ShiftedWindowBias(_PositionBiasAttention):
+    """HF Swin's shifted windows: the bias (``(1, heads, t, t)``) plus a constant mask per window
+    (``(windows, 1, t, t)``, 0 or -100); the windows are the batch."""
 
     def __init__(self, shift: str = "shifted", tokens: int = 4, heads: int = 2, dim: int = 3):
-        super().__init__()
-        self.heads, self.dim = heads, dim
-        self.qkv, self.out = nn.Linear(5, 3 * heads * dim), nn.Linear(heads * dim, 2)
-        self.table = nn.Embedding(2 * tokens - 1, heads)
-        pos = torch.arange(tokens)
-        self.register_buffer("buckets", pos[None, :] - pos[:, None] + tokens - 1, persistent=False)
+        super().__init__(tokens, heads, dim)
         region = torch.tensor([0, 0, 1, 1] if shift == "shifted" else [0, 1, 1, 1])
         apart = (region[:, None] != region[None, :]).float() * -100.0
         mask = torch.stack([torch.zeros(tokens, tokens), apart])[:, None]  # window 0 unshifted, window 1 split
@@ -142,12 +149,8 @@ class ShiftedWindowBias(nn.Module):
             mask = torch.stack([torch.zeros(tokens, tokens), apart])[None]  # (1, heads, t, t): differs per head
         self.register_buffer("mask", mask, persistent=False)
 
-    def forward(self, x):
-        b, t, _ = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4)
-        bias = self.table(self.buckets).permute(2, 0, 1).unsqueeze(0)  # (1, heads, t, t)
-        h = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias + self.mask)
-        return self.out(h.transpose(1, 2).reshape(b, t, self.heads * self.dim))
+    def combine(self, bias):
+        return bias + self.mask
 
 
 def test_a_position_bias_plus_a_constant_mask_compiles_and_passes_the_oracles():

@@ -20,9 +20,9 @@ class CrossCovariance(nn.Module):
     l2-normalised over the tokens, a learned temperature per head), softmax over the key dims
     (``softmax_dim``), and the value dims mixed into the output dims."""
 
-    def __init__(self, dim: int = 8, heads: int = 2, softmax_dim: int = -1):
+    def __init__(self, dim: int = 8, heads: int = 2, softmax_dim: int = -1, keys_first: bool = False):
         super().__init__()
-        self.heads, self.softmax_dim = heads, softmax_dim
+        self.heads, self.softmax_dim, self.keys_first = heads, softmax_dim, keys_first
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.temperature = nn.Parameter(1 + torch.rand(heads, 1, 1))
 
@@ -30,6 +30,8 @@ class CrossCovariance(nn.Module):
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 4, 1).unbind(0)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if self.keys_first:  # the roles of q and k exchanged
+            q, k = k, q
         attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=self.softmax_dim)
         return self.proj((attn @ v).permute(0, 3, 1, 2).reshape(b, n, c))
 
@@ -72,8 +74,12 @@ def test_the_softmax_axis_and_the_roles_of_q_and_k_are_in_the_graph():
     over_keys = CrossCovariance().eval()
     over_queries = CrossCovariance(softmax_dim=-2).eval()
     over_queries.load_state_dict(over_keys.state_dict())
-    assert not torch.allclose(over_keys(X), over_queries(X))
-    assert not canonical.isomorphic(gc.compile(over_keys, (X,)), gc.compile(over_queries, (X,)))
+    keys_first = CrossCovariance(keys_first=True).eval()
+    keys_first.load_state_dict(over_keys.state_dict())
+    graph = gc.compile(over_keys, (X,))
+    for other in (over_queries, keys_first):
+        assert not torch.allclose(over_keys(X), other(X))
+        assert not canonical.isomorphic(graph, gc.compile(other, (X,)))
 
 
 @pytest.mark.parametrize("build", [CrossCovariance, Factorised], ids=["xca", "factorised"])

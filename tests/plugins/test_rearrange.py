@@ -98,19 +98,26 @@ def test_torch_and_its_onnx_export_give_isomorphic_graphs(build, tmp_path):
     assert canonical.isomorphic(gc.compile(path), gc.compile(model, (X,)))
 
 
+def _save_onnx(path: str, nodes: list, arrays: dict, out_shape: list[int]) -> str:
+    """An opset-17 model of ``nodes`` reading ``x`` ``[1, 3, 4, 4]`` and writing ``y``, with
+    ``arrays`` as initializers (integer arrays as int64, the others as float32)."""
+    inits = [onnx.numpy_helper.from_array(a.astype(np.int64 if a.dtype.kind == "i" else np.float32), n)
+             for n, a in arrays.items()]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, out_shape)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def _onnx_file(path, mode: str) -> str:
     """conv (3 -> 8) -> DepthToSpace(2, mode) -> conv (2 -> 2), weights fixed."""
     rng = np.random.default_rng(0)
-    w1, b1 = rng.standard_normal((8, 3, 1, 1)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
-    w2, b2 = rng.standard_normal((2, 2, 1, 1)).astype(np.float32), rng.standard_normal(2).astype(np.float32)
-    inits = [onnx.numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
+    arrays = {"w1": rng.standard_normal((8, 3, 1, 1)), "b1": rng.standard_normal(8),
+              "w2": rng.standard_normal((2, 2, 1, 1)), "b2": rng.standard_normal(2)}
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"]),
              helper.make_node("DepthToSpace", ["h"], ["s"], blocksize=2, mode=mode),
              helper.make_node("Conv", ["s", "w2", "b2"], ["y"])]
-    graph = helper.make_graph(nodes, "d2s", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 8, 8])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
+    return _save_onnx(path, nodes, arrays, [1, 2, 8, 8])
 
 
 def test_onnx_depth_to_space_modes_pass_the_oracles_and_differ(tmp_path):
@@ -146,31 +153,30 @@ def test_depth_to_space_of_neurons_along_space_is_refused():
         gc.compile(Flat(), (X,))
 
 
-def _space_to_depth_file(path: str, spelled_out: bool) -> str:
-    """SpaceToDepth(2) -> conv (12 -> 4) -> relu -> conv (4 -> 2); or the same with SpaceToDepth
-    written as its defining Reshape, Transpose, Reshape."""
+def _space_to_depth_file(path: str, spelled: str | None) -> str:
+    """SpaceToDepth(2) -> conv (12 -> 4) -> relu -> conv (4 -> 2); or the same with the
+    rearrangement written as Reshape, Transpose, Reshape: ``spelled="DCR"`` is SpaceToDepth's
+    definition, ``spelled="CRD"`` torch's ``pixel_unshuffle`` channel order."""
     rng = np.random.default_rng(1)
     arrays = {"w1": rng.standard_normal((4, 12, 1, 1)), "b1": rng.standard_normal(4),
               "w2": rng.standard_normal((2, 4, 1, 1)), "b2": rng.standard_normal(2),
               "split": np.array([1, 3, 2, 2, 2, 2]), "merged": np.array([1, 12, 2, 2])}
-    inits = [onnx.numpy_helper.from_array(a.astype(np.int64 if a.dtype.kind == "i" else np.float32), n)
-             for n, a in arrays.items()]
-    if spelled_out:
+    if spelled is not None:
+        perm = [0, 3, 5, 1, 2, 4] if spelled == "DCR" else [0, 1, 3, 5, 2, 4]
         head = [helper.make_node("Reshape", ["x", "split"], ["r"]),
-                helper.make_node("Transpose", ["r"], ["t"], perm=[0, 3, 5, 1, 2, 4]),
+                helper.make_node("Transpose", ["r"], ["t"], perm=perm),
                 helper.make_node("Reshape", ["t", "merged"], ["s"])]
     else:
         head = [helper.make_node("SpaceToDepth", ["x"], ["s"], blocksize=2)]
     nodes = head + [helper.make_node("Conv", ["s", "w1", "b1"], ["h"]), helper.make_node("Relu", ["h"], ["a"]),
                     helper.make_node("Conv", ["a", "w2", "b2"], ["y"])]
-    graph = helper.make_graph(nodes, "s2d", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 2, 2])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
+    return _save_onnx(path, nodes, arrays, [1, 2, 2, 2])
 
 
 def test_onnx_space_to_depth_is_its_defining_reshape_transpose_reshape(tmp_path):
-    op = _space_to_depth_file(str(tmp_path / "op.onnx"), spelled_out=False)
-    spelled = _space_to_depth_file(str(tmp_path / "spelled.onnx"), spelled_out=True)
-    assert canonical.isomorphic(gc.compile(op), gc.compile(spelled))
+    """Its definition (DCR) gives SpaceToDepth's graph; the same weights read in torch's
+    channel order (CRD) compute another function and give another graph."""
+    op = _space_to_depth_file(str(tmp_path / "op.onnx"), None)
+    assert canonical.isomorphic(gc.compile(op), gc.compile(_space_to_depth_file(str(tmp_path / "dcr.onnx"), "DCR")))
+    assert not canonical.isomorphic(gc.compile(op), gc.compile(_space_to_depth_file(str(tmp_path / "crd.onnx"), "CRD")))
     assert gc.check_symmetry(op).symmetries_checked
