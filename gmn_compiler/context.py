@@ -83,6 +83,12 @@ class LoweringContext:
         whether marking the input's nodes is safe or fresh nodes are needed)."""
         self.builder.set_activation(ids, activation)
 
+    def set_node_signature(self, ids: torch.Tensor, sig: tuple) -> None:
+        """Name the nodes ``ids`` by ``sig`` (their node column ``signature`` holds its
+        identifier): what the nodes hold that their edges do not say (a padded constant's
+        value), so that nodes holding other things are told apart."""
+        self.builder.node_column("signature")[ids] = L.signature_id(sig)
+
     def pin(self, ids: torch.Tensor, positions: torch.Tensor) -> None:
         """Give the nodes ``ids`` fixed positions: no automorphism may move them (token rows of
         an embedding table, entries a constant tells apart)."""

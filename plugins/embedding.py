@@ -12,6 +12,12 @@ to the table (``lm_head.weight = wte.weight``) uses the same parameter twice, so
 uses are tied like any shared parameter (vocabulary index with vocabulary index, dimension
 with dimension). ``nn.EmbeddingBag`` is the same lookup whose dimension nodes are marked with
 its reduction over the bag (``sum_pool``, ``avg_pool``, ``max_pool``).
+
+A parameter a model reads whole, as a tensor, with no activation (DeBERTa's relative-position
+embeddings normalised and projected by the attention's own q/k layers, learned query tokens)
+is the same lookup with every row read (``param_value``): one pinned ``token`` node per row
+(every index along the axes other than the neuron axis the consuming op reads), one node per
+entry of that axis, one ``embedding`` edge per parameter entry.
 """
 
 from __future__ import annotations
@@ -38,6 +44,24 @@ def lower_embedding(ctx: LoweringContext, op: Op) -> None:
         ctx.add_edges((vocab,), torch.tensor([source]), tokens, "copy")
     ctx.declare_symmetry(out, "embedding dimensions")
     ctx.set_layout(op.output, L.for_axis(out, len(op.output.shape), -1))
+
+
+def lower_param_value(ctx: LoweringContext, op: Op) -> None:
+    """inputs ``[table]`` (a :class:`ParamRef`); attrs ``axis``: the axis of the table that
+    carries neurons (the neuron axis of the op that reads it); the output is the table."""
+    table = op.inputs[0]
+    if not isinstance(table, ParamRef) or table.transform or table.tensor.dim() == 0:
+        raise ctx.error("a parameter read as a tensor must be stored as it is used (no transform)")
+    ndim = table.tensor.dim()
+    axis = op.attrs["axis"] % ndim
+    rows_first = table.apply(lambda t: t.movedim(axis, -1).reshape(-1, t.shape[axis]))
+    rows, dims = rows_first.shape
+    tokens = ctx.add_nodes(rows, "token", depth=0)
+    ctx.pin(tokens, torch.arange(rows))
+    out = ctx.add_nodes(dims, "neuron", depth=1)
+    ctx.add_edges((rows, dims), tokens.view(rows, 1), out.view(1, dims), "embedding", param=rows_first)
+    ctx.declare_symmetry(out, "dimensions of a parameter read as a tensor")
+    ctx.set_layout(op.output, L.for_axis(out, ndim, axis))
 
 
 _BAG_MODES = {0: "sum_pool", 1: "avg_pool", 2: "max_pool"}
@@ -71,6 +95,7 @@ def _embedding(weight: Any, indices: Any, padding_idx: int = -1, scale_grad_by_f
 def gmn_register(registry: Registrar) -> None:
     registry.add_rule("embedding", lower_embedding, inputs=("weight", "indices"), attributes=("padding_idx",))
     registry.map_aten("aten.embedding.default", "embedding", _embedding)
+    registry.add_rule("param_value", lower_param_value, inputs=("table",), attributes=("axis",))
     registry.add_rule("embedding_bag", lower_embedding_bag, inputs=("weight", "indices"), attributes=("mode",))
     for overload in ("default", "padding_idx"):
         registry.map_aten(f"aten.embedding_bag.{overload}", "embedding_bag", _embedding_bag)

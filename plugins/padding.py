@@ -13,6 +13,7 @@ neurons would add units that are no neuron: refused.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,9 +40,10 @@ def lower_pad(ctx: LoweringContext, op: Op) -> None:
     ndim = len(x.shape)
     aligned = L.align(layout, ndim)
     pads = {a: p for a, p in op.attrs["pads"].items() if tuple(p) != (0, 0)}
-    for axis in pads:
-        if aligned.ids.shape[axis] > 1:
-            raise ctx.error(f"padding axis {axis}, which carries neurons, is not supported")
+    along_neurons = [a for a in pads if aligned.ids.shape[a] > 1]
+    if along_neurons:
+        ctx.set_layout(op.output, _constant_units(ctx, op, aligned, pads, along_neurons))
+        return
     if not pads:
         ctx.set_layout(op.output, aligned)
         return
@@ -58,6 +60,38 @@ def lower_pad(ctx: LoweringContext, op: Op) -> None:
     value = L.plain(op.attrs.get("value") or 0.0) if mode == "constant" else None
     sig = ("pad", tuple((a - ndim, int(b), int(e)) for a, (b, e) in sorted(pads.items())), mode, value)
     ctx.set_layout(op.output, aligned.signed(sig))
+
+
+def _constant_units(ctx: LoweringContext, op: Op, aligned: L.Layout, pads: dict[int, tuple[int, int]],
+                    along_neurons: list[int]) -> L.Layout:
+    """Constant padding along one axis that carries neurons (EfficientViT's LiteMLA appends a
+    channel of ones to each head's values, whose attention-weighted sum is the normaliser):
+    each padded entry is a unit of its own, a ``constant`` node named by the fill value (its
+    node signature), one per entry of the other neuron axes (per head), so it moves with the
+    units beside it and never with a real channel."""
+    mode, value = op.attrs.get("mode", "constant"), float(op.attrs.get("value") or 0.0)
+    if mode != "constant" or len(pads) != 1 or aligned.pos is not None:
+        raise ctx.error(f"padding axis {along_neurons[0]}, which carries neurons, is only supported in "
+                        "constant mode, alone, on a value without merged positions")
+    (axis, (begin, end)), = pads.items()
+    if begin < 0 or end < 0:
+        raise ctx.error(f"cropping axis {axis}, which carries neurons, is not supported")
+    x = op.inputs[0]
+    parts, shapes = [], []
+    for count, where in ((begin, "begin"), (end, "end")):
+        shape = list(aligned.ids.shape)
+        shape[axis] = count
+        ids = ctx.add_nodes(math.prod(shape), "constant", ctx.depth_of(aligned.nodes()))
+        ctx.set_node_signature(ids, ("pad", L.plain(value)))
+        full = list(x.shape)
+        full[axis] = count
+        parts.append(L.Layout(ids.view(shape)))
+        shapes.append(tuple(full))
+        if where == "begin":
+            parts.append(aligned)
+            shapes.append(tuple(x.shape))
+    kept = [(p, s) for p, s in zip(parts, shapes) if s[axis] > 0]
+    return L.cat([p for p, _ in kept], [s for _, s in kept], axis)
 
 
 def _indices(mode: str, n: int, begin: int, end: int) -> list[int]:
@@ -111,6 +145,7 @@ def _onnx_pad(x: Any, pads: object = None, constant_value: object = None, axes: 
 
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
+    registry.add_node_role("constant")
     registry.add_rule("pad", lower_pad, inputs=("x",), attributes=("pads", "mode", "value"), aliasing=True)
     registry.map_aten("aten.pad.default", "pad", _torch_pad)
     registry.map_aten("aten.constant_pad_nd.default", "pad", _constant_pad_nd)

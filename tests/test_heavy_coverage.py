@@ -20,10 +20,8 @@ pytestmark = pytest.mark.heavy
 
 REFUSED = {  # family -> what the compiler's one-line refusal names
     # issue 20's families still refused
-    "DeBERTa-v2": "param_transform[aten.div.Tensor]",  # relative positions computed in forward
     "Mixtral": "aten.topk.default",  # mixture-of-experts routing
     "ConvBERT": "aten.im2col.default",  # span-based dynamic convolution unfolds the sequence
-    "EfficientViT (MIT)": "padding axis 3, which carries neurons",  # LiteMLA pads the values with ones
     "MViT-v2": "aten.copy_.default",  # in-place copy into the pooled residual
 }
 

@@ -309,6 +309,37 @@ def test_a_tensor_made_from_a_parameters_shape_is_a_constant():
     assert canonical.isomorphic(pg, gc.compile(plain, (X,)))
 
 
+class LogBuckets(nn.Module):
+    """DeBERTa's relative positions: ``torch.tensor(...)`` made in ``forward`` (a lifted tensor
+    constant, float) in ``log`` / ``ceil`` / ``where`` arithmetic with ``arange``: constants
+    all through, which pick rows of a bias table added to the scores."""
+
+    def __init__(self, base: float):
+        super().__init__()
+        self.base = base
+        self.q, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.bias = nn.Parameter(torch.randn(17))
+
+    def forward(self, x):
+        pos = torch.arange(3).view(3, 1) - torch.arange(3).view(1, 3)
+        mid = torch.tensor(1.0)
+        far = torch.ceil(torch.log(pos.abs().clamp(min=1) / mid) / torch.log(torch.tensor(self.base)) * 2) + mid
+        bucket = torch.where(pos.abs() <= mid, pos.float(), far * torch.sign(pos)).long() + 8
+        h = self.q(x)
+        scores = torch.softmax(h @ h.transpose(-1, -2) + self.bias[bucket], dim=-1)
+        return self.out(scores @ h)
+
+
+def test_arithmetic_on_tensors_made_in_forward_is_constant():
+    torch.manual_seed(0)
+    model = LogBuckets(4.0).eval()
+    assert_oracles(model, (X,), trials=3)
+    other = LogBuckets(1.5).eval()  # other buckets, the same parameters
+    other.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(X), other(X))
+    assert not canonical.isomorphic(gc.compile(model, (X,)), gc.compile(other, (X,)))
+
+
 class StandardisedConv(nn.Module):
     """NF-ResNet's ``ScaledStdConv2d``: each output channel's weights standardised in
     ``forward`` (``batch_norm`` over the reshaped weight, training mode), times a gain and a

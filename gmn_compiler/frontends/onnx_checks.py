@@ -159,8 +159,8 @@ def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[tuple[
     """``(kind, location)`` of every node that will certainly have no lowering rule, found
     from the graph's structure alone (no shapes). It follows the converter: a node reading
     a model input (directly or not) maps to ``registry.onnx[op_key]``'s kind (``onnx.<key>``
-    when unmapped); a node reading initializers only is a layout view of one parameter or a
-    ``param_transform[onnx.<op>]`` op; anything else is a constant and needs no rule.
+    when unmapped); a node reading initializers only is a layout view of one parameter, a
+    layer reading a parameter table as a tensor, or a ``param_transform[onnx.<op>]`` op; anything else is a constant and needs no rule.
     Op types the Gelu fusion may absorb are left for lowering to judge."""
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
@@ -179,6 +179,10 @@ def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[tuple[
             if mapping is not None and registry.view(mapping.kind) is not None \
                     and len(param_args) == 1 and node.input[0] in params:
                 params.update(outputs)  # still a parameter, seen through a view
+                continue
+            entry = registry.rule(mapping.kind) if mapping is not None else None
+            if entry is not None and entry.input_axis is not None and node.input and node.input[0] in params:
+                values.update(outputs)  # a layer reading a parameter table as a tensor (param_tables)
                 continue
             values.update(outputs)
             found.append((f"param_transform[onnx.{node.op_type}]", node_location(node, index)))

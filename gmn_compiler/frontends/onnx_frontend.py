@@ -29,6 +29,7 @@ from ..ir import IRGraph, Op, ParamRef, Value
 from ..ir_patterns import normalize
 from ..registry import Registry
 from . import onnx_patterns
+from .param_tables import read_table, table_axis
 from .checks import check_input_axes
 from .onnx_checks import (CONSTANT_OP_TYPES, MAX_OPSET, MIN_OPSET, TYPE_ONLY_INPUTS,  # noqa: F401
                           load_model, model_inputs, node_location, op_key, resolve_input_shapes)
@@ -192,11 +193,18 @@ class _Converter:
         for value in outs:
             self.env[value.name] = value
         operands = [self._operand(a, name) for a, name in zip(args, node.input)]
+        mapping = self.registry.onnx.get(op_key(node))
+        axis = None if has_value else table_axis(self.registry, mapping, operands, self._opset_semantics(node, attrs))
+        if axis is not None:  # a parameter table a layer reads as a tensor (see param_tables)
+            self.next_id += 1
+            table = Value(self.next_id, operands[0].shape, operands[0].tensor.dtype, f"{node.input[0]}.table")
+            self.ops.append(read_table(operands[0], axis, table, location, node.op_type))
+            operands[0] = table
+            has_value = True
         if not has_value:
             self.ops.append(Op(f"param_transform[onnx.{node.op_type}]", operands, outs, attrs, location, node.op_type))
             return
         key = op_key(node)
-        mapping = self.registry.onnx.get(key)
         if mapping is None:
             self.ops.append(Op(f"onnx.{key}", operands, outs, attrs, location, node.op_type))
             return

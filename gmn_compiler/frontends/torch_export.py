@@ -26,6 +26,7 @@ from ..ir_patterns import normalize
 from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
 from .param_concat import ParamConcat, concat_used
+from .param_tables import read_table, table_axis
 from .param_transforms import PARAM_FUNCTIONS, param_function, weight_normalised, weight_standardised
 from .checks import check_input_axes
 from .decompositions import trace_decomposition
@@ -60,6 +61,19 @@ _WEIGHT_NORMS = {"aten._weight_norm.default": weight_normalised, "aten.batch_nor
 # functions of one parameter computed in forward, recorded on its reference
 _AS_TARGETS = {"aten.reshape_as.default", "aten.view_as.default", "aten.expand_as.default"}
 _RESHAPE_BACK = {"aten.reshape_as.default", "aten.reshape.default", "aten.view.default", "aten._unsafe_view.default"}
+
+
+def _only_constants(leaves: list) -> bool:
+    """Some operand is a lifted tensor constant and none is a weight or an activation."""
+    refs = [x for x in leaves if isinstance(x, ParamRef)]
+    return (bool(refs) and all(r.kind == "constant" and not r.transform and r.weight_norm is None for r in refs)
+            and not any(isinstance(x, Value) and x.constant is None for x in leaves))
+
+
+def _as_constant_value(a: Any) -> Any:
+    if isinstance(a, ParamRef):
+        return Value(-1, tuple(a.tensor.shape), a.tensor.dtype, a.name, constant=a.tensor)
+    return a
 
 
 def _constant_index(args) -> torch.Tensor | None:
@@ -297,6 +311,11 @@ class _Converter:
         if name in _AS_TARGETS and len(args) > 1 and isinstance(args[1], ParamRef):
             args = [args[0], args[1].tensor.detach()]  # ``w2.reshape_as(w)`` reads w's shape only
         leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        if _only_constants(leaves) and not self._is_view(name):
+            # a tensor made in forward (DeBERTa's ``torch.tensor(size)``) combined with other
+            # constants: the result is a constant, not a function of the weights
+            args, kwargs = torch.utils._pytree.tree_map(_as_constant_value, (args, kwargs))
+            leaves = torch.utils._pytree.tree_leaves((args, kwargs))
         has_param = any(isinstance(x, ParamRef) for x in leaves)
         # values computed from constants only (position ids, masks) count as constants
         active = [x for x in leaves if isinstance(x, Value) and x.constant is None]
@@ -358,6 +377,13 @@ class _Converter:
             self.ops.append(Op("constant", [], out_values, {}, location, name))
             return
         mapping = self.registry.aten.get(name)
+        axis = None if has_value else table_axis(self.registry, mapping, args, kwargs)
+        if axis is not None:  # a parameter table a layer reads as a tensor (DeBERTa's relative embeddings)
+            self.next_id += 1
+            table = Value(self.next_id, args[0].shape, args[0].tensor.dtype, f"{node.name}_table")
+            self.ops.append(read_table(args[0], axis, table, location, name))
+            args = [table, *args[1:]]
+            has_value = True
         if not has_value and not self._reads_constant(mapping, args):
             self.ops.append(Op(f"param_transform[{name}]", list(args), out_values, {}, location, name))
             return
@@ -392,6 +418,12 @@ class _Converter:
         self.env[node.name] = outputs
         outs = [v for v in (outputs if isinstance(outputs, list) else [outputs]) if isinstance(v, Value)]
         self.ops.append(Op(f"param_transform[{what}]", list(args), outs, {}, _location(node), name))
+
+    def _is_view(self, name: str) -> bool:
+        """Ops that keep a tensor what it is (casts, layout views): a view of a lifted constant
+        stays one, read by the rule that meets it (a constant ``cat`` part, a constant weight)."""
+        mapping = self.registry.aten.get(name)
+        return name in _CAST_TARGETS or (mapping is not None and self.registry.view(mapping.kind) is not None)
 
     def _reads_constant(self, mapping: Any, args: list) -> bool:
         """A layer (a kind that names the neuron axis of what it reads: conv, linear) applied to

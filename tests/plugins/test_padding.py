@@ -52,17 +52,69 @@ def test_branches_that_differ_only_in_padding_are_not_swappable(pad_a, pad_b):
     check_all(TwoPaddings(pad_a, pad_b), (torch.randn(2, 2, 5, 5),))
 
 
-def test_padding_an_axis_of_units_is_refused():
-    class PadChannels(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(3, 4), nn.Linear(6, 2)
+class PadChannels(nn.Module):
+    def __init__(self, pads=(1, 1), value=0.0, mode="constant"):
+        super().__init__()
+        self.pads, self.value, self.mode = pads, value, mode
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4 + sum(pads), 2)
 
-        def forward(self, x):
-            return self.b(F.pad(self.a(x), (1, 1)))
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        return self.b(F.pad(h, self.pads, mode=self.mode, value=self.value if self.mode == "constant" else None))
 
-    with pytest.raises(CompileError, match="padding axis 1, which carries neurons"):
-        gc.compile(PadChannels(), (torch.randn(2, 3),))
+
+def test_constant_units_padded_along_neurons_pass_every_oracle():
+    graph = assert_oracles(randomized(PadChannels(value=1.0)), (torch.randn(2, 3),))
+    assert canonical.isomorphic(graph, gc.compile(randomized(PadChannels(value=1.0)), (torch.randn(2, 3),)))
+
+
+@pytest.mark.parametrize("other", [dict(value=2.0), dict(pads=(2, 0)), dict(pads=(0, 2))],
+                         ids=["value", "begin", "end"])
+def test_the_fill_value_and_the_side_of_constant_units_tell_graphs_apart(other):
+    model = randomized(PadChannels(value=1.0))
+    changed = PadChannels(**{"value": 1.0, **other})
+    changed.load_state_dict(model.state_dict())
+    x = (torch.randn(2, 3),)
+    assert not torch.allclose(model(*x), changed(*x))
+    assert_not_isomorphic(gc.compile(model, x), gc.compile(changed, x))
+
+
+def test_reflect_padding_along_neurons_is_refused():
+    with pytest.raises(CompileError, match="padding axis 1, which carries neurons, is only supported in constant mode"):
+        gc.compile(PadChannels(mode="reflect"), (torch.randn(2, 3),))
+
+
+class LinearAttention(nn.Module):
+    """EfficientViT's LiteMLA, small: ReLU-kernel linear attention whose values get a channel
+    of ones per head (``F.pad`` along the head dims), so one product gives the weighted sum and
+    its normaliser: ``out[..., :-1] / (out[..., -1:] + eps)``."""
+
+    def __init__(self, value: float = 1.0, heads: int = 2, dim: int = 3):
+        super().__init__()
+        self.value, self.heads, self.dim = value, heads, dim
+        self.qkv, self.proj = nn.Conv2d(4, 3 * heads * dim, 1), nn.Conv2d(heads * dim, 4, 1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        qkv = self.qkv(x).reshape(b, self.heads, 3 * self.dim, h * w).transpose(-1, -2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        q, k = torch.relu(q), torch.relu(k)
+        v = F.pad(v, (0, 1), mode="constant", value=self.value)
+        out = q @ (k.transpose(-1, -2) @ v)
+        out = out[..., :-1] / (out[..., -1:] + 1e-5)
+        return self.proj(out.transpose(-1, -2).reshape(b, -1, h, w))
+
+
+def test_linear_attention_with_a_ones_channel_passes_every_oracle(tmp_path):
+    model, x = randomized(LinearAttention()), (torch.randn(1, 4, 3, 3),)
+    graph = assert_oracles(model, x)
+    other = LinearAttention(value=2.0)
+    other.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(*x), other(*x))
+    assert_not_isomorphic(graph, gc.compile(other, x))
+    path = str(tmp_path / "mla.onnx")
+    torch.onnx.export(model, x, path, dynamo=False, opset_version=17)
+    assert canonical.isomorphic(gc.compile(path), graph)
 
 
 @pytest.mark.parametrize("mode", MODES)

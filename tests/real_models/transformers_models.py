@@ -194,10 +194,23 @@ def mobilebert():
 
 @register("DeBERTa-v2", "transformers", "DebertaV2Model")
 def deberta_v2():
-    # disentangled attention: relative positions through gather / ceil / where
+    # disentangled attention as deberta-v3 configures it: content-to-position and
+    # position-to-content scores, the relative embedding table normalised and projected by the
+    # layer's own q/k projections (a parameter read as a tensor), picked per (query, key) pair
+    # by a gather; relative positions in log buckets computed in forward (constants)
     config = tf().DebertaV2Config(num_hidden_layers=1, max_position_embeddings=POSITIONS, position_buckets=4,
-                                  max_relative_positions=8, relative_attention=True, **TINY)
+                                  max_relative_positions=8, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                  share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False,
+                                  **TINY)
     return hf(tf().DebertaV2Model(config), id_inputs())
+
+
+@register("DeBERTa", "transformers", "DebertaModel")
+def deberta():
+    # DeBERTa v1: separate position projections (pos_proj, pos_q_proj) of the relative table
+    config = tf().DebertaConfig(num_hidden_layers=1, max_position_embeddings=POSITIONS, max_relative_positions=8,
+                                relative_attention=True, pos_att_type=["p2c", "c2p"], **TINY)
+    return hf(tf().DebertaModel(config), id_inputs())
 
 
 @register("Mixtral", "transformers", "MixtralModel")
