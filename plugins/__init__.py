@@ -8,9 +8,8 @@ imports this package, which imports it (through :mod:`gmn_compiler.rules`).
 """
 
 from . import (activations, attention, constants, conv, elementwise, embedding, gather_elements, group_conv,
-               linear,
-               norms, padding, pooling, rearrange, recurrent, resize, structural)
+               linear, moe, norms, padding, pooling, rearrange, recurrent, resize, structural)
 
 DEFAULT_PLUGINS = [linear, conv, norms, activations, elementwise, structural, padding, pooling,
                    constants, attention, embedding, group_conv, resize, recurrent, rearrange,
-                   gather_elements]
+                   gather_elements, moe]

@@ -20,7 +20,6 @@ pytestmark = pytest.mark.heavy
 
 REFUSED = {  # family -> what the compiler's one-line refusal names
     # issue 20's families still refused
-    "Mixtral": "aten.topk.default",  # mixture-of-experts routing
     "ConvBERT": "aten.im2col.default",  # span-based dynamic convolution unfolds the sequence
     "MViT-v2": "aten.copy_.default",  # in-place copy into the pooled residual
 }

@@ -101,3 +101,13 @@ def segformer():
                                   patch_sizes=(3, 3), strides=(2, 2), num_attention_heads=(1, HEADS),
                                   mlp_ratios=(2, 2), decoder_hidden_size=WIDTH)
     return hf(tf().SegformerModel(config), (image(16),), names=("pixel_values",))
+
+
+@register("Qwen3-MoE", "transformers", "Qwen3MoeModel")
+def qwen3_moe():
+    # a mixture of experts without renormalising the kept router probabilities (norm_topk_prob
+    # False), after a dense MLP layer (mlp_only_layers); per-head q/k RMSNorm
+    config = tf().Qwen3MoeConfig(**grouped_query(num_hidden_layers=2, num_experts=4, num_experts_per_tok=2,
+                                                 moe_intermediate_size=8, norm_topk_prob=False,
+                                                 mlp_only_layers=[0]))
+    return hf(tf().Qwen3MoeModel(config), id_inputs())
