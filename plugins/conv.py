@@ -25,20 +25,51 @@ _Normalized = tuple[list[Any], dict[str, Any]]
 
 
 def lower_conv(ctx: LoweringContext, op: Op) -> None:
-    """inputs ``[x, weight, bias | None]``; attrs ``groups``, ``transposed``."""
+    """inputs ``[x, weight, bias | None]``; attrs ``groups``, ``transposed``.
+
+    Where an axis before the channels carries neurons too (MViT-v2 pools each head's queries
+    with one depthwise conv: the heads folded into the batch axis), each index of that axis
+    gets its own copy of the convolution with the same weights (the builder ties the uses);
+    the copies' input channels, and their output channels, are tied one to one: the shared
+    weights let every copy move only as the others do."""
     x, weight, bias = op.inputs[0], op.inputs[1], op.inputs[2]
     if not isinstance(weight, ParamRef):
         raise ctx.error("convolution weight must be a parameter")
-    groups = int(op.attrs.get("groups", 1))
-    transposed = bool(op.attrs.get("transposed", False))
+    if bias is not None and not isinstance(bias, ParamRef):
+        raise ctx.error("convolution bias must be a parameter")
     spatial_dims = weight.tensor.dim() - 2
     if spatial_dims > 3:
         raise ctx.error(f"{spatial_dims}-D convolution: at most 3 kernel dimensions are encoded")
-    channel_axis = len(x.shape) - spatial_dims - 1
+    ndim = len(x.shape)
+    channel_axis = ndim - spatial_dims - 1
+    layout = ctx.require_layout(x, constant_axis=channel_axis)
+    aligned = L.align(layout, ndim)
+    batch_axes = [a for a in aligned.neuron_axes() if a < channel_axis]
+    if batch_axes and aligned.pos is None and all(aligned.ids.shape[a] == 1 for a in range(channel_axis + 1, ndim)):
+        rows = aligned.ids.movedim(channel_axis, -1).reshape(-1, aligned.ids.shape[channel_axis])
+        outs = [_conv_once(ctx, op, row, None, declare=n == 0) for n, row in enumerate(rows)]
+        for row, out in zip(rows[1:], outs[1:]):  # shared weights: every copy permuted alike
+            ctx.tie_units(rows[0], row)
+            ctx.tie_units(outs[0], out)
+        batch = tuple(aligned.ids.shape[:channel_axis])
+        ids = torch.stack(outs).view(batch + (outs[0].numel(),) + (1,) * spatial_dims)
+        ctx.set_layout(op.output, L.Layout(ids))
+        return
     try:
-        ids, pos = L.axis_entries(ctx.require_layout(x, constant_axis=channel_axis), x.shape, channel_axis)
+        ids, pos = L.axis_entries(layout, x.shape, channel_axis)
     except ValueError as exc:
         raise ctx.error(f"convolution input {x}: {exc}") from None
+    out_ids = _conv_once(ctx, op, ids, pos, declare=True)
+    ctx.set_layout(op.output, L.for_axis(out_ids, len(op.output.shape), channel_axis))
+
+
+def _conv_once(ctx: LoweringContext, op: Op, ids: torch.Tensor, pos: torch.Tensor | None, declare: bool) -> torch.Tensor:
+    """The output channel nodes of the convolution ``op`` reading input channel nodes ``ids``
+    (at positions ``pos``); declares their symmetry when ``declare``."""
+    weight, bias = op.inputs[1], op.inputs[2]
+    groups = int(op.attrs.get("groups", 1))
+    transposed = bool(op.attrs.get("transposed", False))
+    spatial_dims = weight.tensor.dim() - 2
     kernel_shape = tuple(weight.shape[2:])
     # Index tensors stay broadcastable ([1, in] / [out, 1]); only a grouped convolution
     # needs a full [out, in] index (each output channel reads its own group's inputs).
@@ -73,8 +104,6 @@ def lower_conv(ctx: LoweringContext, op: Op) -> None:
     ctx.add_edges(grid, src, dst, etype, param=weight, kernel=kernel, spatial=spatial)
     ctx.attach_weight_norm_gain(weight, out_ids, 1 if transposed else 0, depth)
     if bias is not None:
-        if not isinstance(bias, ParamRef):
-            raise ctx.error("convolution bias must be a parameter")
         bias_node = ctx.add_nodes(1, "bias", depth)
         ctx.add_edges((c_out,), bias_node, out_ids, etype + "_bias", param=bias)
     window = _window(op.attrs, kernel_shape)
@@ -88,11 +117,12 @@ def lower_conv(ctx: LoweringContext, op: Op) -> None:
         # their symmetry through it)
         ctx.tie_units(ids, out_ids)
     else:
-        ctx.declare_symmetry(out_ids, "output channels of conv" + (f" (within {groups} groups)" if groups > 1 else ""),
-                             groups=groups)
+        if declare:  # copies after the first are tied to it
+            ctx.declare_symmetry(out_ids, "output channels of conv" + (f" (within {groups} groups)" if groups > 1 else ""),
+                                 groups=groups)
         if groups > 1:  # input channels only move within their group
             ctx.refine_symmetry(ids, groups, f"grouped conv at {op.location}", permute_groups=False)
-    ctx.set_layout(op.output, L.for_axis(out_ids, len(op.output.shape), channel_axis))
+    return out_ids
 
 
 def _per_axis(value: Any, n: int, default: int) -> tuple[int, ...]:

@@ -21,7 +21,6 @@ pytestmark = pytest.mark.heavy
 REFUSED = {  # family -> what the compiler's one-line refusal names
     # issue 20's families still refused
     "ConvBERT": "aten.im2col.default",  # span-based dynamic convolution unfolds the sequence
-    "MViT-v2": "aten.copy_.default",  # in-place copy into the pooled residual
 }
 
 

@@ -27,9 +27,7 @@ def table_axis(registry: Registry, mapping: Any, args: list | tuple, kwargs: dic
     None when that is not the case."""
     table = args[0] if args else None
     entry = registry.rule(mapping.kind) if mapping is not None else None
-    if (entry is None or entry.input_axis is None or not isinstance(table, ParamRef)
-            or table.kind == "constant" or table.transform or table.mask is not None
-            or table.weight_norm is not None or table.offset is not None or table.tensor.dim() == 0):
+    if entry is None or entry.input_axis is None or not plain_table(table):
         return None
     try:
         inputs, attrs = mapping.normalized(*args, **kwargs)
@@ -39,6 +37,13 @@ def table_axis(registry: Registry, mapping: Any, args: list | tuple, kwargs: dic
         return None
     axis = entry.axis_of_input(Op(mapping.kind, inputs, [], attrs))
     return None if axis is None else axis % table.tensor.dim()
+
+
+def plain_table(table: Any) -> bool:
+    """A weight or buffer used as it is stored (no elementwise transform, mask, added constant
+    or reparametrisation), with at least one axis."""
+    return (isinstance(table, ParamRef) and table.kind != "constant" and not table.transform
+            and table.mask is None and table.weight_norm is None and table.offset is None and table.tensor.dim() > 0)
 
 
 def read_table(table: ParamRef, axis: int, value: Value, location: str, target: str) -> Op:

@@ -26,7 +26,7 @@ from ..ir_patterns import normalize
 from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
 from .param_concat import ParamConcat, concat_used
-from .param_tables import read_table, table_axis
+from .param_tables import plain_table as _plain_table, read_table, table_axis
 from .param_transforms import PARAM_FUNCTIONS, param_function, weight_normalised, weight_standardised
 from .checks import check_input_axes
 from .decompositions import trace_decomposition
@@ -74,6 +74,26 @@ def _as_constant_value(a: Any) -> Any:
     if isinstance(a, ParamRef):
         return Value(-1, tuple(a.tensor.shape), a.tensor.dtype, a.name, constant=a.tensor)
     return a
+
+
+def _overwrites_whole_value(node: torch.fx.Node) -> bool:
+    """``copy_(dst, src)`` whose ``dst`` is no view of another tensor (the write would reach
+    that one too), is read by nothing after the copy, and has the copy's shape."""
+    dst = node.args[0]
+    if not isinstance(dst, torch.fx.Node) or dst.op != "call_function" or _is_alias(dst.target):
+        return False
+    order = {n: i for i, n in enumerate(node.graph.nodes)}
+    if any(order[user] > order[node] for user in dst.users if user is not node):
+        return False
+    val, out = dst.meta.get("val"), node.meta.get("val")
+    return isinstance(val, torch.Tensor) and isinstance(out, torch.Tensor) and val.shape == out.shape
+
+
+def _is_alias(target: Any) -> bool:
+    """An op whose result aliases an operand (a view: ``slice``, ``view``, ``alias``...), by its
+    schema; unknown targets count as views."""
+    schema = getattr(target, "_schema", None)
+    return schema is None or any(r.alias_info is not None for r in schema.returns)
 
 
 def _constant_index(args) -> torch.Tensor | None:
@@ -308,6 +328,10 @@ class _Converter:
         name = target_name(node.target)
         if name in _NO_OP_TARGETS:
             return
+        if name == "aten.copy_.default" and _overwrites_whole_value(node) and isinstance(args[1], Value):
+            # ``x.copy_(y)`` into all of a value nothing else reads afterwards (MViT-v2's
+            # ``attn[:, :, 0:, 0:] = ...`` without a class token): the result is ``y``, as ``x``'s shape
+            name, args, kwargs = "aten.expand.default", [args[1], list(node.meta["val"].shape)], {}
         if name in _AS_TARGETS and len(args) > 1 and isinstance(args[1], ParamRef):
             args = [args[0], args[1].tensor.detach()]  # ``w2.reshape_as(w)`` reads w's shape only
         leaves = torch.utils._pytree.tree_leaves((args, kwargs))
@@ -379,10 +403,7 @@ class _Converter:
         mapping = self.registry.aten.get(name)
         axis = None if has_value else table_axis(self.registry, mapping, args, kwargs)
         if axis is not None:  # a parameter table a layer reads as a tensor (DeBERTa's relative embeddings)
-            self.next_id += 1
-            table = Value(self.next_id, args[0].shape, args[0].tensor.dtype, f"{node.name}_table")
-            self.ops.append(read_table(args[0], axis, table, location, name))
-            args = [table, *args[1:]]
+            args = [self._read_table(args[0], axis, location, name), *args[1:]]
             has_value = True
         if not has_value and not self._reads_constant(mapping, args):
             self.ops.append(Op(f"param_transform[{name}]", list(args), out_values, {}, location, name))
@@ -402,6 +423,9 @@ class _Converter:
             self.ops.append(Op(mapping.kind, list(args), outs, dict(kwargs), location, name,
                                unsupported=refusal.reason))
             return
+        if attrs.get("between_activations"):  # a parameter table contracted like an activation
+            inputs = [self._read_table(x, axis % len(x.shape), location, name) if _plain_table(x) else x
+                      for x, axis in zip(inputs, (-1, -2))]
         transformed = [x for x in torch.utils._pytree.tree_leaves(inputs) if isinstance(x, ParamRef) and x.transform]
         if transformed and not self.registry.attaches_transformed(mapping.kind):
             # only kinds whose rules attach a parameter through ctx.attach_param (which records
@@ -410,6 +434,13 @@ class _Converter:
             self.ops.append(Op(f"param_transform[{steps}]", list(args), outs, {}, location, name))
             return
         self.ops.append(Op(mapping.kind, inputs, outs, attrs, location, name))
+
+    def _read_table(self, table: ParamRef, axis: int, location: str, name: str) -> Value:
+        """A ``param_value`` op reading ``table`` as a tensor with neurons along ``axis``; its output."""
+        self.next_id += 1
+        value = Value(self.next_id, table.shape, table.tensor.dtype, f"{table.name}.table")
+        self.ops.append(read_table(table, axis, value, location, name))
+        return value
 
     def _refuse_transform(self, node: torch.fx.Node, name: str, args: list, what: str) -> None:
         """An op on a parameter the model transformed in a way this op's rule cannot encode:

@@ -368,10 +368,12 @@ def test_dataset_records_the_vocabulary_its_graphs_use(folder, tmp_path, monkeyp
     assert plain.vocabulary == registry_module.default_registry().vocabulary
     monkeypatch.setattr(registry_module, "_DEFAULT", load_registry([_ExtraRole()], entry_points=False))
     ds = ModelGraphDataset(tmp_path / "cache", folder, workers=0)
-    assert ds.vocabulary.extensions()["node_roles"] == ["my_role"]
+    builtin = plain.vocabulary.extensions()["node_roles"]  # roles the built-in plugins register
+    assert ds.vocabulary.extensions()["node_roles"] == builtin + ["my_role"]
     assert len(list((tmp_path / "cache" / "processed").glob("meta-*.json"))) == 2  # its own cache
     _assert_same_graph(ds[3], plain[3])  # built-in codes are stable
     again = ModelGraphDataset(tmp_path / "cache", folder, workers=0)
     assert again.vocabulary == ds.vocabulary
     model = GMN(hidden=8, num_blocks=1, graph_out=1, vocabulary=ds.vocabulary)
-    assert model.node_encoder.role.embedding.num_embeddings == len(schema.NODE_ROLES) + 2  # + my_role, unknown
+    # the built-in names, the built-in plugins' roles, my_role, unknown
+    assert model.node_encoder.role.embedding.num_embeddings == len(schema.NODE_ROLES) + len(builtin) + 2

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import gmn_compiler as gc
+from gmn_compiler.testing import randomized
 from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles, assert_round_trip,
                      assert_same_function, functions_differ, permute_cols, permute_rows,
                      permuted_copy)
@@ -428,3 +429,34 @@ def test_a_conv_over_a_constant_reads_pinned_constant_nodes():
     other.load_state_dict(model.state_dict())
     assert functions_differ(model, other, (x,))
     assert_not_isomorphic(gc.compile(model, (x,)), gc.compile(other, (x,)))
+
+
+class HeadPooling(nn.Module):
+    """MViT-v2's pooled attention: each head's queries pooled by one (depthwise or full) conv,
+    the heads folded into the batch axis, so the conv runs once per head with shared weights."""
+
+    def __init__(self, depthwise: bool = True, stride: int = 1, heads: int = 2, dim: int = 3):
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.q = nn.Conv2d(2, heads * dim, 1)
+        self.pool = nn.Conv2d(dim, dim, 3, stride=stride, padding=1, groups=dim if depthwise else 1)
+        self.out = nn.Linear(heads * dim, 2)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        q = torch.relu(self.q(x)).reshape(b * self.heads, self.dim, h, w)
+        q = self.pool(q)
+        q = q.reshape(b, self.heads * self.dim, -1).mean(-1)
+        return self.out(q)
+
+
+@pytest.mark.parametrize("depthwise", [True, False], ids=["depthwise", "full"])
+def test_a_conv_over_heads_folded_into_the_batch_runs_once_per_head(depthwise):
+    x = (torch.randn(1, 2, 4, 4),)
+    model = randomized(HeadPooling(depthwise))
+    graph = assert_oracles(model, x)
+    uses = [p.name for p in graph.params].index("pool.weight")
+    assert int((graph.data.edge_param == uses).sum()) == 2 * model.pool.weight.numel()  # one copy per head
+    strided = HeadPooling(depthwise, stride=2)
+    strided.load_state_dict(model.state_dict())
+    assert_not_isomorphic(graph, gc.compile(strided, x))

@@ -211,3 +211,39 @@ def test_embedding_bag_with_per_sample_weights_is_refused():
 
     with pytest.raises(gc.UnsupportedOpsError, match="per_sample_weights"):
         gc.compile(Weighted(), (torch.randint(0, 10, (3, 5)), torch.rand(3, 5)))
+
+
+class DecomposedRelPos(nn.Module):
+    """MViT-v2 / ViTDet's decomposed relative positions: each query's features meet a learned
+    table of per-distance vectors, ``einsum("bhwc,hkc->bhwk", q, table[dist])``, a contraction
+    of an activation with a parameter table read as a tensor (``param_value``)."""
+
+    def __init__(self, flip: bool = False, size: int = 3, dim: int = 4):
+        super().__init__()
+        self.size = size
+        self.q, self.v, self.out = nn.Linear(2, dim), nn.Linear(2, dim), nn.Linear(dim, 2)
+        self.rel = nn.Parameter(torch.randn(2 * size - 1, dim))
+        i = torch.arange(size)
+        dist = (i.view(-1, 1) - i.view(1, -1)) * (-1 if flip else 1) + size - 1
+        self.register_buffer("dist", dist, persistent=False)
+
+    def forward(self, x):  # x: [B, H, W, 2] with H = W = size
+        b, n = x.shape[0], self.size * self.size
+        q, v = self.q(x), self.v(x).reshape(b, n, -1)
+        rel = torch.einsum("bhwc,hkc->bhwk", q, self.rel[self.dist])  # [B, H, W, K]
+        scores = (q.reshape(b, n, -1) @ q.reshape(b, n, -1).transpose(1, 2)).view(b, self.size, self.size, self.size, self.size)
+        attn = torch.softmax((scores + rel.unsqueeze(-1)).reshape(b, n, n), dim=-1)
+        return self.out(attn @ v)
+
+
+def test_a_parameter_table_contracted_with_queries_passes_every_oracle():
+    torch.manual_seed(0)
+    x = (torch.randn(1, 3, 3, 2),)
+    model = DecomposedRelPos().eval()
+    graph = assert_oracles(model, x, trials=3)
+    table = [p.name for p in graph.params].index("rel")
+    assert int((graph.data.edge_param == table).sum()) == 3 * 3 * 4  # one edge per (query row, distance, dim)
+    flipped = DecomposedRelPos(flip=True).eval()  # the same table read at mirrored distances
+    flipped.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(*x), flipped(*x))
+    assert not gc.canonical.isomorphic(graph, gc.compile(flipped, x))
