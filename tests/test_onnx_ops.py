@@ -263,3 +263,42 @@ def test_the_checker_still_checks_a_model_with_a_deprecated_group_norm():
     model.graph.node.append(N("Relu", ["o"], ["unused"], alpha=1.0))  # Relu has no attributes
     with pytest.raises(gc.CompileError, match="invalid ONNX model: Unrecognized attribute: alpha"):
         gc.compile(model)
+
+
+class _Einsums(__import__("torch").nn.Module):
+    """Attention written with einsum (between activations) and an einsum with a weight."""
+
+    def __init__(self, flip: bool = False):
+        import torch
+
+        super().__init__()
+        self.flip = flip
+        self.qkv = torch.nn.Linear(4, 12)
+        self.w = torch.nn.Parameter(torch.randn(2, 4))
+
+    def forward(self, x):
+        import torch
+
+        q, k, v = self.qkv(x).view(1, 3, 3, 4).unbind(2)
+        scores = torch.einsum("bqd,bkd->bqk", q, k) if not self.flip else torch.einsum("bqd,bkd->bkq", q, k)
+        h = torch.einsum("bqk,bkd->bqd", torch.softmax(scores, -1), v)
+        return torch.einsum("bnd,hd->bnh", torch.tanh(h), self.w)
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["qk", "kq"])
+def test_onnx_einsum_compiles_to_the_torch_graph(flip, tmp_path):
+    import torch
+
+    from gmn_compiler import canonical
+    from gmn_compiler.testing import randomized
+
+    model, x = randomized(_Einsums(flip)), (torch.randn(1, 3, 4),)
+    path = str(tmp_path / "einsum.onnx")
+    torch.onnx.export(model, x, path, dynamo=False, opset_version=17)
+    assert "Einsum" in {n.op_type for n in onnx.load(path).graph.node}
+    pg = gc.compile(path)
+    gc.check_symmetry(path)
+    assert canonical.isomorphic(pg, gc.compile(model, x))
+    other = randomized(_Einsums(not flip))
+    other.load_state_dict(model.state_dict())
+    assert not canonical.isomorphic(pg, gc.compile(other, x))

@@ -18,6 +18,7 @@ import onnx
 from ..errors import CompileError, UnsupportedOpsError
 from ..registry import Registry
 from .checks import check_input_shapes, check_input_sizes
+from .onnx_einsum import OP_TYPES as EINSUM_OP_TYPES
 from .onnx_patterns import FUSABLE_OP_TYPES
 
 MIN_OPSET, MAX_OPSET = 11, 23
@@ -190,7 +191,7 @@ def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[tuple[
         values.update(outputs)
         mapping = registry.onnx.get(op_key(node))
         kind = mapping.kind if mapping is not None else f"onnx.{op_key(node)}"
-        if registry.rule(kind) is None and node.op_type not in FUSABLE_OP_TYPES:
+        if registry.rule(kind) is None and node.op_type not in FUSABLE_OP_TYPES | EINSUM_OP_TYPES:
             found.append((kind, node_location(node, index)))
     return found
 

@@ -29,6 +29,7 @@ from ..ir import IRGraph, Op, ParamRef, Value
 from ..ir_patterns import normalize
 from ..registry import Registry
 from . import onnx_patterns
+from .onnx_einsum import OP_TYPES as EINSUM_OP_TYPES, convert_einsum
 from .param_tables import read_table, table_axis
 from .checks import check_input_axes
 from .onnx_checks import (CONSTANT_OP_TYPES, MAX_OPSET, MIN_OPSET, TYPE_ONLY_INPUTS,  # noqa: F401
@@ -193,6 +194,9 @@ class _Converter:
         for value in outs:
             self.env[value.name] = value
         operands = [self._operand(a, name) for a, name in zip(args, node.input)]
+        if node.op_type in EINSUM_OP_TYPES and node.domain in ("", "ai.onnx"):
+            self._convert_einsum(node, operands, attrs, location)
+            return
         mapping = self.registry.onnx.get(op_key(node))
         axis = None if has_value else table_axis(self.registry, mapping, operands, self._opset_semantics(node, attrs))
         if axis is not None:  # a parameter table a layer reads as a tensor (see param_tables)
@@ -215,6 +219,17 @@ class _Converter:
                                unsupported=refusal.reason))
             return
         self.ops.append(Op(mapping.kind, inputs, outs, norm_attrs, location, node.op_type))
+
+    def _convert_einsum(self, node: onnx.NodeProto, operands: list, attrs: dict, location: str) -> None:
+        """``Einsum`` as the ops ``torch.einsum`` computes it with (see :mod:`.onnx_einsum`)."""
+
+        def new_value(meta: torch.Tensor, name: str) -> Value:
+            self.next_id += 1
+            return Value(self.next_id, tuple(int(s) for s in meta.shape), meta.dtype, name)
+
+        ops, result = convert_einsum(str(attrs["equation"]), operands, self.registry, location, new_value)
+        self.ops.extend(ops)
+        self.env[node.output[0]] = result
 
     def _param_view(self, node: onnx.NodeProto, args: list, attrs: dict) -> list[ParamRef] | None:
         """The node's outputs as views of its one initializer operand (the first), when the
