@@ -36,6 +36,7 @@ class LoweringContext:
         self.layouts: dict[int, Layout | None] = {}
         self.op: Op | None = None
         self._family = AliasFamilies(ir, registry)
+        self._next_value_id = 0  # values rules make for themselves count down from -1
         self.constants: set[int] = set()  # ids of values computed from no input and no parameter
         self.symmetries: list[dict] = []
         self._origin: dict[int, int] = {}  # node made by fresh() -> the node it copies
@@ -82,6 +83,12 @@ class LoweringContext:
         """Mark the nodes ``ids`` with ``activation`` (prefer :meth:`derive`, which decides
         whether marking the input's nodes is safe or fresh nodes are needed)."""
         self.builder.set_activation(ids, activation)
+
+    def new_value(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32, name: str = "") -> Value:
+        """A value a rule makes for an intermediate result of its own, when it lowers an op
+        through other kinds (:meth:`lower_as`); it has no layout until one is set."""
+        self._next_value_id -= 1
+        return Value(self._next_value_id, tuple(shape), dtype, name)
 
     def set_node_signature(self, ids: torch.Tensor, sig: tuple) -> None:
         """Name the nodes ``ids`` by ``sig`` (their node column ``signature`` holds its

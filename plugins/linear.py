@@ -98,6 +98,8 @@ def _matmul(a: Any, b: Any) -> _Normalized:
         return [a, b.apply(lambda t: t.t()), None], {}
     if isinstance(a, ParamRef) and isinstance(b, Value) and a.tensor.dim() == 2:
         return [b, a, None], {"axis": -2 if len(b.shape) >= 2 else -1}
+    if isinstance(b, ParamRef) and isinstance(a, Value) and b.tensor.dim() == 3 == len(a.shape) and b.shape[0] > 1:
+        return [a, b, None], {"batched_weight": True}  # one weight per batch index
     return [a, b], {"between_activations": True}
 
 
@@ -122,6 +124,9 @@ def lower_matmul(ctx: LoweringContext, op: Op) -> None:
     """With a parameter: a linear layer. Between two activations: a contraction, lowered by
     the rule registered for kind ``contract`` (built-in: plugins/attention.py)."""
     inputs = op.inputs
+    if op.attrs.get("batched_weight"):
+        _lower_batched_weight(ctx, op)
+        return
     if len(inputs) == 3 and isinstance(inputs[1], ParamRef):
         lower_linear(ctx, op)
         return
@@ -138,6 +143,37 @@ def _onnx_gemm(a: Any, b: Any, c: Any = None, alpha: float = 1.0, beta: float = 
     return [a, weight, c], {}
 
 
+def _lower_batched_weight(ctx: LoweringContext, op: Op) -> None:
+    """``x [G, N, I] @ W [G, I, O]`` with a parameter ``W``: a linear layer per index ``g``.
+
+    Where ``x``'s first axis carries neurons (ConvBERT's grouped linear layer: the groups),
+    group ``g``'s output units read group ``g``'s input units only (edges inside each group, as
+    a grouped convolution's); input units then move only within their group. Where it is free
+    (positions: MViT-v2's decomposed relative positions, a table of vectors per query row), the
+    weight is a table that the activation meets entry by entry: it is read as a tensor (kind
+    ``param_value``) and contracted like an activation (kind ``contract``)."""
+    x, weight = op.inputs[0], op.inputs[1]
+    layout = L.align(ctx.require_layout(x), 3)
+    groups, inputs, outputs = weight.shape
+    ids = layout.ids
+    if ids.shape[0] == 1:
+        table = ctx.new_value(tuple(weight.shape), weight.tensor.dtype, f"{weight.name}.table")
+        ctx.lower_as("param_value", Op("param_value", [weight], [table], {"axis": 1}, op.location, op.target))
+        ctx.lower_as("contract", Op("matmul", [x, table], op.outputs, {"between_activations": True},
+                                    op.location, op.target))
+        return
+    if layout.pos is not None or ids.shape[1] > 1 or ids.shape[2] != inputs:
+        raise ctx.error("a grouped linear layer needs an input whose group and contracted axes alone carry neurons")
+    rows = ids[:, 0, :]
+    out_ids = ctx.add_nodes(groups * outputs, "neuron", ctx.depth_of(ids) + 1).view(groups, outputs)
+    ctx.add_edges((groups, inputs, outputs), rows.view(groups, inputs, 1), out_ids.view(groups, 1, outputs),
+                  "linear", param=weight)
+    ctx.declare_symmetry(out_ids.reshape(-1), "hidden units of a grouped linear layer (within each group)",
+                         groups=groups)
+    ctx.refine_symmetry(rows.reshape(-1), groups, f"grouped linear at {op.location}", permute_groups=False)
+    ctx.set_layout(op.output, L.Layout(out_ids.view(groups, 1, outputs)))
+
+
 def _contracted_axis(op: Op) -> int:
     """The axis of ``x`` a linear layer contracts: its neurons."""
     axis: int = op.attrs.get("axis", -1)
@@ -148,7 +184,7 @@ def _contracted_axis(op: Op) -> int:
 def gmn_register(registry: Registrar) -> None:
     registry.add_rule("linear", lower_linear, inputs=("x", "weight", "bias"), attributes=("axis",),
                       input_axis=_contracted_axis, weight_norm=True)
-    registry.add_rule("matmul", lower_matmul, inputs=("a", "b", "bias"), attributes=("axis", "between_activations"),
+    registry.add_rule("matmul", lower_matmul, inputs=("a", "b", "bias"), attributes=("axis", "between_activations", "batched_weight"),
                       input_axis=lambda op: _contracted_axis(op) if len(op.inputs) == 3 else None)
     registry.map_aten("aten.linear.default", "linear", _linear)
     for target in ("aten.matmul.default", "aten.mm.default"):

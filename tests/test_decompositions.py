@@ -281,3 +281,35 @@ def test_addcmul_and_addcdiv_compile_as_written_out(op, value):
     other = Affine(op, 0.25).eval()  # the scalar ``value`` reaches the graph
     other.load_state_dict(fused.state_dict())
     assert not canonical.isomorphic(gc.compile(fused, (x,)), gc.compile(other, (x,)))
+
+
+class SpanConv(nn.Module):
+    """ConvBERT's span-based dynamic convolution: each token's window of neighbours (``unfold``
+    along the tokens) mixed by a kernel the token itself computes (a linear layer and a softmax
+    over the window's positions)."""
+
+    def __init__(self, kernel: int = 3, dilation: int = 1, width: int = 4):
+        super().__init__()
+        self.kernel, self.dilation = kernel, dilation
+        self.value, self.make_kernel, self.out = nn.Linear(3, width), nn.Linear(3, kernel), nn.Linear(width, 2)
+
+    def forward(self, x):  # [T, 3]
+        t = x.shape[0]
+        v = self.value(x).transpose(0, 1).unsqueeze(0).unsqueeze(-1)  # [1, C, T, 1]
+        pad = self.dilation * (self.kernel - 1) // 2
+        windows = F.unfold(v, [self.kernel, 1], dilation=[self.dilation, 1], padding=[pad, 0])  # [1, C*K, T]
+        windows = windows.transpose(1, 2).reshape(t, -1, self.kernel)  # [T, C, K]
+        weights = torch.softmax(self.make_kernel(x).reshape(t, self.kernel, 1), dim=1)  # [T, K, 1]
+        return self.out(torch.tanh(torch.matmul(windows, weights).reshape(t, -1)))
+
+
+def test_unfold_over_tokens_with_a_dynamic_kernel_passes_every_oracle():
+    """``im2col`` converts as padding, strided slices and a stack (views along the tokens)."""
+    torch.manual_seed(0)
+    x = (torch.randn(6, 3),)
+    model = SpanConv().eval()
+    graph = assert_oracles(model, x, trials=3)
+    dilated = SpanConv(dilation=2).eval()  # the same weights, other neighbours
+    dilated.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(*x), dilated(*x))
+    assert not canonical.isomorphic(graph, gc.compile(dilated, x))

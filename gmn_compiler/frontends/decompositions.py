@@ -24,12 +24,24 @@ def _addcdiv(input, tensor1, tensor2, *, value=1):
     return input + (quotient if value == 1 else quotient * value)
 
 
+def _im2col(input, kernel_size, dilation, padding, stride):
+    """``unfold``: every window position's entries stacked along a new axis after the channels,
+    written as padding, strided slices and a stack (views of the input along free axes)."""
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel_size, dilation, padding, stride
+    padded = torch.nn.functional.pad(input, (pw, pw, ph, ph)) if ph or pw else input
+    batch, channels, height, width = padded.shape
+    rows, cols = (height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1
+    windows = [padded[:, :, i * dh: i * dh + sh * (rows - 1) + 1: sh, j * dw: j * dw + sw * (cols - 1) + 1: sw]
+               for i in range(kh) for j in range(kw)]
+    return torch.stack(windows, dim=2).reshape(batch, channels * kh * kw, rows * cols)
+
+
 def _preferred() -> dict:
     """Decompositions of our own, used before PyTorch's, where PyTorch's first step computes on
     a parameter alone (``value * tensor1`` of ``addcmul``, ResMLP's ``Affine``), which the
     frontend refuses; ours compute the same function with the activation in the first op."""
     aten = torch.ops.aten
-    return {aten.addcmul.default: _addcmul, aten.addcdiv.default: _addcdiv}
+    return {aten.addcmul.default: _addcmul, aten.addcdiv.default: _addcdiv, aten.im2col.default: _im2col}
 
 
 def trace_decomposition(node: torch.fx.Node) -> tuple[torch.fx.GraphModule, list[torch.fx.Node]] | None:

@@ -26,7 +26,7 @@ from ..ir_patterns import normalize
 from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
 from .param_concat import ParamConcat, concat_used
-from .param_tables import plain_table as _plain_table, read_table, table_axis
+from .param_tables import read_table, table_axis
 from .param_transforms import PARAM_FUNCTIONS, param_function, weight_normalised, weight_standardised
 from .checks import check_input_axes
 from .decompositions import trace_decomposition
@@ -423,9 +423,6 @@ class _Converter:
             self.ops.append(Op(mapping.kind, list(args), outs, dict(kwargs), location, name,
                                unsupported=refusal.reason))
             return
-        if attrs.get("between_activations"):  # a parameter table contracted like an activation
-            inputs = [self._read_table(x, axis % len(x.shape), location, name) if _plain_table(x) else x
-                      for x, axis in zip(inputs, (-1, -2))]
         transformed = [x for x in torch.utils._pytree.tree_leaves(inputs) if isinstance(x, ParamRef) and x.transform]
         if transformed and not self.registry.attaches_transformed(mapping.kind):
             # only kinds whose rules attach a parameter through ctx.attach_param (which records

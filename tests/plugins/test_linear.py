@@ -278,3 +278,30 @@ def test_token_mixing_mlp_compiles_and_passes_the_oracles():
     moved = permuted_copy(model, lambda m: permute_cols(m.fc1, t))
     assert functions_differ(model, moved, (x,))
     assert_not_isomorphic(pg, gc.compile(moved, (x,)))
+
+
+class GroupedLinear(nn.Module):
+    """ConvBERT's ``GroupedLinearLayer``: the features split into groups, each group through a
+    linear layer of its own, ``x.view(-1, G, I).permute(1, 0, 2) @ W [G, I, O]``."""
+
+    def __init__(self, groups: int = 2, width: int = 6, out: int = 4):
+        super().__init__()
+        self.groups = groups
+        self.inp, self.head = nn.Linear(3, width), nn.Linear(out, 2)
+        self.weight = nn.Parameter(torch.randn(groups, width // groups, out // groups))
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        g = h.reshape(-1, self.groups, h.shape[-1] // self.groups).permute(1, 0, 2)
+        y = torch.matmul(g, self.weight).permute(1, 0, 2).reshape(x.shape[0], -1)
+        return self.head(torch.relu(y))
+
+
+def test_a_grouped_linear_layer_connects_units_inside_each_group_only():
+    torch.manual_seed(0)
+    model, x = GroupedLinear().eval(), (torch.randn(5, 3),)
+    graph = assert_oracles(model, x)
+    weight = [p.name for p in graph.params].index("weight")
+    assert int((graph.data.edge_param == weight).sum()) == model.weight.numel()  # 2 groups of 3 x 2
+    declared = [s for s in graph.symmetries if "grouped linear" in s["what"]]
+    assert declared and declared[0]["groups"] == 2
