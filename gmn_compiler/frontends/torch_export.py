@@ -26,6 +26,7 @@ from ..ir_patterns import normalize
 from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
 from .param_concat import ParamConcat, concat_used
+from .inplace import overwrites_whole_value
 from .param_tables import read_table, table_axis
 from .param_transforms import PARAM_FUNCTIONS, param_function, weight_normalised, weight_standardised
 from .checks import check_input_axes
@@ -74,26 +75,6 @@ def _as_constant_value(a: Any) -> Any:
     if isinstance(a, ParamRef):
         return Value(-1, tuple(a.tensor.shape), a.tensor.dtype, a.name, constant=a.tensor)
     return a
-
-
-def _overwrites_whole_value(node: torch.fx.Node) -> bool:
-    """``copy_(dst, src)`` whose ``dst`` is no view of another tensor (the write would reach
-    that one too), is read by nothing after the copy, and has the copy's shape."""
-    dst = node.args[0]
-    if not isinstance(dst, torch.fx.Node) or dst.op != "call_function" or _is_alias(dst.target):
-        return False
-    order = {n: i for i, n in enumerate(node.graph.nodes)}
-    if any(order[user] > order[node] for user in dst.users if user is not node):
-        return False
-    val, out = dst.meta.get("val"), node.meta.get("val")
-    return isinstance(val, torch.Tensor) and isinstance(out, torch.Tensor) and val.shape == out.shape
-
-
-def _is_alias(target: Any) -> bool:
-    """An op whose result aliases an operand (a view: ``slice``, ``view``, ``alias``...), by its
-    schema; unknown targets count as views."""
-    schema = getattr(target, "_schema", None)
-    return schema is None or any(r.alias_info is not None for r in schema.returns)
 
 
 def _constant_index(args) -> torch.Tensor | None:
@@ -328,7 +309,7 @@ class _Converter:
         name = target_name(node.target)
         if name in _NO_OP_TARGETS:
             return
-        if name == "aten.copy_.default" and _overwrites_whole_value(node) and isinstance(args[1], Value):
+        if name == "aten.copy_.default" and overwrites_whole_value(node) and isinstance(args[1], Value):
             # ``x.copy_(y)`` into all of a value nothing else reads afterwards (MViT-v2's
             # ``attn[:, :, 0:, 0:] = ...`` without a class token): the result is ``y``, as ``x``'s shape
             name, args, kwargs = "aten.expand.default", [args[1], list(node.meta["val"].shape)], {}
