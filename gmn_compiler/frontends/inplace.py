@@ -1,10 +1,18 @@
 """In-place writes in an exported graph that the torch frontend can read as plain values.
 
 ``torch.export`` keeps ``x.copy_(y)`` (what ``x[...] = y`` traces to) as a mutation: the write
-reaches ``x`` and every view of it. Only the case without aliasing is read, as the value ``y``
-in ``x``'s shape: the copy covers all of ``x``, ``x`` is no view of another tensor, and nothing
-reads ``x`` after the copy (MViT-v2's ``attn[:, :, 0:, 0:] = ...`` without a class token). Any
-other write stays an ``aten.copy_`` op without a rule, refused in one line.
+reaches ``x`` and every view of it. Two cases are read as plain values:
+
+- the copy covers all of ``x``, ``x`` is no view of another tensor, and nothing reads ``x``
+  after the copy (MViT-v2's ``attn[:, :, 0:, 0:] = ...`` without a class token): the value ``y``
+  in ``x``'s shape (:func:`overwrites_whole_value`);
+- ``x`` is a chain of step-1 slices of a value ``base`` that is no view (MViT-v2's
+  ``attn[:, :, 1:, 1:] = ...`` beside a class token): from the copy on, ``base`` is the value
+  whose sliced block is ``y`` and whose other entries are ``base``'s, i.e. slices of ``base``
+  concatenated around ``y`` (:func:`sliced_write`; the frontend writes that out). Refused when a
+  view of ``base`` taken before the copy is read after it (it would miss the write).
+
+Any other write stays an ``aten.copy_`` op without a rule, refused in one line.
 """
 
 from __future__ import annotations
@@ -32,3 +40,27 @@ def _is_alias(target: Any) -> bool:
     schema; unknown targets count as views."""
     schema = getattr(target, "_schema", None)
     return schema is None or any(r.alias_info is not None for r in schema.returns)
+
+
+def sliced_write(node: torch.fx.Node) -> tuple[torch.fx.Node, list[tuple[int, int | None, int | None]]] | None:
+    """For ``copy_(dst, src)`` with ``dst`` a chain of step-1 ``slice`` ops of a value that is no
+    view: that value and the slices ``(dim, start, end)``, outermost first; None otherwise."""
+    order = {n: i for i, n in enumerate(node.graph.nodes)}
+    chain: list[tuple[int, int | None, int | None]] = []
+    dst = node.args[0]
+    views: set[torch.fx.Node] = set()
+    while isinstance(dst, torch.fx.Node) and dst.op == "call_function" and str(dst.target) == "aten.slice.Tensor":
+        args = list(dst.args) + [None] * (5 - len(dst.args))
+        dim, start, end, step = args[1] or 0, args[2], args[3], args[4] or 1
+        if step != 1 or any(order[u] > order[node] for u in dst.users):
+            return None
+        chain.append((int(dim), start, end))
+        views.add(dst)
+        dst = args[0]
+    if not chain or not isinstance(dst, torch.fx.Node) or dst.op != "call_function" or _is_alias(dst.target):
+        return None
+    for user in dst.users:  # an earlier view of the value, read after the write, would miss it
+        if user not in views and order[user] < order[node] and _is_alias(user.target) \
+                and any(order[u] > order[node] for u in user.users):
+            return None
+    return dst, chain[::-1]

@@ -26,7 +26,7 @@ from ..ir_patterns import normalize
 from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
 from .param_concat import ParamConcat, concat_used
-from .inplace import overwrites_whole_value
+from .inplace import overwrites_whole_value, sliced_write
 from .param_tables import read_table, table_axis
 from .param_transforms import PARAM_FUNCTIONS, param_function, weight_normalised, weight_standardised
 from .checks import check_input_axes
@@ -309,6 +309,12 @@ class _Converter:
         name = target_name(node.target)
         if name in _NO_OP_TARGETS:
             return
+        written = sliced_write(node) if name == "aten.copy_.default" and isinstance(args[1], Value) else None
+        if written is not None:  # ``base[..., a:b] = y``: base is its other entries around y from here on
+            base, chain = written
+            self.env[base.name] = self._write_into(self.env[base.name], chain, args[1], _location(node))
+            self.env[node.name] = args[1]
+            return
         if name == "aten.copy_.default" and overwrites_whole_value(node) and isinstance(args[1], Value):
             # ``x.copy_(y)`` into all of a value nothing else reads afterwards (MViT-v2's
             # ``attn[:, :, 0:, 0:] = ...`` without a class token): the result is ``y``, as ``x``'s shape
@@ -412,6 +418,40 @@ class _Converter:
             self.ops.append(Op(f"param_transform[{steps}]", list(args), outs, {}, location, name))
             return
         self.ops.append(Op(mapping.kind, inputs, outs, attrs, location, name))
+
+    def _write_into(self, x: Value, chain: list, y: Value, location: str) -> Value:
+        """``x`` with its block ``chain`` (step-1 slices ``(dim, start, end)``, outermost first)
+        replaced by ``y``: slices of ``x`` concatenated around ``y``, as IR ops."""
+        (dim, start, end), rest = chain[0], chain[1:]
+        dim %= len(x.shape)
+        n = x.shape[dim]
+        start, end, _ = slice(start, end).indices(n)
+        if rest:
+            y = self._write_into(self._narrow(x, dim, start, end, location), rest, y, location)
+        if list(y.shape) != [end - start if a == dim else s for a, s in enumerate(x.shape)]:
+            raise CompileError(f"{location}: a write of shape {list(y.shape)} into a block of another shape "
+                               "is not supported")
+        parts = [p for p in (self._narrow(x, dim, 0, start, location), y, self._narrow(x, dim, end, n, location))
+                 if p.shape[dim] > 0]
+        if len(parts) == 1:
+            return parts[0]
+        out = self._fresh_value(tuple(s if a != dim else sum(p.shape[dim] for p in parts) for a, s in enumerate(x.shape)),
+                                x.dtype, "written")
+        self.append_op("aten.cat.default", [parts, dim], {}, [out], location)
+        return out
+
+    def _narrow(self, x: Value, dim: int, start: int, end: int, location: str) -> Value:
+        if (start, end) == (0, x.shape[dim]):
+            return x
+        out = self._fresh_value(tuple(max(end - start, 0) if a == dim else s for a, s in enumerate(x.shape)),
+                                x.dtype, "kept")
+        if end > start:
+            self.append_op("aten.slice.Tensor", [x, dim, start, end], {}, [out], location)
+        return out
+
+    def _fresh_value(self, shape: tuple[int, ...], dtype: torch.dtype, name: str) -> Value:
+        self.next_id += 1
+        return Value(self.next_id, shape, dtype, name)
 
     def _read_table(self, table: ParamRef, axis: int, location: str, name: str) -> Value:
         """A ``param_value`` op reading ``table`` as a tensor with neurons along ``axis``; its output."""

@@ -208,3 +208,14 @@ def mvit_v2():
     cfg = replace(mvitv2.model_cfgs["mvitv2_tiny"], depths=(1, 1), embed_dim=8, num_heads=1,
                   stride_q=((1, 1), (2, 2)), patch_kernel=(3, 3), patch_padding=(1, 1))
     return randomized(mvitv2.MultiScaleVit(cfg, img_size=(16, 16), num_classes=5)), (image(16),)
+
+
+@register("MViT-v2 (class token)", "timm", "MultiScaleVit(mvitv2_tiny, use_cls_token)")
+def mvit_v2_cls():
+    # the class-token variant: relative positions written into the patch block of the scores
+    # (attn[:, :, 1:, 1:] = ...), an in-place write into slices
+    from timm.models import mvitv2
+
+    cfg = replace(mvitv2.model_cfgs["mvitv2_tiny"], depths=(1, 1), embed_dim=8, num_heads=1,
+                  stride_q=((1, 1), (2, 2)), patch_kernel=(3, 3), patch_padding=(1, 1), use_cls_token=True)
+    return randomized(mvitv2.MultiScaleVit(cfg, img_size=(16, 16), num_classes=5)), (image(16),)
