@@ -17,9 +17,16 @@ Any other write stays an ``aten.copy_`` op without a rule, refused in one line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from ..errors import CompileError
+from ..ir import Value
+
+Emit = Callable[[str, list, tuple[int, ...], torch.dtype, str], Value]
+"""``emit(aten_name, args, shape, dtype, label)``: appends that op to the IR, returns its output."""
 
 
 def overwrites_whole_value(node: torch.fx.Node) -> bool:
@@ -64,3 +71,34 @@ def sliced_write(node: torch.fx.Node) -> tuple[torch.fx.Node, list[tuple[int, in
                 and any(order[u] > order[node] for u in user.users):
             return None
     return dst, chain[::-1]
+
+
+def write_into(x: Value, chain: list[tuple[int, int | None, int | None]], y: Value, emit: Emit) -> Value:
+    """``x`` with its block ``chain`` (step-1 slices ``(dim, start, end)``, outermost first)
+    replaced by ``y``: slices of ``x`` concatenated around ``y``, written out with ``emit``."""
+    (dim, start, end), rest = chain[0], chain[1:]
+    dim %= len(x.shape)
+    n = x.shape[dim]
+    start, end, _ = slice(start, end).indices(n)
+    if rest:
+        block = _narrow(x, dim, start, end, emit)
+        if block is None:
+            raise CompileError("a write into an empty block is not supported")
+        y = write_into(block, rest, y, emit)
+    if list(y.shape) != [end - start if a == dim else s for a, s in enumerate(x.shape)]:
+        raise CompileError(f"a write of shape {list(y.shape)} into a block of another shape is not supported")
+    parts = [p for p in (_narrow(x, dim, 0, start, emit), y, _narrow(x, dim, end, n, emit)) if p is not None]
+    if len(parts) == 1:
+        return parts[0]
+    shape = tuple(sum(p.shape[dim] for p in parts) if a == dim else s for a, s in enumerate(x.shape))
+    return emit("aten.cat.default", [parts, dim], shape, x.dtype, "written")
+
+
+def _narrow(x: Value, dim: int, start: int, end: int, emit: Emit) -> Value | None:
+    """``x[start:end]`` along ``dim``: ``x`` itself when whole, None when empty."""
+    if end <= start:
+        return None
+    if (start, end) == (0, x.shape[dim]):
+        return x
+    shape = tuple(end - start if a == dim else s for a, s in enumerate(x.shape))
+    return emit("aten.slice.Tensor", [x, dim, start, end], shape, x.dtype, "kept")

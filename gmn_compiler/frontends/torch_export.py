@@ -26,7 +26,8 @@ from ..ir_patterns import normalize
 from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
 from .param_concat import ParamConcat, concat_used
-from .inplace import overwrites_whole_value, sliced_write
+from .inplace import Emit, overwrites_whole_value, sliced_write, write_into
+from .lifted_constants import as_constant_value, only_constants
 from .param_tables import read_table, table_axis
 from .param_transforms import PARAM_FUNCTIONS, param_function, weight_normalised, weight_standardised
 from .checks import check_input_axes
@@ -62,19 +63,6 @@ _WEIGHT_NORMS = {"aten._weight_norm.default": weight_normalised, "aten.batch_nor
 # functions of one parameter computed in forward, recorded on its reference
 _AS_TARGETS = {"aten.reshape_as.default", "aten.view_as.default", "aten.expand_as.default"}
 _RESHAPE_BACK = {"aten.reshape_as.default", "aten.reshape.default", "aten.view.default", "aten._unsafe_view.default"}
-
-
-def _only_constants(leaves: list) -> bool:
-    """Some operand is a lifted tensor constant and none is a weight or an activation."""
-    refs = [x for x in leaves if isinstance(x, ParamRef)]
-    return (bool(refs) and all(r.kind == "constant" and not r.transform and r.weight_norm is None for r in refs)
-            and not any(isinstance(x, Value) and x.constant is None for x in leaves))
-
-
-def _as_constant_value(a: Any) -> Any:
-    if isinstance(a, ParamRef):
-        return Value(-1, tuple(a.tensor.shape), a.tensor.dtype, a.name, constant=a.tensor)
-    return a
 
 
 def _constant_index(args) -> torch.Tensor | None:
@@ -312,7 +300,7 @@ class _Converter:
         written = sliced_write(node) if name == "aten.copy_.default" and isinstance(args[1], Value) else None
         if written is not None:  # ``base[..., a:b] = y``: base is its other entries around y from here on
             base, chain = written
-            self.env[base.name] = self._write_into(self.env[base.name], chain, args[1], _location(node))
+            self.env[base.name] = write_into(self.env[base.name], chain, args[1], self._emit(_location(node)))
             self.env[node.name] = args[1]
             return
         if name == "aten.copy_.default" and overwrites_whole_value(node) and isinstance(args[1], Value):
@@ -322,10 +310,10 @@ class _Converter:
         if name in _AS_TARGETS and len(args) > 1 and isinstance(args[1], ParamRef):
             args = [args[0], args[1].tensor.detach()]  # ``w2.reshape_as(w)`` reads w's shape only
         leaves = torch.utils._pytree.tree_leaves((args, kwargs))
-        if _only_constants(leaves) and not self._is_view(name):
+        if only_constants(leaves) and not self._is_view(name):
             # a tensor made in forward (DeBERTa's ``torch.tensor(size)``) combined with other
             # constants: the result is a constant, not a function of the weights
-            args, kwargs = torch.utils._pytree.tree_map(_as_constant_value, (args, kwargs))
+            args, kwargs = torch.utils._pytree.tree_map(as_constant_value, (args, kwargs))
             leaves = torch.utils._pytree.tree_leaves((args, kwargs))
         has_param = any(isinstance(x, ParamRef) for x in leaves)
         # values computed from constants only (position ids, masks) count as constants
@@ -419,39 +407,17 @@ class _Converter:
             return
         self.ops.append(Op(mapping.kind, inputs, outs, attrs, location, name))
 
-    def _write_into(self, x: Value, chain: list, y: Value, location: str) -> Value:
-        """``x`` with its block ``chain`` (step-1 slices ``(dim, start, end)``, outermost first)
-        replaced by ``y``: slices of ``x`` concatenated around ``y``, as IR ops."""
-        (dim, start, end), rest = chain[0], chain[1:]
-        dim %= len(x.shape)
-        n = x.shape[dim]
-        start, end, _ = slice(start, end).indices(n)
-        if rest:
-            y = self._write_into(self._narrow(x, dim, start, end, location), rest, y, location)
-        if list(y.shape) != [end - start if a == dim else s for a, s in enumerate(x.shape)]:
-            raise CompileError(f"{location}: a write of shape {list(y.shape)} into a block of another shape "
-                               "is not supported")
-        parts = [p for p in (self._narrow(x, dim, 0, start, location), y, self._narrow(x, dim, end, n, location))
-                 if p.shape[dim] > 0]
-        if len(parts) == 1:
-            return parts[0]
-        out = self._fresh_value(tuple(s if a != dim else sum(p.shape[dim] for p in parts) for a, s in enumerate(x.shape)),
-                                x.dtype, "written")
-        self.append_op("aten.cat.default", [parts, dim], {}, [out], location)
-        return out
+    def _emit(self, location: str) -> Emit:
+        """A function appending the op of an aten ``name`` on ``args`` (and its output, a new
+        value of ``shape``), for IR written by the frontend itself (:func:`.inplace.write_into`)."""
 
-    def _narrow(self, x: Value, dim: int, start: int, end: int, location: str) -> Value:
-        if (start, end) == (0, x.shape[dim]):
-            return x
-        out = self._fresh_value(tuple(max(end - start, 0) if a == dim else s for a, s in enumerate(x.shape)),
-                                x.dtype, "kept")
-        if end > start:
-            self.append_op("aten.slice.Tensor", [x, dim, start, end], {}, [out], location)
-        return out
+        def emit(name: str, args: list, shape: tuple[int, ...], dtype: torch.dtype, label: str) -> Value:
+            self.next_id += 1
+            out = Value(self.next_id, shape, dtype, label)
+            self.append_op(name, args, {}, [out], location)
+            return out
 
-    def _fresh_value(self, shape: tuple[int, ...], dtype: torch.dtype, name: str) -> Value:
-        self.next_id += 1
-        return Value(self.next_id, shape, dtype, name)
+        return emit
 
     def _read_table(self, table: ParamRef, axis: int, location: str, name: str) -> Value:
         """A ``param_value`` op reading ``table`` as a tensor with neurons along ``axis``; its output."""
