@@ -9,6 +9,7 @@ these objects, never fx nodes or ONNX protos.
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +91,7 @@ class ParamRef:
         offsets = self._views(lambda t: [fn(t)], [values])[0]
         mask = None if self.mask is None else fn(self.mask)
         offset = None if self.offset is None else fn(self.offset)
-        return ParamRef(self.name, values, offsets, self.kind, self.transform, mask, self.weight_norm, offset)
+        return dataclasses.replace(self, tensor=values, offsets=offsets, mask=mask, offset=offset)
 
     def through(self, view: Callable[[torch.Tensor, dict, list[tuple[int, ...]]], list[torch.Tensor]],
                 attrs: dict, shapes: list[tuple[int, ...]],
@@ -106,8 +107,8 @@ class ParamRef:
         dtypes = dtypes or [None] * len(values)
         masks = [None] * len(values) if self.mask is None else view(self.mask, attrs, shapes)
         added = [None] * len(values) if self.offset is None else view(self.offset, attrs, shapes)
-        return [ParamRef(self.name, v.to(d) if d is not None and d.is_floating_point else v, o, self.kind,
-                         self.transform, m, self.weight_norm, a)
+        return [dataclasses.replace(self, tensor=v.to(d) if d is not None and d.is_floating_point else v, offsets=o,
+                                    mask=m, offset=a)
                 for v, o, d, m, a in zip(values, offsets, dtypes, masks, added)]
 
     def __repr__(self) -> str:

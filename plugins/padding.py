@@ -7,8 +7,9 @@ entry (axes, amounts, fill value) in its view signature — or, for reflect, rep
 circular padding, which only select entries, the ``take`` entries a slice-and-concat spelling
 of it gets — and the op that reads it gets
 its own copy nodes whose edges carry the signature's code (DESIGN §4). Two convolutions that
-differ only in their padding mode therefore read different nodes. Padding an axis that carries
-neurons would add units that are no neuron: refused.
+differ only in their padding mode therefore read different nodes. Constant padding along an
+axis that carries neurons adds units of its own (see :func:`_constant_units`); any other
+padding of such an axis is refused.
 """
 
 from __future__ import annotations
@@ -77,21 +78,17 @@ def _constant_units(ctx: LoweringContext, op: Op, aligned: L.Layout, pads: dict[
     if begin < 0 or end < 0:
         raise ctx.error(f"cropping axis {axis}, which carries neurons, is not supported")
     x = op.inputs[0]
-    parts, shapes = [], []
-    for count, where in ((begin, "begin"), (end, "end")):
+
+    def constant_part(count: int) -> tuple[L.Layout, tuple[int, ...]]:
         shape = list(aligned.ids.shape)
         shape[axis] = count
         ids = ctx.add_nodes(math.prod(shape), "constant", ctx.depth_of(aligned.nodes()))
         ctx.set_node_signature(ids, ("pad", L.plain(value)))
-        full = list(x.shape)
-        full[axis] = count
-        parts.append(L.Layout(ids.view(shape)))
-        shapes.append(tuple(full))
-        if where == "begin":
-            parts.append(aligned)
-            shapes.append(tuple(x.shape))
-    kept = [(p, s) for p, s in zip(parts, shapes) if s[axis] > 0]
-    return L.cat([p for p, _ in kept], [s for _, s in kept], axis)
+        return L.Layout(ids.view(shape)), tuple(count if a == axis else s for a, s in enumerate(x.shape))
+
+    parts = ([constant_part(begin)] if begin else []) + [(aligned, tuple(x.shape))] + \
+        ([constant_part(end)] if end else [])
+    return L.cat([p for p, _ in parts], [s for _, s in parts], axis)
 
 
 def _indices(mode: str, n: int, begin: int, end: int) -> list[int]:

@@ -116,20 +116,6 @@ class MaskedPositionBias(_PositionBiasAttention):
         return torch.where(self.keep, bias, -1e4)
 
 
-def test_a_masked_position_bias_compiles_and_passes_the_oracles():
-    torch.manual_seed(0)
-    model, x = MaskedPositionBias().eval(), torch.randn(2, 4, 5)
-    assert_oracles(model, (x,), trials=4)
-    pg = gc.compile(model, (x,))
-    report = gc.check_symmetry(model, (x,), trials=2, graph=pg)
-    assert any("head" in what for what in report.symmetries_checked), report.symmetries_checked
-    # the other mask: the same parameters, another function, another graph
-    other = MaskedPositionBias("anti-causal").eval()
-    other.load_state_dict(model.state_dict())
-    assert not torch.allclose(model(x), other(x))
-    assert not canonical.isomorphic(pg, gc.compile(other, (x,)))
-
-
 def test_a_mask_that_differs_per_head_is_refused_in_one_line():
     model, x = MaskedPositionBias("per head").eval(), torch.randn(2, 4, 5)
     with pytest.raises(gc.CompileError, match="masked by a constant that differs along an axis carrying neurons"):
@@ -153,19 +139,22 @@ class ShiftedWindowBias(_PositionBiasAttention):
         return bias + self.mask
 
 
-def test_a_position_bias_plus_a_constant_mask_compiles_and_passes_the_oracles():
-    """The constant added to the looked-up bias is part of the structure (its content names the
-    bias's auxiliary node): another mask is another graph; the heads stay swappable."""
+@pytest.mark.parametrize("build, other", [(MaskedPositionBias, "anti-causal"), (ShiftedWindowBias, "other split")],
+                         ids=["T5 mask kept by where", "Swin windows' mask added"])
+def test_a_position_bias_with_a_constant_compiles_and_passes_the_oracles(build, other):
+    """The constant the looked-up bias meets (a mask ``where`` keeps it by, or a mask added to
+    it) is part of the structure (its content names the bias's auxiliary node): another constant
+    is another graph; the heads stay swappable."""
     torch.manual_seed(0)
-    model, x = ShiftedWindowBias().eval(), torch.randn(2, 4, 5)
+    model, x = build().eval(), torch.randn(2, 4, 5)
     assert_oracles(model, (x,), trials=4)
     pg = gc.compile(model, (x,))
     report = gc.check_symmetry(model, (x,), trials=2, graph=pg)
-    assert any(what.startswith("attention heads") for what in report.symmetries_checked)
-    other = ShiftedWindowBias("other split").eval()
-    other.load_state_dict(model.state_dict())
-    assert not torch.allclose(model(x), other(x))
-    assert not canonical.isomorphic(pg, gc.compile(other, (x,)))
+    assert any(what.startswith("attention heads") for what in report.symmetries_checked), report.symmetries_checked
+    changed = build(other).eval()  # the same parameters, another function, another graph
+    changed.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(x), changed(x))
+    assert not canonical.isomorphic(pg, gc.compile(changed, (x,)))
 
 
 def test_a_constant_added_per_head_is_refused_in_one_line():

@@ -31,10 +31,7 @@ def convert_einsum(equation: str, operands: list[Any], registry: Registry, locat
     ``new_value(meta, name)`` makes a Value shaped like the fake tensor ``meta``."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    def shape_of(x: Any) -> tuple[int, ...]:
-        return tuple(x.shape)
-
-    examples = [torch.empty(shape_of(x), dtype=x.tensor.dtype if isinstance(x, ParamRef) else x.dtype)
+    examples = [torch.empty(tuple(x.shape), dtype=x.tensor.dtype if isinstance(x, ParamRef) else x.dtype)
                 for x in operands]
     traced = make_fx(lambda *t: torch.einsum(equation, *t), tracing_mode="fake")(*examples)
     env: dict[str, Any] = {}
@@ -53,7 +50,9 @@ def convert_einsum(equation: str, operands: list[Any], registry: Registry, locat
 
 def _convert(node: torch.fx.Node, env: dict[str, Any], registry: Registry, location: str,
              new_value: Callable[[torch.Tensor, str], Value], ops: list[Op]) -> Any:
-    lookup = lambda a: env[a.name] if isinstance(a, torch.fx.Node) else a  # noqa: E731
+    def lookup(a: Any) -> Any:
+        return env[a.name] if isinstance(a, torch.fx.Node) else a
+
     args = torch.utils._pytree.tree_map(lookup, list(node.args))
     kwargs = torch.utils._pytree.tree_map(lookup, dict(node.kwargs))
     name = target_name(node.target)

@@ -190,21 +190,16 @@ class _Converter:
                 for out, ref in zip(node.output, seen):
                     self.env[out] = ref
                 return
-        outs = [self._new_value(o, self.values[o]) for o in node.output if o and o in self.values]
-        for value in outs:
-            self.env[value.name] = value
         operands = [self._operand(a, name) for a, name in zip(args, node.input)]
         if node.op_type in EINSUM_OP_TYPES and node.domain in ("", "ai.onnx"):
             self._convert_einsum(node, operands, attrs, location)
             return
+        outs = [self._new_value(o, self.values[o]) for o in node.output if o and o in self.values]
+        for value in outs:
+            self.env[value.name] = value
         mapping = self.registry.onnx.get(op_key(node))
-        axis = None if has_value else table_axis(self.registry, mapping, operands, self._opset_semantics(node, attrs))
-        if axis is not None:  # a parameter table a layer reads as a tensor (see param_tables)
-            self.next_id += 1
-            table = Value(self.next_id, operands[0].shape, operands[0].tensor.dtype, f"{node.input[0]}.table")
-            self.ops.append(read_table(operands[0], axis, table, location, node.op_type))
-            operands[0] = table
-            has_value = True
+        if not has_value and self._read_table(node, mapping, operands, attrs, location):
+            has_value = True  # a parameter table a layer reads as a tensor (see param_tables)
         if not has_value:
             self.ops.append(Op(f"param_transform[onnx.{node.op_type}]", operands, outs, attrs, location, node.op_type))
             return
@@ -219,6 +214,20 @@ class _Converter:
                                unsupported=refusal.reason))
             return
         self.ops.append(Op(mapping.kind, inputs, outs, norm_attrs, location, node.op_type))
+
+    def _read_table(self, node: onnx.NodeProto, mapping: Any, operands: list, attrs: dict, location: str) -> bool:
+        """When the node is a layer reading the initializer ``operands[0]`` as a tensor: a
+        ``param_value`` op reading it, put in its place; True when done."""
+        try:
+            axis = table_axis(self.registry, mapping, operands, self._opset_semantics(node, attrs))
+        except Unsupported:  # the node's attributes say it cannot be converted: reported later
+            return False
+        if axis is None:
+            return False
+        self.next_id += 1
+        read, operands[0] = read_table(operands[0], axis, self.next_id, location, node.op_type)
+        self.ops.append(read)
+        return True
 
     def _convert_einsum(self, node: onnx.NodeProto, operands: list, attrs: dict, location: str) -> None:
         """``Einsum`` as the ops ``torch.einsum`` computes it with (see :mod:`.onnx_einsum`)."""

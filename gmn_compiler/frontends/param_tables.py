@@ -46,6 +46,8 @@ def plain_table(table: Any) -> bool:
             and table.mask is None and table.weight_norm is None and table.offset is None and table.tensor.dim() > 0)
 
 
-def read_table(table: ParamRef, axis: int, value: Value, location: str, target: str) -> Op:
-    """The op making ``value`` (shaped like ``table``) the table read as a tensor."""
-    return Op("param_value", [table], [value], {"axis": axis}, location, target)
+def read_table(table: ParamRef, axis: int, value_id: int, location: str, target: str) -> tuple[Op, Value]:
+    """The op reading ``table`` as a tensor with neurons along ``axis``, and its output (a value
+    shaped like the table, with id ``value_id``)."""
+    value = Value(value_id, table.shape, table.tensor.dtype, f"{table.name}.table")
+    return Op("param_value", [table], [value], {"axis": axis}, location, target), value

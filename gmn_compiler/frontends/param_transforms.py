@@ -21,6 +21,8 @@ Swin's relative position bias plus its shifted windows' mask) is carried the sam
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any
 
 import torch
@@ -52,7 +54,7 @@ def elementwise_transform(name: str, args: list[Any], kwargs: dict[str, Any]) ->
     position, ref = refs[0]
     step = (name, position, tuple(_plain(a) for a in args if not isinstance(a, ParamRef)),
             tuple(sorted((k, _plain(v)) for k, v in kwargs.items())))
-    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, ref.transform + (step,), ref.mask, None, ref.offset)
+    return dataclasses.replace(ref, transform=ref.transform + (step,), weight_norm=None)
 
 
 OFFSET_PARAM_TRANSFORMS = frozenset({"aten.add.Tensor", "aten.sub.Tensor"})
@@ -85,7 +87,7 @@ def offset_transform(name: str, args: list[Any], kwargs: dict[str, Any]) -> Para
     ref = ref.apply(lambda t: t.reshape((1,) * (len(shape) - t.dim()) + tuple(t.shape)).expand(shape))
     added = added.reshape((1,) * (len(shape) - added.dim()) + tuple(added.shape)).expand(shape).clone()
     step = ("offset", position, (), ())
-    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, ref.transform + (step,), ref.mask, None, added)
+    return dataclasses.replace(ref, transform=ref.transform + (step,), weight_norm=None, offset=added)
 
 
 def masked_transform(name: str, args: list[Any], kwargs: dict[str, Any]) -> ParamRef | None:
@@ -111,7 +113,7 @@ def masked_transform(name: str, args: list[Any], kwargs: dict[str, Any]) -> Para
     if ref.mask is not None:
         keep = keep & ref.mask
     step = ("masked", 1, (_plain(fill),), ())
-    return ParamRef(ref.name, ref.tensor, ref.offsets, ref.kind, ref.transform + (step,), keep.clone(), None, ref.offset)
+    return dataclasses.replace(ref, transform=ref.transform + (step,), mask=keep.clone(), weight_norm=None)
 
 
 PARAM_FUNCTIONS = ELEMENTWISE_PARAM_TRANSFORMS | MASKING_PARAM_TRANSFORMS | OFFSET_PARAM_TRANSFORMS

@@ -12,6 +12,7 @@ local name.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import os
 import re
@@ -297,16 +298,15 @@ class _Converter:
         name = target_name(node.target)
         if name in _NO_OP_TARGETS:
             return
-        written = sliced_write(node) if name == "aten.copy_.default" and isinstance(args[1], Value) else None
-        if written is not None:  # ``base[..., a:b] = y``: base is its other entries around y from here on
-            base, chain = written
-            self.env[base.name] = write_into(self.env[base.name], chain, args[1], self._emit(_location(node)))
-            self.env[node.name] = args[1]
-            return
-        if name == "aten.copy_.default" and overwrites_whole_value(node) and isinstance(args[1], Value):
-            # ``x.copy_(y)`` into all of a value nothing else reads afterwards (MViT-v2's
-            # ``attn[:, :, 0:, 0:] = ...`` without a class token): the result is ``y``, as ``x``'s shape
-            name, args, kwargs = "aten.expand.default", [args[1], list(node.meta["val"].shape)], {}
+        if name == "aten.copy_.default" and isinstance(args[1], Value):  # in-place writes: see inplace
+            written = sliced_write(node)
+            if written is not None:  # ``base[..., a:b] = y``: base is its other entries around y from here on
+                base, chain = written
+                self.env[base.name] = write_into(self.env[base.name], chain, args[1], self._emit(_location(node)))
+                self.env[node.name] = args[1]
+                return
+            if overwrites_whole_value(node):  # ``x.copy_(y)`` into all of x: ``y``, as x's shape
+                name, args, kwargs = "aten.expand.default", [args[1], list(node.meta["val"].shape)], {}
         if name in _AS_TARGETS and len(args) > 1 and isinstance(args[1], ParamRef):
             args = [args[0], args[1].tensor.detach()]  # ``w2.reshape_as(w)`` reads w's shape only
         leaves = torch.utils._pytree.tree_leaves((args, kwargs))
@@ -324,9 +324,11 @@ class _Converter:
             return
         if not has_value and has_param and name in _CAST_TARGETS:
             ref = args[0]
-            self.env[node.name] = ParamRef(ref.name, node.target(ref.tensor, *args[1:], **kwargs),
-                                           ref.offsets, ref.kind, ref.transform, ref.mask, ref.weight_norm,
-                                           None if ref.offset is None else node.target(ref.offset, *args[1:], **kwargs))
+
+            def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+                return None if t is None else node.target(t, *args[1:], **kwargs)
+
+            self.env[node.name] = dataclasses.replace(ref, tensor=cast(ref.tensor), offset=cast(ref.offset))
             return
         if name in _WEIGHT_NORMS and not has_value:
             reparametrised = _WEIGHT_NORMS[name](args, kwargs)
@@ -378,7 +380,10 @@ class _Converter:
         mapping = self.registry.aten.get(name)
         axis = None if has_value else table_axis(self.registry, mapping, args, kwargs)
         if axis is not None:  # a parameter table a layer reads as a tensor (DeBERTa's relative embeddings)
-            args = [self._read_table(args[0], axis, location, name), *args[1:]]
+            self.next_id += 1
+            read, table = read_table(args[0], axis, self.next_id, location, name)
+            self.ops.append(read)
+            args = [table, *args[1:]]
             has_value = True
         if not has_value and not self._reads_constant(mapping, args):
             self.ops.append(Op(f"param_transform[{name}]", list(args), out_values, {}, location, name))
@@ -418,13 +423,6 @@ class _Converter:
             return out
 
         return emit
-
-    def _read_table(self, table: ParamRef, axis: int, location: str, name: str) -> Value:
-        """A ``param_value`` op reading ``table`` as a tensor with neurons along ``axis``; its output."""
-        self.next_id += 1
-        value = Value(self.next_id, table.shape, table.tensor.dtype, f"{table.name}.table")
-        self.ops.append(read_table(table, axis, value, location, name))
-        return value
 
     def _refuse_transform(self, node: torch.fx.Node, name: str, args: list, what: str) -> None:
         """An op on a parameter the model transformed in a way this op's rule cannot encode:
