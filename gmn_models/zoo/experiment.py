@@ -12,6 +12,9 @@
 * Metrics: R² and Kendall τ (:func:`gmn_models.metrics.r2_tau`, equal to
   ``sklearn.metrics.r2_score`` and ``scipy.stats.kendalltau``) of the predicted vs. the true
   ``test_acc``; mean ± std over seeds (:func:`~gmn_models.zoo.report.markdown_table`).
+* Resuming: with ``--out``, every finished (method, split, seed) job is saved at once under
+  ``<out>/jobs`` (:mod:`gmn_models.zoo.jobs`); a rerun with the same options on the same zoo
+  keeps those records and runs only the rest (a run of several hours survives an interruption).
 * Unlabelled rows (:func:`unlabeled_rows`): at ``10%`` the other 90 % of ``full``'s training
   rows, whose weights and recipes a user holds but whose accuracies were not measured; a
   method registered with ``semi_supervised=True`` receives them as ``unlabeled=`` (with
@@ -39,6 +42,7 @@ from ..metrics import r2_tau
 from ..workers import usable_workers
 from .baselines import BASELINES, SEMI_SUPERVISED_BASELINES
 from .folder import load_rows
+from .jobs import Job, JobStore, code_digest, zoo_digest
 from .report import markdown_table, write_report
 
 SPLITS = ("full", "10%", "ood")
@@ -127,7 +131,6 @@ metrics = r2_tau
 either side is constant, both are NaN for fewer than two rows."""
 
 
-Job = tuple[str, str, int]  # (method, split, seed)
 _WORKER_ROWS: list[dict] = []
 
 
@@ -158,15 +161,19 @@ def _run_job_in_worker(job: Job, options: dict) -> dict:
     return _run_job(_WORKER_ROWS, job, options)
 
 
-def _log_record(rec: dict, log) -> None:
+def _log_record(rec: dict, log, resumed: bool | None = None) -> None:
+    """One line per finished job; ``resumed`` (not None) marks a record read from a job store,
+    True when other code made it."""
     if log:
+        origin = "" if resumed is None else " [kept from an earlier run" + (
+            ", made by other gmn_models code]" if resumed else "]")
         print(f"{rec['split']:5s} seed {rec['seed']} {rec['method']:10s} R2 {rec['r2']:.3f} "
-              f"tau {rec['tau']:.3f} ({rec['seconds']}s)", file=log, flush=True)
+              f"tau {rec['tau']:.3f} ({rec['seconds']}s){origin}", file=log, flush=True)
 
 
 def run_experiment(rows: Sequence[dict], methods: Sequence[str], splits: Sequence[str] = SPLITS,
                    seeds: Sequence[int] = (0, 1, 2), log=None, options: dict | None = None,
-                   workers: int = 0, threads: int = 1) -> list[dict]:
+                   workers: int = 0, threads: int = 1, store: JobStore | None = None) -> list[dict]:
     """One record per (method, split, seed): ``method, split, seed, r2, tau, n_train, n_test,
     seconds`` and the test rows' ``paths``, ``families``, ``true`` and ``pred`` values, in the
     order (split, seed, method) whatever the order in which the jobs finished.
@@ -174,29 +181,45 @@ def run_experiment(rows: Sequence[dict], methods: Sequence[str], splits: Sequenc
     ``options[method]`` are keyword arguments of that method. With ``workers > 0`` the jobs run
     in that many spawned processes with ``threads`` torch/OpenMP threads each (the methods'
     results do not depend on which process runs them); the ``gmn`` parameter graphs are built
-    once, here, before the workers start."""
+    once, here, before the workers start.
+
+    With a ``store`` (:class:`~gmn_models.zoo.jobs.JobStore`), jobs it holds a record of (same
+    method, split, seed, options and zoo) are not rerun, and every job that finishes is saved
+    to it at once, so that an interrupted run resumes where it stopped."""
     options = options or {}
     jobs = [(name, split, seed) for split in splits for seed in seeds for name in methods]
-    if usable_workers(workers) <= 0:
-        records = []
+    done: dict[Job, dict] = {}
+    if store is not None:
         for job in jobs:
-            records.append(_run_job(rows, job, options))
-            _log_record(records[-1], log)
-        return records
-    if "gmn" in methods:
+            record = store.load(job, options.get(job[0], {}))
+            if record is not None:
+                done[job] = record
+                _log_record(record, log, resumed=record.get("code") != code_digest())
+
+    def finish(record: dict) -> None:
+        job = (record["method"], record["split"], record["seed"])
+        done[job] = record
+        if store is not None:
+            store.save(record, options.get(job[0], {}))
+        _log_record(record, log)
+
+    todo = [job for job in jobs if job not in done]
+    if usable_workers(workers) <= 0 or not todo:
+        for job in todo:
+            finish(_run_job(rows, job, options))
+        return [done[job] for job in jobs]
+    if any(job[0] == "gmn" for job in todo):
         from .gmn_method import zoo_graphs
 
         zoo_graphs(rows[0]["root"], "test_acc")  # compile and cache once, not once per worker
-    done: dict[Job, dict] = {}
     # slowest methods first, so that the last jobs to finish are short ones
-    order = sorted(jobs, key=lambda j: (j[0] != "gmn", j[0] not in ("deepsets", "dmc")))
+    order = sorted(todo, key=lambda j: (j[0] != "gmn", j[0] not in ("deepsets", "dmc")))
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(list(rows), threads)) as pool:
         futures = {pool.submit(_run_job_in_worker, job, options): job for job in order}
         for future in as_completed(futures):
-            done[futures[future]] = future.result()
-            _log_record(done[futures[future]], log)
+            finish(future.result())
     return [done[job] for job in jobs]
 
 
@@ -204,11 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gmn_models.zoo.experiment",
                                 description="Predict test accuracy from weights: baselines and GMN on a zoo.")
     p.add_argument("--zoo", required=True, help="zoo folder (models.csv)")
-    p.add_argument("--methods", default="constant,arch_only,hparams,statnn,deepsets,dmc,gmn",
+    p.add_argument("--methods", default="constant,arch_only,hparams,statnn,statnn_recipe,deepsets,dmc,gmn",
                    help=f"comma-separated, from: {','.join(METHODS)}")
     p.add_argument("--splits", default=",".join(SPLITS))
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
-    p.add_argument("--out", help="output folder: table.md, records.csv, predictions.csv, scatter_<split>.png")
+    p.add_argument("--out", help="output folder: table.md, records.csv, predictions.csv, scatter_<split>.png, "
+                                 "and jobs/ (one record per finished job: a rerun with the same options "
+                                 "resumes; delete it to rerun every job)")
     p.add_argument("--gmn", action="append", default=[], metavar="KEY=VALUE",
                    help="a GMN hyperparameter (gmn_models.zoo.gmn_method.GMNConfig), repeatable")
     p.add_argument("--workers", type=int, default=0,
@@ -236,10 +261,20 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: cannot read zoo {args.zoo}: {e}", file=sys.stderr)
         return 1
+    store = JobStore(os.path.join(args.out, "jobs"), zoo_digest(rows)) if args.out else None
+    code_digest()  # the code this run starts with is the code its records are marked with
     torch.set_num_threads(args.threads)
     with threadpool_limits(args.threads):
-        records = run_experiment(rows, methods, args.splits.split(","), range(args.seeds), log=sys.stderr,
-                                 options=options, workers=args.workers, threads=args.threads)
+        try:
+            records = run_experiment(rows, methods, args.splits.split(","), range(args.seeds), log=sys.stderr,
+                                     options=options, workers=args.workers, threads=args.threads, store=store)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    stale = [r for r in records if r.get("code", code_digest()) != code_digest()]
+    if stale:
+        print(f"warning: {len(stale)} of {len(records)} records were kept from a run of other gmn_models "
+              f"code; delete {store.folder} to rerun them", file=sys.stderr)
     table = markdown_table(records)
     print(table)
     if args.out:

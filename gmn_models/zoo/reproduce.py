@@ -5,9 +5,10 @@ run every method on every split over the seeds and write the report.
 
 writes ``<out>/zoo`` (the model folder, see :mod:`gmn_models.zoo.folder`) and, next to it, the
 files of :func:`gmn_models.zoo.report.write_report` (``table.md``, ``records.csv``,
-``predictions.csv``, ``scatter_*.png``). Rerunning resumes the zoo (finished chunks are kept)
-and reruns the experiment. ``--size small`` runs it on 320 networks (about 20 min on 2 cores,
-mostly the GMN): enough to check the pipeline, too few to compare methods.
+``predictions.csv``, ``scatter_*.png``). Rerunning resumes both: finished zoo chunks and
+finished experiment jobs (``<out>/jobs``, one record per method, split and seed) are kept.
+``--size small`` runs it on 320 networks (about 20 min on 2 cores, mostly the GMN): enough to
+check the pipeline, too few to compare methods.
 """
 
 from __future__ import annotations

@@ -87,3 +87,58 @@ def test_reproduce_generates_the_zoo_then_writes_the_report(tmp_path):
     assert [(r["method"], r["split"]) for r in records] == [("constant", "full"), ("hparams", "full")]
     assert int(records[0]["n_train"]) + int(records[0]["n_test"]) == 12
     assert (out / "scatter_full.png").exists() and "| hparams |" in (out / "table.md").read_text()
+
+
+def test_a_rerun_keeps_finished_jobs_and_runs_the_rest(synthetic_zoo, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "report"
+    argv = ["--zoo", str(synthetic_zoo), "--splits", "full", "--seeds", "2", "--out", str(out)]
+    assert experiment.main([*argv, "--methods", "constant,statnn"]) == 0
+    first = {(r["method"], r["seed"]): r for r in report.read_records(out)}
+    assert len(list((out / "jobs").glob("statnn_full_*.json"))) == 2
+    ran = []
+    real = experiment.run_method
+    monkeypatch.setattr(experiment, "run_method", lambda name, *a, **k: ran.append(name) or real(name, *a, **k))
+    assert experiment.main([*argv, "--methods", "statnn,hparams"]) == 0
+    assert ran == ["hparams", "hparams"]  # statnn's two jobs were read back, not rerun
+    assert "kept from an earlier run]" in capsys.readouterr().err
+    again = {(r["method"], r["seed"]): r for r in report.read_records(out)}
+    assert [again[("statnn", s)]["pred"] for s in (0, 1)] == [first[("statnn", s)]["pred"] for s in (0, 1)]
+
+
+def test_job_records_are_keyed_by_options_and_zoo(tmp_path):
+    from gmn_models.zoo.jobs import JobStore
+
+    record = {"method": "gmn", "split": "10%", "seed": 1, "r2": 0.5, "tau": float("nan"), "pred": [0.1]}
+    store = JobStore(tmp_path, zoo="zoo-a")
+    store.save(record, {"config": "hidden=32"})
+    loaded = store.load(("gmn", "10%", 1), {"config": "hidden=32"})
+    assert loaded["pred"] == [0.1] and np.isnan(loaded["tau"]) and loaded["code"]
+    assert store.load(("gmn", "10%", 1), {"config": "hidden=64"}) is None
+    assert store.load(("gmn", "10%", 2), {"config": "hidden=32"}) is None
+    assert JobStore(tmp_path, zoo="zoo-b").load(("gmn", "10%", 1), {"config": "hidden=32"}) is None
+
+
+def test_a_damaged_job_record_is_a_one_line_error(synthetic_zoo, tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["--zoo", str(synthetic_zoo), "--methods", "constant", "--splits", "full", "--seeds", "1", "--out", str(out)]
+    assert experiment.main(argv) == 0
+    (job,) = (out / "jobs").glob("*.json")
+    job.write_text(job.read_text()[:40])
+    capsys.readouterr()
+    assert experiment.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "not a job record" in err and job.name in err and len(err.splitlines()) == 1
+
+
+def test_records_made_by_other_code_are_flagged(synthetic_zoo, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "report"
+    argv = ["--zoo", str(synthetic_zoo), "--methods", "constant", "--splits", "full", "--seeds", "1", "--out", str(out)]
+    assert experiment.main(argv) == 0
+    (job,) = (out / "jobs").glob("*.json")
+    job.write_text(json.dumps({**json.loads(job.read_text()), "code": "older"}))
+    capsys.readouterr()
+    assert experiment.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "made by other gmn_models code" in err and "1 of 1 records were kept from a run of other" in err
