@@ -33,11 +33,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from gmn_compiler.rules import LoweringContext, Op, ParamRef, Registrar, hookimpl, layout as L
 
-# the experts' activation modules (transformers' ACT2FN classes and torch's), by class name
+# the experts' activation modules (transformers' ACT2FN classes and torch's), by class name (torch's
+# GELU also by its approximation: see _activation_key)
 _ACTIVATIONS = {"SiLUActivation": "silu", "SiLU": "silu", "GELUActivation": "gelu", "GELU": "gelu",
-                "NewGELUActivation": "gelu_tanh", "GELUTanh": "gelu_tanh", "ReLU": "relu", "Tanh": "tanh"}
+                "GELU(approximate=tanh)": "gelu_tanh", "NewGELUActivation": "gelu_tanh", "GELUTanh": "gelu_tanh",
+                "ReLU": "relu", "Tanh": "tanh"}
 _PARAMS = {"gate.weight", "experts.gate_up_proj", "experts.down_proj"}
 BLOCKS = ("transformers.models.mixtral.modeling_mixtral.MixtralSparseMoeBlock",
           "transformers.models.qwen3_moe.modeling_qwen3_moe.Qwen3MoeSparseMoeBlock")
@@ -49,8 +53,16 @@ def sparse_moe_attrs(module: Any) -> dict[str, Any]:
     names."""
     gate, experts = getattr(module, "gate", None), getattr(module, "experts", None)
     return {"top_k": getattr(gate, "top_k", None), "renormalise": bool(getattr(gate, "norm_topk_prob", True)),
-            "activation": type(getattr(experts, "act_fn", None)).__name__,
+            "activation": _activation_key(getattr(experts, "act_fn", None)),
             "params": tuple(sorted(name for name, _ in module.named_parameters()))}
+
+
+def _activation_key(act: Any) -> str:
+    """The activation module's class name, with torch ``GELU``'s approximation when it has one
+    (``GELU(approximate=tanh)`` is another function than ``GELU``)."""
+    name = type(act).__name__
+    approximate = getattr(act, "approximate", "none") if isinstance(act, torch.nn.GELU) else "none"
+    return name if approximate == "none" else f"{name}(approximate={approximate})"
 
 
 def lower_sparse_moe(ctx: LoweringContext, op: Op) -> None:

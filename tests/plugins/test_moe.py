@@ -35,11 +35,11 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
-    def __init__(self):
+    def __init__(self, act_fn: nn.Module | None = None):
         super().__init__()
         self.gate_up_proj = nn.Parameter(torch.randn(E, 2 * I, D))
         self.down_proj = nn.Parameter(torch.randn(E, D, I))
-        self.act_fn = nn.SiLU()
+        self.act_fn = act_fn if act_fn is not None else nn.SiLU()
 
     def forward(self, x, top, index):
         out = torch.zeros_like(x)
@@ -53,9 +53,9 @@ class Experts(nn.Module):
 class ToyMoe(nn.Module):
     """Laid out as transformers' ``MixtralSparseMoeBlock``."""
 
-    def __init__(self, top_k: int = 2, renormalise: bool = True):
+    def __init__(self, top_k: int = 2, renormalise: bool = True, act_fn: nn.Module | None = None):
         super().__init__()
-        self.gate, self.experts = Router(top_k, renormalise), Experts()
+        self.gate, self.experts = Router(top_k, renormalise), Experts(act_fn)
 
     def forward(self, x):
         return self.experts(x, *self.gate(x))
@@ -119,9 +119,12 @@ def test_moving_one_hidden_unit_to_another_expert_is_no_symmetry():
                                     gc.compile(other, (X,), registry=REGISTRY))
 
 
-@pytest.mark.parametrize("options", [dict(top_k=1), dict(renormalise=False)], ids=["top_k", "renormalise"])
-def test_top_k_and_renormalisation_tell_graphs_apart(options):
-    model = randomized(Model())
+@pytest.mark.parametrize("base, options", [
+    (dict(), dict(top_k=1)), (dict(), dict(renormalise=False)), (dict(), dict(act_fn=nn.GELU())),
+    (dict(act_fn=nn.GELU()), dict(act_fn=nn.GELU(approximate="tanh"))),
+], ids=["top_k", "renormalise", "silu_vs_gelu", "gelu_vs_gelu_tanh"])
+def test_top_k_renormalisation_and_activation_tell_graphs_apart(base, options):
+    model = randomized(Model(**base))
     other = Model(**options)
     other.load_state_dict(model.state_dict())
     assert not torch.allclose(model(X), other(X))
@@ -134,6 +137,12 @@ def test_an_exported_program_is_refused_in_one_line():
     ep = torch.export.export(model, (X,))
     with pytest.raises(CompileError, match="compiles from the nn.Module"):
         gc.compile(ep, registry=REGISTRY)
+
+
+def test_an_activation_the_rule_does_not_know_is_refused():
+    model = randomized(Model(act_fn=nn.Softplus()))
+    with pytest.raises(CompileError, match="activation Softplus"):
+        gc.compile(model, (X,), registry=REGISTRY)
 
 
 def test_a_block_with_a_part_the_rule_does_not_know_is_refused():
