@@ -200,14 +200,20 @@ def _reduce(mode: str) -> Callable[..., _Normalized]:
 
 
 def _statistic(mode: str) -> Callable[..., _Normalized]:
-    """``var`` / ``std`` (``dim`` with ``unbiased`` or ``correction``) and ``logsumexp``."""
+    """``var`` / ``std`` (``dim`` with ``unbiased`` or ``correction``) and ``logsumexp``. A
+    variance's ``correction`` (the divisor is ``n - correction``: 1 when unbiased, torch's
+    default, 0 when biased) is an attribute: it goes into the statistic's signature."""
     def normalize(x: Any, dim: int | Sequence[int] | None = None, *rest: Any, keepdim: bool = False,
-                  correction: float | None = None, **kwargs: Any) -> _Normalized:
+                  correction: float | None = None, unbiased: bool | None = None, **kwargs: Any) -> _Normalized:
         if rest and isinstance(rest[0], bool) and mode != "logsumexp":  # var.dim(x, dim, unbiased, keepdim)
-            rest = rest[1:]
+            unbiased, rest = rest[0], rest[1:]
         if rest:
             keepdim = bool(rest[0])
-        return [x], {"mode": mode, "dims": _dims(dim), "keepdim": keepdim}
+        attrs = {"mode": mode, "dims": _dims(dim), "keepdim": keepdim}
+        if mode != "logsumexp":
+            attrs["correction"] = float(correction if correction is not None
+                                        else (1 if unbiased is None or unbiased else 0))
+        return [x], attrs
     return normalize
 
 

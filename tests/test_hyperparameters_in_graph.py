@@ -70,6 +70,55 @@ class Rotary(nn.Module):
         return self.o(F.scaled_dot_product_attention(rotate(self.q(x)), rotate(self.k(x)), self.v(x)))
 
 
+class Window(nn.Module):
+    """A 1x1 conv, ``fn`` of its output, then two spatial positions read: differences that move
+    entries around (padding modes, rolls, resizing) change the function."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.conv, self.fn, self.out = nn.Conv2d(4, 4, 1), fn, nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fn(self.conv(x))
+        return self.out(torch.relu(h)[:, :, 0, 1] + h[:, :, -1, 0] ** 2)
+
+
+class Attention(nn.Module):
+    """``nn.MultiheadAttention`` or ``nn.TransformerEncoderLayer`` (``layer``) between two
+    linear layers."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.a, self.layer, self.o = nn.Linear(4, 8), layer, nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if isinstance(self.layer, nn.MultiheadAttention):
+            return self.o(self.layer(h, h, h, need_weights=False)[0])
+        return self.o(self.layer(h))
+
+
+class Recurrent(nn.Module):
+    def __init__(self, nonlinearity: str):
+        super().__init__()
+        self.rnn, self.out = nn.RNN(4, 5, batch_first=True, nonlinearity=nonlinearity), nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.rnn(x)[0])
+
+
+def _pool(pool: nn.Module, relu: bool = True) -> Callable[[], nn.Module]:
+    return lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), *([nn.ReLU()] if relu else []), pool), 4)
+
+
+def _encoder(**kw) -> Callable[[], nn.Module]:
+    return lambda: Attention(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, **kw))
+
+
+def _tokens(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], nn.Module]:
+    return lambda: nn.Sequential(Lambda(fn), nn.Linear(6, 2))
+
+
 def _conv(**kw) -> Callable[[], nn.Module]:
     return lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 3, **kw), nn.ReLU()), 4)
 
@@ -108,6 +157,33 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], nn.Module], torch.T
                             lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.AvgPool2d(2)), 4), IMAGE),
     "pool window": (lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.AvgPool2d(2)), 4),
                     lambda: Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.AvgPool2d(3)), 4), IMAGE),
+    "conv padding mode": (_conv(padding=1), _conv(padding=1, padding_mode="reflect"), IMAGE),
+    "conv padding mode replicate vs circular": (_conv(padding=1, padding_mode="replicate"),
+                                                _conv(padding=1, padding_mode="circular"), IMAGE),
+    "average pool ceil mode": (_pool(nn.AvgPool2d(2)), _pool(nn.AvgPool2d(2, ceil_mode=True)), IMAGE),
+    "average pool counts padding": (_pool(nn.AvgPool2d(3, padding=1)),
+                                    _pool(nn.AvgPool2d(3, padding=1, count_include_pad=False)), IMAGE),
+    "max pool ceil mode": (_pool(nn.MaxPool2d(2), relu=False), _pool(nn.MaxPool2d(2, ceil_mode=True), relu=False),
+                           IMAGE),
+    "max pool dilation": (_pool(nn.MaxPool2d(2), relu=False), _pool(nn.MaxPool2d(2, dilation=2), relu=False), IMAGE),
+    "adaptive pool size": (_pool(nn.AdaptiveAvgPool2d(2)), _pool(nn.AdaptiveAvgPool2d(3)), IMAGE),
+    "bilinear align corners": (lambda: Window(lambda h: F.interpolate(h, scale_factor=2, mode="bilinear")),
+                               lambda: Window(lambda h: F.interpolate(h, scale_factor=2, mode="bilinear",
+                                                                      align_corners=True)), IMAGE),
+    "reflect vs replicate padding": (lambda: Window(lambda h: F.pad(h, (1, 1, 1, 1), mode="reflect")),
+                                     lambda: Window(lambda h: F.pad(h, (1, 1, 1, 1), mode="replicate")), IMAGE),
+    "roll shift": (lambda: Window(lambda h: torch.roll(h, 1, 3)), lambda: Window(lambda h: torch.roll(h, 2, 3)), IMAGE),
+    "variance correction": (_tokens(lambda h: h - h.var(-1, keepdim=True)),
+                            _tokens(lambda h: h - h.var(-1, keepdim=True, correction=0)), TOKENS),
+    "std unbiased": (_tokens(lambda h: h / h.std(-1, keepdim=True)),
+                     _tokens(lambda h: h / h.std(-1, unbiased=False, keepdim=True)), TOKENS),
+    "attention scale": (_tokens(lambda h: F.scaled_dot_product_attention(h, h, h)),
+                        _tokens(lambda h: F.scaled_dot_product_attention(h, h, h, scale=0.1)), TOKENS),
+    "attention heads": (lambda: Attention(nn.MultiheadAttention(8, 1, batch_first=True)),
+                        lambda: Attention(nn.MultiheadAttention(8, 2, batch_first=True)), TOKENS),
+    "encoder norm first": (_encoder(), _encoder(norm_first=True), TOKENS),
+    "encoder activation": (_encoder(), _encoder(activation="gelu"), TOKENS),
+    "recurrent nonlinearity": (lambda: Recurrent("tanh"), lambda: Recurrent("relu"), TOKENS),
     "causal attention": (lambda: nn.Sequential(Lambda(lambda h: F.scaled_dot_product_attention(h, h, h)),
                                                nn.Linear(6, 2)),
                          lambda: nn.Sequential(Lambda(lambda h: F.scaled_dot_product_attention(h, h, h, is_causal=True)),
