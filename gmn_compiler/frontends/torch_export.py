@@ -7,7 +7,7 @@ is exactly its saved result, so both inputs share this code.
 
 Leaf modules (a plugin claiming a module class) are found from ``nn_module_stack``: the nodes
 of one call of such a module become one op, whose params are the module's parameters by
-local name.
+local name (:mod:`.leaf_modules`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..ir import IRGraph, Op, ParamRef, Value
 from ..ir_patterns import normalize
 from ..registry import Registry, target_name
 from .higher_order import higher_order_name, inline, resolve_attribute
+from .leaf_modules import leaf_groups, leaf_op
 from .param_concat import ParamConcat, concat_used
 from .inplace import Emit, overwrites_whole_value, sliced_write, write_into
 from .lifted_constants import as_constant_value, only_constants
@@ -146,13 +147,6 @@ def _location(node: torch.fx.Node) -> str:
     return where or node.name
 
 
-def _module_type_name(entry: Any) -> str:
-    _, type_name = entry
-    if isinstance(type_name, str):
-        return type_name
-    return f"{type_name.__module__}.{type_name.__qualname__}"
-
-
 class _Converter:
     def __init__(self, ep: torch.export.ExportedProgram, registry: Registry, root: nn.Module | None = None):
         self.ep = ep
@@ -232,7 +226,7 @@ class _Converter:
                     if node.name in input_axes:
                         axes[value.id] = input_axes[node.name]
                     self.env[node.name] = value
-        groups = self._leaf_groups()
+        groups = leaf_groups(self.ep, self.registry)
         seen_groups: set[str] = set()
         outputs: list[Value] = []
         for node in self.ep.graph.nodes:
@@ -242,7 +236,8 @@ class _Converter:
                     self._convert_call(node)
                 elif key not in seen_groups:
                     seen_groups.add(key)
-                    self._convert_leaf(key, [n for n in self.ep.graph.nodes if groups.get(n.name) == key])
+                    nodes = [n for n in self.ep.graph.nodes if groups.get(n.name) == key]
+                    self.ops.append(leaf_op(self, key, nodes))
             elif node.op == "output":
                 for item in torch.utils._pytree.tree_leaves(node.args[0]):
                     if isinstance(item, torch.fx.Node):
@@ -544,64 +539,3 @@ class _Converter:
         if seen is None:
             return None
         return seen if isinstance(val, (list, tuple)) else seen[0]
-
-    # ---------------------------------------------------------------- leaves
-    def _leaf_groups(self) -> dict[str, str]:
-        """fx node name -> key of the outermost claimed leaf-module call containing it."""
-        if not self.registry.leaf_modules:
-            return {}
-        groups: dict[str, str] = {}
-        for node in self.ep.graph.nodes:
-            if node.op != "call_function":
-                continue
-            for key, entry in (node.meta.get("nn_module_stack") or {}).items():
-                if _module_type_name(entry) in self.registry.leaf_modules:
-                    groups[node.name] = key
-                    break
-        return groups
-
-    def _module_state(self, prefix: str) -> dict[str, ParamRef]:
-        """The floating parameters and persistent buffers under ``prefix``, by local name, read
-        from the state dict (strict tracing lifts only the tensors a call uses)."""
-        non_persistent = set(self.ep.graph_signature.non_persistent_buffers)
-        return {name[len(prefix):]: ParamRef(name, t, None, self.kinds[name])
-                for name, t in self.tensors.items()
-                if name.startswith(prefix) and self.kinds[name] in ("parameter", "buffer")
-                and name not in non_persistent and t.is_floating_point()}
-
-    def _convert_leaf(self, key: str, nodes: list[torch.fx.Node]) -> None:
-        entry = nodes[0].meta["nn_module_stack"][key]
-        path, type_name = entry[0], _module_type_name(entry)
-        mapping = self.registry.leaf_modules[type_name]
-        inside = {n.name for n in nodes}
-        prefix = f"{path}." if path else ""
-        params: dict[str, ParamRef] = {}
-        inputs: list[Value] = []
-        for n in nodes:
-            for a in torch.utils._pytree.tree_leaves((n.args, n.kwargs)):
-                if isinstance(a, torch.fx.Node) and a.name not in inside:
-                    obj = self.env[a.name]
-                    if isinstance(obj, ParamRef) and obj.offsets is None:
-                        params[obj.name[len(prefix):] if obj.name.startswith(prefix) else obj.name] = obj
-                    elif isinstance(obj, Value) and obj not in inputs:
-                        inputs.append(obj)
-                    elif not isinstance(obj, (Value, ParamRef)):
-                        continue
-        for name, ref in self._module_state(prefix).items():  # unused ones too (cached expansions)
-            params.setdefault(name, ref)
-        outputs: list[Value] = []
-        for n in nodes:
-            if any(user.name not in inside for user in n.users):
-                value = self.values_for(n)
-                self.env[n.name] = value
-                outputs.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, Value))
-        # the constant arguments of the calls inside (a conv's stride and padding...), so a
-        # rule can tell apart two calls that differ only there
-        inner = tuple((target_name(n.target), tuple(a for a in torch.utils._pytree.tree_leaves((n.args, n.kwargs))
-                                                   if a is None or isinstance(a, (bool, int, float, str))))
-                      for n in nodes)
-        attrs = {"module_path": path, "module_type": type_name, "params": params, "inner": inner,
-                 "module_attrs": None}
-        if mapping.module_attrs is not None and self.root is not None:
-            attrs["module_attrs"] = mapping.module_attrs(self.root.get_submodule(path))
-        self.ops.append(Op(mapping.kind, inputs, outputs, attrs, f"{path} ({type_name.rsplit('.', 1)[-1]})", type_name))
