@@ -7,9 +7,9 @@ exactly the path a third-party plugin uses; :data:`DEFAULT_PLUGINS` lists them i
 imports this package, which imports it (through :mod:`gmn_compiler.rules`).
 """
 
-from . import (activations, attention, constants, conv, elementwise, embedding, gather_elements, group_conv,
-               linear, moe, norms, padding, pooling, rearrange, recurrent, resize, structural)
+from . import (activations, attention, concat, constants, conv, elementwise, embedding, gather_elements,
+               group_conv, linear, moe, norms, padding, pooling, rearrange, recurrent, resize, structural)
 
-DEFAULT_PLUGINS = [linear, conv, norms, activations, elementwise, structural, padding, pooling,
+DEFAULT_PLUGINS = [linear, conv, norms, activations, elementwise, structural, concat, padding, pooling,
                    constants, attention, embedding, group_conv, resize, recurrent, rearrange,
                    gather_elements, moe]
