@@ -18,14 +18,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .ir import IRGraph, Op, Value
+from .ir import IRGraph, Op, ParamRef, Value
 
 # op kinds a cluster may contain, evaluated on float64 tensors (scalars stay Python floats)
 _EVAL: dict[str, Callable] = {
     "add": lambda a, b, alpha=1: a + alpha * b, "sub": lambda a, b, alpha=1: a - alpha * b,
     "mul": lambda a, b, **_: a * b, "div": lambda a, b, **_: a / b,
     "pow": lambda a, b, **_: a ** b, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "erf": torch.erf,
-    "exp": torch.exp, "softplus": F.softplus, "square": torch.square,
+    "exp": torch.exp, "log": torch.log, "softplus": F.softplus, "square": torch.square,
 }
 # what a cluster may be recognised as: (op kind, attrs) -> the function
 _KNOWN: list[tuple[str, dict, Callable]] = [
@@ -35,6 +35,8 @@ _KNOWN: list[tuple[str, dict, Callable]] = [
     ("mish", {}, F.mish),
     ("sigmoid", {}, torch.sigmoid),
     ("tanh", {}, torch.tanh),
+    ("expm1", {}, torch.expm1),  # exp(x) - 1
+    ("log1p", {}, torch.log1p),  # log(x + 1): undefined below -1, compared where it is defined
 ]
 _GRID = torch.linspace(-6.0, 6.0, 241, dtype=torch.float64)
 _KNOWN_ON_GRID = [(kind, attrs, fn(_GRID)) for kind, attrs, fn in _KNOWN]
@@ -109,6 +111,15 @@ def _cluster(root: Op, producer: dict, readers: dict, outputs: set,
     return ops, next(iter(leaf_values.values()))
 
 
+def _one_number(operand: object) -> object:
+    """A one-element float constant an exporter stored as an initializer (``Exp(x) - 1``'s one)
+    is the number it holds, as the elementwise rules read it; anything else is itself."""
+    if isinstance(operand, ParamRef) and operand.kind == "constant" and operand.tensor.numel() == 1 \
+            and operand.tensor.is_floating_point():
+        return float(operand.tensor.reshape(-1)[0])
+    return operand
+
+
 def _recognise(ops: list[Op], root: Op, x: Value) -> tuple[str, dict] | None:
     """The known activation that ``ops`` (in topological order, ending in ``root``) compute
     from ``x``, by evaluation on a grid; None if none matches."""
@@ -117,7 +128,7 @@ def _recognise(ops: list[Op], root: Op, x: Value) -> tuple[str, dict] | None:
         for op in ops:
             if op.attrs.get("args"):  # a softplus beta, a clamp bound: not evaluated here
                 return None
-            args = [values[a.id] if isinstance(a, Value) else a for a in op.inputs]
+            args = [values[a.id] if isinstance(a, Value) else _one_number(a) for a in op.inputs]
             if any(not isinstance(a, (torch.Tensor, int, float)) or isinstance(a, bool) for a in args):
                 return None
             kwargs = {"alpha": op.attrs["alpha"]} if "alpha" in op.attrs and op.kind in ("add", "sub") else {}
@@ -125,10 +136,15 @@ def _recognise(ops: list[Op], root: Op, x: Value) -> tuple[str, dict] | None:
     except (KeyError, TypeError, RuntimeError):
         return None
     got = values[root.output.id]
-    if got.shape != _GRID.shape or not bool(torch.isfinite(got).all()):
+    if got.shape != _GRID.shape:
+        return None
+    defined = torch.isfinite(got)
+    if int(defined.sum()) < _GRID.numel() // 2:
         return None
     for kind, attrs, want in _KNOWN_ON_GRID:
-        if torch.allclose(got, want, rtol=1e-5, atol=1e-6):
+        # equal where defined, and defined at the same points
+        if torch.equal(defined, torch.isfinite(want)) and torch.allclose(got[defined], want[defined],
+                                                                         rtol=1e-5, atol=1e-6):
             return kind, attrs
     return None
 

@@ -8,6 +8,11 @@ that two different values never share nodes.
 
 Softmax (over any axis) is permutation-equivariant along that axis and handled the same way.
 PReLU marks its nodes ``prelu`` and brings its learned slopes on ``param_mul`` edges.
+
+Each function has one name whatever its spelling, and its hyper-parameters in its signature:
+``clamp(0, None)`` is ``relu``, ``threshold(0, 0)`` is ``relu``, ``rrelu`` in eval mode is
+``leaky_relu`` with the mean slope, softshrink and hardshrink are ONNX's ``Shrink`` with a bias
+of ``lambd`` or 0, ONNX ``ThresholdedRelu(alpha)`` is ``threshold(alpha, 0)``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,13 @@ ACTIVATION_OPS: dict[str, str] = {
     "neg": "neg", "sqrt": "sqrt", "rsqrt": "rsqrt", "square": "square", "reciprocal": "reciprocal",
     "erf": "erf", "sign": "sign", "clamp": "clamp", "clamp_min": "clamp", "clamp_max": "clamp",
     "log_sigmoid": "logsigmoid", "softsign": "softsign", "tanhshrink": "tanhshrink",
+    "expm1": "expm1", "log1p": "log1p", "floor": "floor", "ceil": "ceil", "round": "round",
+    "threshold": "threshold",
 }
+# activations this plugin adds to the built-in vocabulary (schema.ACTIVATIONS is fixed: graph
+# files list the built-ins first)
+EXTRA_ACTIVATIONS = ("expm1", "log1p", "floor", "ceil", "round", "shrink", "threshold")
+_OVERLOADS = ("default", "Tensor", "Scalar")
 _OVERLOADS = ("default", "Tensor", "Scalar")
 
 ONNX_ACTIVATIONS: dict[str, str] = {
@@ -41,6 +52,7 @@ ONNX_ACTIVATIONS: dict[str, str] = {
     "Softplus": "softplus", "Softsign": "softsign", "Sin": "sin", "Cos": "cos", "Exp": "exp",
     "Log": "log", "Abs": "abs", "Neg": "neg", "Sqrt": "sqrt", "Reciprocal": "reciprocal",
     "Erf": "erf", "Sign": "sign", "Mish": "mish", "Clip": "clamp", "Gelu": "gelu",
+    "Floor": "floor", "Ceil": "ceil", "Round": "round", "Shrink": "shrink",
 }
 
 
@@ -54,6 +66,8 @@ def make_activation_rule(name: str) -> Rule:
         params = _activation_params(activation, op.attrs)
         if activation in ("clamp", "hardtanh"):  # one name per function, whatever the spelling
             activation, params = _CLAMP_NAMES.get(params, ("clamp", params))
+        if activation == "threshold" and params == (L.plain(0.0), L.plain(0.0)):
+            activation, params = "relu", ()
         sig = (activation,) + params if params else None  # slopes, bounds, betas
         default = (activation,) + tuple(L.plain(d) for _, _, d in _PARAMS.get(activation, ()))
         ctx.set_layout(op.output, ctx.derive(op.inputs[0], activation, sig=sig, default=default))
@@ -66,6 +80,8 @@ _PARAMS: dict[str, tuple[tuple[int, str, float | None], ...]] = {
     "leaky_relu": ((0, "alpha", 0.01),), "elu": ((0, "alpha", 1.0),), "celu": ((0, "alpha", 1.0),),
     "softplus": ((0, "beta", 1.0), (1, "threshold", 20.0)),
     "hardtanh": ((0, "min", -1.0), (1, "max", 1.0)), "clamp": ((0, "min", None), (1, "max", None)),
+    "threshold": ((0, "threshold", None), (1, "value", None)),
+    "shrink": ((0, "lambd", 0.5), (1, "bias", 0.0)),
 }
 
 
@@ -126,6 +142,35 @@ def _clamp_max(x: Any, bound: Any) -> _Normalized:
     return [x], {"max": bound}
 
 
+def _round(x: Any, decimals: int = 0) -> _Normalized:
+    """round to ``decimals`` places: 0 only (exporters write other places as a multiplication,
+    a round and a division, which the torch graph would not match)."""
+    if decimals != 0:
+        raise Unsupported(f"round to {decimals} decimals; write torch.round(x * 10**d) / 10**d")
+    return [x], {}
+
+
+def _softshrink(x: Any, lambd: float = 0.5) -> _Normalized:
+    return [x], {"args": [lambd, lambd]}  # ONNX Shrink(lambd, bias=lambd)
+
+
+def _hardshrink(x: Any, lambd: float = 0.5) -> _Normalized:
+    return [x], {"args": [lambd, 0.0]}  # ONNX Shrink(lambd, bias=0)
+
+
+def _rrelu(x: Any, lower: float = 1 / 8, upper: float = 1 / 3, training: bool = False, generator: Any = None,
+           **kwargs: Any) -> _Normalized:
+    """rrelu in eval mode is leaky_relu with the mean of its slope range; in training mode its
+    slopes are random."""
+    if training:
+        raise Unsupported("rrelu in training mode (random slopes); compile the model in eval mode")
+    return [x], {"args": [(lower + upper) / 2]}
+
+
+def _onnx_thresholded_relu(x: Any, alpha: float = 1.0) -> _Normalized:
+    return [x], {"args": [alpha, 0.0]}  # threshold(x, alpha, 0)
+
+
 def _softmax(x: Any, dim: int, *rest: Any, **kwargs: Any) -> _Normalized:
     return [x], {"dim": dim, "log": False}
 
@@ -181,7 +226,9 @@ def _log_sigmoid_forward(x: Any) -> _Normalized:
 
 @hookimpl
 def gmn_register(registry: Registrar) -> None:
-    for activation in sorted(set(ACTIVATION_OPS.values()) | {"gelu"}):
+    for name in EXTRA_ACTIVATIONS:
+        registry.add_activation(name)
+    for activation in sorted(set(ACTIVATION_OPS.values()) | {"gelu", "shrink"}):
         # attributes stay open: ONNX activations pass their own (alpha, gamma...) through
         registry.add_rule(activation, make_activation_rule(activation), inputs=("x",), elementwise=True)
     normalizers: dict[str, Callable[..., _Normalized]] = {"gelu": _gelu, "clamp_min": _clamp_min,
@@ -192,6 +239,11 @@ def gmn_register(registry: Registrar) -> None:
             for overload in _OVERLOADS:
                 registry.map_aten(f"aten.{op_name}{suffix}.{overload}", activation, normalize)
     registry.map_aten("aten.log_sigmoid_forward.default", "logsigmoid", _log_sigmoid_forward)
+    registry.map_aten("aten.round.decimals", "round", _round)
+    registry.map_aten("aten.softshrink.default", "shrink", _softshrink)
+    registry.map_aten("aten.hardshrink.default", "shrink", _hardshrink)
+    registry.map_aten("aten.rrelu.default", "leaky_relu", _rrelu)
+    registry.map_onnx("ThresholdedRelu", "threshold", _onnx_thresholded_relu)
     registry.add_rule("prelu", lower_prelu, inputs=("x", "weight"), attributes=(), elementwise=True)
     registry.map_aten("aten.prelu.default", "prelu", _prelu)
     registry.map_aten("aten._prelu_kernel.default", "prelu", _prelu)

@@ -7,6 +7,8 @@ that differ only in their activation give non-isomorphic graphs.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -269,3 +271,98 @@ def test_prelu_slopes_move_with_their_channels(num_parameters):
         alone = permuted_copy(model, lambda m: _channels(m, p))
         assert not torch.allclose(model(*inputs), alone(*inputs), atol=1e-5)
         assert_not_isomorphic(pg, gc.compile(alone, inputs))
+
+
+# functions this plugin adds to the vocabulary: module -> name on the hidden nodes
+ADDED = {
+    "expm1": (lambda: Lambda(torch.expm1), "expm1"),
+    "log1p": (lambda: Lambda(lambda h: torch.log1p(h.abs())), "log1p"),
+    "floor": (lambda: Lambda(torch.floor), "floor"),
+    "ceil": (lambda: Lambda(torch.ceil), "ceil"),
+    "round": (lambda: Lambda(torch.round), "round"),
+    "softshrink": (lambda: nn.Softshrink(0.3), "shrink"),
+    "hardshrink": (lambda: nn.Hardshrink(0.3), "shrink"),
+    "threshold": (lambda: nn.Threshold(0.1, -1.0), "threshold"),
+    "rrelu (eval)": (lambda: nn.RReLU(0.1, 0.3), "leaky_relu"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADDED))
+def test_added_activations_pass_the_oracles_and_name_their_nodes(name):
+    make, recorded = ADDED[name]
+    model = MLP(make()).eval()
+    inputs = (torch.randn(3, 4),)
+    pg = assert_oracles(model, inputs, trials=3)
+    named = {pg.vocabulary.activations[int(c)] for c in pg.data.x[:, ACT].long()}
+    assert recorded in named  # (log1p's hidden nodes are abs's; log1p gets nodes of its own)
+    permuted = permuted_copy(model, lambda m: m.permute_hidden(PERM))
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+
+def _pair(make_a, make_b, inputs=(torch.randn(3, 4) * 2,)):
+    a, b = MLP(make_a()).eval(), MLP(make_b()).eval()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        differ = not torch.allclose(a(*inputs), b(*inputs))
+    return differ, gc.compile(a, inputs), gc.compile(b, inputs)
+
+
+@pytest.mark.parametrize("a, b", [
+    (lambda: nn.Softshrink(0.3), lambda: nn.Hardshrink(0.3)),
+    (lambda: nn.Softshrink(0.3), lambda: nn.Softshrink(0.6)),
+    (lambda: nn.Threshold(0.1, -1.0), lambda: nn.Threshold(0.1, 0.0)),
+    (lambda: nn.RReLU(0.1, 0.3), lambda: nn.RReLU(0.01, 0.03)),
+    (lambda: Lambda(torch.floor), lambda: Lambda(torch.ceil)),
+    (lambda: Lambda(torch.round), lambda: Lambda(torch.floor)),
+    (lambda: Lambda(torch.exp), lambda: Lambda(torch.expm1)),
+], ids=["soft_vs_hard_shrink", "shrink_lambda", "threshold_value", "rrelu_range", "floor_vs_ceil",
+        "round_vs_floor", "exp_vs_expm1"])
+def test_added_activations_and_their_parameters_tell_graphs_apart(a, b):
+    differ, graph_a, graph_b = _pair(a, b)
+    assert differ
+    assert_not_isomorphic(graph_a, graph_b)
+
+
+@pytest.mark.parametrize("a, b", [
+    (lambda: nn.Threshold(0.0, 0.0), lambda: nn.ReLU()),
+    (lambda: nn.RReLU(0.1, 0.3), lambda: nn.LeakyReLU(0.2)),
+    (lambda: Lambda(lambda h: torch.round(h, decimals=0)), lambda: Lambda(torch.round)),
+    (lambda: Lambda(lambda h: torch.exp(h) - 1), lambda: Lambda(torch.expm1)),
+    (lambda: Lambda(lambda h: torch.log(h.abs() + 1)), lambda: Lambda(lambda h: torch.log1p(h.abs()))),
+], ids=["threshold_0_0_is_relu", "rrelu_eval_is_leaky_relu", "round_decimals_0", "exp_minus_1_is_expm1",
+        "log_of_1_plus_is_log1p"])
+def test_one_function_one_graph_whatever_the_spelling(a, b):
+    differ, graph_a, graph_b = _pair(a, b)
+    assert not differ
+    assert_isomorphic(graph_a, graph_b)
+
+
+def test_rrelu_exported_in_training_mode_is_refused_in_one_line():
+    """A module compiles in eval mode; a program exported in training mode keeps random slopes."""
+    program = torch.export.export(MLP(nn.RReLU()).train(), (torch.randn(3, 4),))
+    with pytest.raises(gc.CompileError, match="rrelu in training mode") as refusal:
+        gc.compile(program)
+    assert len(str(refusal.value).strip().splitlines()) == 1
+
+
+def test_round_to_other_places_is_refused_in_one_line():
+    with pytest.raises(gc.CompileError, match="round to 1 decimals") as refusal:
+        gc.compile(MLP(Lambda(lambda h: torch.round(h, decimals=1))).eval(), (torch.randn(3, 4),))
+    assert len(str(refusal.value).strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["ceil", "expm1", "floor", "log1p", "round", "rrelu (eval)"])
+def test_added_activations_give_the_same_graph_from_onnx(tmp_path, name):
+    """Exporters write expm1 as ``Exp - 1`` and log1p as ``Log(x + 1)``: the ONNX graph is the
+    torch graph all the same (the spelled-out forms are recognised)."""
+    model = MLP(ADDED[name][0]()).eval()
+    x = torch.randn(3, 4)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the TorchScript exporter has no expm1; the dynamo exporter's optimiser would store
+        # the 1 of ``Exp - 1`` as an initializer, which the ONNX frontend reads as a weight
+        extra = {"dynamo": True, "optimize": False} if name == "expm1" else {"dynamo": False}
+        torch.onnx.export(model, (x,), str(path), opset_version=18, input_names=["x"], **extra)
+    assert_isomorphic(gc.compile(model, (x,)), gc.compile(str(path)))
