@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import gmn_compiler as gc
+from gmn_compiler import canonical
 from gmn_compiler.frontends.onnx_checks import check_onnx
 
 RNG = np.random.default_rng(1)
@@ -61,6 +63,11 @@ CASES = {
     "Clip": lambda: _mlp([N("Clip", ["h", "lo", "hi"], ["o"])],
                          [_t("lo", np.float32(-0.5)), _t("hi", np.float32(0.5))]),
     "Sin": lambda: _mlp([N("Sin", ["h"], ["o"])]),
+    "Shrink": lambda: _mlp([N("Shrink", ["h"], ["o"], bias=0.3, lambd=0.3)]),
+    "ThresholdedRelu": lambda: _mlp([N("ThresholdedRelu", ["h"], ["o"], alpha=0.1)]),
+    "Floor": lambda: _mlp([N("Floor", ["h"], ["o"])]),
+    "Ceil": lambda: _mlp([N("Ceil", ["h"], ["o"])]),
+    "Round": lambda: _mlp([N("Round", ["h"], ["o"])]),
     "Elu": lambda: _mlp([N("Elu", ["h"], ["o"])]),
     "Softplus": lambda: _mlp([N("Softplus", ["h"], ["o"])]),
     "Gelu": lambda: _mlp([N("Gelu", ["h"], ["o"], approximate="tanh")], opset=20),
@@ -302,3 +309,24 @@ def test_onnx_einsum_compiles_to_the_torch_graph(flip, tmp_path):
     other = randomized(_Einsums(not flip))
     other.load_state_dict(model.state_dict())
     assert not canonical.isomorphic(pg, gc.compile(other, x))
+
+
+@pytest.mark.parametrize("onnx_op, module", [
+    (lambda: N("Shrink", ["h"], ["o"], bias=0.3, lambd=0.3), lambda: torch.nn.Softshrink(0.3)),
+    (lambda: N("Shrink", ["h"], ["o"], lambd=0.3), lambda: torch.nn.Hardshrink(0.3)),
+    (lambda: N("ThresholdedRelu", ["h"], ["o"], alpha=0.1), lambda: torch.nn.Threshold(0.1, 0.0)),
+], ids=["softshrink", "hardshrink", "thresholded_relu"])
+def test_onnx_activation_is_the_torch_one(onnx_op, module):
+    """ONNX's Shrink and ThresholdedRelu compile to the graph of torch's module for the same
+    function, and to another graph for another function."""
+    model = _mlp([onnx_op()])
+    w1, w2 = (torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer[:2])
+    torch_model = torch.nn.Sequential(torch.nn.Linear(3, 4, bias=False), module(), torch.nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        torch_model[0].weight.copy_(w1.T)
+        torch_model[2].weight.copy_(w2.T)
+    x = torch.randn(2, 3)
+    graph = gc.compile(model)
+    assert canonical.isomorphic(graph, gc.compile(torch_model.eval(), (x,)))
+    other = torch.nn.Sequential(torch_model[0], torch.nn.Threshold(0.2, 0.0), torch_model[2])
+    assert not canonical.isomorphic(graph, gc.compile(other.eval(), (x,)))
