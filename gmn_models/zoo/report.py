@@ -7,6 +7,8 @@
 * ``records.csv`` — one row per (method, split, seed): R², τ, sizes, seconds;
 * ``predictions.csv`` — one row per test network and run: method, split, seed, path, family,
   true and predicted test accuracy (so any other plot or metric can be made later);
+* ``seeds.md`` — methods × (split, seed), R² / Kendall τ of each run: whether a method is ahead
+  of another on every seed, which means over seeds cannot say (:func:`seed_table`);
 * ``families.md`` — per split, R² / Kendall τ within each family (mean over seeds): how
   well a method ranks networks of one family against each other, which the pooled numbers can
   hide (telling families apart is already worth R² ≈ 0.4 here);
@@ -83,6 +85,20 @@ def markdown_table(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def seed_table(records: Sequence[dict]) -> str:
+    """Methods × (split, seed), cells ``R² / τ`` of each run (empty where a run is missing)."""
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    columns = list(dict.fromkeys((r["split"], r["seed"]) for r in records))
+    index = {(r["method"], r["split"], r["seed"]): r for r in records}
+    lines = ["| method | " + " | ".join(f"{split} seed {seed}" for split, seed in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for m in methods:
+        cells = [f"{index[(m, *c)]['r2']:.3f} / {index[(m, *c)]['tau']:.3f}" if (m, *c) in index else ""
+                 for c in columns]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def family_table(records: Sequence[dict], split: str) -> str:
     """Markdown table, methods × families, of R² / τ computed within each family on ``split``
     (mean over seeds)."""
@@ -148,6 +164,7 @@ def write_report(records: Sequence[dict], out: str | os.PathLike, table: str) ->
     atomic_write_text(out / "table.md", table + "\n")
     atomic_write_text(out / "records.csv", records_csv(records))
     atomic_write_text(out / "predictions.csv", predictions_csv(records))
+    atomic_write_text(out / "seeds.md", seed_table(records) + "\n")
     splits = list(dict.fromkeys(r["split"] for r in records))
     atomic_write_text(out / "families.md", "\n\n".join(family_table(records, s) for s in splits) + "\n")
     for split in splits:

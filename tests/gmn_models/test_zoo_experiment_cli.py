@@ -45,6 +45,10 @@ def test_cli_writes_the_report(synthetic_zoo, tmp_path, capsys):
         sel = [p for p in predictions if (p["method"], p["split"], p["seed"]) == (rec["method"], rec["split"], rec["seed"])]
         true, pred = np.array([float(p["true"]) for p in sel]), np.array([float(p["pred"]) for p in sel])
         assert experiment.metrics(true, pred)["r2"] == pytest.approx(float(rec["r2"]), abs=1e-12)
+    seeds = (out / "seeds.md").read_text().splitlines()
+    assert seeds[0] == "| method | full seed 0 | full seed 1 | 10% seed 0 | 10% seed 1 |" and len(seeds) == 4
+    statnn_full_1 = next(r for r in records if (r["method"], r["split"], r["seed"]) == ("statnn", "full", "1"))
+    assert seeds[3].split(" | ")[2] == f"{float(statnn_full_1['r2']):.3f} / {float(statnn_full_1['tau']):.3f}"
     families = (out / "families.md").read_text().split("\n\n")
     assert [block.splitlines()[0] for block in families] == ["| full | cnn2d | mlp |", "| 10% | cnn2d | mlp |"]
     assert all(len(block.strip().splitlines()) == 4 for block in families)  # header, rule, 2 methods
