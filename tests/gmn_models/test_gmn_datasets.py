@@ -33,7 +33,7 @@ from gmn_models.zoo.families import cnn2d, mlp
 
 MLP = "gmn_models.zoo.families:mlp"
 CNN = "gmn_models.zoo.families:cnn2d"
-HARDSHRINK = f"{__name__}:hardshrink"  # a builder of this module: registered explicitly below
+UNSUPPORTED = f"{__name__}:running_sum"  # a builder of this module: registered explicitly below
 GRAPH_KEYS = ("x", "edge_index", "edge_attr", "edge_param", "edge_offset")
 HEADER = ["path", "builder", "builder_kwargs", "input_shape"]
 
@@ -41,12 +41,18 @@ HEADER = ["path", "builder", "builder_kwargs", "input_shape"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def hardshrink() -> nn.Module:
-    """A module whose op the compiler does not support (Hardshrink)."""
-    return nn.Hardshrink()
+class RunningSum(nn.Module):
+    """A module whose op the compiler does not support (``cumsum``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.cumsum(-1)
 
 
-register_builder(HARDSHRINK, hardshrink, override=True)  # override: the module may be imported twice
+def running_sum() -> nn.Module:
+    return RunningSum()
+
+
+register_builder(UNSUPPORTED, running_sum, override=True)  # override: the module may be imported twice
 
 
 def write_table(folder: Path, rows: list[dict]) -> None:
@@ -174,7 +180,7 @@ def test_bad_models_are_skipped_and_reported(tmp_path, capsys):
              {**good, "path": "models/000.safetensors", "builder_kwargs": "{not json"},
              {**good, "path": "models/000.safetensors", "builder_kwargs": json.dumps(
                  {"in_features": 5, "num_classes": 3, "width": 9, "depth": 1})},
-             {**good, "path": "models/empty.safetensors", "builder": HARDSHRINK,
+             {**good, "path": "models/empty.safetensors", "builder": UNSUPPORTED,
               "builder_kwargs": "{}", "input_shape": "[1, 4]"},
              {**good, "path": "models/model.pkl"}]
     write_table(root, rows)
