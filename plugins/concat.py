@@ -4,9 +4,10 @@ Like every structural op, a concatenation moves entries without changing them, s
 id tensors of its parts' layouts exactly as it moves the data (DESIGN §3). What needs more than
 that: parts along an axis without neurons that hold different units (PiT's class token beside
 pooled patches: one node per unit of the result, fed through ``cat_part`` edges that say which
-entries the part fills), constant parts along a neuron axis (they become padding), different
-views of the same nodes (a roll spelled with slices: the view's signature), and parameters
-concatenated with activations (a class token: :func:`_cat_with_params`).
+entries the part fills), constants beside one part along an axis free in it (MobileBERT's
+shifted copies: padding), different views of the same nodes (a roll spelled with slices: the
+view's signature), and parameters concatenated with activations (a class token:
+:func:`_cat_with_params`).
 """
 
 from __future__ import annotations

@@ -209,7 +209,7 @@ def _statistic(mode: str) -> Callable[..., _Normalized]:
             unbiased, rest = rest[0], rest[1:]
         if rest:
             keepdim = bool(rest[0])
-        attrs = {"mode": mode, "dims": _dims(dim), "keepdim": keepdim}
+        attrs: dict[str, Any] = {"mode": mode, "dims": _dims(dim), "keepdim": keepdim}
         if mode != "logsumexp":
             attrs["correction"] = float(correction if correction is not None
                                         else (1 if unbiased is None or unbiased else 0))
