@@ -112,8 +112,9 @@ def _cluster(root: Op, producer: dict, readers: dict, outputs: set,
 
 
 def _one_number(operand: object) -> object:
-    """A one-element float constant an exporter stored as an initializer (``Exp(x) - 1``'s one)
-    is the number it holds, as the elementwise rules read it; anything else is itself."""
+    """A one-element float constant the model made in ``forward`` (``exp(x) - torch.tensor(1.0)``,
+    a lifted constant) is the number it holds, as the elementwise rules read it; anything else
+    is itself. (ONNX one-element constants reach the IR as numbers already.)"""
     if isinstance(operand, ParamRef) and operand.kind == "constant" and operand.tensor.numel() == 1 \
             and operand.tensor.is_floating_point():
         return float(operand.tensor.reshape(-1)[0])

@@ -44,7 +44,6 @@ ACTIVATION_OPS: dict[str, str] = {
 # files list the built-ins first)
 EXTRA_ACTIVATIONS = ("expm1", "log1p", "floor", "ceil", "round", "shrink", "threshold")
 _OVERLOADS = ("default", "Tensor", "Scalar")
-_OVERLOADS = ("default", "Tensor", "Scalar")
 
 ONNX_ACTIVATIONS: dict[str, str] = {
     "Relu": "relu", "LeakyRelu": "leaky_relu", "Elu": "elu", "Selu": "selu", "Celu": "celu",
@@ -64,10 +63,9 @@ def make_activation_rule(name: str) -> Rule:
         if name == "hardtanh" and [float(a) for a in op.attrs.get("args", [])] == [0.0, 6.0]:
             activation = "relu6"  # F.relu6 exports as hardtanh(x, 0, 6)
         params = _activation_params(activation, op.attrs)
-        if activation in ("clamp", "hardtanh"):  # one name per function, whatever the spelling
-            activation, params = _CLAMP_NAMES.get(params, ("clamp", params))
-        if activation == "threshold" and params == (L.plain(0.0), L.plain(0.0)):
-            activation, params = "relu", ()
+        # one name per function, whatever the spelling
+        activation = _SAME_AS.get(activation, activation)
+        activation, params = _NAMED.get((activation, params), (activation, params))
         sig = (activation,) + params if params else None  # slopes, bounds, betas
         default = (activation,) + tuple(L.plain(d) for _, _, d in _PARAMS.get(activation, ()))
         ctx.set_layout(op.output, ctx.derive(op.inputs[0], activation, sig=sig, default=default))
@@ -85,10 +83,14 @@ _PARAMS: dict[str, tuple[tuple[int, str, float | None], ...]] = {
 }
 
 
-# clamp bounds that are a named activation (an exporter writes relu6 and hardtanh as Clip)
-_CLAMP_NAMES: dict[tuple[Hashable, ...], tuple[str, tuple[Hashable, ...]]] = {
-    (L.plain(0.0), None): ("relu", ()), (L.plain(0.0), L.plain(6.0)): ("relu6", ()),
-    (L.plain(-1.0), L.plain(1.0)): ("hardtanh", (L.plain(-1.0), L.plain(1.0)))}
+# activations that are another with the same parameters: hardtanh(a, b) is clamp(a, b)
+_SAME_AS = {"hardtanh": "clamp"}
+# parameters that make an activation a named one: (activation, parameters) -> (name, parameters)
+# (an exporter writes relu6 and hardtanh as Clip; F.threshold(x, 0, 0) is relu)
+_NAMED: dict[tuple[str, tuple[Hashable, ...]], tuple[str, tuple[Hashable, ...]]] = {
+    ("clamp", (L.plain(0.0), None)): ("relu", ()), ("clamp", (L.plain(0.0), L.plain(6.0))): ("relu6", ()),
+    ("clamp", (L.plain(-1.0), L.plain(1.0))): ("hardtanh", (L.plain(-1.0), L.plain(1.0))),
+    ("threshold", (L.plain(0.0), L.plain(0.0))): ("relu", ())}
 
 
 def _activation_params(activation: str, attrs: dict[str, Any]) -> tuple[Hashable, ...]:

@@ -161,14 +161,11 @@ def _run_job_in_worker(job: Job, options: dict) -> dict:
     return _run_job(_WORKER_ROWS, job, options)
 
 
-def _log_record(rec: dict, log, resumed: bool | None = None) -> None:
-    """One line per finished job; ``resumed`` (not None) marks a record read from a job store,
-    True when other code made it."""
+def _log_record(rec: dict, log, note: str = "") -> None:
+    """One line per finished job, ``note`` at its end."""
     if log:
-        origin = "" if resumed is None else " [kept from an earlier run" + (
-            ", made by other gmn_models code]" if resumed else "]")
         print(f"{rec['split']:5s} seed {rec['seed']} {rec['method']:10s} R2 {rec['r2']:.3f} "
-              f"tau {rec['tau']:.3f} ({rec['seconds']}s){origin}", file=log, flush=True)
+              f"tau {rec['tau']:.3f} ({rec['seconds']}s){note}", file=log, flush=True)
 
 
 def run_experiment(rows: Sequence[dict], methods: Sequence[str], splits: Sequence[str] = SPLITS,
@@ -194,7 +191,8 @@ def run_experiment(rows: Sequence[dict], methods: Sequence[str], splits: Sequenc
             record = store.load(job, options.get(job[0], {}))
             if record is not None:
                 done[job] = record
-                _log_record(record, log, resumed=record.get("code") != code_digest())
+                other_code = ", made by other gmn_models code" if record.get("code") != code_digest() else ""
+                _log_record(record, log, f" [kept from an earlier run{other_code}]")
 
     def finish(record: dict) -> None:
         job = (record["method"], record["split"], record["seed"])

@@ -7,9 +7,9 @@ method, split and seed, the method's options (``repr``, e.g. the GMN's whole con
 only whole records; a rerun with the same options reuses them and runs the rest.
 
 What the key cannot see is the code: each record carries :func:`code_digest` (the source of
-``gmn_models``, where the methods live), and :meth:`JobStore.load` reports records made by other
-code so that a caller can say so (the experiment CLI prints one line per such record). Delete the
-folder to rerun everything.
+``gmn_models``, where the methods live), so that a caller can tell records made by other code
+(the experiment marks them in its log and warns once at the end). Delete the folder to rerun
+everything.
 """
 
 from __future__ import annotations

@@ -81,6 +81,13 @@ def _hidden_nodes(pg):
     return pg.data.edge_index[1, sel][torch.argsort(pg.data.edge_offset[sel])]
 
 
+def _assert_hidden_permutation_is_a_symmetry(model, pg, inputs):
+    """Permuting the hidden units by hand keeps the function and gives an isomorphic graph."""
+    permuted = permuted_copy(model, lambda m: m.permute_hidden(PERM))
+    assert_same_function(model, permuted, inputs)
+    assert_isomorphic(pg, gc.compile(permuted, inputs))
+
+
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_activation_oracles_and_node_code(name):
     make, recorded = ACTIVATIONS[name]
@@ -95,9 +102,7 @@ def test_activation_oracles_and_node_code(name):
     assert torch.equal(acts[_hidden_nodes(pg)], torch.full((5,), code))
     assert int((acts != S.code(S.ACTIVATIONS, "none")).sum()) == 5
 
-    permuted = permuted_copy(model, lambda m: m.permute_hidden(PERM))
-    assert_same_function(model, permuted, inputs)
-    assert_isomorphic(pg, gc.compile(permuted, inputs))
+    _assert_hidden_permutation_is_a_symmetry(model, pg, inputs)
 
 
 def test_relu_and_tanh_models_are_not_isomorphic():
@@ -217,9 +222,7 @@ def test_softmax_at_the_output(module, recorded):
     outputs = (positions >= 0) & (roles != S.code(S.NODE_ROLES, "input"))
     assert int(outputs.sum()) == 3
     assert bool((acts[outputs] == S.code(S.ACTIVATIONS, recorded)).all())
-    permuted = permuted_copy(model, lambda m: m.permute_hidden(PERM))
-    assert_same_function(model, permuted, inputs)
-    assert_isomorphic(pg, gc.compile(permuted, inputs))
+    _assert_hidden_permutation_is_a_symmetry(model, pg, inputs)
     # output classes are pinned: swapping two rows of the last layer is not a symmetry
     swapped = permuted_copy(model, lambda m: (m.l2.weight.copy_(m.l2.weight[[1, 0, 2]]),
                                               m.l2.bias.copy_(m.l2.bias[[1, 0, 2]])))
@@ -295,9 +298,7 @@ def test_added_activations_pass_the_oracles_and_name_their_nodes(name):
     pg = assert_oracles(model, inputs, trials=3)
     named = {pg.vocabulary.activations[int(c)] for c in pg.data.x[:, ACT].long()}
     assert recorded in named  # (log1p's hidden nodes are abs's; log1p gets nodes of its own)
-    permuted = permuted_copy(model, lambda m: m.permute_hidden(PERM))
-    assert_same_function(model, permuted, inputs)
-    assert_isomorphic(pg, gc.compile(permuted, inputs))
+    _assert_hidden_permutation_is_a_symmetry(model, pg, inputs)
 
 
 def _pair(make_a, make_b, inputs=(torch.randn(3, 4) * 2,)):
@@ -329,9 +330,10 @@ def test_added_activations_and_their_parameters_tell_graphs_apart(a, b):
     (lambda: nn.RReLU(0.1, 0.3), lambda: nn.LeakyReLU(0.2)),
     (lambda: Lambda(lambda h: torch.round(h, decimals=0)), lambda: Lambda(torch.round)),
     (lambda: Lambda(lambda h: torch.exp(h) - 1), lambda: Lambda(torch.expm1)),
+    (lambda: Lambda(lambda h: torch.exp(h) - torch.tensor(1.0)), lambda: Lambda(torch.expm1)),
     (lambda: Lambda(lambda h: torch.log(h.abs() + 1)), lambda: Lambda(lambda h: torch.log1p(h.abs()))),
 ], ids=["threshold_0_0_is_relu", "rrelu_eval_is_leaky_relu", "round_decimals_0", "exp_minus_1_is_expm1",
-        "log_of_1_plus_is_log1p"])
+        "exp_minus_a_tensor_1_is_expm1", "log_of_1_plus_is_log1p"])
 def test_one_function_one_graph_whatever_the_spelling(a, b):
     differ, graph_a, graph_b = _pair(a, b)
     assert not differ
