@@ -20,6 +20,7 @@ from ..registry import Registry
 from .checks import check_input_shapes, check_input_sizes
 from .onnx_einsum import OP_TYPES as EINSUM_OP_TYPES
 from .onnx_patterns import FUSABLE_OP_TYPES
+from .onnx_torch_signature import torch_declared_constants
 
 MIN_OPSET, MAX_OPSET = 11, 23
 TYPE_ONLY_INPUTS = {"CastLike": (1,), "Expand": (1,), "ConstantOfShape": (0,)}
@@ -166,7 +167,8 @@ def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[tuple[
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
     values = {v.name for v in graph.input if v.name not in initializers}
-    params = {i.name for i in graph.initializer if i.data_type in _FLOAT_TYPES}
+    constants = torch_declared_constants(graph)
+    params = {i.name for i in graph.initializer if i.data_type in _FLOAT_TYPES and i.name not in constants}
     found = []
     for index, node in enumerate(graph.node):
         type_only = TYPE_ONLY_INPUTS.get(node.op_type, ())

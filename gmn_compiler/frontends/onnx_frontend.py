@@ -5,8 +5,14 @@ set to 1 unless ``input_shapes`` says otherwise), so constant subgraphs (Shape â
 Concat â†’ Reshape) need no folding rules of their own: a value computed from constants and
 shapes only is a *constant*, and its concrete value is read from that run.
 
-Initializers are parameters; layout ops applied to them (Transpose, Reshape, Squeeze,
-Unsqueeze, Slice, Gather, Split, Cast, Identity) keep them parameters seen through a view.
+Initializers are parameters, except where the file says otherwise: torch's exporter
+(``torch.onnx.export(dynamo=True)``) declares each parameter and buffer of the torch model in
+``value_info`` metadata, and its optimizer (on by default) lifts the model's Python scalars
+(``x * 0.5``, an ``eps``) into undeclared 0-d initializers. In such a file an undeclared 0-d
+initializer and a declared non-persistent buffer are constants, as the torch frontend reads
+them; see :mod:`.onnx_torch_signature`. Layout ops applied to parameters (Transpose,
+Reshape, Squeeze, Unsqueeze, Slice, Gather, Split, Cast, Identity) keep them parameters seen
+through a view.
 Two exporter patterns are fused before lowering so that torch and ONNX give the same graph:
 ``MatMul`` + ``Add`` with a 1-D initializer (a linear layer with bias), and the Erf-based GELU
 subgraph.
@@ -30,6 +36,7 @@ from ..ir_patterns import normalize
 from ..registry import Registry
 from . import onnx_patterns
 from .onnx_einsum import OP_TYPES as EINSUM_OP_TYPES, convert_einsum
+from .onnx_torch_signature import torch_declared_constants
 from .param_tables import read_table, table_axis
 from .checks import check_input_axes
 from .onnx_checks import (CONSTANT_OP_TYPES, MAX_OPSET, MIN_OPSET, TYPE_ONLY_INPUTS,  # noqa: F401
@@ -135,9 +142,10 @@ class _Converter:
         graph = self.model.graph
         shapes = resolve_input_shapes(graph, input_shapes)
         input_axes = check_input_axes(input_axes, {name: len(shape) for name, shape in shapes.items()})
+        constants = torch_declared_constants(graph)
         for init in graph.initializer:
             tensor = torch.from_numpy(numpy_helper.to_array(init).copy())
-            if not tensor.dtype.is_floating_point:  # shapes, axes, indices: constants
+            if not tensor.dtype.is_floating_point or init.name in constants:  # shapes, indices; lifted scalars
                 self.env[init.name] = _ConstantTensor(init.name, tensor)
                 continue
             self.tensors[init.name] = tensor

@@ -200,19 +200,20 @@ def test_constant_mask_over_features_pins_only_where_it_varies():
     assert len(declared(assert_oracles(varying, x))) == 1  # only the last layer's
 
 
-@pytest.mark.parametrize("exporter", ["torchscript", "torchscript-folded", "dynamo-optimized"])
+@pytest.mark.parametrize("exporter", ["torchscript", "torchscript-folded", "dynamo", "dynamo-optimized"])
 @pytest.mark.parametrize("style", ["half", "pairs", "cached"])
 def test_onnx_rotary_attention_oracles(style, exporter, tmp_path):
-    """RoPE through ONNX: the cos/sin tables arrive as Constant nodes or values folded from
-    them, which are no weights; like torch constants they pin the q/k dims they multiply
+    """RoPE through ONNX: the cos/sin tables arrive as Constant nodes, values folded from them,
+    or (unoptimised dynamo) computed from ``inv_freq``, an initializer the file declares a
+    non-persistent buffer; none is a weight, and like torch constants they pin the q/k dims they multiply
     (random automorphisms must preserve onnxruntime's outputs, which they did not while the
     tables were treated as movable weights), and heads and value dims stay permutable."""
     model, (x,) = _make(style)
     path = tmp_path / "rope.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if exporter == "dynamo-optimized":  # unoptimised, dynamo keeps inv_freq as an initializer
-            torch.onnx.export(model, (x,), path, dynamo=True, optimize=True, verbose=False)
+        if exporter.startswith("dynamo"):
+            torch.onnx.export(model, (x,), path, dynamo=True, optimize=exporter.endswith("optimized"), verbose=False)
         else:
             torch.onnx.export(model, (x,), path, dynamo=False, do_constant_folding=exporter.endswith("folded"))
     pg = gc.compile(str(path))
