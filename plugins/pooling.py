@@ -51,6 +51,10 @@ def lower_pool(ctx: LoweringContext, op: Op) -> None:
         ctx.set_layout(extra, None)
 
 
+# reduction modes that are a global pooling when they cover the trailing axes
+_GLOBAL_POOL_MODE = {"mean": "avg", "amax": "max", "max": "max"}
+
+
 def lower_reduce(ctx: LoweringContext, op: Op) -> None:
     """attrs ``dims`` (None: all), ``keepdim``, ``mode`` (``norm``: the Euclidean norm)."""
     x = op.inputs[0]
@@ -82,9 +86,15 @@ def lower_reduce(ctx: LoweringContext, op: Op) -> None:
         return
     # over positions only: one value per unit, a function of that unit's entries (a norm over
     # positions is ConvNeXt-V2's global response normalisation)
-    sig = ("reduce", op.attrs["mode"], tuple(d - ndim for d in dims))  # axes from the end
+    from_end = tuple(sorted(d - ndim for d in dims))
+    sig = ("reduce", op.attrs["mode"], from_end)
     activation = "sqrt" if op.attrs["mode"] == "norm" else _MODE_ACTIVATION[op.attrs["mode"]]
-    out = ctx.derive(x, activation, "pool", sig=sig)
+    global_mode = _GLOBAL_POOL_MODE.get(op.attrs["mode"])
+    if global_mode is not None and from_end == tuple(range(-len(dims), 0)):
+        # a mean or max over the trailing axes is global pooling over them (x.mean((2, 3)),
+        # ONNX ReduceMean for adaptive_avg_pool2d(x, 1)): one function, lower_pool's graph
+        sig = ("pool", global_mode, len(dims), ("global", True))
+    out = ctx.derive(x, activation, "pool", sig=sig, default=sig if sig[0] == "pool" else None)
     assert out is not None  # x has a layout (checked above)
     if not keepdim:  # the reduced axes are free (size 1 in the id tensor): drop them
         kept = [i for i in range(ndim) if i not in dims]

@@ -311,3 +311,37 @@ def test_a_vector_norm_over_positions_is_one_value_per_unit():
     squares.load_state_dict(model.state_dict())
     assert not torch.allclose(model(x), squares(x))
     assert_not_isomorphic(pg, gc.compile(squares, (x,)))
+
+
+GLOBAL_SPELLINGS = {
+    # name: (pool, the same function spelled as a reduction over the trailing axes)
+    "avg": (lambda: nn.AdaptiveAvgPool2d(1), lambda: Lambda(lambda h: h.mean((2, 3), keepdim=True))),
+    "avg, axes listed backwards": (lambda: nn.AdaptiveAvgPool2d(1), lambda: Lambda(lambda h: h.mean((3, 2), keepdim=True))),
+    "max": (lambda: nn.AdaptiveMaxPool2d(1), lambda: Lambda(lambda h: h.amax((-2, -1), keepdim=True))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GLOBAL_SPELLINGS))
+def test_a_mean_or_max_over_all_positions_is_global_pooling(name):
+    """``x.mean((2, 3))`` is ``adaptive_avg_pool2d(x, 1)`` (and the ONNX exporter writes the
+    latter as ReduceMean): one function, one graph."""
+    pool, reduce = GLOBAL_SPELLINGS[name]
+    x = torch.randn(2, 2, 5, 5)
+    torch.manual_seed(0)
+    a = Pooled(2, pool(), 1).eval()
+    b = Pooled(2, reduce(), 1).eval()
+    b.load_state_dict(a.state_dict())
+    assert_same_function(a, b, (x,))
+    assert_isomorphic(assert_oracles(a, (x,)), assert_oracles(b, (x,)))
+
+
+@pytest.mark.parametrize("other", ["mean over the last axis only", "sum over all positions", "max"])
+def test_other_reductions_over_positions_are_not_global_average_pooling(other):
+    x = torch.randn(2, 2, 5, 5)
+    torch.manual_seed(0)
+    pooled = Pooled(2, nn.AdaptiveAvgPool2d(1), 1).eval()
+    reduce, cells = {"mean over the last axis only": (lambda h: h.mean(-1), 4),
+                     "sum over all positions": (lambda h: h.sum((2, 3)), 1),
+                     "max": (lambda h: h.amax((2, 3)), 1)}[other]
+    spelled = Pooled(2, Lambda(reduce), cells).eval()
+    assert_not_isomorphic(gc.compile(pooled, (x,)), assert_oracles(spelled, (x,)))
