@@ -203,20 +203,25 @@ def fuse_attention(ir: IRGraph) -> IRGraph:
             continue
         q, s1, q_ops = _scaled(first.inputs[0], producer, consumer)
         kt, s2, k_ops = _scaled(first.inputs[1], producer, consumer)
+        batched = _batched_transpose(kt, producer, consumer)
         transpose = producer.get(kt.id)
-        if (transpose is None or transpose.kind != "permute" or consumer.get(kt.id) is None
-                or not isinstance(transpose.inputs[0], Value)):
+        if batched is None and (transpose is None or transpose.kind != "permute" or consumer.get(kt.id) is None
+                                or not isinstance(transpose.inputs[0], Value)):
             continue
         v = out.inputs[1]
         if not (isinstance(v, Value) and len(q.shape) == len(kt.shape) == len(v.shape)):
             continue
-        k, k_op = _untransposed(transpose, kt, next_id)
+        if batched is not None:
+            k, k_op = batched[0], None
+            k_ops += batched[1]
+        else:
+            k, k_op = _untransposed(transpose, kt, next_id)
+            k_ops.append(transpose)
         replace[id(out)] = Op("sdpa", [q, k, v, mask], [out.output],
                               {"is_causal": False, "scale": s0 * s1 * s2, "enable_gqa": False}, out.location, "attention")
         drop.update(id(op) for op in chain + [first] + q_ops + k_ops)
-        if k_op is None:
-            drop.add(id(transpose))
-        else:  # kᵀ was one permute of an earlier value: k is that permute with the last two swapped
+        if k_op is not None:  # kᵀ was one permute of an earlier value: k is that permute with the last two swapped
+            drop.discard(id(transpose))
             replace[id(transpose)] = k_op
     if replace:
         ir.ops = [replace.get(id(op), op) for op in ir.ops if id(op) not in drop]
@@ -270,6 +275,29 @@ def _scaled(value: Value, producer: dict, consumer: dict) -> tuple[Value, float,
     if op.kind == "mul" and isinstance(b, Value) and number(a):
         return b, float(a), [op]
     return value, 1.0, []
+
+
+def _batched_transpose(kt: Value, producer: dict, consumer: dict) -> tuple[Value, list[Op]] | None:
+    """``(k, ops)`` when ``kt`` is ``k.transpose(-2, -1)`` written over merged leading axes, as
+    the dynamo exporter writes it: ``reshape(permute(reshape(k, [-1, n, d]), [0, 2, 1]),
+    [..., d, n])``, each step read once; else None."""
+    unmerge = producer.get(kt.id)
+    if (unmerge is None or unmerge.kind != "reshape" or consumer.get(kt.id) is None
+            or not isinstance(unmerge.inputs[0], Value)):
+        return None
+    swap = producer.get(unmerge.inputs[0].id)
+    if (swap is None or swap.kind != "permute" or [d % 3 for d in swap.attrs.get("dims", [])] != [0, 2, 1]
+            or consumer.get(swap.output.id) is not unmerge or not isinstance(swap.inputs[0], Value)):
+        return None
+    merge = producer.get(swap.inputs[0].id)
+    if (merge is None or merge.kind != "reshape" or consumer.get(merge.output.id) is not swap
+            or not isinstance(merge.inputs[0], Value)):
+        return None
+    k = merge.inputs[0]
+    if len(k.shape) < 2 or tuple(kt.shape) != tuple(k.shape[:-2]) + (k.shape[-1], k.shape[-2]) \
+            or tuple(merge.output.shape) != (math.prod(k.shape[:-2]),) + tuple(k.shape[-2:]):
+        return None
+    return k, [merge, swap, unmerge]
 
 
 def _untransposed(transpose: Op, kt: Value, next_id: list[int]) -> tuple[Value, Op | None]:

@@ -87,7 +87,7 @@ def lower_reduce(ctx: LoweringContext, op: Op) -> None:
     # over positions only: one value per unit, a function of that unit's entries (a norm over
     # positions is ConvNeXt-V2's global response normalisation)
     from_end = tuple(sorted(d - ndim for d in dims))
-    sig = ("reduce", op.attrs["mode"], from_end)
+    sig: tuple[Any, ...] = ("reduce", op.attrs["mode"], from_end)
     activation = "sqrt" if op.attrs["mode"] == "norm" else _MODE_ACTIVATION[op.attrs["mode"]]
     global_mode = _GLOBAL_POOL_MODE.get(op.attrs["mode"])
     if global_mode is not None and from_end == tuple(range(-len(dims), 0)):

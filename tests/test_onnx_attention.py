@@ -105,3 +105,31 @@ def test_onnx_attention_oracles_and_parity(spelling, dynamo, tmp_path):
     for name, tensor in state.items():
         if name in inits:
             assert torch.equal(tensor, torch.from_numpy(inits[name].copy())), name
+
+
+class MergedTranspose(HandWritten):
+    """kᵀ written over merged leading axes, as the dynamo exporter writes attention:
+    ``reshape(transpose(reshape(k, [b*h, t, d]), 1, 2), [b, h, d, t])``."""
+
+    def forward(self, x):
+        q, k, v = self.split(x)
+        b, h, t, d = k.shape
+        kt = k.reshape(b * h, t, d).transpose(1, 2).reshape(b, h, d, t)
+        scores = (q @ kt) * (DIM // HEADS) ** -0.5
+        return self.merge(scores.softmax(-1) @ v, x)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_transpose_over_merged_axes_is_attention(dynamo, tmp_path):
+    torch.manual_seed(0)
+    plain, x = HandWritten().eval(), torch.randn(1, SEQ, DIM)
+    merged = MergedTranspose().eval()
+    merged.load_state_dict(plain.state_dict())
+    from_torch = gc.compile(merged, (x,))
+    assert_isomorphic(gc.compile(plain, (x,)), from_torch)
+    path = tmp_path / "attn.onnx"
+    _export(merged, x, path, dynamo)
+    pg = gc.compile(str(path))
+    assert_isomorphic(from_torch, pg)
+    checked = " ".join(gc.check_symmetry(str(path), trials=3, graph=pg).symmetries_checked)
+    assert "attention heads" in checked and "query/key dims within each head" in checked

@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import gmn_compiler as gc
-from gmn_compiler.frontends.onnx_torch_signature import TORCH_INPUT_KIND, torch_declared_constants
+from gmn_compiler.frontends.onnx_torch_signature import (TORCH_INPUT_KIND, _folded_from, _named_by_the_exporter,
+                                                        torch_declared_constants)
 from oracles import assert_isomorphic, assert_not_isomorphic
+from test_onnx_attention import DIM, HEADS, SEQ, HandWritten
 
 
 class Scalars(nn.Module):
@@ -152,3 +154,71 @@ def test_buffers_read_as_the_torch_frontend_reads_them(persistent, tmp_path):
     pg = gc.compile(str(path))
     assert_isomorphic(gc.compile(model, (x,)), pg)
     gc.check_symmetry(str(path), trials=3, graph=pg)
+
+
+class MaskedAttention(HandWritten):
+    """A causal mask built in forward from shapes only: the optimizer folds it into an
+    initializer, recorded as folded from the traced graph's nodes (``tril``, ``masked_fill``)."""
+
+    def forward(self, x):
+        q, k, v = self.split(x)
+        t = x.shape[1]
+        future = torch.ones(t, t, dtype=torch.bool).tril().logical_not()
+        mask = torch.zeros(1, 1, t, t).masked_fill(future, float("-inf"))
+        scores = (q @ k.transpose(-2, -1)) * (DIM // HEADS) ** -0.5 + mask
+        return self.merge(scores.softmax(-1) @ v, x)
+
+
+def _folded(path) -> dict[str, list[str]]:
+    graph = onnx.load(str(path)).graph
+    return {info.name: _folded_from(info) for info in graph.value_info if _folded_from(info)}
+
+
+def test_a_mask_folded_from_shapes_is_a_constant(tmp_path):
+    torch.manual_seed(0)
+    model, x = MaskedAttention().eval(), torch.randn(1, SEQ, DIM)
+    path = tmp_path / "m.onnx"
+    export_default(model, x, path)
+    masks = [name for name, sources in _folded(path).items() if "tril" in sources]
+    assert masks, "the exporter no longer folds the mask: this test checks nothing"
+    assert set(masks) <= torch_declared_constants(onnx.load(str(path)).graph)
+    pg = gc.compile(str(path))
+    assert_isomorphic(gc.compile(model, (x,)), pg)
+    gc.check_symmetry(str(path), trials=3, graph=pg)
+
+
+class FoldedWeights(nn.Module):
+    """Weights the optimizer folds (transposes): a module-level one and one inside a module."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 4))
+        self.inner = nn.Linear(6, 5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = torch.tanh(x @ self.w.t())
+        return self.out(torch.tanh(h @ self.inner.weight.t()))
+
+
+def test_weights_folded_by_the_optimizer_stay_weights(tmp_path):
+    torch.manual_seed(0)
+    model, x = FoldedWeights().eval(), torch.randn(3, 4)
+    path = tmp_path / "m.onnx"
+    export_default(model, x, path)
+    folded = _folded(path)
+    from_weights = [name for name, sources in folded.items() if {"w", "inner.weight"} & set(sources)]
+    assert len(from_weights) == 2, f"the exporter no longer folds the transposes: {folded}"
+    assert not set(from_weights) & torch_declared_constants(onnx.load(str(path)).graph)
+    pg = gc.compile(str(path))
+    assert_isomorphic(gc.compile(model, (x,)), pg)
+    gc.check_symmetry(str(path), trials=3, graph=pg)
+
+
+@pytest.mark.parametrize("name, exporter_made", [
+    ("val_12", True), ("add_1", True), ("expand", True), ("getitem_3", True), ("masked_fill", True),
+    ("blocks.0.attn.qkv.weight", False), ("cls_token", False), ("w", False), ("mul_2", False),
+    ("Add_1", False)])
+def test_which_sources_the_exporter_named(name, exporter_made):
+    """mul_2 would be an exporter name, but the file declares it a parameter."""
+    assert _named_by_the_exporter(name, {"mul_2": {}}) is exporter_made

@@ -4,15 +4,23 @@
 the torch model in ``value_info`` metadata (:data:`TORCH_INPUT_KIND`: ``PARAMETER`` or
 ``BUFFER``; :data:`TORCH_PERSISTENT` for buffers). Its optimizer (on by default) turns the
 ``Constant`` nodes of the model's Python scalars into 0-d initializers that it does not declare.
-Other producers declare nothing; their float initializers are all weights.
+It also folds constant subgraphs into initializers and records what each was folded from
+(:data:`FOLDED_FROM`): a transposed weight lists the parameter's name, an attention mask built
+from shapes only lists nodes of the traced graph. Other producers declare nothing; their float
+initializers are all weights.
 """
 
 from __future__ import annotations
 
+import ast
+import re
+
 import onnx
+import torch
 
 TORCH_INPUT_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"
 TORCH_PERSISTENT = "pkg.torch.export.graph_signature.InputSpec.persistent"
+FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"
 
 
 def torch_declared_constants(graph: onnx.GraphProto) -> set[str]:
@@ -23,6 +31,9 @@ def torch_declared_constants(graph: onnx.GraphProto) -> set[str]:
     - undeclared 0-d initializers: the Python scalars its optimizer lifted out of ``Constant``
       nodes (a 0-d torch parameter or buffer is declared; folded or fused weights keep rank
       >= 1, so they are not taken for constants);
+    - undeclared initializers folded only from values the exporter named (see
+      :func:`_named_by_the_exporter`): an attention mask or a table computed from shapes and
+      constants, no parameter or buffer in it;
     - buffers declared non-persistent (rotary inverse frequencies, cached tables), which the
       torch frontend reads as constants too.
 
@@ -34,11 +45,40 @@ def torch_declared_constants(graph: onnx.GraphProto) -> set[str]:
             declared[info.name] = props
     if not declared:
         return set()
+    folded = {info.name: _folded_from(info) for info in graph.value_info}
     constants = set()
     for init in graph.initializer:
         props = declared.get(init.name)
+        sources = folded.get(init.name)
         if props is None and len(init.dims) == 0:
+            constants.add(init.name)
+        elif props is None and sources and all(_named_by_the_exporter(n, declared) for n in sources):
             constants.add(init.name)
         elif props is not None and props[TORCH_INPUT_KIND] == "BUFFER" and props.get(TORCH_PERSISTENT) == "False":
             constants.add(init.name)
     return constants
+
+
+def _folded_from(info: onnx.ValueInfoProto) -> list[str] | None:
+    """The names a value was folded from (a list literal; never evaluated as code)."""
+    text = next((p.value for p in info.metadata_props if p.key == FOLDED_FROM), None)
+    if text is None:
+        return None
+    try:
+        names = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+
+
+def _named_by_the_exporter(name: str, declared: dict) -> bool:
+    """A name the exporter gave a node of the traced graph (``add_1``, ``expand``, ``getitem_3``:
+    an ATen op's name, a numeric suffix) or a temporary of its own (``val_12``). Parameters and
+    buffers are named by their module path (``blocks.0.attn.qkv.weight``) and declared; a
+    module-level one folded away (``cls_token``) keeps a name that is no ATen op, so it is not
+    taken for a constant."""
+    if name in declared or "." in name:
+        return False
+    base = re.sub(r"_\d+$", "", name)
+    return base in ("val", "getitem") or (bool(re.fullmatch(r"[a-z_][a-z0-9_]*", base))
+                                          and hasattr(torch.ops.aten, base))
