@@ -203,7 +203,7 @@ def fuse_attention(ir: IRGraph) -> IRGraph:
             continue
         q, s1, q_ops = _scaled(first.inputs[0], producer, consumer)
         kt, s2, k_ops = _scaled(first.inputs[1], producer, consumer)
-        batched = _batched_transpose(kt, producer, consumer)
+        batched = _batched_transpose(kt, producer, consumer, next_id)
         transpose = producer.get(kt.id)
         if batched is None and (transpose is None or transpose.kind != "permute" or consumer.get(kt.id) is None
                                 or not isinstance(transpose.inputs[0], Value)):
@@ -211,18 +211,20 @@ def fuse_attention(ir: IRGraph) -> IRGraph:
         v = out.inputs[1]
         if not (isinstance(v, Value) and len(q.shape) == len(kt.shape) == len(v.shape)):
             continue
-        if batched is not None:
-            k, k_op = batched[0], None
-            k_ops += batched[1]
-        else:
-            k, k_op = _untransposed(transpose, kt, next_id)
+        if batched is not None:  # a new reshape (grouped-query attention) takes the merge's place
+            k, merged_ops, new_op = batched
+            k_ops += merged_ops
+            swapped = (merged_ops[0], new_op) if new_op is not None else None
+        else:  # kᵀ was one permute of an earlier value: k is that permute with the last two swapped
+            k, new_op = _untransposed(transpose, kt, next_id)
             k_ops.append(transpose)
+            swapped = (transpose, new_op) if new_op is not None else None
         replace[id(out)] = Op("sdpa", [q, k, v, mask], [out.output],
                               {"is_causal": False, "scale": s0 * s1 * s2, "enable_gqa": False}, out.location, "attention")
         drop.update(id(op) for op in chain + [first] + q_ops + k_ops)
-        if k_op is not None:  # kᵀ was one permute of an earlier value: k is that permute with the last two swapped
-            drop.discard(id(transpose))
-            replace[id(transpose)] = k_op
+        if swapped is not None:
+            drop.discard(id(swapped[0]))
+            replace[id(swapped[0])] = swapped[1]
     if replace:
         ir.ops = [replace.get(id(op), op) for op in ir.ops if id(op) not in drop]
     return ir
@@ -277,10 +279,13 @@ def _scaled(value: Value, producer: dict, consumer: dict) -> tuple[Value, float,
     return value, 1.0, []
 
 
-def _batched_transpose(kt: Value, producer: dict, consumer: dict) -> tuple[Value, list[Op]] | None:
-    """``(k, ops)`` when ``kt`` is ``k.transpose(-2, -1)`` written over merged leading axes, as
-    the dynamo exporter writes it: ``reshape(permute(reshape(k, [-1, n, d]), [0, 2, 1]),
-    [..., d, n])``, each step read once; else None."""
+def _batched_transpose(kt: Value, producer: dict, consumer: dict,
+                       next_id: list[int]) -> tuple[Value, list[Op], Op | None] | None:
+    """``(k, ops, new)`` when ``kt`` is ``k.transpose(-2, -1)`` written over merged leading
+    axes, as the dynamo exporter writes it: ``reshape(permute(reshape(x, [-1, n, d]), [0, 2,
+    1]), [..., d, n])``, each step read once. ``k`` is ``x`` when the leading axes come back
+    as they were; else (grouped-query attention merges ``[b, kv_heads, groups]`` into
+    ``[b, heads]``) ``new``, a reshape of ``x`` to ``kt``'s leading axes. None otherwise."""
     unmerge = producer.get(kt.id)
     if (unmerge is None or unmerge.kind != "reshape" or consumer.get(kt.id) is None
             or not isinstance(unmerge.inputs[0], Value)):
@@ -293,11 +298,17 @@ def _batched_transpose(kt: Value, producer: dict, consumer: dict) -> tuple[Value
     if (merge is None or merge.kind != "reshape" or consumer.get(merge.output.id) is not swap
             or not isinstance(merge.inputs[0], Value)):
         return None
-    k = merge.inputs[0]
-    if len(k.shape) < 2 or tuple(kt.shape) != tuple(k.shape[:-2]) + (k.shape[-1], k.shape[-2]) \
-            or tuple(merge.output.shape) != (math.prod(k.shape[:-2]),) + tuple(k.shape[-2:]):
+    x = merge.inputs[0]
+    lead = tuple(kt.shape[:-2])
+    if (len(x.shape) < 2 or len(kt.shape) < 2 or tuple(kt.shape[-2:]) != (x.shape[-1], x.shape[-2])
+            or tuple(merge.output.shape) != (math.prod(x.shape[:-2]),) + tuple(x.shape[-2:])
+            or math.prod(lead) != math.prod(x.shape[:-2])):
         return None
-    return k, [merge, swap, unmerge]
+    if tuple(x.shape[:-2]) == lead:
+        return x, [merge, swap, unmerge], None
+    next_id[0] += 1
+    k = Value(next_id[0], lead + tuple(x.shape[-2:]), x.dtype, kt.name + "_untransposed")
+    return k, [merge, swap, unmerge], Op("reshape", [x], [k], {}, merge.location, merge.target)
 
 
 def _untransposed(transpose: Op, kt: Value, next_id: list[int]) -> tuple[Value, Op | None]:

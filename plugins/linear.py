@@ -130,6 +130,9 @@ def lower_matmul(ctx: LoweringContext, op: Op) -> None:
     if len(inputs) == 3 and isinstance(inputs[1], ParamRef):
         lower_linear(ctx, op)
         return
+    if any(isinstance(v, ParamRef) for v in inputs[:2]):  # e.g. an exporter's folded weight tables
+        raise ctx.error("matmul with a weight that is not a linear layer's (a weight on the left, or "
+                        f"a {len(inputs[1].shape)}-D weight on the right) is not supported; write a plugin rule for it")
     ctx.lower_as("contract", op)
 
 

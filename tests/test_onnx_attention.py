@@ -133,3 +133,42 @@ def test_transpose_over_merged_axes_is_attention(dynamo, tmp_path):
     assert_isomorphic(from_torch, pg)
     checked = " ".join(gc.check_symmetry(str(path), trials=3, graph=pg).symmetries_checked)
     assert "attention heads" in checked and "query/key dims within each head" in checked
+
+
+class GroupedQuery(nn.Module):
+    """Grouped-query attention (4 query heads, 2 K/V heads, HF's ``repeat_kv``); ``merged``
+    writes kᵀ as the dynamo exporter does, over the merged ``[b, kv_heads, groups]`` axes."""
+
+    def __init__(self, merged: bool):
+        super().__init__()
+        self.merged = merged
+        self.q, self.k, self.v = nn.Linear(DIM, 16), nn.Linear(DIM, 8), nn.Linear(DIM, 8)
+        self.o = nn.Linear(16, DIM)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, 4, 4).transpose(1, 2)
+        k = self.k(x).view(b, t, 2, 4).transpose(1, 2)[:, :, None].expand(b, 2, 2, t, 4)
+        v = self.v(x).view(b, t, 2, 4).transpose(1, 2)[:, :, None].expand(b, 2, 2, t, 4).reshape(b, 4, t, 4)
+        if self.merged:
+            kt = k.reshape(b * 4, t, 4).transpose(1, 2).reshape(b, 4, 4, t)
+        else:
+            kt = k.reshape(b, 4, t, 4).transpose(-2, -1)
+        probs = ((q @ kt) * 0.5).softmax(-1)
+        return self.o((probs @ v).transpose(1, 2).reshape(b, t, 16))
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_grouped_query_transpose_over_merged_axes(dynamo, tmp_path):
+    torch.manual_seed(0)
+    plain, x = GroupedQuery(merged=False).eval(), torch.randn(1, SEQ, DIM)
+    merged = GroupedQuery(merged=True).eval()
+    merged.load_state_dict(plain.state_dict())
+    from_torch = gc.compile(merged, (x,))
+    assert_isomorphic(gc.compile(plain, (x,)), from_torch)
+    gc.check_symmetry(merged, (x,), trials=3, graph=from_torch)
+    path = tmp_path / "gqa.onnx"
+    _export(merged, x, path, dynamo)
+    pg = gc.compile(str(path))
+    assert_isomorphic(from_torch, pg)
+    assert "attention heads" in " ".join(gc.check_symmetry(str(path), trials=3, graph=pg).symmetries_checked)

@@ -217,6 +217,7 @@ def test_weights_folded_by_the_optimizer_stay_weights(tmp_path):
 
 @pytest.mark.parametrize("name, exporter_made", [
     ("val_12", True), ("add_1", True), ("expand", True), ("getitem_3", True), ("masked_fill", True),
+    ("convert_element_type_default", True), ("scalar_tensor_default_2", True),
     ("blocks.0.attn.qkv.weight", False), ("cls_token", False), ("w", False), ("mul_2", False),
     ("Add_1", False)])
 def test_which_sources_the_exporter_named(name, exporter_made):

@@ -72,13 +72,14 @@ def _folded_from(info: onnx.ValueInfoProto) -> list[str] | None:
 
 
 def _named_by_the_exporter(name: str, declared: dict) -> bool:
-    """A name the exporter gave a node of the traced graph (``add_1``, ``expand``, ``getitem_3``:
-    an ATen op's name, a numeric suffix) or a temporary of its own (``val_12``). Parameters and
+    """A name the exporter gave a node of the traced graph (``add_1``, ``expand``, ``getitem_3``,
+    ``convert_element_type_default``: an ATen or prims op's name, the overload ``default``, a
+    numeric suffix) or a temporary of its own (``val_12``). Parameters and
     buffers are named by their module path (``blocks.0.attn.qkv.weight``) and declared; a
     module-level one folded away (``cls_token``) keeps a name that is no ATen op, so it is not
     taken for a constant."""
     if name in declared or "." in name:
         return False
-    base = re.sub(r"_\d+$", "", name)
-    return base in ("val", "getitem") or (bool(re.fullmatch(r"[a-z_][a-z0-9_]*", base))
-                                          and hasattr(torch.ops.aten, base))
+    base = re.sub(r"_default$", "", re.sub(r"_\d+$", "", name))  # add_1; convert_element_type_default
+    return base in ("val", "getitem") or (bool(re.fullmatch(r"[a-z_][a-z0-9_]*", base)) and
+                                          (hasattr(torch.ops.aten, base) or hasattr(torch.ops.prims, base)))

@@ -305,3 +305,21 @@ def test_a_grouped_linear_layer_connects_units_inside_each_group_only():
     assert int((graph.data.edge_param == weight).sum()) == model.weight.numel()  # 2 groups of 3 x 2
     declared = [s for s in graph.symmetries if "grouped linear" in s["what"]]
     assert declared and declared[0]["groups"] == 2
+
+
+class WeightTable(nn.Module):
+    """Activations times a 4-D weight (as an exporter's optimizer folds a projected position
+    table): no linear layer, no rule."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.w, self.o = nn.Linear(6, 8), nn.Parameter(torch.randn(1, 2, 4, 3)), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.o(torch.tanh(self.a(x)).view(1, 5, 2, 4).transpose(1, 2) @ self.w)
+
+
+def test_matmul_with_a_weight_table_is_refused_in_one_line():
+    with pytest.raises(gc.CompileError, match="matmul with a weight that is not a linear layer's") as caught:
+        gc.compile(WeightTable().eval(), (torch.randn(1, 5, 6),))
+    assert "\n" not in str(caught.value)
