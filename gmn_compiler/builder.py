@@ -167,7 +167,8 @@ class GraphBuilder:
 
         For each axis of such a parameter, and each use, if the source (or target) node of a
         use's edges is a function of the index along that axis, one ``tie`` node per index
-        gets an edge (type ``tie``, axis in ``kernel0``) to that node in every use. An
+        gets an edge (type ``tie``, axis in ``kernel0``) to that node in every use (to each
+        of its nodes when the use broadcasts an entry to several, see :func:`_side_relation`). An
         automorphism must then permute every use the same way, so moving edge values keeps
         all copies of an entry equal and decompilation well defined.
 
@@ -192,17 +193,14 @@ class GraphBuilder:
                 for block in blocks:
                     position = _axis_position(block, shape, axis, stride)
                     for side in (block.src, block.dst):
-                        found = _side_function(position, compact(side, block.grid), size)
+                        found = _side_relation(position, compact(side, block.grid), size)
                         if found is not None:
                             maps.append(found)
                 if len(maps) < 2:
                     continue
-                first = maps[0][maps[0] >= 0]
-                ties = self.add_nodes(size, "tie", depth=self.depth_of(first))
-                for node_of in maps:
-                    keep = node_of >= 0
-                    self.add_edges((int(keep.sum()),), ties[keep], node_of[keep], "tie",
-                                   kernel=(torch.tensor(axis),))
+                ties = self.add_nodes(size, "tie", depth=self.depth_of(maps[0][1]))
+                for index, nodes in maps:
+                    self.add_edges((index.numel(),), ties[index], nodes, "tie", kernel=(torch.tensor(axis),))
 
     def finalize(self) -> EdgeBlocks:
         """Tie shared parameters, then the compact graph: every block with its broadcast
@@ -327,6 +325,29 @@ def _side_function(position: torch.Tensor, nodes: torch.Tensor, size: int) -> to
                 position = first
     shape = torch.broadcast_shapes(position.shape, nodes.shape)
     return _index_function(position.expand(shape).reshape(-1), nodes.expand(shape).reshape(-1), size)
+
+
+def _side_relation(position: torch.Tensor, nodes: torch.Tensor,
+                   size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The ``(index, node)`` pairs a use's side gives along one parameter axis, when they tie
+    the use soundly: one node per index (:func:`_side_function`), or one index per node -- an
+    entry broadcast to several nodes (``repeat_interleave``, an expanded table), whose nodes
+    then all hang off that entry's tie node, so every use moves the entry's copies together.
+    ``None`` when neither holds or a single node or index takes everything."""
+    found = _side_function(position, nodes, size)
+    if found is not None:
+        present = found >= 0
+        return torch.nonzero(present).reshape(-1), found[present]
+    for a in range(nodes.dim()):  # never wider than ``nodes``: no grid is materialised
+        if nodes.shape[a] == 1 and position.shape[a] > 1:
+            first = position.narrow(a, 0, 1)
+            if not torch.equal(position, first.expand_as(position)):
+                return None  # one node meets several indices
+            position = first
+    index, node = torch.unique(torch.stack([position.expand(nodes.shape).reshape(-1), nodes.reshape(-1)]), dim=1)
+    if torch.unique(node).numel() != node.numel() or torch.unique(index).numel() < 2:
+        return None
+    return index, node
 
 
 def _index_function(index: torch.Tensor, nodes: torch.Tensor, size: int) -> torch.Tensor | None:

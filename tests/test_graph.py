@@ -125,6 +125,38 @@ def test_untied_shared_parameter_is_caught(monkeypatch):
         gc.check_symmetry(Shared().eval(), (torch.randn(2, 3),), trials=6, completeness=False)
 
 
+class BroadcastTable(nn.Module):
+    """A learned sin/cos table split in halves, each entry broadcast to two adjacent units
+    (``repeat_interleave`` by expand + reshape, as GPT-J's rotary embedding), and used by
+    ``layers`` layers: every use broadcasts an entry to several nodes."""
+
+    def __init__(self, layers: int = 2):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(1, 5, 8))
+        self.lin = nn.ModuleList([nn.Linear(8, 8) for _ in range(layers)])
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        pairs = lambda t: t[..., None].expand(*t.shape, 2).reshape(*t.shape[:-1], t.shape[-1] * 2)
+        sin, cos = (pairs(t) for t in torch.split(self.table, 4, dim=-1))
+        h = x
+        for lin in self.lin:
+            q = lin(h)
+            rotated = torch.stack((-q[..., 1::2], q[..., ::2]), dim=-1).flatten(-2)
+            h = q * cos + rotated * sin
+        return self.out(h)
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+def test_a_shared_parameter_broadcast_to_several_nodes_is_tied(layers):
+    """Each table entry's tie node reaches every node the entry is broadcast to, in every use;
+    without that (ties only where one index meets one node) an automorphism moved the uses'
+    copies of the table apart: a false symmetry."""
+    torch.manual_seed(0)
+    model, x = BroadcastTable(layers).eval(), torch.randn(1, 5, 8)
+    assert_oracles(model, (x,), trials=8)
+
+
 def test_disagreeing_copies_are_rejected():
     pg = gc.compile(Shared(), (torch.randn(2, 3),))
     values = pg.data.edge_attr[:, 0].clone()
