@@ -130,9 +130,11 @@ def lower_matmul(ctx: LoweringContext, op: Op) -> None:
     if len(inputs) == 3 and isinstance(inputs[1], ParamRef):
         lower_linear(ctx, op)
         return
-    if any(isinstance(v, ParamRef) for v in inputs[:2]):  # e.g. an exporter's folded weight tables
-        raise ctx.error("matmul with a weight that is not a linear layer's (a weight on the left, or "
-                        f"a {len(inputs[1].shape)}-D weight on the right) is not supported; write a plugin rule for it")
+    weights = [(side, v) for side, v in zip(("left", "right"), inputs[:2]) if isinstance(v, ParamRef)]
+    if weights:  # e.g. an exporter's folded weight tables
+        side, weight = weights[0]
+        raise ctx.error(f"matmul with a weight that is not a linear layer's (a {len(weight.shape)}-D weight on "
+                        f"the {side}) is not supported; write a plugin rule for it")
     ctx.lower_as("contract", op)
 
 

@@ -160,10 +160,16 @@ class MaskedAttention(HandWritten):
     """A causal mask built in forward from shapes only: the optimizer folds it into an
     initializer, recorded as folded from the traced graph's nodes (``tril``, ``masked_fill``)."""
 
+    def __init__(self, window: int | None = None):
+        super().__init__()
+        self.window = window
+
     def forward(self, x):
         q, k, v = self.split(x)
         t = x.shape[1]
         future = torch.ones(t, t, dtype=torch.bool).tril().logical_not()
+        if self.window is not None:  # and keys more than ``window`` steps back
+            future = future | torch.ones(t, t, dtype=torch.bool).tril(-self.window - 1)
         mask = torch.zeros(1, 1, t, t).masked_fill(future, float("-inf"))
         scores = (q @ k.transpose(-2, -1)) * (DIM // HEADS) ** -0.5 + mask
         return self.merge(scores.softmax(-1) @ v, x)
@@ -185,6 +191,18 @@ def test_a_mask_folded_from_shapes_is_a_constant(tmp_path):
     pg = gc.compile(str(path))
     assert_isomorphic(gc.compile(model, (x,)), pg)
     gc.check_symmetry(str(path), trials=3, graph=pg)
+
+
+def test_folded_masks_that_differ_give_different_graphs(tmp_path):
+    """The folded mask is a constant read by its content: a causal mask and a sliding-window
+    one (same weights) are different functions and give different graphs."""
+    torch.manual_seed(0)
+    causal, windowed, x = MaskedAttention().eval(), MaskedAttention(window=1).eval(), torch.randn(1, SEQ, DIM)
+    windowed.load_state_dict(causal.state_dict())
+    assert not torch.allclose(causal(x), windowed(x))
+    export_default(causal, x, tmp_path / "causal.onnx")
+    export_default(windowed, x, tmp_path / "windowed.onnx")
+    assert_not_isomorphic(gc.compile(str(tmp_path / "causal.onnx")), gc.compile(str(tmp_path / "windowed.onnx")))
 
 
 class FoldedWeights(nn.Module):
