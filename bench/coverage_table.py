@@ -37,9 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the catalogue lives beside the heavy tests that use it
 
 
-def _in_subprocess(family: str, timeout: float) -> dict:
+def in_subprocess(family: str, timeout: float, script: str = __file__) -> dict:
+    """``script --child family`` in a fresh process: its last JSON line, or a timeout / crash row."""
     try:
-        done = subprocess.run([sys.executable, __file__, "--child", family], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, script, "--child", family], capture_output=True, text=True,
                               timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {"family": family, "status": "timeout", "reason": f"no result within {timeout:.0f} s"}
@@ -54,11 +55,11 @@ def _cell(row: dict, key: str, fmt: str = "{}") -> str:
     return fmt.format(row[key]) if key in row else ""
 
 
-def _versions() -> str:
+def versions(packages: tuple[str, ...] = ("torch", "timm", "transformers")) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     found = []
-    for package in ("torch", "timm", "transformers"):
+    for package in packages:
         try:
             found.append(f"{package} {version(package)}")
         except PackageNotFoundError:
@@ -68,7 +69,7 @@ def _versions() -> str:
 
 def markdown(rows: list[dict], seconds: float) -> str:
     passed = sum(row["status"] == "pass" for row in rows)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads 1, {_versions()}"
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads 1, {versions()}"
     lines = [
         "# Coverage of real architectures",
         "",
@@ -126,7 +127,7 @@ def main() -> None:
     families = args.only or list(CATALOGUE)
     start, rows = time.perf_counter(), []
     for family in families:
-        row = _in_subprocess(family, args.timeout)
+        row = in_subprocess(family, args.timeout)
         rows.append(row)
         print(f"{family:18s} {row['status']:10s} {row.get('nodes', '')!s:>7} "
               f"{row.get('compile_s', 0):6.2f}s {row.get('oracle_s', 0):6.1f}s {row.get('reason', '')}", flush=True)

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the catalogue lives beside the heavy tests that use it
+sys.path.insert(0, str(ROOT / "bench"))
+
+from coverage_table import in_subprocess, versions  # noqa: E402  (the same runner and machine line)
+
+PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "timm", "transformers")
 
 
 def check(family: str) -> dict:
@@ -97,31 +101,6 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-def _in_subprocess(family: str, timeout: float) -> dict:
-    try:
-        done = subprocess.run([sys.executable, __file__, "--child", family], capture_output=True, text=True,
-                              timeout=timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return {"family": family, "status": "timeout", "reason": f"no result within {timeout:.0f} s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"family": family, "status": "crash", "reason": tail[:300]}
-    return json.loads(lines[-1])
-
-
-def _versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = []
-    for package in ("torch", "onnx", "onnxscript", "onnxruntime", "timm", "transformers"):
-        try:
-            found.append(f"{package} {version(package)}")
-        except PackageNotFoundError:
-            found.append(f"{package} missing")
-    return ", ".join(found)
-
-
 def markdown(rows: list[dict], seconds: float) -> str:
     count = lambda key, value: sum(row.get(key) == value for row in rows)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads 1"
@@ -139,7 +118,7 @@ def markdown(rows: list[dict], seconds: float) -> str:
         f"**{count('status', 'pass')} of {len(rows)} pass** ({count('parity', 'same')} with the torch graph's "
         f"parity, {count('parity', 'BN folded')} with batch norms folded); "
         f"{count('status', 'export failed')} are not exported by torch, {count('status', 'refused')} refused.",
-        f"Run {datetime.date.today().isoformat()} on {machine}; {_versions()}; {seconds / 60:.1f} min in all.",
+        f"Run {datetime.date.today().isoformat()} on {machine}; {versions(PACKAGES)}; {seconds / 60:.1f} min in all.",
         "",
         "| family | library | class | nodes | edges | torch graph | compile s | oracle s | result | parity |",
         "|---|---|---|---:|---:|---:|---:|---:|---|---|",
@@ -173,7 +152,7 @@ def main() -> None:
     families = args.only or list(CATALOGUE)
     start, rows = time.perf_counter(), []
     for family in families:
-        row = _in_subprocess(family, args.timeout)
+        row = in_subprocess(family, args.timeout, __file__)
         rows.append(row)
         print(f"{family:22s} {row['status']:13s} {row.get('parity', ''):10s} {row.get('reason', '')}", flush=True)
     table = markdown(rows, time.perf_counter() - start)
