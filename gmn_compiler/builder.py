@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import schema
+from . import schema, ties
 from .blocks import Block, EdgeBlocks
-from .offsets import Affine, Offsets, affine_of, compact, offsets_tensor
-from .declarations import UnitClasses
+from .offsets import Offsets, affine_of, compact
 from .errors import LoweringError, ProvenanceError
 from .ir import ParamInfo, ParamRef
 
@@ -73,6 +72,7 @@ class GraphBuilder:
         self.params: list[ParamInfo] = []
         self._param_index: dict[str, int] = {}
         self._param_dtypes: set[torch.dtype] = set()
+        self._tied = False
 
     # ---------------------------------------------------------------- nodes
     @property
@@ -162,52 +162,46 @@ class GraphBuilder:
         self.blocks.append(block)
 
     # ---------------------------------------------------------------- output
-    def tie_shared_params(self) -> None:
-        """Tie the node sets of the uses of every parameter used by several edge blocks.
+    def tie_shared_params(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """Tie the copies of every parameter entry that several edges hold (:mod:`~gmn_compiler.ties`).
 
         For each axis of such a parameter, and each use, if the source (or target) node of a
         use's edges is a function of the index along that axis, one ``tie`` node per index
         gets an edge (type ``tie``, axis in ``kernel0``) to that node in every use (to each
-        of its nodes when the use broadcasts an entry to several, see :func:`_side_relation`). An
-        automorphism must then permute every use the same way, so moving edge values keeps
-        all copies of an entry equal and decompilation well defined.
+        of its nodes when the use broadcasts an entry to several, see
+        :func:`~gmn_compiler.ties.side_relation`). An automorphism must then permute every use
+        the same way, so moving edge values keeps all copies of an entry equal and
+        decompilation well defined. A use whose edges the graph cannot tell apart is refused
+        (:func:`~gmn_compiler.ties.plan_ties`).
 
-        Works on the blocks' broadcast inputs, never on per-edge tensors (see
-        :func:`_side_function`): GPT-2's tied 50257 x 768 token embedding costs microseconds.
+        Returns ``(parameter, index, node)`` for every use that broadcasts an entry to several
+        nodes: those nodes move together, which declarations over them must respect. Runs
+        once; :meth:`finalize` calls it if lowering did not.
         """
+        self._tied = True
         uses: dict[int, list[EdgeBlock]] = {}
         for block in self.blocks:
             if block.param >= 0:
                 uses.setdefault(block.param, []).append(block)
+        broadcast = []
         for index, all_blocks in uses.items():
-            for blocks in _sharing_groups(all_blocks, math.prod(self.params[index].shape)):
-                self._tie_uses(index, blocks)
-
-    def _tie_uses(self, index: int, blocks: list[EdgeBlock]) -> None:
-        """Tie the uses ``blocks`` of parameter ``index`` (see :meth:`tie_shared_params`)."""
-        if len(blocks) >= 2:
-            shape = self.params[index].shape
-            strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
-            for axis, (size, stride) in enumerate(zip(shape, strides)):
-                maps = []
-                for block in blocks:
-                    position = _axis_position(block, shape, axis, stride)
-                    for side in (block.src, block.dst):
-                        found = _side_relation(position, compact(side, block.grid), size)
-                        if found is not None:
-                            maps.append(found)
-                if len(maps) < 2:
-                    continue
-                ties = self.add_nodes(size, "tie", depth=self.depth_of(maps[0][1]))
-                for index, nodes in maps:
-                    self.add_edges((index.numel(),), ties[index], nodes, "tie", kernel=(torch.tensor(axis),))
+            param = self.params[index]
+            for blocks in ties.sharing_groups(all_blocks, math.prod(param.shape)):
+                for axis, maps in ties.plan_ties(param.name, tuple(param.shape), blocks):
+                    tie_nodes = self.add_nodes(param.shape[axis], "tie", depth=self.depth_of(maps[0][1]))
+                    for positions, nodes in maps:
+                        self.add_edges((positions.numel(),), tie_nodes[positions], nodes, "tie",
+                                       kernel=(torch.tensor(axis),))
+                    broadcast += [(param.name, *m) for m in maps if ties.broadcasts(m)]
+        return broadcast
 
     def finalize(self) -> EdgeBlocks:
         """Tie shared parameters, then the compact graph: every block with its broadcast
         inputs narrowed (:func:`~gmn_compiler.blocks.compact`), its offsets affine where they
         are, and its values not stored but checked to be its parameter's entries at its
         offsets (a rule that emits other values is a bug, reported here)."""
-        self.tie_shared_params()
+        if not self._tied:
+            self.tie_shared_params()
         dtype = torch.float64 if torch.float64 in self._param_dtypes else torch.float32
         nodes = torch.stack([self._columns[c].view() for c in schema.NODE_COLUMNS], dim=1).clone()
         sources = [self._sources[p.name].detach() for p in self.params]
@@ -254,110 +248,3 @@ def _check_values(graph: EdgeBlocks, stored: Block, block: EdgeBlock, name: str)
 def _memory_order(t: torch.Tensor) -> torch.Tensor:
     """``t`` with its axes permuted into memory order (a transposed view becomes contiguous)."""
     return t.permute(sorted(range(t.dim()), key=lambda a: -t.stride(a)))
-
-
-def _sharing_groups(blocks: list[EdgeBlock], numel: int) -> list[list[EdgeBlock]]:
-    """The uses of one parameter, grouped by the entries they share (connected by overlap).
-    Uses of disjoint parts (the q, k and v rows of one in-projection) share no value, so
-    nothing ties their nodes; a use of the whole tensor shares entries with every other."""
-    if len(blocks) < 2 or any(b.offsets is None for b in blocks):
-        return [blocks]
-    masks = []
-    for b in blocks:
-        mask = torch.zeros(numel, dtype=torch.bool)
-        mask[offsets_tensor(b.offsets, b.grid).reshape(-1)] = True
-        masks.append(mask)
-    groups = UnitClasses()
-    for i in range(len(blocks)):
-        for j in range(i + 1, len(blocks)):
-            if bool((masks[i] & masks[j]).any()):
-                groups.union(i, j)
-    found: dict[int, list[EdgeBlock]] = {}
-    for i, b in enumerate(blocks):
-        found.setdefault(groups.find(i), []).append(b)
-    return list(found.values())
-
-
-def _axis_position(block: EdgeBlock, shape: tuple[int, ...], axis: int, stride: int) -> torch.Tensor:
-    """The index along ``axis`` of the source entry (in a parameter of ``shape``) of each of
-    ``block``'s edges, compacted (see :func:`compact`): for an identity view, whose grid is
-    the parameter's shape, that is an ``arange`` along ``axis``."""
-    size = shape[axis]
-    if block.offsets is None and block.grid == shape:
-        view = [1] * len(shape)
-        view[axis] = size
-        return torch.arange(size).view(view)
-    if isinstance(block.offsets, Affine):
-        return _affine_axis_position(block.offsets, block.grid, size, stride)
-    return (compact(offsets_tensor(block.offsets, block.grid), block.grid) // stride) % size
-
-
-def _affine_axis_position(offsets: Affine, grid: tuple[int, ...], size: int, stride: int) -> torch.Tensor:
-    """:func:`_axis_position` of affine offsets, built over only the grid axes that move the
-    index along the source axis: an axis whose stride is a multiple of ``stride * size`` never
-    changes it; and when every other moving axis steps by multiples of ``stride``, axes whose
-    steps together (with the base's remainder) stay below ``stride`` never carry into it."""
-    moving = [a for a, (s, g) in enumerate(zip(offsets.strides, grid)) if g > 1 and s % (stride * size)]
-    small = [a for a in moving if 0 < offsets.strides[a] < stride]
-    reach = offsets.base % stride + sum(offsets.strides[a] * (grid[a] - 1) for a in small)
-    clean = reach < stride and all(offsets.strides[a] % stride == 0 for a in moving if a not in small)
-    kept = [s if a in moving and not (clean and a in small) else 0 for a, s in enumerate(offsets.strides)]
-    base = offsets.base - offsets.base % stride if clean else offsets.base
-    return (Affine(base, tuple(kept)).tensor(grid) // stride) % size
-
-
-def _side_function(position: torch.Tensor, nodes: torch.Tensor, size: int) -> torch.Tensor | None:
-    """:func:`_index_function` of the (position, node) pairs of a block's edges, both given
-    compacted. Only the *set* of pairs matters, so the full grid (38.6M edges for GPT-2's
-    token embedding) is never materialised: an axis along which only one of the two varies
-    is narrowed to one entry if the other merely repeats along it, and if ``nodes`` varies
-    where the position does not, ``nodes`` is no function of it (``None``, as
-    :func:`_index_function` would find)."""
-    for a in range(nodes.dim()):
-        if position.shape[a] == 1 and nodes.shape[a] > 1:
-            first = nodes.narrow(a, 0, 1)
-            if not torch.equal(nodes, first.expand_as(nodes)):
-                return None
-            nodes = first
-        elif nodes.shape[a] == 1 and position.shape[a] > 1:
-            first = position.narrow(a, 0, 1)
-            if torch.equal(position, first.expand_as(position)):
-                position = first
-    shape = torch.broadcast_shapes(position.shape, nodes.shape)
-    return _index_function(position.expand(shape).reshape(-1), nodes.expand(shape).reshape(-1), size)
-
-
-def _side_relation(position: torch.Tensor, nodes: torch.Tensor,
-                   size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The ``(index, node)`` pairs a use's side gives along one parameter axis, when they tie
-    the use soundly: one node per index (:func:`_side_function`), or one index per node -- an
-    entry broadcast to several nodes (``repeat_interleave``, an expanded table), whose nodes
-    then all hang off that entry's tie node, so every use moves the entry's copies together.
-    ``None`` when neither holds or a single node or index takes everything."""
-    found = _side_function(position, nodes, size)
-    if found is not None:
-        present = found >= 0
-        return torch.nonzero(present).reshape(-1), found[present]
-    for a in range(nodes.dim()):  # never wider than ``nodes``: no grid is materialised
-        if nodes.shape[a] == 1 and position.shape[a] > 1:
-            first = position.narrow(a, 0, 1)
-            if not torch.equal(position, first.expand_as(position)):
-                return None  # one node meets several indices
-            position = first
-    index, node = torch.unique(torch.stack([position.expand(nodes.shape).reshape(-1), nodes.reshape(-1)]), dim=1)
-    if torch.unique(node).numel() != node.numel() or torch.unique(index).numel() < 2:
-        return None
-    return index, node
-
-
-def _index_function(index: torch.Tensor, nodes: torch.Tensor, size: int) -> torch.Tensor | None:
-    """``node_of[i]`` if ``nodes`` is a function of ``index`` that is not constant (-1 where
-    an index does not occur); else ``None``."""
-    low = torch.full((size,), torch.iinfo(torch.long).max).scatter_reduce(0, index, nodes, "amin")
-    high = torch.full((size,), -1).scatter_reduce(0, index, nodes, "amax")
-    present = high >= 0
-    if not bool((low[present] == high[present]).all()):
-        return None
-    if int(present.sum()) > 1 and torch.unique(high[present]).numel() == 1:
-        return None
-    return torch.where(present, high, torch.full_like(high, -1))

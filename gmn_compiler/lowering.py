@@ -11,7 +11,7 @@ import torch
 from .blocks import EdgeBlocks
 from .builder import GraphBuilder
 from .context import LoweringContext
-from .declarations import fixed_units, reconcile
+from .declarations import Partition, fixed_units, reconcile
 from .errors import LoweringError, UnsupportedOpsError
 from .ir import IRGraph
 from .lowering_io import create_inputs, pin_outputs
@@ -69,6 +69,10 @@ def lower(ir: IRGraph, registry: Registry) -> tuple[EdgeBlocks, LoweringContext]
         row["edges"] += sum(b.count for b in builder.blocks[blocks_before:])
     ctx.op = None
     ctx.summary = summary
+    for name, index, nodes in builder.tie_shared_params():  # an entry's units move together
+        blocks = torch.unique(index, return_inverse=True)[1]
+        ctx.partitions.append(Partition(ctx.root_nodes(nodes).tolist(), blocks.tolist(), True,
+                                        f"units sharing an entry of {name}"))
     ctx.partitions.append(fixed_units(ctx.symmetries, ctx.unit_classes, ctx.derived))
     reconcile(ctx.symmetries, ctx.partitions, ctx.unit_classes)
     ctx.symmetries = [s for s in ctx.symmetries if not s.pop("withdrawn", False)]

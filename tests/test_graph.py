@@ -120,7 +120,7 @@ def test_untied_shared_parameter_is_caught(monkeypatch):
     """Without ties, an automorphism moves the two copies of shared.weight apart."""
     from gmn_compiler import builder
 
-    monkeypatch.setattr(builder.GraphBuilder, "tie_shared_params", lambda self: None)
+    monkeypatch.setattr(builder.GraphBuilder, "tie_shared_params", lambda self: [])
     with pytest.raises(gc.SymmetryError, match="shared parameter"):
         gc.check_symmetry(Shared().eval(), (torch.randn(2, 3),), trials=6, completeness=False)
 

@@ -187,7 +187,7 @@ def test_values_that_are_not_the_parameter_are_a_rule_bug():
 def test_axis_positions_of_affine_offsets_match_the_materialised_offsets():
     """The tie step reads, for a layout view, the source index along each axis from the
     affine offsets without materialising them; it must agree with the offsets themselves."""
-    from gmn_compiler.builder import _affine_axis_position
+    from gmn_compiler.ties import affine_axis_position
 
     gen = torch.Generator().manual_seed(0)
     for _ in range(400):
@@ -213,7 +213,7 @@ def test_axis_positions_of_affine_offsets_match_the_materialised_offsets():
             continue
         for axis in range(len(shape)):
             stride = int(torch.tensor(shape[axis + 1:]).prod()) if axis + 1 < len(shape) else 1
-            found = _affine_axis_position(offsets, grid, shape[axis], stride).expand(grid)
+            found = affine_axis_position(offsets, grid, shape[axis], stride).expand(grid)
             assert torch.equal(found, (view // stride) % shape[axis]), (shape, grid, offsets, axis)
 
 

@@ -1,0 +1,110 @@
+"""Copies of a parameter's entries (gmn_compiler/ties.py): tied where the graph can tell the
+copies apart, refused where it cannot -- each case was a false symmetry before."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gmn_compiler as gc
+from gmn_compiler import ties
+from gmn_compiler.offsets import Affine
+from oracles import assert_oracles
+
+
+class PairScale(nn.Module):
+    """One entry of ``v`` scales (or shifts) two adjacent hidden units -- ``repeat_interleave``
+    written as expand + reshape, as per-head parameters broadcast over a head's channels are."""
+
+    def __init__(self, shift: bool = False):
+        super().__init__()
+        self.shift = shift
+        self.inp, self.v, self.out = nn.Linear(3, 8), nn.Parameter(torch.randn(4)), nn.Linear(8, 2)
+
+    def forward(self, x):
+        pairs = self.v[:, None].expand(4, 2).reshape(8)
+        h = self.inp(x) + pairs if self.shift else self.inp(x) * pairs
+        return self.out(torch.relu(h))
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_an_entry_broadcast_to_several_units_in_one_use_is_tied(shift):
+    """A single use that repeats entries: the units an entry reaches hang off that entry's tie
+    node, so an automorphism moves them together (before, nothing tied them and a rotation of
+    the hidden units moved one copy of v[c] to another entry's place)."""
+    torch.manual_seed(0)
+    model, x = PairScale(shift).eval(), torch.randn(2, 3)
+    pg = assert_oracles(model, (x,), trials=8)
+    tie = gc.schema.code(gc.schema.NODE_ROLES, "tie")
+    assert int((pg.data.x[:, 0] == tie).sum()) == 4  # one per entry of v
+
+
+class Circulant(nn.Module):
+    """A weight matrix gathered from a vector through a constant index table,
+    ``W[i, j] = w[(i - j) % n]``; with ``scale`` the vector is also used elementwise."""
+
+    def __init__(self, scale: bool = False, n: int = 4):
+        super().__init__()
+        self.scale = scale
+        self.inp, self.w, self.out = nn.Linear(3, n), nn.Parameter(torch.randn(n)), nn.Linear(n, 2)
+        i = torch.arange(n)
+        self.register_buffer("index", (i[:, None] - i[None, :]) % n, persistent=False)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        if self.scale:
+            h = h * self.w
+        return self.out(torch.relu(F.linear(h, self.w[self.index])))
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_a_weight_gathered_through_an_index_table_is_refused(scale):
+    """Every unit meets every entry of w, so no tie can say which entry an edge holds; the
+    graph had automorphisms that gave w's copies different values. Refused in one line."""
+    model, x = Circulant(scale).eval(), torch.randn(2, 3)
+    with pytest.raises(gc.LoweringError, match=r"parameter 'w' .* axis 0 the graph cannot tell") as err:
+        gc.compile(model, (x,))
+    assert "\n" not in str(err.value)
+
+
+def _use(grid, src, dst, offsets=None, kernel=(), spatial=None):
+    return SimpleNamespace(grid=grid, src=torch.as_tensor(src), dst=torch.as_tensor(dst),
+                           offsets=offsets, kernel=kernel, spatial=spatial)
+
+
+def test_uses_that_disagree_on_how_entries_are_told_apart_are_refused():
+    """A (3, 2) parameter read whole by two blocks: one tells axis 1 apart by its target nodes,
+    the other only by a kernel feature. Permuting the first block's nodes would move its copies
+    and not the other's, so the plan is refused; with both told apart by nodes it ties."""
+    by_nodes = _use((3, 2), torch.arange(3).view(3, 1), torch.arange(3, 5).view(1, 2))
+    by_feature = _use((3, 2), torch.arange(5, 8).view(3, 1), torch.tensor([[8]]), kernel=(torch.arange(2).view(1, 2),))
+    with pytest.raises(gc.LoweringError, match="axis 1 one use tells entries apart by nodes"):
+        ties.plan_ties("p", (3, 2), [by_nodes, by_feature])
+    other = _use((3, 2), torch.arange(5, 8).view(3, 1), torch.arange(8, 10).view(1, 2))
+    plan = ties.plan_ties("p", (3, 2), [by_nodes, other])
+    assert [axis for axis, _ in plan] == [0, 1]
+
+
+def test_features_alone_tell_entries_apart_without_ties():
+    """Two uses that both tell axis 1 apart by a kernel feature need no tie along it."""
+    uses = [_use((3, 2), torch.arange(3).view(3, 1) + 3 * k, torch.tensor([[9 + k]]),
+                 kernel=(torch.arange(2).view(1, 2),)) for k in range(2)]
+    assert [axis for axis, _ in ties.plan_ties("p", (3, 2), uses)] == [0]
+
+
+@pytest.mark.parametrize("offsets, grid, repeats", [
+    (None, (3, 4), False),
+    (Affine(0, (4, 1)), (3, 4), False),
+    (Affine(0, (1, 4)), (4, 3), False),     # a transposed view
+    (Affine(0, (1, 0)), (4, 3), True),      # broadcast along an axis
+    (Affine(0, (1, 1)), (3, 3), True),      # diagonals overlap
+    (torch.tensor([[0, 1], [1, 0]]), (2, 2), True),
+    (torch.tensor([[0, 1], [2, 3]]), (2, 2), False),
+    (torch.tensor([[0], [1]]), (2, 2), True),          # compact: repeated along axis 1
+])
+def test_repeated_entries_are_found(offsets, grid, repeats):
+    assert ties.repeats_entries(offsets, grid) is repeats
