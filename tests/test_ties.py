@@ -13,7 +13,7 @@ from torch import nn
 import gmn_compiler as gc
 from gmn_compiler import ties
 from gmn_compiler.offsets import Affine
-from oracles import assert_oracles
+from oracles import assert_isomorphic, assert_oracles
 
 
 class PairScale(nn.Module):
@@ -108,3 +108,36 @@ def test_features_alone_tell_entries_apart_without_ties():
 ])
 def test_repeated_entries_are_found(offsets, grid, repeats):
     assert ties.repeats_entries(offsets, grid) is repeats
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_onnx_file_of_an_entry_broadcast_to_units_gives_the_torch_graph(shift, tmp_path):
+    """TorchScript-exported ONNX keeps ``v`` and its Expand/Reshape: the same tied graph, and
+    its automorphisms hold when run by onnxruntime. (The dynamo exporter's optimizer folds the
+    broadcast into a new 8-entry initializer: eight independent weights, soundly untied.)"""
+    from test_onnx_default_export import export_default
+
+    torch.manual_seed(0)
+    model, x = PairScale(shift).eval(), torch.randn(2, 3)
+    path = tmp_path / "m.onnx"
+    export_default(model, x, path, dynamo=False)
+    pg = gc.compile(str(path))
+    assert_isomorphic(gc.compile(model, (x,)), pg)
+    gc.check_symmetry(str(path), trials=6, graph=pg)
+
+
+def test_onnx_file_of_a_weight_gathered_through_an_index_table_is_refused(tmp_path):
+    """The TorchScript exporter keeps w and the Gather: refused as from torch. (The dynamo
+    exporter's optimizer folds w[index] into a 4 x 4 initializer: sixteen independent weights,
+    whose graph is sound for that file -- checked here by running its automorphisms.)"""
+    from test_onnx_default_export import export_default
+
+    model, x = Circulant().eval(), torch.randn(2, 3)
+    path, folded = tmp_path / "m.onnx", tmp_path / "folded.onnx"
+    export_default(model, x, path, dynamo=False)
+    with pytest.raises(gc.LoweringError, match=r"parameter '.*w' .* axis 0 the graph cannot tell"):
+        gc.compile(str(path))
+    export_default(model, x, folded)
+    pg = gc.compile(str(folded))
+    assert "w" not in [p.name for p in pg.params]
+    gc.check_symmetry(str(folded), trials=6, graph=pg)
