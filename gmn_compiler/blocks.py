@@ -260,11 +260,15 @@ def _write(flat: torch.Tensor, blocks: list[tuple[int, Block]], values: torch.Te
 
 def _strided(flat: torch.Tensor, block: Block) -> torch.Tensor | None:
     """A view of ``flat`` (a parameter's flat entries) at ``block``'s offsets, shaped like its
-    grid, when the offsets are the identity or affine with no negative stride; else None."""
+    grid, when the offsets are the identity or affine with no negative stride; else None.
+    ``flat`` may itself be strided (a column of ``edge_attr``): as_strided counts in storage
+    elements, so the offsets are scaled by its stride."""
     if block.offsets is None:
         return flat.view(block.grid)
     if isinstance(block.offsets, Affine) and min(block.offsets.strides, default=0) >= 0:
-        return flat.as_strided(block.grid, block.offsets.strides, flat.storage_offset() + block.offsets.base)
+        step = flat.stride(0)
+        return flat.as_strided(block.grid, [s * step for s in block.offsets.strides],
+                               flat.storage_offset() + block.offsets.base * step)
     return None
 
 

@@ -162,7 +162,7 @@ class GraphBuilder:
         self.blocks.append(block)
 
     # ---------------------------------------------------------------- output
-    def tie_shared_params(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    def tie_shared_params(self) -> list[tuple[str, list[ties.Relation]]]:
         """Tie the copies of every parameter entry that several edges hold (:mod:`~gmn_compiler.ties`).
 
         For each axis of such a parameter, and each use, if the source (or target) node of a
@@ -174,16 +174,16 @@ class GraphBuilder:
         decompilation well defined. A use whose edges the graph cannot tell apart is refused
         (:func:`~gmn_compiler.ties.plan_ties`).
 
-        Returns ``(parameter, index, node)`` for every use that broadcasts an entry to several
-        nodes: those nodes move together, which declarations over them must respect. Runs
-        once; :meth:`finalize` calls it if lowering did not.
+        Returns ``(parameter, relations)`` per tied axis, each relation an ``(index, node)``
+        pair of tensors (see :func:`~gmn_compiler.ties.plan_ties`): declarations over the
+        nodes must respect them. Runs once; :meth:`finalize` calls it if lowering did not.
         """
         self._tied = True
         uses: dict[int, list[EdgeBlock]] = {}
         for block in self.blocks:
             if block.param >= 0:
                 uses.setdefault(block.param, []).append(block)
-        broadcast = []
+        tied = []
         for index, all_blocks in uses.items():
             param = self.params[index]
             for blocks in ties.sharing_groups(all_blocks, math.prod(param.shape)):
@@ -192,8 +192,8 @@ class GraphBuilder:
                     for positions, nodes in maps:
                         self.add_edges((positions.numel(),), tie_nodes[positions], nodes, "tie",
                                        kernel=(torch.tensor(axis),))
-                    broadcast += [(param.name, *m) for m in maps if ties.broadcasts(m)]
-        return broadcast
+                    tied.append((param.name, maps))
+        return tied
 
     def finalize(self) -> EdgeBlocks:
         """Tie shared parameters, then the compact graph: every block with its broadcast

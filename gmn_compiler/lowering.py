@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .blocks import EdgeBlocks
+from . import ties
 from .builder import GraphBuilder
 from .context import LoweringContext
 from .declarations import Partition, fixed_units, reconcile
@@ -69,10 +70,8 @@ def lower(ir: IRGraph, registry: Registry) -> tuple[EdgeBlocks, LoweringContext]
         row["edges"] += sum(b.count for b in builder.blocks[blocks_before:])
     ctx.op = None
     ctx.summary = summary
-    for name, index, nodes in builder.tie_shared_params():  # an entry's units move together
-        blocks = torch.unique(index, return_inverse=True)[1]
-        ctx.partitions.append(Partition(ctx.root_nodes(nodes).tolist(), blocks.tolist(), True,
-                                        f"units sharing an entry of {name}"))
+    for name, relations in builder.tie_shared_params():
+        _declare_ties(ctx, name, relations)
     ctx.partitions.append(fixed_units(ctx.symmetries, ctx.unit_classes, ctx.derived))
     reconcile(ctx.symmetries, ctx.partitions, ctx.unit_classes)
     ctx.symmetries = [s for s in ctx.symmetries if not s.pop("withdrawn", False)]
@@ -80,3 +79,20 @@ def lower(ir: IRGraph, registry: Registry) -> tuple[EdgeBlocks, LoweringContext]
         sym["roots"] = torch.tensor([ctx.unit_classes.find(n) for n in sym["nodes"].tolist()], dtype=torch.long)
     pin_outputs(ctx)
     return builder.finalize(), ctx
+
+
+def _declare_ties(ctx: LoweringContext, name: str, relations: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """What the ties of one axis of parameter ``name`` mean for declared symmetries: units an
+    entry is broadcast to move together as a block (a partition); units that meet the same
+    index one to one in different uses are one unit seen twice (tied, as a residual add ties
+    its operands), so a declaration moving one moves the other -- or keeps it where the other
+    is fixed (``W[:, 0]`` as a bias pins the unit of W's column 0)."""
+    first: dict[int, int] = {}
+    for index, nodes in relations:
+        if ties.broadcasts((index, nodes)):
+            blocks = torch.unique(index, return_inverse=True)[1]
+            ctx.partitions.append(Partition(ctx.root_nodes(nodes).tolist(), blocks.tolist(), True,
+                                            f"units sharing an entry of {name}"))
+        elif torch.unique(nodes).numel() == nodes.numel():
+            for i, n in zip(index.tolist(), nodes.tolist()):
+                ctx.unit_classes.union(first.setdefault(i, n), n)

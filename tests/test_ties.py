@@ -71,6 +71,48 @@ def test_a_weight_gathered_through_an_index_table_is_refused(scale):
     assert "\n" not in str(err.value)
 
 
+class ColumnAsBias(nn.Module):
+    """Column 0 of a layer's weight also added as a bias: permuting the units that feed the
+    layer would make another column the bias, so unit 0 is pinned."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.w, self.out = nn.Linear(3, 4), nn.Parameter(torch.randn(4, 4)), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        return self.out(torch.relu(F.linear(h, self.w) + self.w[:, 0]))
+
+
+def test_units_tied_one_to_one_across_uses_narrow_the_declarations():
+    """The graph was right (column 0's unit tied to the bias use) but the Linear declared all
+    four input units freely permutable, so the completeness oracle reported a missing
+    symmetry; units meeting an index one to one in several uses now count as one unit."""
+    torch.manual_seed(0)
+    pg = assert_oracles(ColumnAsBias().eval(), (torch.randn(2, 3),), trials=8)
+    w = [p.name for p in pg.params].index("w")
+    first = (pg.data.edge_param == w) & (pg.data.edge_offset == 0) & (pg.data.edge_attr[:, 1] == 0)
+    unit0 = int(pg.data.edge_index[0, first][0])  # the unit that feeds column 0
+    assert all(unit0 not in s["nodes"].tolist() for s in pg.symmetries)
+
+
+def test_copies_are_checked_in_a_strided_column_of_edge_attr():
+    """``to_state_dict(pg.data.edge_attr[:, 0])`` passes a strided column: the copies of w's
+    column 0 were read at the wrong entries (a false DecompileError on unedited values, and a
+    real disagreement could pass). Unedited: w comes back; one copy edited: refused."""
+    torch.manual_seed(0)
+    model = ColumnAsBias().eval()
+    pg = gc.compile(model, (torch.randn(2, 3),))
+    assert torch.equal(pg.to_state_dict(pg.data.edge_attr[:, 0])["w"], model.w.detach())
+    w = [p.name for p in pg.params].index("w")
+    bias_copy = (pg.data.edge_param == w) & (pg.data.edge_offset == 4) & (pg.data.edge_attr[:, 1] != 0)
+    assert int(bias_copy.sum()) == 1
+    edited = pg.data.edge_attr.clone()
+    edited[bias_copy, 0] += 1.0
+    with pytest.raises(gc.DecompileError, match="copies of parameter 'w' disagree"):
+        pg.to_state_dict(edited[:, 0])
+
+
 def _use(grid, src, dst, offsets=None, kernel=(), spatial=None):
     return SimpleNamespace(grid=grid, src=torch.as_tensor(src), dst=torch.as_tensor(dst),
                            offsets=offsets, kernel=kernel, spatial=spatial)
