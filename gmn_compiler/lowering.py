@@ -93,6 +93,6 @@ def _declare_ties(ctx: LoweringContext, name: str, relations: list[tuple[torch.T
             blocks = torch.unique(index, return_inverse=True)[1]
             ctx.partitions.append(Partition(ctx.root_nodes(nodes).tolist(), blocks.tolist(), True,
                                             f"units sharing an entry of {name}"))
-        elif torch.unique(nodes).numel() == nodes.numel():
+        elif ties.distinct(nodes):
             for i, n in zip(index.tolist(), nodes.tolist()):
                 ctx.unit_classes.union(first.setdefault(i, n), n)

@@ -79,31 +79,33 @@ def plan_ties(name: str, shape: tuple[int, ...], blocks: list[U]) -> list[tuple[
     return plan
 
 
+def distinct(t: torch.Tensor) -> bool:
+    """Whether no value occurs twice in ``t``."""
+    return torch.unique(t).numel() == t.numel()
+
+
 def broadcasts(relation: Relation) -> bool:
     """Whether some index of ``relation`` meets several nodes (an entry broadcast to them)."""
-    return torch.unique(relation[0]).numel() < relation[0].numel()
+    return not distinct(relation[0])
 
 
 def _told_apart_by(position: torch.Tensor, block: Use, found: list[Relation | None]) -> str | None:
     """How a use's edges reveal their index along an axis: ``"nodes"`` (a side whose nodes
     each meet one index), ``"features"`` (the index is a function of the kernel/spatial
     features, which no automorphism changes), or ``None``."""
-    if any(f is not None and torch.unique(f[1]).numel() == f[1].numel() for f in found):
+    if any(f is not None and distinct(f[1]) for f in found):
         return "nodes"
+    if all(n == 1 for n in position.shape):
+        return "features"
     keys = [compact(k, block.grid) for k in block.kernel]
     if block.spatial is not None:
         keys.append(compact(block.spatial, block.grid))
-    if all(n == 1 for n in position.shape):
-        return "features"
     if not keys:
         return None
     shape = torch.broadcast_shapes(position.shape, *(k.shape for k in keys))
     key_rows = torch.stack([k.expand(shape).reshape(-1) for k in keys])
     _, key = torch.unique(key_rows, dim=1, return_inverse=True)
-    index = position.expand(shape).reshape(-1)
-    count = int(key.max()) + 1
-    low = torch.full((count,), torch.iinfo(torch.long).max).scatter_reduce(0, key, index, "amin")
-    high = torch.full((count,), -1).scatter_reduce(0, key, index, "amax")
+    low, high = _extremes(key, position.expand(shape).reshape(-1), int(key.max()) + 1)
     return "features" if torch.equal(low, high) else None
 
 
@@ -111,17 +113,8 @@ def repeats_entries(offsets: Offsets, grid: tuple[int, ...]) -> bool:
     """Whether a view with ``offsets`` over ``grid`` holds some entry more than once."""
     if offsets is None:
         return False
-    if isinstance(offsets, Affine):
-        moving = sorted((abs(s), g) for s, g in zip(offsets.strides, grid) if g > 1)
-        if any(s == 0 for s, _ in moving):
-            return True
-        reach = 0  # mixed radix: each stride beyond every earlier axis's reach is injective
-        for s, g in moving:
-            if s <= reach:
-                break
-            reach += s * (g - 1)
-        else:
-            return False
+    if isinstance(offsets, Affine) and offsets.injective(grid):
+        return False  # a sufficient test; other affine offsets are materialised below
     t = compact(offsets_tensor(offsets, grid), grid)
     if any(n == 1 and g > 1 for n, g in zip(t.shape, grid)):
         return True
@@ -217,7 +210,7 @@ def side_relation(position: torch.Tensor, nodes: torch.Tensor,
                 return None  # one node meets several indices
             position = first
     index, node = torch.unique(torch.stack([position.expand(nodes.shape).reshape(-1), nodes.reshape(-1)]), dim=1)
-    if torch.unique(node).numel() != node.numel() or torch.unique(index).numel() < 2:
+    if not distinct(node) or torch.unique(index).numel() < 2:
         return None
     return index, node
 
@@ -225,11 +218,19 @@ def side_relation(position: torch.Tensor, nodes: torch.Tensor,
 def _index_function(index: torch.Tensor, nodes: torch.Tensor, size: int) -> torch.Tensor | None:
     """``node_of[i]`` if ``nodes`` is a function of ``index`` that is not constant (-1 where
     an index does not occur); else ``None``."""
-    low = torch.full((size,), torch.iinfo(torch.long).max).scatter_reduce(0, index, nodes, "amin")
-    high = torch.full((size,), -1).scatter_reduce(0, index, nodes, "amax")
+    low, high = _extremes(index, nodes, size)
     present = high >= 0
     if not bool((low[present] == high[present]).all()):
         return None
     if int(present.sum()) > 1 and torch.unique(high[present]).numel() == 1:
         return None
     return torch.where(present, high, torch.full_like(high, -1))
+
+
+def _extremes(keys: torch.Tensor, values: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The least and greatest of the (non-negative) ``values`` at each key ``0..size-1``
+    (``iinfo.max`` and -1 where a key does not occur): ``values`` is a function of ``keys``
+    where the two agree."""
+    low = torch.full((size,), torch.iinfo(torch.long).max).scatter_reduce(0, keys, values, "amin")
+    high = torch.full((size,), -1).scatter_reduce(0, keys, values, "amax")
+    return low, high

@@ -3,6 +3,7 @@ copies apart, refused where it cannot -- each case was a false symmetry before."
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 import gmn_compiler as gc
 from gmn_compiler import ties
 from gmn_compiler.offsets import Affine
-from oracles import assert_isomorphic, assert_oracles
+from oracles import assert_isomorphic, assert_not_isomorphic, assert_oracles
 
 
 class PairScale(nn.Module):
@@ -41,6 +42,40 @@ def test_an_entry_broadcast_to_several_units_in_one_use_is_tied(shift):
     pg = assert_oracles(model, (x,), trials=8)
     tie = gc.schema.code(gc.schema.NODE_ROLES, "tie")
     assert int((pg.data.x[:, 0] == tie).sum()) == 4  # one per entry of v
+
+
+class PerUnitScale(nn.Module):
+    """PairScale's function with eight independent scales (or v's entries tiled instead of
+    paired: ``layout="tile"``, the same model up to a permutation of the hidden units)."""
+
+    def __init__(self, pairs: PairScale, layout: str = "free"):
+        super().__init__()
+        self.inp, self.out, self.layout = copy.deepcopy(pairs.inp), copy.deepcopy(pairs.out), layout
+        v = pairs.v.detach()
+        self.v = nn.Parameter(v if layout == "tile" else v.repeat_interleave(2))
+        if layout == "tile":  # unit c + 4 r here is unit 2 c + r there
+            order = torch.tensor([2 * (j % 4) + j // 4 for j in range(8)])
+            with torch.no_grad():
+                self.inp.weight.copy_(self.inp.weight[order])
+                self.inp.bias.copy_(self.inp.bias[order])
+                self.out.weight.copy_(self.out.weight[:, order])
+
+    def forward(self, x):
+        scale = self.v[None, :].expand(2, 4).reshape(8) if self.layout == "tile" else self.v
+        return self.out(torch.relu(self.inp(x) * scale))
+
+
+def test_sharing_an_entry_is_in_the_graph_and_its_layout_up_to_permutation_is_not():
+    """Same function and values: four entries each scaling two units differ from eight
+    independent scales (the ties say which units share an entry); pairing (0, 1), (2, 3), ...
+    or tiling (0, 4), (1, 5), ... is the same parameterisation up to renaming the hidden units."""
+    torch.manual_seed(0)
+    pairs, x = PairScale().eval(), torch.randn(2, 3)
+    free, tile = PerUnitScale(pairs).eval(), PerUnitScale(pairs, "tile").eval()
+    assert torch.allclose(pairs(x), free(x)) and torch.allclose(pairs(x), tile(x))
+    assert_not_isomorphic(gc.compile(pairs, (x,)), gc.compile(free, (x,)))
+    assert_isomorphic(gc.compile(pairs, (x,)), gc.compile(tile, (x,)))
+    assert_oracles(tile, (x,), trials=8)
 
 
 class Circulant(nn.Module):
