@@ -234,3 +234,39 @@ def test_check_symmetry_refuses_a_graph_compiled_from_other_values():
     with pytest.raises(ValueError, match="graph= does not hold this model's parameter values"):
         gc.check_symmetry(model, x, trials=2, graph=of_a_copy)
     assert gc.check_symmetry(model, x, trials=2, graph=gc.compile(model, x)).automorphisms_checked == 2
+
+
+# ---------------------------------------------------------------- float32 runs
+class CastsToFloat32(nn.Module):
+    """Runs in float32 whatever its parameters' dtype (so the oracles cannot use float64)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 64), nn.Linear(64, 2)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x.float())))
+
+
+def _cancelling_float32_model() -> tuple[nn.Module, tuple]:
+    """Outputs of a few hundred, one of which the bias cancels to zero: a reordered sum
+    differs there by ulps of the tensor's scale (1.5e-5 here), more than atol allows."""
+    torch.manual_seed(0)
+    model, inputs = CastsToFloat32(), (torch.randn(4, 8) * 1000,)
+    with torch.no_grad():
+        model.fc2.bias[0] -= model(*inputs)[0, 0]
+    return model, inputs
+
+
+def test_float32_outputs_that_cancel_to_zero_are_compared_at_the_tensors_scale():
+    model, inputs = _cancelling_float32_model()
+    report = gc.check_symmetry(model, inputs, trials=8)
+    assert 1e-5 < report.max_abs_error < 1e-3  # an entry-wise atol of 1e-5 would have failed
+    assert report.automorphisms_checked == 8 and report.identity_automorphisms == 0
+    assert [s.split(" at ")[0] for s in report.symmetries_checked] == ["hidden units of linear"]
+
+
+def test_float32_runs_still_catch_a_forgotten_bias():
+    model, inputs = _cancelling_float32_model()
+    with pytest.raises(SymmetryError, match="is not function-preserving"):
+        assert_sound(model, inputs, registry=_broken(_forgotten_bias))

@@ -301,11 +301,16 @@ def test_added_activations_pass_the_oracles_and_name_their_nodes(name):
     _assert_hidden_permutation_is_a_symmetry(model, pg, inputs)
 
 
-def _pair(make_a, make_b, inputs=(torch.randn(3, 4) * 2,)):
+def _pair(make_a, make_b):
+    """Whether two MLPs with the same weights and the given activations compute different
+    functions (beyond float32 rounding: ``exp(h) - 1`` and ``expm1`` differ by ulps near 0),
+    and their graphs."""
+    torch.manual_seed(0)
+    inputs = (torch.randn(3, 4) * 2,)
     a, b = MLP(make_a()).eval(), MLP(make_b()).eval()
     b.load_state_dict(a.state_dict())
     with torch.no_grad():
-        differ = not torch.allclose(a(*inputs), b(*inputs))
+        differ = not torch.allclose(a(*inputs), b(*inputs), rtol=1e-5, atol=1e-6)
     return differ, gc.compile(a, inputs), gc.compile(b, inputs)
 
 
