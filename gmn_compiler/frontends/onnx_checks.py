@@ -161,12 +161,14 @@ def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[tuple[
     """``(kind, location)`` of every node that will certainly have no lowering rule, found
     from the graph's structure alone (no shapes). It follows the converter: a node reading
     a model input (directly or not) maps to ``registry.onnx[op_key]``'s kind (``onnx.<key>``
-    when unmapped); a node reading initializers only is a layout view of one parameter, a
+    when unmapped), unless the inputs it reads are integer model inputs and what is computed
+    from them only (data: position ids, masks, which need no rule); a node reading initializers only is a layout view of one parameter, a
     layer reading a parameter table as a tensor, or a ``param_transform[onnx.<op>]`` op; anything else is a constant and needs no rule.
     Op types the Gelu fusion may absorb are left for lowering to judge."""
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
     values = {v.name for v in graph.input if v.name not in initializers}
+    data = {v.name for v in graph.input if v.name in values and v.type.tensor_type.elem_type not in _FLOAT_TYPES}
     constants = torch_declared_constants(graph)
     params = {i.name for i in graph.initializer if i.data_type in _FLOAT_TYPES and i.name not in constants}
     found = []
@@ -176,6 +178,11 @@ def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[tuple[
         param_args = [n for n in node.input if n in params]
         outputs = [o for o in node.output if o]
         if node.op_type in CONSTANT_OP_TYPES or not (has_value or param_args):
+            continue
+        read = [n for i, n in enumerate(node.input) if i not in type_only and n in values]
+        if read and not param_args and all(n in data for n in read):
+            values.update(outputs)
+            data.update(outputs)
             continue
         if not has_value:
             mapping = registry.onnx.get(op_key(node))

@@ -137,6 +137,7 @@ class _Converter:
         self.next_id = 0
         self.tensors: dict[str, torch.Tensor] = {}
         self.kinds: dict[str, str] = {}
+        self.data_values: set[int] = set()  # integer inputs and what is computed from them only
 
     def convert(self, input_axes: dict[str, int | None] | None, input_shapes: dict | None) -> IRGraph:
         graph = self.model.graph
@@ -158,6 +159,8 @@ class _Converter:
             v = self._new_value(value.name, values[value.name])
             inputs.append(v)
             self.env[value.name] = v
+            if not (v.dtype.is_floating_point or v.dtype.is_complex):
+                self.data_values.add(v.id)  # token ids, masks: no neurons
             if value.name in input_axes:
                 axes[v.id] = input_axes[value.name]
         nodes = onnx_patterns.fuse(list(graph.node), self.env, values, {o.name for o in graph.output})
@@ -192,6 +195,10 @@ class _Converter:
             for out in node.output:
                 self._bind_constant(out, literal=node.op_type == "Constant")
             return
+        active = [a for a in data_args if isinstance(a, Value)]
+        if active and not has_param and all(v.id in self.data_values for v in active):
+            self._data_op(node, location)  # e.g. position ids counted from token ids
+            return
         if not has_value:
             seen = self._param_view(node, args, attrs)
             if seen is not None:
@@ -222,6 +229,15 @@ class _Converter:
                                unsupported=refusal.reason))
             return
         self.ops.append(Op(mapping.kind, inputs, outs, norm_attrs, location, node.op_type))
+
+    def _data_op(self, node: onnx.NodeProto, location: str) -> None:
+        """A node on values computed only from integer model inputs and constants: no
+        neurons (a constant for lowering, without a known value), as in the torch frontend."""
+        outs = [self._new_value(o, self.values[o]) for o in node.output if o and o in self.values]
+        for value in outs:
+            self.env[value.name] = value
+        self.data_values.update(v.id for v in outs)
+        self.ops.append(Op("constant", [], outs, {}, location, node.op_type))
 
     def _read_table(self, node: onnx.NodeProto, mapping: Any, operands: list, attrs: dict, location: str) -> bool:
         """When the node is a layer reading the initializer ``operands[0]`` as a tensor: a

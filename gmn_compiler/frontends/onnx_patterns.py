@@ -1,9 +1,11 @@
 """ONNX graph rewrites applied before lowering.
 
 :func:`fuse` merges the Erf GELU subgraph ``0.5 · x · (1 + erf(x / √2))`` (three exporter
-spellings) into ``Gelu``, the op the torch frontend sees. (``MatMul`` + ``Add`` is fused at IR
-level, :mod:`gmn_compiler.ir_patterns`, for both frontends. A layout op on an initializer is
-seen through its kind's declared view, :attr:`gmn_compiler.registry.OpKind.view`.)
+spellings) into ``Gelu``, and torch's thresholded softplus ``Where(x > t, x, Softplus(x))``
+into ``Softplus`` with a ``threshold`` attribute: the ops the torch frontend sees.
+(``MatMul`` + ``Add`` is fused at IR level, :mod:`gmn_compiler.ir_patterns`, for both
+frontends. A layout op on an initializer is seen through its kind's declared view,
+:attr:`gmn_compiler.registry.OpKind.view`.)
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import onnx
+import torch
 from onnx import helper
 
 from ..ir import ParamRef
 
-FUSABLE_OP_TYPES = frozenset({"Erf", "Div", "Mul", "Add"})
-"""Op types :func:`fuse` may merge into ``Gelu`` (whether each one stays is known only then)."""
+FUSABLE_OP_TYPES = frozenset({"Erf", "Div", "Mul", "Add", "Greater", "Where"})
+"""Op types :func:`fuse` may merge away (whether each one stays is known only then)."""
 
 
 def _consumers(nodes: list[onnx.NodeProto], protected: set[str]) -> dict[str, list[int]]:
@@ -33,7 +36,8 @@ def _consumers(nodes: list[onnx.NodeProto], protected: set[str]) -> dict[str, li
 
 def fuse(nodes: list[onnx.NodeProto], env: dict[str, Any], values: dict[str, np.ndarray],
          graph_outputs: set[str] | None = None) -> list[onnx.NodeProto]:
-    return _fuse_gelu(nodes, env, values, graph_outputs or set())
+    nodes = _fuse_gelu(nodes, env, values, graph_outputs or set())
+    return _fuse_softplus_threshold(nodes, env, values, graph_outputs or set())
 
 
 def _scalar(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> float | None:
@@ -43,6 +47,18 @@ def _scalar(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> fl
     if name in values and np.size(values[name]) == 1 and name not in env:
         return float(np.asarray(values[name]).reshape(-1)[0])
     return None
+
+
+def _constant_scalar(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> float | None:
+    """The one number ``name`` holds when it is a constant (computed from constants, or an
+    initializer declared constant), never a weight: fusing a weight away would drop it."""
+    ref = env.get(name)
+    if isinstance(ref, ParamRef) and ref.kind == "parameter":
+        return None
+    tensor = getattr(ref, "tensor", None)  # a constant the converter bound
+    if isinstance(tensor, torch.Tensor):
+        return float(tensor.reshape(-1)[0]) if tensor.numel() == 1 else None
+    return _scalar(name, env, values)
 
 
 def _other(node: onnx.NodeProto, name: str) -> str | None:
@@ -103,4 +119,32 @@ def _fuse_gelu(nodes, env, values, outputs) -> list[onnx.NodeProto]:
         replaced[last] = helper.make_node("Gelu", [x], list(nodes[last].output),
                                           name=nodes[last].name or erf.name)
         dropped |= group - {last}
+    return [replaced.get(i, n) for i, n in enumerate(nodes) if i not in dropped]
+
+
+def _fuse_softplus_threshold(nodes, env, values, outputs) -> list[onnx.NodeProto]:
+    """``Where(Greater(x, t), x, Softplus(x))``, ``t`` a scalar, the Greater and the Softplus
+    read by that Where only: ``Softplus(x)`` with attribute ``threshold = t`` (torch's
+    ``F.softplus(x, beta=1, threshold=t)`` as its exporters write it)."""
+    uses = _consumers(nodes, outputs)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    replaced: dict[int, onnx.NodeProto] = {}
+    dropped: set[int] = set()
+    for w, where in enumerate(nodes):
+        if where.op_type != "Where" or len(where.input) != 3:
+            continue
+        cond, x, other = where.input
+        g, s = producer.get(cond), producer.get(other)
+        if g is None or s is None or {g, s} & dropped:
+            continue
+        greater, softplus = nodes[g], nodes[s]
+        if greater.op_type != "Greater" or greater.input[0] != x or softplus.op_type != "Softplus" \
+                or softplus.input[0] != x or uses.get(cond) != [w] or uses.get(other) != [w]:
+            continue
+        threshold = _constant_scalar(greater.input[1], env, values)
+        if threshold is None:
+            continue
+        replaced[w] = helper.make_node("Softplus", [x], list(where.output), name=where.name or softplus.name,
+                                       threshold=threshold)
+        dropped |= {g, s}
     return [replaced.get(i, n) for i, n in enumerate(nodes) if i not in dropped]

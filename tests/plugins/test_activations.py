@@ -7,6 +7,8 @@ that differ only in their activation give non-isomorphic graphs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 
 import pytest
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gmn_compiler as gc
+from test_onnx_default_export import _strip_torch_declarations
 from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
                      assert_same_function, permuted_copy)
 
@@ -373,3 +376,29 @@ def test_added_activations_give_the_same_graph_from_onnx(tmp_path, name):
         extra = {"dynamo": True, "optimize": False} if name == "expm1" else {"dynamo": False}
         torch.onnx.export(model, (x,), str(path), opset_version=18, input_names=["x"], **extra)
     assert_isomorphic(gc.compile(model, (x,)), gc.compile(str(path)))
+
+
+@pytest.mark.parametrize("threshold, dynamo", [(20.0, False), (20.0, True), (5.0, True)],
+                         ids=["torchscript", "dynamo", "dynamo_threshold_5"])
+def test_softplus_thresholded_as_exporters_write_it_is_the_torch_graph(tmp_path, threshold, dynamo):
+    """The dynamo exporter writes ``F.softplus(x, threshold=t)`` as ``Where(x > t, x,
+    Softplus(x))`` (Mamba's time step): fused back, the graph is the torch graph, and its
+    threshold counts. (The TorchScript exporter writes a bare ``Softplus``, the default's
+    function up to e^-20, and drops any other threshold.)"""
+    torch.manual_seed(0)
+    model, x = MLP(nn.Softplus(threshold=threshold)).eval(), torch.randn(3, 4)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        extra = {"dynamo": True} if dynamo else {"dynamo": False, "opset_version": 18}
+        torch.onnx.export(model, (x,), str(path), input_names=["x"], **extra)
+    pg = gc.compile(str(path))
+    assert_isomorphic(gc.compile(model, (x,)), pg)
+    other = MLP(nn.Softplus(threshold=25.0 - threshold)).eval()
+    other.load_state_dict(model.state_dict())
+    assert_not_isomorphic(gc.compile(other, (x,)), pg)
+    gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
+    if dynamo:  # a producer that does not declare the threshold constant: a weight, never fused away
+        _strip_torch_declarations(path, tmp_path / "plain.onnx")
+        with pytest.raises(gc.CompileError, match="onnx.Greater"):
+            gc.compile(str(tmp_path / "plain.onnx"))

@@ -3,6 +3,8 @@ input/output embeddings, class tokens, RMSNorm, gated MLPs, nn.TransformerEncode
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 
@@ -15,6 +17,7 @@ from oracles import assert_isomorphic, assert_oracles, assert_round_trip
 
 S = gc.schema
 VOCAB, DIM, SEQ = 11, 6, 5
+PAD = 1  # RoBERTa's padding id
 
 
 def _count_role(pg, role: str) -> int:
@@ -247,3 +250,86 @@ def test_a_parameter_table_contracted_with_queries_passes_every_oracle():
     flipped.load_state_dict(model.state_dict())
     assert not torch.allclose(model(*x), flipped(*x))
     assert not gc.canonical.isomorphic(graph, gc.compile(flipped, x))
+
+
+class PaddedPositions(nn.Module):
+    """RoBERTa's position ids: counted along the sequence over non-padding tokens only
+    (``ne``, ``cumsum``, ``mul``, ``add`` on the token ids): integer arithmetic on the model
+    input, with no neurons of its own. ``mask_output``: the padding is also masked out of
+    the output, by a float mask of unknown value."""
+
+    def __init__(self, mask_output: bool = False):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(VOCAB, DIM, padding_idx=PAD), nn.Embedding(SEQ + PAD + 1, DIM)
+        self.out = nn.Linear(DIM, 3)
+        self.mask_output = mask_output
+
+    def forward(self, ids):
+        mask = ids.ne(PAD).int()
+        positions = torch.cumsum(mask, dim=1) * mask + PAD
+        h = self.out(torch.tanh(self.tok(ids) + self.pos(positions)))
+        return h * mask.unsqueeze(-1).float() if self.mask_output else h
+
+
+class IndexFromNeurons(nn.Module):
+    """A table row chosen by an argmax over hidden units: an integer that depends on the
+    weights, not on the input alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok, self.score, self.table = nn.Embedding(VOCAB, DIM), nn.Linear(DIM, 4), nn.Embedding(4, DIM)
+
+    def forward(self, ids):
+        h = self.tok(ids)
+        return h + self.table(self.score(h).argmax(-1))
+
+
+def _padded_ids() -> torch.Tensor:
+    ids = torch.randint(PAD + 1, VOCAB, (1, SEQ))
+    ids[0, -2:] = PAD
+    return ids
+
+
+def _export(model: nn.Module, ids: torch.Tensor, path, dynamo: bool) -> None:
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            options = {} if dynamo else {"dynamo": False, "opset_version": 18}
+            torch.onnx.export(model, (ids,), str(path), input_names=["ids"], **options)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_onnx_position_ids_computed_from_token_ids_are_data(dynamo, tmp_path):
+    torch.manual_seed(0)
+    model, ids = PaddedPositions().eval(), _padded_ids()
+    path = tmp_path / "padded.onnx"
+    _export(model, ids, path, dynamo)
+    pg = gc.compile(str(path))
+    assert_isomorphic(pg, gc.compile(model, (ids,)))
+    gc.check_symmetry(str(path), {"ids": ids.numpy()}, trials=3)
+
+
+def test_onnx_output_masked_by_token_ids_passes_the_oracles(tmp_path):
+    """The mask's value is unknown at compile time: like the torch frontend, the graph names
+    the op that reads it (so another mask is never taken for it), which is why its edges'
+    values differ from the torch graph's; the structure is the same."""
+    torch.manual_seed(0)
+    model, ids = PaddedPositions(mask_output=True).eval(), _padded_ids()
+    path = tmp_path / "masked.onnx"
+    _export(model, ids, path, dynamo=False)
+    pg, reference = gc.compile(str(path)), gc.compile(model, (ids,))
+    assert torch.equal(pg.data.edge_attr[:, 1:].sort(0).values, reference.data.edge_attr[:, 1:].sort(0).values)
+    assert torch.equal(pg.data.x.sort(0).values, reference.data.x.sort(0).values)
+    gc.check_symmetry(str(path), {"ids": ids.numpy()}, trials=3)
+
+
+def test_onnx_integers_computed_from_neurons_are_not_data(tmp_path):
+    torch.manual_seed(0)
+    model, ids = IndexFromNeurons().eval(), _padded_ids()
+    path = tmp_path / "argmax.onnx"
+    _export(model, ids, path, dynamo=False)
+    with pytest.raises(gc.CompileError, match="ArgMax"):
+        gc.compile(str(path))
