@@ -2,7 +2,8 @@
 
 :func:`fuse` merges the Erf GELU subgraph ``0.5 · x · (1 + erf(x / √2))`` (three exporter
 spellings) into ``Gelu``, and torch's thresholded softplus ``Where(x > t, x, Softplus(x))``
-into ``Softplus`` with a ``threshold`` attribute: the ops the torch frontend sees.
+into ``Softplus`` with a ``threshold`` attribute, and writes ``Tile`` as torch decomposes
+``repeat`` (``Expand``, ``Transpose``, ``Reshape``): the ops the torch frontend sees.
 (``MatMul`` + ``Add`` is fused at IR level, :mod:`gmn_compiler.ir_patterns`, for both
 frontends. A layout op on an initializer is seen through its kind's declared view,
 :attr:`gmn_compiler.registry.OpKind.view`.)
@@ -20,8 +21,8 @@ from onnx import helper
 
 from ..ir import ParamRef
 
-FUSABLE_OP_TYPES = frozenset({"Erf", "Div", "Mul", "Add", "Greater", "Where"})
-"""Op types :func:`fuse` may merge away (whether each one stays is known only then)."""
+FUSABLE_OP_TYPES = frozenset({"Erf", "Div", "Mul", "Add", "Greater", "Where", "Tile"})
+"""Op types :func:`fuse` may rewrite (whether each one stays is known only then)."""
 
 
 def _consumers(nodes: list[onnx.NodeProto], protected: set[str]) -> dict[str, list[int]]:
@@ -37,7 +38,8 @@ def _consumers(nodes: list[onnx.NodeProto], protected: set[str]) -> dict[str, li
 def fuse(nodes: list[onnx.NodeProto], env: dict[str, Any], values: dict[str, np.ndarray],
          graph_outputs: set[str] | None = None) -> list[onnx.NodeProto]:
     nodes = _fuse_gelu(nodes, env, values, graph_outputs or set())
-    return _fuse_softplus_threshold(nodes, env, values, graph_outputs or set())
+    nodes = _fuse_softplus_threshold(nodes, env, values, graph_outputs or set())
+    return _tile_as_torch_repeat(nodes, env, values)
 
 
 def _scalar(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> float | None:
@@ -148,3 +150,57 @@ def _fuse_softplus_threshold(nodes, env, values, outputs) -> list[onnx.NodeProto
                                        threshold=threshold)
         dropped |= {g, s}
     return [replaced.get(i, n) for i, n in enumerate(nodes) if i not in dropped]
+
+
+def _tile_as_torch_repeat(nodes, env, values) -> list[onnx.NodeProto]:
+    """``Tile(x, r)`` with constant repeats ``r`` as PyTorch decomposes ``x.repeat(*r)``: an
+    ``Expand`` to ``r + shape``, a ``Transpose`` interleaving each repeat with its axis, and a
+    ``Reshape`` to ``r[i] * shape[i]`` (so both frontends lower the same ops). The new values
+    are added to ``values``. Tiles with computed repeats are left for lowering to refuse."""
+    out: list[onnx.NodeProto] = []
+    literals = {o for n in nodes if n.op_type == "Constant" for o in n.output}
+    for node in nodes:
+        repeats = _constant_ints(node.input[1], env, values, literals) if node.op_type == "Tile" else None
+        shape = _shape_of(node.input[0], env, values) if repeats is not None else None
+        if shape is None or len(shape) != len(repeats):
+            out.append(node)
+            continue
+        x, name, rank = node.input[0], node.output[0], len(shape)
+        expanded = list(repeats) + list(shape)
+        perm = [axis for i in range(rank) for axis in (i, rank + i)]
+        final = [r * s for r, s in zip(repeats, shape)]
+        data = values.get(x)
+        for suffix, ints in (("expand_shape", expanded), ("reshape_shape", final)):
+            array = np.array(ints, dtype=np.int64)
+            values[f"{name}__{suffix}"] = array
+            out.append(helper.make_node("Constant", [], [f"{name}__{suffix}"], name=f"{node.name}__{suffix}",
+                                        value=onnx.numpy_helper.from_array(array)))
+        out.append(helper.make_node("Expand", [x, f"{name}__expand_shape"], [f"{name}__expanded"],
+                                    name=f"{node.name}__expand"))
+        out.append(helper.make_node("Transpose", [f"{name}__expanded"], [f"{name}__interleaved"],
+                                    name=f"{node.name}__transpose", perm=perm))
+        out.append(helper.make_node("Reshape", [f"{name}__interleaved", f"{name}__reshape_shape"], [name],
+                                    name=node.name))
+        if data is not None:
+            values[f"{name}__expanded"] = np.broadcast_to(data, expanded)
+            values[f"{name}__interleaved"] = np.transpose(values[f"{name}__expanded"], perm)
+    return out
+
+
+def _constant_ints(name: str, env: dict[str, Any], values: dict[str, np.ndarray],
+                   literals: set[str]) -> list[int] | None:
+    """The integers an initializer or a ``Constant`` node holds (not a value computed in the
+    graph: that may depend on the input)."""
+    ref = env.get(name)
+    tensor = None if isinstance(ref, ParamRef) else getattr(ref, "tensor", None)
+    array = tensor.numpy() if isinstance(tensor, torch.Tensor) else values.get(name) if name in literals else None
+    if array is None or not np.issubdtype(np.asarray(array).dtype, np.integer):
+        return None
+    return [int(v) for v in np.asarray(array).reshape(-1)]
+
+
+def _shape_of(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> list[int] | None:
+    if name in values:
+        return list(np.shape(values[name]))
+    tensor = getattr(env.get(name), "tensor", None)
+    return list(tensor.shape) if isinstance(tensor, torch.Tensor) else None

@@ -9,6 +9,10 @@ graphs while permutations that ignore it do not.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -386,3 +390,64 @@ def test_a_two_dimensional_constant_index_on_an_activation_selects_and_reshapes(
     model, x = TwoDimensionalIndexOnTokens().eval(), torch.randn(2, 3, 4)
     assert model(x).shape == (2, 2, 2, 2)
     assert_oracles(model, (x,), trials=4)
+
+
+# ------------------------------------------------------------------ repeat (ONNX Tile)
+class Repeated(nn.Module):
+    """``repeat`` over tokens (DeBERTa-v2 repeats its position keys over the batch) or over
+    hidden units (each unit read twice by the next layer, by different weights)."""
+
+    def __init__(self, axis: int):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(10 if axis == 2 else 5, 2)
+        self.counts = [1, 1, 1]
+        self.counts[axis] = 2
+
+    def forward(self, x):
+        return self.l2(torch.tanh(self.l1(x)).repeat(*self.counts))
+
+
+@pytest.mark.parametrize("axis", [1, 2], ids=["tokens", "hidden_units"])
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_onnx_tile_is_the_torch_repeat(axis, dynamo, tmp_path):
+    torch.manual_seed(0)
+    model, x = Repeated(axis).eval(), torch.randn(2, 3, 4)
+    assert_oracles(model, (x,), trials=3)
+    path = tmp_path / "tile.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        extra = {} if dynamo else {"dynamo": False, "opset_version": 18}
+        torch.onnx.export(model, (x,), str(path), input_names=["x"], **extra)
+    pg = gc.compile(str(path))
+    assert_isomorphic(pg, gc.compile(model, (x,)))
+    gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
+
+
+def test_onnx_tile_along_two_axes_is_the_torch_repeat(tmp_path):
+    class TwoAxes(Repeated):
+        def forward(self, x):
+            return self.l2(torch.tanh(self.l1(x)).repeat(1, 2, 2)[..., :5])
+
+    torch.manual_seed(0)
+    model, x = TwoAxes(1).eval(), torch.randn(2, 3, 4)
+    path = tmp_path / "tile.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), input_names=["x"])
+    assert_isomorphic(gc.compile(str(path)), assert_oracles(model, (x,), trials=3))
+    gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
+
+
+def test_onnx_tile_with_repeats_computed_in_the_graph_is_refused_in_one_line(tmp_path):
+    """Repeats given with the input are not fixed: the graph would hold for one input only."""
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Tile", ["x", "r"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                               helper.make_tensor_value_info("r", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])])
+    path = tmp_path / "computed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(gc.CompileError, match="onnx.Tile") as refusal:
+        gc.compile(str(path))
+    assert len(str(refusal.value).strip().splitlines()) == 1
