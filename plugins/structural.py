@@ -188,8 +188,14 @@ def lower_gather(ctx: LoweringContext, op: Op) -> None:
     """Gather with constant indices: a ``select`` (scalar index) or ``index_select`` (indices of
     any rank: selected flat, then reshaped to the output); on an initializer indexed by
     activations: an embedding lookup."""
+    x = op.inputs[0]
+    index_rank = len(op.output.shape) - len(x.shape) + 1  # a one-entry index arrives as a number
     if op.attrs["kind"] == "embedding":
         ctx.lower_as("embedding", op)
+    elif op.attrs["kind"] == "select" and index_rank > 0:  # an index of shape [1], [1, 1]...
+        if not _keep_none(ctx, op):
+            index = torch.full((1,) * index_rank, op.attrs["index"])
+            _set_indexed_layout(ctx, op, op.attrs["dim"], index)
     elif op.attrs["kind"] == "select":
         lower_select(ctx, op)
     elif not _keep_none(ctx, op):

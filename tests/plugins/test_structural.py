@@ -13,8 +13,10 @@ import contextlib
 import io
 import warnings
 
+import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import gmn_compiler as gc
@@ -440,7 +442,6 @@ def test_onnx_tile_along_two_axes_is_the_torch_repeat(tmp_path):
 
 def test_onnx_tile_with_repeats_computed_in_the_graph_is_refused_in_one_line(tmp_path):
     """Repeats given with the input are not fixed: the graph would hold for one input only."""
-    import onnx
     from onnx import TensorProto, helper
     graph = helper.make_graph([helper.make_node("Tile", ["x", "r"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
@@ -451,3 +452,30 @@ def test_onnx_tile_with_repeats_computed_in_the_graph_is_refused_in_one_line(tmp
     with pytest.raises(gc.CompileError, match="onnx.Tile") as refusal:
         gc.compile(str(path))
     assert len(str(refusal.value).strip().splitlines()) == 1
+
+
+class Unfolded(nn.Module):
+    """ConvBERT's span-based convolution input: ``F.unfold`` over the tokens, which the dynamo
+    exporter writes as Pad, a Gather with a 2-D index and a Gather with the one-entry index
+    ``[[0]]`` (a number once read, but it adds two axes where a scalar index removes one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 6), nn.Linear(18, 2)
+
+    def forward(self, x):
+        h = self.l1(x).transpose(1, 2).unsqueeze(-1)
+        return self.l2(F.unfold(h, kernel_size=[3, 1], padding=[1, 0]).transpose(1, 2))
+
+
+def test_onnx_gather_with_a_one_entry_index_of_rank_two_keeps_the_axes(tmp_path):
+    torch.manual_seed(0)
+    model, x = Unfolded().eval(), torch.randn(1, 5, 4)
+    assert_oracles(model, (x,), trials=3)
+    path = tmp_path / "unfold.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), input_names=["x"])
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("Gather") == 2
+    report = gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
+    assert [s.split(" at ")[0] for s in report.symmetries_checked] == ["hidden units of linear"]
