@@ -333,3 +333,29 @@ def test_onnx_integers_computed_from_neurons_are_not_data(tmp_path):
     _export(model, ids, path, dynamo=False)
     with pytest.raises(gc.CompileError, match="ArgMax"):
         gc.compile(str(path))
+
+
+class TokenGatedUnits(nn.Module):
+    """Hidden unit ``k`` kept only at tokens whose id is ``k`` modulo 6: a mask computed from
+    the token ids that varies along the hidden units, so it tells them apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok, self.l1, self.out = nn.Embedding(VOCAB, DIM), nn.Linear(DIM, 6), nn.Linear(6, 2)
+
+    def forward(self, ids):
+        gate = nn.functional.one_hot(ids % 6, 6).float()
+        return self.out(torch.tanh(self.l1(self.tok(ids))) * gate)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_onnx_data_that_varies_along_hidden_units_pins_them(dynamo, tmp_path):
+    torch.manual_seed(0)
+    model, ids = TokenGatedUnits().eval(), _padded_ids()
+    path = tmp_path / "gated.onnx"
+    _export(model, ids, path, dynamo)
+    report = gc.check_symmetry(str(path), {"ids": ids.numpy()}, trials=3)
+    # only the embedding's 6 dimensions move (6! automorphisms); l1's units are pinned
+    assert [s.split(" at ")[0] for s in report.symmetries_checked] == ["embedding dimensions"]
+    assert report.proof.endswith("all 720 automorphisms (|A| |A_S| = |A_B| |A_P|)")
+    assert gc.compile(str(path)).data.num_nodes == gc.compile(model, (ids,)).data.num_nodes
