@@ -205,6 +205,18 @@ def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[tuple[
     return found
 
 
+def constant_names(nodes: list[onnx.NodeProto], known: set[str]) -> set[str]:
+    """``known`` (constant initializers) and the outputs of every node computed from
+    constants and shapes only, as the converter binds them (it reads no model input's values
+    and no weight)."""
+    constants = set(known)
+    for node in nodes:
+        data = [n for i, n in enumerate(node.input) if n and i not in TYPE_ONLY_INPUTS.get(node.op_type, ())]
+        if node.op_type in CONSTANT_OP_TYPES or all(n in constants for n in data):
+            constants.update(o for o in node.output if o)
+    return constants
+
+
 # ---------------------------------------------------------------- model inputs
 def model_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     """The graph inputs that are not initializers (what the model is run on)."""

@@ -39,7 +39,7 @@ from .onnx_einsum import OP_TYPES as EINSUM_OP_TYPES, convert_einsum
 from .onnx_torch_signature import torch_declared_constants
 from .param_tables import read_table, table_axis
 from .checks import check_input_axes
-from .onnx_checks import (CONSTANT_OP_TYPES, MAX_OPSET, MIN_OPSET, TYPE_ONLY_INPUTS,  # noqa: F401
+from .onnx_checks import (CONSTANT_OP_TYPES, MAX_OPSET, MIN_OPSET, TYPE_ONLY_INPUTS, constant_names,  # noqa: F401
                           load_model, model_inputs, node_location, op_key, resolve_input_shapes)
 
 
@@ -163,7 +163,8 @@ class _Converter:
                 self.data_values.add(v.id)  # token ids, masks: no neurons
             if value.name in input_axes:
                 axes[v.id] = input_axes[value.name]
-        nodes = onnx_patterns.fuse(list(graph.node), self.env, values, {o.name for o in graph.output})
+        constants = constant_names(list(graph.node), {n for n, v in self.env.items() if isinstance(v, _ConstantTensor)})
+        nodes = onnx_patterns.fuse(list(graph.node), self.env, values, {o.name for o in graph.output}, constants)
         for index, node in enumerate(nodes):
             self._convert_node(node, index)
         outputs = [self.env[o.name] for o in graph.output if isinstance(self.env.get(o.name), Value)]

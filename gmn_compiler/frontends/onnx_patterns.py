@@ -2,8 +2,10 @@
 
 :func:`fuse` merges the Erf GELU subgraph ``0.5 · x · (1 + erf(x / √2))`` (three exporter
 spellings) into ``Gelu``, and torch's thresholded softplus ``Where(x > t, x, Softplus(x))``
-into ``Softplus`` with a ``threshold`` attribute, and writes ``Tile`` as torch decomposes
-``repeat`` (``Expand``, ``Transpose``, ``Reshape``): the ops the torch frontend sees.
+into ``Softplus`` with a ``threshold`` attribute, writes ``Tile`` as torch decomposes
+``repeat`` (``Expand``, ``Transpose``, ``Reshape``) and a ``ScatterND`` into a block of rows
+as the slices around the block concatenated with it (as the torch frontend writes
+``x[a:b] = y``): the ops the torch frontend sees.
 (``MatMul`` + ``Add`` is fused at IR level, :mod:`gmn_compiler.ir_patterns`, for both
 frontends. A layout op on an initializer is seen through its kind's declared view,
 :attr:`gmn_compiler.registry.OpKind.view`.)
@@ -21,7 +23,7 @@ from onnx import helper
 
 from ..ir import ParamRef
 
-FUSABLE_OP_TYPES = frozenset({"Erf", "Div", "Mul", "Add", "Greater", "Where", "Tile"})
+FUSABLE_OP_TYPES = frozenset({"Erf", "Div", "Mul", "Add", "Greater", "Where", "Tile", "ScatterND"})
 """Op types :func:`fuse` may rewrite (whether each one stays is known only then)."""
 
 
@@ -36,10 +38,14 @@ def _consumers(nodes: list[onnx.NodeProto], protected: set[str]) -> dict[str, li
 
 
 def fuse(nodes: list[onnx.NodeProto], env: dict[str, Any], values: dict[str, np.ndarray],
-         graph_outputs: set[str] | None = None) -> list[onnx.NodeProto]:
+         graph_outputs: set[str] | None = None, constants: set[str] | None = None) -> list[onnx.NodeProto]:
+    """``nodes`` rewritten (see the module's docstring); ``values`` gains the new values.
+    ``constants``: the names computed from constants and shapes only (the Tile repeats and
+    scatter indices that may be read as fixed); none when not given."""
     nodes = _fuse_gelu(nodes, env, values, graph_outputs or set())
     nodes = _fuse_softplus_threshold(nodes, env, values, graph_outputs or set())
-    return _tile_as_torch_repeat(nodes, env, values)
+    nodes = _tile_as_torch_repeat(nodes, env, values, constants or set())
+    return _scatter_rows_as_slices(nodes, env, values, constants or set())
 
 
 def _scalar(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> float | None:
@@ -152,15 +158,14 @@ def _fuse_softplus_threshold(nodes, env, values, outputs) -> list[onnx.NodeProto
     return [replaced.get(i, n) for i, n in enumerate(nodes) if i not in dropped]
 
 
-def _tile_as_torch_repeat(nodes, env, values) -> list[onnx.NodeProto]:
+def _tile_as_torch_repeat(nodes, env, values, constants: set[str]) -> list[onnx.NodeProto]:
     """``Tile(x, r)`` with constant repeats ``r`` as PyTorch decomposes ``x.repeat(*r)``: an
     ``Expand`` to ``r + shape``, a ``Transpose`` interleaving each repeat with its axis, and a
     ``Reshape`` to ``r[i] * shape[i]`` (so both frontends lower the same ops). The new values
     are added to ``values``. Tiles with computed repeats are left for lowering to refuse."""
     out: list[onnx.NodeProto] = []
-    literals = {o for n in nodes if n.op_type == "Constant" for o in n.output}
     for node in nodes:
-        repeats = _constant_ints(node.input[1], env, values, literals) if node.op_type == "Tile" else None
+        repeats = _constant_ints(node.input[1], env, values, constants) if node.op_type == "Tile" else None
         shape = _shape_of(node.input[0], env, values) if repeats is not None else None
         if shape is None or len(shape) != len(repeats):
             out.append(node)
@@ -188,15 +193,21 @@ def _tile_as_torch_repeat(nodes, env, values) -> list[onnx.NodeProto]:
 
 
 def _constant_ints(name: str, env: dict[str, Any], values: dict[str, np.ndarray],
-                   literals: set[str]) -> list[int] | None:
-    """The integers an initializer or a ``Constant`` node holds (not a value computed in the
-    graph: that may depend on the input)."""
-    ref = env.get(name)
-    tensor = None if isinstance(ref, ParamRef) else getattr(ref, "tensor", None)
-    array = tensor.numpy() if isinstance(tensor, torch.Tensor) else values.get(name) if name in literals else None
+                   constants: set[str]) -> list[int] | None:
+    """The integers ``name`` holds when it is one of ``constants`` (a value computed from a
+    model input may change with it)."""
+    array = _constant_array(name, env, values, constants)
     if array is None or not np.issubdtype(np.asarray(array).dtype, np.integer):
         return None
     return [int(v) for v in np.asarray(array).reshape(-1)]
+
+
+def _constant_array(name: str, env: dict[str, Any], values: dict[str, np.ndarray],
+                    constants: set[str]) -> np.ndarray | None:
+    if name not in constants:
+        return None
+    tensor = getattr(env.get(name), "tensor", None)
+    return tensor.numpy() if isinstance(tensor, torch.Tensor) else values.get(name)
 
 
 def _shape_of(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> list[int] | None:
@@ -204,3 +215,50 @@ def _shape_of(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> 
         return list(np.shape(values[name]))
     tensor = getattr(env.get(name), "tensor", None)
     return list(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+
+
+def _scatter_rows_as_slices(nodes, env, values, constants: set[str]) -> list[onnx.NodeProto]:
+    """``ScatterND(data, indices, updates)`` (no reduction) whose constant ``indices`` of shape
+    ``[n, 1]`` name rows ``a, a + 1, ..., a + n - 1`` of ``data``: ``Concat(data[:a], updates,
+    data[a + n:])`` along axis 0. Any other scatter is left for lowering to refuse."""
+    out: list[onnx.NodeProto] = []
+    for node in nodes:
+        rows = _written_rows(node, env, values, constants)
+        if rows is None:
+            out.append(node)
+            continue
+        (start, stop), name = rows, node.output[0]
+        data, updates, size = node.input[0], node.input[2], _shape_of(node.input[0], env, values)[0]
+        parts = []
+        for part, (a, b) in (("head", (0, start)), ("tail", (stop, size))):
+            if b <= a:
+                continue
+            bounds = [f"{name}__{part}_{k}" for k in ("starts", "ends", "axes")]
+            for bound, number in zip(bounds, (a, b, 0)):
+                array = np.array([number], dtype=np.int64)
+                values[bound] = array
+                out.append(helper.make_node("Constant", [], [bound], name=f"{node.name}__{bound}",
+                                            value=onnx.numpy_helper.from_array(array)))
+            out.append(helper.make_node("Slice", [data, *bounds], [f"{name}__{part}"], name=f"{node.name}__{part}"))
+            if data in values:
+                values[f"{name}__{part}"] = np.asarray(values[data])[a:b]
+            parts.append((part, f"{name}__{part}"))
+        ordered = [p for k, p in parts if k == "head"] + [updates] + [p for k, p in parts if k == "tail"]
+        out.append(helper.make_node("Concat", ordered, [name], name=node.name, axis=0))
+    return out
+
+
+def _written_rows(node, env, values, constants: set[str]) -> tuple[int, int] | None:
+    """``(a, a + n)`` when ``node`` is a plain ScatterND writing rows ``a .. a + n - 1``."""
+    if node.op_type != "ScatterND" or any(a.name == "reduction" and a.s not in (b"", b"none")
+                                          for a in node.attribute):
+        return None
+    indices = _constant_array(node.input[1], env, values, constants)
+    shape = _shape_of(node.input[0], env, values)
+    if indices is None or shape is None or np.ndim(indices) != 2 or np.shape(indices)[1] != 1:
+        return None
+    rows = np.asarray(indices).reshape(-1) % shape[0]
+    start = int(rows[0]) if rows.size else 0
+    if rows.size == 0 or not np.array_equal(rows, np.arange(start, start + rows.size)):
+        return None
+    return start, start + int(rows.size)

@@ -479,3 +479,48 @@ def test_onnx_gather_with_a_one_entry_index_of_rank_two_keeps_the_axes(tmp_path)
     assert [n.op_type for n in onnx.load(str(path)).graph.node].count("Gather") == 2
     report = gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
     assert [s.split(" at ")[0] for s in report.symmetries_checked] == ["hidden units of linear"]
+
+
+class RowsWrittenInPlace(nn.Module):
+    """``h[:, 1:] = tanh(h[:, 1:])``: every token but the first rewritten in place (MViT-v2
+    adds its relative positions to the attention rows after the class token this way), which
+    the dynamo exporter writes as a ScatterND into rows of the transposed scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.l1(x)
+        h[:, 1:] = torch.tanh(h[:, 1:])
+        return self.l2(h)
+
+
+def test_onnx_scatter_into_a_block_of_rows_is_a_write_into_slices(tmp_path):
+    torch.manual_seed(0)
+    model, x = RowsWrittenInPlace().eval(), torch.randn(2, 5, 4)
+    assert_oracles(model, (x,), trials=3)
+    path = tmp_path / "scatter.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), input_names=["x"])
+    assert "ScatterND" in [n.op_type for n in onnx.load(str(path)).graph.node]
+    report = gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
+    assert [s.split(" at ")[0] for s in report.symmetries_checked] == ["hidden units of linear"]
+
+
+def test_onnx_scatter_into_rows_that_are_not_a_block_is_refused_in_one_line(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+    """Rows 0 and 2 of ``relu(x)`` overwritten by its rows 0 and 1."""
+    nodes = [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Slice", ["h", "s", "e"], ["u"]),
+             helper.make_node("ScatterND", ["h", "rows", "u"], ["y"])]
+    rows = numpy_helper.from_array(torch.tensor([[0], [2]]).numpy(), "rows")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+                              [rows, numpy_helper.from_array(torch.tensor([0]).numpy(), "s"),
+                               numpy_helper.from_array(torch.tensor([2]).numpy(), "e")])
+    path = tmp_path / "rows.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(gc.CompileError, match="onnx.ScatterND") as refusal:
+        gc.compile(str(path))
+    assert len(str(refusal.value).strip().splitlines()) == 1
