@@ -198,8 +198,10 @@ def _stack(tensors: Sequence[Any], dim: int = 0) -> _Normalized:
     return [list(tensors)], {"dim": dim, "stack": True}
 
 
-def _onnx_concat(*tensors: Any, axis: int = 0) -> _Normalized:
-    return [list(tensors)], {"dim": axis}
+def _onnx_concat(*tensors: Any, axis: int = 0, stack: int = 0) -> _Normalized:
+    """``stack=1``: not ONNX's; the frontend's rewrite of sliding windows
+    (:mod:`gmn_compiler.frontends.onnx_patterns`) marks a ``torch.stack`` so."""
+    return [list(tensors)], {"dim": axis, "stack": True} if stack else {"dim": axis}
 
 
 @hookimpl

@@ -5,7 +5,9 @@ spellings) into ``Gelu``, and torch's thresholded softplus ``Where(x > t, x, Sof
 into ``Softplus`` with a ``threshold`` attribute, writes ``Tile`` as torch decomposes
 ``repeat`` (``Expand``, ``Transpose``, ``Reshape``) and a ``ScatterND`` into a block of rows
 as the slices around the block concatenated with it (as the torch frontend writes
-``x[a:b] = y``): the ops the torch frontend sees.
+``x[a:b] = y``), and a ``Gather`` of sliding windows (a 2-D index whose rows are equally
+strided runs, as exporters write ``F.unfold``) as the windows' slices stacked: the ops the
+torch frontend sees.
 (``MatMul`` + ``Add`` is fused at IR level, :mod:`gmn_compiler.ir_patterns`, for both
 frontends. A layout op on an initializer is seen through its kind's declared view,
 :attr:`gmn_compiler.registry.OpKind.view`.)
@@ -23,7 +25,7 @@ from onnx import helper
 
 from ..ir import ParamRef
 
-FUSABLE_OP_TYPES = frozenset({"Erf", "Div", "Mul", "Add", "Greater", "Where", "Tile", "ScatterND"})
+FUSABLE_OP_TYPES = frozenset({"Erf", "Div", "Mul", "Add", "Greater", "Where", "Tile", "ScatterND", "Gather"})
 """Op types :func:`fuse` may rewrite (whether each one stays is known only then)."""
 
 
@@ -45,7 +47,8 @@ def fuse(nodes: list[onnx.NodeProto], env: dict[str, Any], values: dict[str, np.
     nodes = _fuse_gelu(nodes, env, values, graph_outputs or set())
     nodes = _fuse_softplus_threshold(nodes, env, values, graph_outputs or set())
     nodes = _tile_as_torch_repeat(nodes, env, values, constants or set())
-    return _scatter_rows_as_slices(nodes, env, values, constants or set())
+    nodes = _scatter_rows_as_slices(nodes, env, values, constants or set())
+    return _windows_as_stacked_slices(nodes, env, values, constants or set())
 
 
 def _scalar(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> float | None:
@@ -262,3 +265,52 @@ def _written_rows(node, env, values, constants: set[str]) -> tuple[int, int] | N
     if rows.size == 0 or not np.array_equal(rows, np.arange(start, start + rows.size)):
         return None
     return start, start + int(rows.size)
+
+
+def _windows_as_stacked_slices(nodes, env, values, constants: set[str]) -> list[onnx.NodeProto]:
+    """``Gather(x, index, axis)`` of an activation with a constant 2-D ``index`` of at least
+    two rows whose rows are runs ``a_k, a_k + s, ..., a_k + s (n - 1)`` (one step ``s`` and
+    length ``n`` for all): each row a strided ``Slice`` of ``x`` along ``axis``, stacked
+    there -- ``torch.stack`` of the windows, as the torch frontend writes
+    ``F.unfold``, so each window offset gets its own units. (The stack is a ``Concat`` with the
+    attribute ``stack=1``, which only this rewrite writes.) Other gathers are unchanged."""
+    out: list[onnx.NodeProto] = []
+    for node in nodes:
+        windows = _window_rows(node, env, values, constants)
+        if windows is None:
+            out.append(node)
+            continue
+        starts, step, length, axis = windows
+        data, name = node.input[0], node.output[0]
+        stacked = []
+        for k, start in enumerate(starts):
+            bounds = [f"{name}__window{k}_{b}" for b in ("starts", "ends", "axes", "steps")]
+            for bound, number in zip(bounds, (start, start + step * (length - 1) + 1, axis, step)):
+                array = np.array([number], dtype=np.int64)
+                values[bound] = array
+                out.append(helper.make_node("Constant", [], [bound], name=f"{node.name}__{bound}",
+                                            value=onnx.numpy_helper.from_array(array)))
+            piece = f"{name}__window{k}"
+            out.append(helper.make_node("Slice", [data, *bounds], [piece], name=piece))
+            if data in values:
+                values[piece] = np.take(np.asarray(values[data]), np.arange(start, start + step * length, step), axis=axis)
+            stacked.append(piece)
+        out.append(helper.make_node("Concat", stacked, [name], name=node.name, axis=axis, stack=1))
+    return out
+
+
+def _window_rows(node, env, values, constants: set[str]) -> tuple[list[int], int, int, int] | None:
+    """``(row starts, step, row length, axis)`` when ``node`` gathers sliding windows from a
+    value that is not an initializer (tables read through an index are views: param_tables)."""
+    if node.op_type != "Gather" or isinstance(env.get(node.input[0]), ParamRef) or node.input[0] in constants:
+        return None
+    index = _constant_array(node.input[1], env, values, constants)
+    shape = _shape_of(node.input[0], env, values)
+    if index is None or shape is None or np.ndim(index) != 2 or np.shape(index)[0] < 2 or np.shape(index)[1] < 2:
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % len(shape)
+    rows = np.asarray(index, dtype=np.int64) % shape[axis]
+    step = int(rows[0, 1] - rows[0, 0])
+    if step < 1 or not (np.diff(rows, axis=1) == step).all():
+        return None
+    return [int(a) for a in rows[:, 0]], step, int(rows.shape[1]), axis

@@ -456,8 +456,9 @@ def test_onnx_tile_with_repeats_computed_in_the_graph_is_refused_in_one_line(tmp
 
 class Unfolded(nn.Module):
     """ConvBERT's span-based convolution input: ``F.unfold`` over the tokens, which the dynamo
-    exporter writes as Pad, a Gather with a 2-D index and a Gather with the one-entry index
-    ``[[0]]`` (a number once read, but it adds two axes where a scalar index removes one)."""
+    exporter writes as Pad, a Gather of sliding windows (a 2-D index) and a Gather with the
+    one-entry index ``[[0]]`` (a number once read, but it adds two axes where a scalar index
+    removes one)."""
 
     def __init__(self):
         super().__init__()
@@ -468,7 +469,9 @@ class Unfolded(nn.Module):
         return self.l2(F.unfold(h, kernel_size=[3, 1], padding=[1, 0]).transpose(1, 2))
 
 
-def test_onnx_gather_with_a_one_entry_index_of_rank_two_keeps_the_axes(tmp_path):
+def test_onnx_unfold_is_the_torch_graph(tmp_path):
+    """The windows gathered are stacked slices, each window offset with units of its own (the
+    torch frontend's unfold); the one-entry index keeps its axes."""
     torch.manual_seed(0)
     model, x = Unfolded().eval(), torch.randn(1, 5, 4)
     assert_oracles(model, (x,), trials=3)
@@ -477,6 +480,7 @@ def test_onnx_gather_with_a_one_entry_index_of_rank_two_keeps_the_axes(tmp_path)
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(path), input_names=["x"])
     assert [n.op_type for n in onnx.load(str(path)).graph.node].count("Gather") == 2
+    assert_isomorphic(gc.compile(str(path)), gc.compile(model, (x,)))
     report = gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
     assert [s.split(" at ")[0] for s in report.symmetries_checked] == ["hidden units of linear"]
 
