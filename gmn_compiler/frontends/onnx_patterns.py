@@ -23,7 +23,7 @@ import onnx
 import torch
 from onnx import helper
 
-from ..ir import ParamRef
+from ..ir import ParamRef, Value
 
 FUSABLE_OP_TYPES = frozenset({"Erf", "Div", "Mul", "Add", "Greater", "Where", "Tile", "ScatterND", "Gather"})
 """Op types :func:`fuse` may rewrite (whether each one stays is known only then)."""
@@ -275,8 +275,9 @@ def _windows_as_stacked_slices(nodes, env, values, constants: set[str]) -> list[
     ``F.unfold``, so each window offset gets its own units. (The stack is a ``Concat`` with the
     attribute ``stack=1``, which only this rewrite writes.) Other gathers are unchanged."""
     out: list[onnx.NodeProto] = []
+    activations = _from_model_inputs(nodes, env)
     for node in nodes:
-        windows = _window_rows(node, env, values, constants)
+        windows = _window_rows(node, env, values, constants) if node.input and node.input[0] in activations else None
         if windows is None:
             out.append(node)
             continue
@@ -299,10 +300,19 @@ def _windows_as_stacked_slices(nodes, env, values, constants: set[str]) -> list[
     return out
 
 
+def _from_model_inputs(nodes, env) -> set[str]:
+    """The names computed from a model input (activations and data, not a parameter table
+    however it is viewed: tables read through an index are views, see param_tables)."""
+    active = {name for name, v in env.items() if isinstance(v, Value)}
+    for node in nodes:
+        if any(n in active for n in node.input):
+            active.update(o for o in node.output if o)
+    return active
+
+
 def _window_rows(node, env, values, constants: set[str]) -> tuple[list[int], int, int, int] | None:
-    """``(row starts, step, row length, axis)`` when ``node`` gathers sliding windows from a
-    value that is not an initializer (tables read through an index are views: param_tables)."""
-    if node.op_type != "Gather" or isinstance(env.get(node.input[0]), ParamRef) or node.input[0] in constants:
+    """``(row starts, step, row length, axis)`` when ``node`` gathers sliding windows."""
+    if node.op_type != "Gather":
         return None
     index = _constant_array(node.input[1], env, values, constants)
     shape = _shape_of(node.input[0], env, values)
