@@ -394,6 +394,15 @@ def test_a_two_dimensional_constant_index_on_an_activation_selects_and_reshapes(
     assert_oracles(model, (x,), trials=4)
 
 
+# ------------------------------------------------------------------ through ONNX
+def _export(model: nn.Module, x: torch.Tensor, path, dynamo: bool = True) -> None:
+    """``torch.onnx.export`` with its defaults (the dynamo exporter), or the TorchScript one."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        extra = {} if dynamo else {"dynamo": False, "opset_version": 18}
+        torch.onnx.export(model, (x,), str(path), input_names=["x"], **extra)
+
+
 # ------------------------------------------------------------------ repeat (ONNX Tile)
 class Repeated(nn.Module):
     """``repeat`` over tokens (DeBERTa-v2 repeats its position keys over the batch) or over
@@ -416,10 +425,7 @@ def test_onnx_tile_is_the_torch_repeat(axis, dynamo, tmp_path):
     model, x = Repeated(axis).eval(), torch.randn(2, 3, 4)
     assert_oracles(model, (x,), trials=3)
     path = tmp_path / "tile.onnx"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        extra = {} if dynamo else {"dynamo": False, "opset_version": 18}
-        torch.onnx.export(model, (x,), str(path), input_names=["x"], **extra)
+    _export(model, x, path, dynamo)
     pg = gc.compile(str(path))
     assert_isomorphic(pg, gc.compile(model, (x,)))
     gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
@@ -433,9 +439,7 @@ def test_onnx_tile_along_two_axes_is_the_torch_repeat(tmp_path):
     torch.manual_seed(0)
     model, x = TwoAxes(1).eval(), torch.randn(2, 3, 4)
     path = tmp_path / "tile.onnx"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), input_names=["x"])
+    _export(model, x, path)
     assert_isomorphic(gc.compile(str(path)), assert_oracles(model, (x,), trials=3))
     gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
 
@@ -476,9 +480,7 @@ def test_onnx_unfold_is_the_torch_graph(tmp_path):
     model, x = Unfolded().eval(), torch.randn(1, 5, 4)
     assert_oracles(model, (x,), trials=3)
     path = tmp_path / "unfold.onnx"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), input_names=["x"])
+    _export(model, x, path)
     assert [n.op_type for n in onnx.load(str(path)).graph.node].count("Gather") == 2
     assert_isomorphic(gc.compile(str(path)), gc.compile(model, (x,)))
     report = gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
@@ -505,9 +507,7 @@ def test_onnx_scatter_into_a_block_of_rows_is_a_write_into_slices(tmp_path):
     model, x = RowsWrittenInPlace().eval(), torch.randn(2, 5, 4)
     assert_oracles(model, (x,), trials=3)
     path = tmp_path / "scatter.onnx"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), input_names=["x"])
+    _export(model, x, path)
     assert "ScatterND" in [n.op_type for n in onnx.load(str(path)).graph.node]
     report = gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
     assert [s.split(" at ")[0] for s in report.symmetries_checked] == ["hidden units of linear"]
