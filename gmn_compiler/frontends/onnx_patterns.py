@@ -45,7 +45,7 @@ def fuse(nodes: list[onnx.NodeProto], env: dict[str, Any], values: dict[str, np.
     ``constants``: the names computed from constants and shapes only (the Tile repeats and
     scatter indices that may be read as fixed); none when not given."""
     nodes = _fuse_gelu(nodes, env, values, graph_outputs or set())
-    nodes = _fuse_softplus_threshold(nodes, env, values, graph_outputs or set())
+    nodes = _fuse_softplus_threshold(nodes, env, values, graph_outputs or set(), constants or set())
     nodes = _tile_as_torch_repeat(nodes, env, values, constants or set())
     nodes = _scatter_rows_as_slices(nodes, env, values, constants or set())
     return _windows_as_stacked_slices(nodes, env, values, constants or set())
@@ -58,18 +58,6 @@ def _scalar(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> fl
     if name in values and np.size(values[name]) == 1 and name not in env:
         return float(np.asarray(values[name]).reshape(-1)[0])
     return None
-
-
-def _constant_scalar(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> float | None:
-    """The one number ``name`` holds when it is a constant (computed from constants, or an
-    initializer declared constant), never a weight: fusing a weight away would drop it."""
-    ref = env.get(name)
-    if isinstance(ref, ParamRef) and ref.kind == "parameter":
-        return None
-    tensor = getattr(ref, "tensor", None)  # a constant the converter bound
-    if isinstance(tensor, torch.Tensor):
-        return float(tensor.reshape(-1)[0]) if tensor.numel() == 1 else None
-    return _scalar(name, env, values)
 
 
 def _other(node: onnx.NodeProto, name: str) -> str | None:
@@ -133,8 +121,9 @@ def _fuse_gelu(nodes, env, values, outputs) -> list[onnx.NodeProto]:
     return [replaced.get(i, n) for i, n in enumerate(nodes) if i not in dropped]
 
 
-def _fuse_softplus_threshold(nodes, env, values, outputs) -> list[onnx.NodeProto]:
-    """``Where(Greater(x, t), x, Softplus(x))``, ``t`` a scalar, the Greater and the Softplus
+def _fuse_softplus_threshold(nodes, env, values, outputs, constants: set[str]) -> list[onnx.NodeProto]:
+    """``Where(Greater(x, t), x, Softplus(x))``, ``t`` one number computed from constants only
+    (never a weight, never a value of the input), the Greater and the Softplus
     read by that Where only: ``Softplus(x)`` with attribute ``threshold = t`` (torch's
     ``F.softplus(x, beta=1, threshold=t)`` as its exporters write it)."""
     uses = _consumers(nodes, outputs)
@@ -152,11 +141,11 @@ def _fuse_softplus_threshold(nodes, env, values, outputs) -> list[onnx.NodeProto
         if greater.op_type != "Greater" or greater.input[0] != x or softplus.op_type != "Softplus" \
                 or softplus.input[0] != x or uses.get(cond) != [w] or uses.get(other) != [w]:
             continue
-        threshold = _constant_scalar(greater.input[1], env, values)
-        if threshold is None:
+        threshold = _constant_array(greater.input[1], env, values, constants)
+        if threshold is None or np.size(threshold) != 1:
             continue
         replaced[w] = helper.make_node("Softplus", [x], list(where.output), name=where.name or softplus.name,
-                                       threshold=threshold)
+                                       threshold=float(np.asarray(threshold).reshape(-1)[0]))
         dropped |= {g, s}
     return [replaced.get(i, n) for i, n in enumerate(nodes) if i not in dropped]
 

@@ -402,3 +402,21 @@ def test_softplus_thresholded_as_exporters_write_it_is_the_torch_graph(tmp_path,
         _strip_torch_declarations(path, tmp_path / "plain.onnx")
         with pytest.raises(gc.CompileError, match="onnx.Greater"):
             gc.compile(str(tmp_path / "plain.onnx"))
+
+
+def test_softplus_threshold_computed_from_the_input_is_not_fused(tmp_path):
+    """``Where(h > max(x), h, Softplus(h))``: the threshold changes with the input, so reading
+    the example run's value as a fixed threshold would describe another function."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    weight = numpy_helper.from_array(torch.randn(3, 3).numpy(), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("ReduceMax", ["x"], ["t"], keepdims=0),
+             helper.make_node("Softplus", ["h"], ["s"]), helper.make_node("Greater", ["h", "t"], ["c"]),
+             helper.make_node("Where", ["c", "h", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [weight])
+    path = tmp_path / "input_threshold.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(gc.CompileError, match="onnx.Greater"):
+        gc.compile(str(path))
