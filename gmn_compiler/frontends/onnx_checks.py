@@ -162,9 +162,10 @@ def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[tuple[
     from the graph's structure alone (no shapes). It follows the converter: a node reading
     a model input (directly or not) maps to ``registry.onnx[op_key]``'s kind (``onnx.<key>``
     when unmapped), unless the inputs it reads are integer model inputs and what is computed
-    from them only (data: position ids, masks, which need no rule); a node reading initializers only is a layout view of one parameter, a
-    layer reading a parameter table as a tensor, or a ``param_transform[onnx.<op>]`` op; anything else is a constant and needs no rule.
-    Op types the Gelu fusion may absorb are left for lowering to judge."""
+    from them only (data: position ids, masks, which need no rule); a node reading
+    initializers only is a layout view of one parameter, a layer reading a parameter table
+    as a tensor, or a ``param_transform[onnx.<op>]`` op; anything else is a constant and needs
+    no rule. Op types :mod:`.onnx_patterns` may rewrite are left for lowering to judge."""
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
     values = {v.name for v in graph.input if v.name not in initializers}

@@ -44,11 +44,12 @@ def fuse(nodes: list[onnx.NodeProto], env: dict[str, Any], values: dict[str, np.
     """``nodes`` rewritten (see the module's docstring); ``values`` gains the new values.
     ``constants``: the names computed from constants and shapes only (the Tile repeats and
     scatter indices that may be read as fixed); none when not given."""
-    nodes = _fuse_gelu(nodes, env, values, graph_outputs or set())
-    nodes = _fuse_softplus_threshold(nodes, env, values, graph_outputs or set(), constants or set())
-    nodes = _tile_as_torch_repeat(nodes, env, values, constants or set())
-    nodes = _scatter_rows_as_slices(nodes, env, values, constants or set())
-    return _windows_as_stacked_slices(nodes, env, values, constants or set())
+    outputs, constants = graph_outputs or set(), constants or set()
+    nodes = _fuse_gelu(nodes, env, values, outputs)
+    nodes = _fuse_softplus_threshold(nodes, env, values, outputs, constants)
+    nodes = _tile_as_torch_repeat(nodes, env, values, constants)
+    nodes = _scatter_rows_as_slices(nodes, env, values, constants)
+    return _windows_as_stacked_slices(nodes, env, values, constants)
 
 
 def _scalar(name: str, env: dict[str, Any], values: dict[str, np.ndarray]) -> float | None:
@@ -167,21 +168,26 @@ def _tile_as_torch_repeat(nodes, env, values, constants: set[str]) -> list[onnx.
         perm = [axis for i in range(rank) for axis in (i, rank + i)]
         final = [r * s for r, s in zip(repeats, shape)]
         data = values.get(x)
-        for suffix, ints in (("expand_shape", expanded), ("reshape_shape", final)):
-            array = np.array(ints, dtype=np.int64)
-            values[f"{name}__{suffix}"] = array
-            out.append(helper.make_node("Constant", [], [f"{name}__{suffix}"], name=f"{node.name}__{suffix}",
-                                        value=onnx.numpy_helper.from_array(array)))
-        out.append(helper.make_node("Expand", [x, f"{name}__expand_shape"], [f"{name}__expanded"],
+        expand_shape = _int_constant(out, values, f"{name}__expand_shape", expanded)
+        reshape_shape = _int_constant(out, values, f"{name}__reshape_shape", final)
+        out.append(helper.make_node("Expand", [x, expand_shape], [f"{name}__expanded"],
                                     name=f"{node.name}__expand"))
         out.append(helper.make_node("Transpose", [f"{name}__expanded"], [f"{name}__interleaved"],
                                     name=f"{node.name}__transpose", perm=perm))
-        out.append(helper.make_node("Reshape", [f"{name}__interleaved", f"{name}__reshape_shape"], [name],
-                                    name=node.name))
+        out.append(helper.make_node("Reshape", [f"{name}__interleaved", reshape_shape], [name], name=node.name))
         if data is not None:
             values[f"{name}__expanded"] = np.broadcast_to(data, expanded)
             values[f"{name}__interleaved"] = np.transpose(values[f"{name}__expanded"], perm)
     return out
+
+
+def _int_constant(out: list[onnx.NodeProto], values: dict[str, np.ndarray], name: str, ints: list[int]) -> str:
+    """Append a ``Constant`` node holding ``ints`` (int64) as ``name`` to ``out``, record its
+    value in ``values``; returns ``name``."""
+    array = np.array(ints, dtype=np.int64)
+    values[name] = array
+    out.append(helper.make_node("Constant", [], [name], name=name, value=onnx.numpy_helper.from_array(array)))
+    return name
 
 
 def _constant_ints(name: str, env: dict[str, Any], values: dict[str, np.ndarray],
@@ -221,22 +227,19 @@ def _scatter_rows_as_slices(nodes, env, values, constants: set[str]) -> list[onn
             continue
         (start, stop), name = rows, node.output[0]
         data, updates, size = node.input[0], node.input[2], _shape_of(node.input[0], env, values)[0]
-        parts = []
-        for part, (a, b) in (("head", (0, start)), ("tail", (stop, size))):
-            if b <= a:
-                continue
-            bounds = [f"{name}__{part}_{k}" for k in ("starts", "ends", "axes")]
-            for bound, number in zip(bounds, (a, b, 0)):
-                array = np.array([number], dtype=np.int64)
-                values[bound] = array
-                out.append(helper.make_node("Constant", [], [bound], name=f"{node.name}__{bound}",
-                                            value=onnx.numpy_helper.from_array(array)))
+
+        def rows_of_data(part: str, a: int, b: int) -> str:
+            """``data[a:b]`` along axis 0, as a new Slice node's output."""
+            bounds = [_int_constant(out, values, f"{name}__{part}_{k}", [n])
+                      for k, n in zip(("starts", "ends", "axes"), (a, b, 0))]
             out.append(helper.make_node("Slice", [data, *bounds], [f"{name}__{part}"], name=f"{node.name}__{part}"))
             if data in values:
                 values[f"{name}__{part}"] = np.asarray(values[data])[a:b]
-            parts.append((part, f"{name}__{part}"))
-        ordered = [p for k, p in parts if k == "head"] + [updates] + [p for k, p in parts if k == "tail"]
-        out.append(helper.make_node("Concat", ordered, [name], name=node.name, axis=0))
+            return f"{name}__{part}"
+
+        head = [rows_of_data("head", 0, start)] if start > 0 else []
+        tail = [rows_of_data("tail", stop, size)] if stop < size else []
+        out.append(helper.make_node("Concat", head + [updates] + tail, [name], name=node.name, axis=0))
     return out
 
 
@@ -274,12 +277,8 @@ def _windows_as_stacked_slices(nodes, env, values, constants: set[str]) -> list[
         data, name = node.input[0], node.output[0]
         stacked = []
         for k, start in enumerate(starts):
-            bounds = [f"{name}__window{k}_{b}" for b in ("starts", "ends", "axes", "steps")]
-            for bound, number in zip(bounds, (start, start + step * (length - 1) + 1, axis, step)):
-                array = np.array([number], dtype=np.int64)
-                values[bound] = array
-                out.append(helper.make_node("Constant", [], [bound], name=f"{node.name}__{bound}",
-                                            value=onnx.numpy_helper.from_array(array)))
+            bounds = [_int_constant(out, values, f"{name}__window{k}_{b}", [n]) for b, n in
+                      zip(("starts", "ends", "axes", "steps"), (start, start + step * (length - 1) + 1, axis, step))]
             piece = f"{name}__window{k}"
             out.append(helper.make_node("Slice", [data, *bounds], [piece], name=piece))
             if data in values:
