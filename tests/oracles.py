@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
+import warnings
 
 import networkx as nx
 import torch
@@ -151,3 +155,16 @@ def assert_not_symmetry(model, pg: ParameterGraph, inputs: tuple, change) -> Non
     changed = permuted_copy(model, change)
     assert functions_differ(model, changed, inputs)
     assert_not_isomorphic(pg, gc.compile(changed, inputs))
+
+
+def export_onnx(model: torch.nn.Module, x: torch.Tensor, path, input_name: str = "x", dynamo: bool = True) -> None:
+    """``torch.onnx.export(model, (x,), path)`` as a user calls it (its defaults: the dynamo
+    exporter and optimizer), or with the TorchScript exporter at opset 18; quietly."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            options = {} if dynamo else {"dynamo": False, "opset_version": 18}
+            torch.onnx.export(model, (x,), str(path), input_names=[input_name], **options)
+    finally:
+        logging.disable(logging.NOTSET)

@@ -7,8 +7,6 @@ that differ only in their activation give non-isomorphic graphs.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import warnings
 
 import pytest
@@ -18,7 +16,7 @@ from torch import nn
 
 import gmn_compiler as gc
 from test_onnx_default_export import _strip_torch_declarations
-from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles,
+from oracles import (assert_isomorphic, assert_not_isomorphic, assert_oracles, export_onnx,
                      assert_same_function, permuted_copy)
 
 S = gc.schema
@@ -388,10 +386,7 @@ def test_softplus_thresholded_as_exporters_write_it_is_the_torch_graph(tmp_path,
     torch.manual_seed(0)
     model, x = MLP(nn.Softplus(threshold=threshold)).eval(), torch.randn(3, 4)
     path = tmp_path / "m.onnx"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        extra = {"dynamo": True} if dynamo else {"dynamo": False, "opset_version": 18}
-        torch.onnx.export(model, (x,), str(path), input_names=["x"], **extra)
+    export_onnx(model, x, path, dynamo=dynamo)
     pg = gc.compile(str(path))
     assert_isomorphic(gc.compile(model, (x,)), pg)
     other = MLP(nn.Softplus(threshold=25.0 - threshold)).eval()

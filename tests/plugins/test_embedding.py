@@ -3,8 +3,6 @@ input/output embeddings, class tokens, RMSNorm, gated MLPs, nn.TransformerEncode
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import warnings
 
@@ -13,7 +11,7 @@ import torch
 from torch import nn
 
 import gmn_compiler as gc
-from oracles import assert_isomorphic, assert_oracles, assert_round_trip
+from oracles import assert_isomorphic, assert_oracles, assert_round_trip, export_onnx
 
 S = gc.schema
 VOCAB, DIM, SEQ = 11, 6, 5
@@ -290,23 +288,12 @@ def _padded_ids() -> torch.Tensor:
     return ids
 
 
-def _export(model: nn.Module, ids: torch.Tensor, path, dynamo: bool) -> None:
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            options = {} if dynamo else {"dynamo": False, "opset_version": 18}
-            torch.onnx.export(model, (ids,), str(path), input_names=["ids"], **options)
-    finally:
-        logging.disable(logging.NOTSET)
-
-
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 def test_onnx_position_ids_computed_from_token_ids_are_data(dynamo, tmp_path):
     torch.manual_seed(0)
     model, ids = PaddedPositions().eval(), _padded_ids()
     path = tmp_path / "padded.onnx"
-    _export(model, ids, path, dynamo)
+    export_onnx(model, ids, path, "ids", dynamo)
     pg = gc.compile(str(path))
     assert_isomorphic(pg, gc.compile(model, (ids,)))
     gc.check_symmetry(str(path), {"ids": ids.numpy()}, trials=3)
@@ -319,7 +306,7 @@ def test_onnx_output_masked_by_token_ids_passes_the_oracles(tmp_path):
     torch.manual_seed(0)
     model, ids = PaddedPositions(mask_output=True).eval(), _padded_ids()
     path = tmp_path / "masked.onnx"
-    _export(model, ids, path, dynamo=False)
+    export_onnx(model, ids, path, "ids", dynamo=False)
     pg, reference = gc.compile(str(path)), gc.compile(model, (ids,))
     assert torch.equal(pg.data.edge_attr[:, 1:].sort(0).values, reference.data.edge_attr[:, 1:].sort(0).values)
     assert torch.equal(pg.data.x.sort(0).values, reference.data.x.sort(0).values)
@@ -330,7 +317,7 @@ def test_onnx_integers_computed_from_neurons_are_not_data(tmp_path):
     torch.manual_seed(0)
     model, ids = IndexFromNeurons().eval(), _padded_ids()
     path = tmp_path / "argmax.onnx"
-    _export(model, ids, path, dynamo=False)
+    export_onnx(model, ids, path, "ids", dynamo=False)
     with pytest.raises(gc.CompileError, match="ArgMax"):
         gc.compile(str(path))
 
@@ -353,7 +340,7 @@ def test_onnx_data_that_varies_along_hidden_units_pins_them(dynamo, tmp_path):
     torch.manual_seed(0)
     model, ids = TokenGatedUnits().eval(), _padded_ids()
     path = tmp_path / "gated.onnx"
-    _export(model, ids, path, dynamo)
+    export_onnx(model, ids, path, "ids", dynamo)
     report = gc.check_symmetry(str(path), {"ids": ids.numpy()}, trials=3)
     # only the embedding's 6 dimensions move (6! automorphisms); l1's units are pinned
     assert [s.split(" at ")[0] for s in report.symmetries_checked] == ["embedding dimensions"]

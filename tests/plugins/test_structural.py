@@ -9,9 +9,6 @@ graphs while permutations that ignore it do not.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 
 import onnx
 import pytest
@@ -21,7 +18,7 @@ from torch import nn
 
 import gmn_compiler as gc
 from oracles import (assert_isomorphic, assert_not_isomorphic, assert_not_symmetry, assert_oracles,
-                     assert_round_trip, assert_symmetry, functions_differ, permute_cols, permute_rows)
+                     assert_round_trip, assert_symmetry, export_onnx, functions_differ, permute_cols, permute_rows)
 
 S = gc.schema
 SPATIAL = S.edge_column("spatial")
@@ -394,15 +391,6 @@ def test_a_two_dimensional_constant_index_on_an_activation_selects_and_reshapes(
     assert_oracles(model, (x,), trials=4)
 
 
-# ------------------------------------------------------------------ through ONNX
-def _export(model: nn.Module, x: torch.Tensor, path, dynamo: bool = True) -> None:
-    """``torch.onnx.export`` with its defaults (the dynamo exporter), or the TorchScript one."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        extra = {} if dynamo else {"dynamo": False, "opset_version": 18}
-        torch.onnx.export(model, (x,), str(path), input_names=["x"], **extra)
-
-
 # ------------------------------------------------------------------ repeat (ONNX Tile)
 class Repeated(nn.Module):
     """``repeat`` over tokens (DeBERTa-v2 repeats its position keys over the batch) or over
@@ -425,7 +413,7 @@ def test_onnx_tile_is_the_torch_repeat(axis, dynamo, tmp_path):
     model, x = Repeated(axis).eval(), torch.randn(2, 3, 4)
     assert_oracles(model, (x,), trials=3)
     path = tmp_path / "tile.onnx"
-    _export(model, x, path, dynamo)
+    export_onnx(model, x, path, dynamo=dynamo)
     pg = gc.compile(str(path))
     assert_isomorphic(pg, gc.compile(model, (x,)))
     gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
@@ -439,7 +427,7 @@ def test_onnx_tile_along_two_axes_is_the_torch_repeat(tmp_path):
     torch.manual_seed(0)
     model, x = TwoAxes(1).eval(), torch.randn(2, 3, 4)
     path = tmp_path / "tile.onnx"
-    _export(model, x, path)
+    export_onnx(model, x, path)
     assert_isomorphic(gc.compile(str(path)), assert_oracles(model, (x,), trials=3))
     gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
 
@@ -464,13 +452,15 @@ class Unfolded(nn.Module):
     one-entry index ``[[0]]`` (a number once read, but it adds two axes where a scalar index
     removes one)."""
 
-    def __init__(self):
+    def __init__(self, dilation: int = 1):
         super().__init__()
         self.l1, self.l2 = nn.Linear(4, 6), nn.Linear(18, 2)
+        self.dilation = dilation
 
     def forward(self, x):
         h = self.l1(x).transpose(1, 2).unsqueeze(-1)
-        return self.l2(F.unfold(h, kernel_size=[3, 1], padding=[1, 0]).transpose(1, 2))
+        windows = F.unfold(h, kernel_size=[3, 1], dilation=[self.dilation, 1], padding=[self.dilation, 0])
+        return self.l2(windows.transpose(1, 2))
 
 
 def test_onnx_unfold_is_the_torch_graph(tmp_path):
@@ -480,7 +470,7 @@ def test_onnx_unfold_is_the_torch_graph(tmp_path):
     model, x = Unfolded().eval(), torch.randn(1, 5, 4)
     assert_oracles(model, (x,), trials=3)
     path = tmp_path / "unfold.onnx"
-    _export(model, x, path)
+    export_onnx(model, x, path)
     assert [n.op_type for n in onnx.load(str(path)).graph.node].count("Gather") == 2
     assert_isomorphic(gc.compile(str(path)), gc.compile(model, (x,)))
     report = gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
@@ -492,13 +482,14 @@ class RowsWrittenInPlace(nn.Module):
     adds its relative positions to the attention rows after the class token this way), which
     the dynamo exporter writes as a ScatterND into rows of the transposed scores."""
 
-    def __init__(self):
+    def __init__(self, start: int = 1):
         super().__init__()
         self.l1, self.l2 = nn.Linear(4, 6), nn.Linear(6, 2)
+        self.start = start
 
     def forward(self, x):
         h = self.l1(x)
-        h[:, 1:] = torch.tanh(h[:, 1:])
+        h[:, self.start:] = torch.tanh(h[:, self.start:])
         return self.l2(h)
 
 
@@ -507,7 +498,7 @@ def test_onnx_scatter_into_a_block_of_rows_is_a_write_into_slices(tmp_path):
     model, x = RowsWrittenInPlace().eval(), torch.randn(2, 5, 4)
     assert_oracles(model, (x,), trials=3)
     path = tmp_path / "scatter.onnx"
-    _export(model, x, path)
+    export_onnx(model, x, path)
     assert "ScatterND" in [n.op_type for n in onnx.load(str(path)).graph.node]
     report = gc.check_symmetry(str(path), {"x": x.numpy()}, trials=3)
     assert [s.split(" at ")[0] for s in report.symmetries_checked] == ["hidden units of linear"]
@@ -528,3 +519,17 @@ def test_onnx_scatter_into_rows_that_are_not_a_block_is_refused_in_one_line(tmp_
     with pytest.raises(gc.CompileError, match="onnx.ScatterND") as refusal:
         gc.compile(str(path))
     assert len(str(refusal.value).strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("make", [lambda k: Unfolded(dilation=k), lambda k: RowsWrittenInPlace(start=k)],
+                         ids=["unfold_dilation", "rows_written_from"])
+def test_onnx_rewrites_keep_what_tells_two_programs_apart(make, tmp_path):
+    """Windows 1 or 2 tokens apart, rows rewritten from token 1 or 2: same shapes, same
+    weights, different functions -- the graphs from the files must differ."""
+    torch.manual_seed(0)
+    x, one, two = torch.randn(1, 5, 4), make(1).eval(), make(2).eval()
+    two.load_state_dict(one.state_dict())
+    assert functions_differ(one, two, (x,))
+    export_onnx(one, x, tmp_path / "one.onnx")
+    export_onnx(two, x, tmp_path / "two.onnx")
+    assert_not_isomorphic(gc.compile(str(tmp_path / "one.onnx")), gc.compile(str(tmp_path / "two.onnx")))
